@@ -1,0 +1,256 @@
+"""Counting HTTP reverse proxy ("relay") used by tests and the benchmark.
+
+The relay forwards every request verbatim to a target origin: method, raw path and query
+string, and all end-to-end headers including ``Host`` and ``Authorization`` (so AWS SigV4
+signatures computed for the relay's address still verify at the target). Bodies are
+streamed in both directions. Optionally every request is delayed by a fixed latency
+(to emulate a remote object store), and requests are counted per ``(method, path)``.
+
+Use it from async code (``async with CountingRelay(...)``), from sync code in a
+background thread (``with CountingRelay(...)``), or as a separate process::
+
+    python loadtest/relay.py --listen 127.0.0.1:9100 --target http://127.0.0.1:8333 \
+        --latency-ms 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+from collections import Counter
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+__all__ = ["CountingRelay", "main"]
+
+# Connection-level headers (RFC 9110 section 7.6.1) are never forwarded. ``Expect`` is
+# answered by the relay itself (aiohttp sends ``100 Continue``); SigV4 never signs it.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
+)
+# Headers aiohttp's client would otherwise add on its own; we send only what we got.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_CHUNK = 256 * 1024
+
+
+class CountingRelay:
+    """Reverse proxy to ``target`` that counts the requests it forwards.
+
+    Counting happens when a request arrives, before the optional latency and before the
+    request is forwarded. Paths in :attr:`counts` are percent-decoded and exclude the
+    query string, e.g. ``("GET", "/bucket/some key")``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.target = target.rstrip("/")
+        self.latency = latency
+        self.host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- counters -------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Total number of requests received since start or the last :meth:`reset`."""
+        with self._lock:
+            return sum(self._counts.values())
+
+    @property
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Snapshot of request counts keyed by ``(method, decoded path)``."""
+        with self._lock:
+            return dict(self._counts)
+
+    def count_of(self, method: str, path: str) -> int:
+        with self._lock:
+            return self._counts[(method.upper(), path)]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+    # -- addresses ------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._runner is None:
+            raise RuntimeError("relay is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- async lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("relay already started")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._port, backlog=1024)
+        await site.start()
+        self._port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> CountingRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- threaded lifecycle (for sync code) -----------------------------------------
+
+    def start_thread(self, timeout: float = 10.0) -> None:
+        """Run the relay on a private event loop in a daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("relay thread already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="counting-relay", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout)
+        except BaseException:
+            self.stop_thread()
+            raise
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.close(), loop).result(timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = None
+
+    def __enter__(self) -> CountingRelay:
+        self.start_thread()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_thread()
+
+    # -- forwarding -----------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._counts[(request.method, request.path)] += 1
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        assert self._session is not None
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        url = URL(self.target + request.raw_path, encoded=True)
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        response.headers.add(key, value)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return web.Response(status=502, text=f"relay: upstream error: {exc!r}\n")
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    host, port = args.listen
+    relay = CountingRelay(args.target, latency=args.latency_ms / 1000.0, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with relay:
+        print(f"relay listening on {relay.url} -> {relay.target}", flush=True)
+        await stop.wait()
+    print(f"relay forwarded {relay.count} requests", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Counting HTTP reverse proxy.")
+    parser.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 0))
+    parser.add_argument("--target", required=True, help="origin URL, e.g. http://127.0.0.1:8333")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added per request")
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""S3-compatible stores (AWS, Ceph RGW, SeaweedFS, MinIO) through aiobotocore."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from proxy import errors, log, metrics
+from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.config import BackendConfig
+
+T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
+_PASSTHROUGH_HEADERS = {
+    "CacheControl": "Cache-Control",
+    "ContentDisposition": "Content-Disposition",
+    "ContentEncoding": "Content-Encoding",
+    "ContentLanguage": "Content-Language",
+    "StorageClass": "x-amz-storage-class",
+    "VersionId": "x-amz-version-id",
+}
+_READ_SIZE = 256 * 1024
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def _map_client_error(exc: ClientError, bucket: str, key: str | None) -> errors.S3Error:
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code == "NoSuchBucket":
+        return errors.NoSuchBucket(resource=bucket)
+    if code in _NOT_FOUND_CODES or status == 404:
+        return errors.NoSuchKey(key=key or "") if key is not None else errors.NoSuchBucket()
+    if code == "InvalidRange" or status == 416:
+        return errors.InvalidRange()
+    if code == "PreconditionFailed" or status == 412:
+        return errors.PreconditionFailed()
+    if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        return errors.AccessDenied(f"The store refused the proxy's credentials ({code}).")
+    if code == "SlowDown" or status == 503:
+        return errors.SlowDown("The store asked us to slow down.")
+    if status >= 500 or not status:
+        return errors.BackendUnavailable(f"The store answered {status or code}.")
+    return errors.InvalidRequest(f"The store refused the request: {code}.")
+
+
+def _meta(resp: dict[str, Any]) -> ObjectMeta:
+    etag = str(resp.get("ETag") or '""')
+    last_modified = resp.get("LastModified")
+    size = int(resp.get("ContentLength") or 0)
+    content_range = resp.get("ContentRange")
+    if content_range:
+        m = _CONTENT_RANGE.match(content_range)
+        if m and m.group(3) != "*":
+            size = int(m.group(3))
+    headers = {h: str(resp[f]) for f, h in _PASSTHROUGH_HEADERS.items() if resp.get(f)}
+    if resp.get("Expires"):
+        headers["Expires"] = str(resp["ResponseMetadata"]["HTTPHeaders"].get("expires", ""))
+    encrypted_kms = resp.get("ServerSideEncryption") == "aws:kms"
+    return ObjectMeta(
+        size=size,
+        etag=etag,
+        last_modified=last_modified.timestamp() if last_modified else time.time(),
+        content_type=str(resp.get("ContentType") or "application/octet-stream"),
+        metadata=dict(resp.get("Metadata") or {}),
+        headers=headers,
+        etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag)) and not encrypted_kms,
+    )
+
+
+class S3Backend:
+    kind = "s3"
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        creds = self._cfg.credentials()
+        kwargs: dict[str, Any] = {}
+        if creds:
+            kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = creds
+        config = AioConfig(
+            region_name=self._cfg.region,
+            max_pool_connections=self._cfg.max_connections,
+            connect_timeout=self._cfg.connect_timeout,
+            read_timeout=self._cfg.read_timeout,
+            retries={"max_attempts": self._cfg.retries + 1, "mode": "standard"},
+            s3={"addressing_style": self._cfg.addressing_style},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self._cfg.endpoint, config=config, **kwargs)
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def _call(
+        self, operation: str, bucket: str, key: str | None, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        metrics.BACKEND_REQUESTS.labels(self.name, operation).inc()
+        started = time.perf_counter()
+        try:
+            result = await fn()
+        except ClientError as exc:
+            mapped = _map_client_error(exc, bucket, key)
+            self._record_error(operation, mapped, exc)
+            raise mapped from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            mapped = errors.BackendUnavailable(
+                f"The store could not be reached: {type(exc).__name__}."
+            )
+            self._record_error(operation, mapped, exc)
+            raise mapped from exc
+        metrics.BACKEND_LATENCY.labels(self.name, operation).observe(time.perf_counter() - started)
+        return result
+
+    def _record_error(self, operation: str, mapped: errors.S3Error, exc: BaseException) -> None:
+        metrics.BACKEND_ERRORS.labels(self.name, operation, mapped.code).inc()
+        if mapped.status >= 500:
+            log.backend.warning("backend %s %s failed: %s", self.name, operation, exc)
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        resp = await self._call(
+            "HeadObject", bucket, key, lambda: self._client.head_object(Bucket=bucket, Key=key)
+        )
+        return _meta(resp)
+
+    async def get(
+        self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
+    ) -> GetResult:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if start is not None:
+            params["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if if_match:
+            params["IfMatch"] = if_match
+        resp = await self._call("GetObject", bucket, key, lambda: self._client.get_object(**params))
+        meta = _meta(resp)
+        length = int(resp.get("ContentLength") or 0)
+        first = 0
+        m = _CONTENT_RANGE.match(resp.get("ContentRange") or "")
+        if m:
+            first = int(m.group(1))
+        body = resp["Body"]
+        return GetResult(
+            meta=meta,
+            start=first,
+            end=first + length - 1,
+            body=self._stream(body),
+            release=body.aclose,
+        )
+
+    async def _stream(self, body: Any) -> AsyncIterator[bytes]:
+        content = body.raw_stream.content
+        try:
+            while True:
+                piece = await content.read(_READ_SIZE)
+                if not piece:
+                    return
+                metrics.BACKEND_BYTES.labels(self.name).inc(len(piece))
+                yield piece
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            metrics.BACKEND_ERRORS.labels(self.name, "GetObject", "BodyRead").inc()
+            raise errors.BackendUnavailable("The store connection broke mid-body.") from exc
+
+    async def list(
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str,
+        max_keys: int,
+        token: str | None,
+        start_after: str | None,
+    ) -> ListPage:
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        if token:
+            params["ContinuationToken"] = token
+        elif start_after:
+            params["StartAfter"] = start_after
+        resp = await self._call(
+            "ListObjectsV2", bucket, None, lambda: self._client.list_objects_v2(**params)
+        )
+        entries = [
+            ListEntry(
+                key=o["Key"],
+                size=int(o.get("Size", 0)),
+                etag=str(o.get("ETag", '""')),
+                last_modified=o["LastModified"].timestamp(),
+                storage_class=str(o.get("StorageClass") or "STANDARD"),
+            )
+            for o in resp.get("Contents", [])
+        ]
+        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+        truncated = bool(resp.get("IsTruncated"))
+        return ListPage(
+            entries=entries,
+            prefixes=prefixes,
+            truncated=truncated,
+            next_token=resp.get("NextContinuationToken") if truncated else None,
+        )
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        try:
+            await self._call(
+                "HeadBucket", bucket, None, lambda: self._client.head_bucket(Bucket=bucket)
+            )
+        except (errors.NoSuchBucket, errors.NoSuchKey):
+            return False
+        return True
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        resp = await self._call("ListBuckets", "", None, lambda: self._client.list_buckets())
+        return [
+            BucketInfo(name=b["Name"], created=b["CreationDate"].timestamp())
+            for b in resp.get("Buckets", [])
+        ]

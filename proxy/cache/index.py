@@ -1,0 +1,322 @@
+"""The LMDB index: object records, inline object bytes, the S3-FIFO queues and the totals.
+
+Reads are short read transactions on the caller's thread (a few microseconds on mapped pages).
+Every write runs on one dedicated thread per process, batched into one transaction, so the
+event loop never waits on a commit's fsync. LMDB serialises writers across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from proxy.cache import eviction
+from proxy.cache.record import Record
+
+T = TypeVar("T")
+log = logging.getLogger("proxy.cache")
+
+_U64 = struct.Struct(">Q")
+GHOST_LIMIT = 200_000
+
+
+class IndexFull(Exception):
+    """The LMDB map is full; the write was not made."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one write transaction leaves to do after it commits."""
+
+    unlink: list[tuple[bytes, str, int]] = field(default_factory=list)
+    evicted_objects: int = 0
+    evicted_bytes: int = 0
+
+
+Op = Callable[["Txn"], Any]
+
+
+class Txn:
+    """A write transaction with the index's helpers; ops run inside one."""
+
+    def __init__(self, index: Index, txn: lmdb.Transaction, batch: Batch) -> None:
+        self.index = index
+        self.txn = txn
+        self.batch = batch
+
+    # -- records -------------------------------------------------------------------------
+    def get(self, oid: bytes) -> Record | None:
+        raw = self.txn.get(oid, db=self.index.objects)
+        return Record.loads(raw) if raw is not None else None
+
+    def put(self, oid: bytes, rec: Record) -> None:
+        self.txn.put(oid, rec.dumps(), db=self.index.objects)
+
+    def counter(self, name: bytes) -> int:
+        raw = self.txn.get(name, db=self.index.meta)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    def add(self, name: bytes, delta: int) -> None:
+        self.txn.put(name, _U64.pack(max(0, self.counter(name) + delta)), db=self.index.meta)
+
+    def next_seq(self) -> int:
+        seq = self.counter(b"seq") + 1
+        self.txn.put(b"seq", _U64.pack(seq), db=self.index.meta)
+        return seq
+
+    def insert(self, oid: bytes, rec: Record) -> None:
+        """Add a new record to its queue and the totals."""
+        ghost = self.txn.pop(oid, db=self.index.ghost) is not None
+        rec.queue = eviction.insert_queue(ghost)
+        rec.qseq = self.next_seq()
+        self.txn.put(rec.queue.encode() + _U64.pack(rec.qseq), oid, db=self.index.queues)
+        self.add(b"bytes:" + rec.queue.encode(), rec.stored)
+        self.add(b"objects", 1)
+        self.put(oid, rec)
+
+    def grow(self, oid: bytes, rec: Record, delta: int) -> None:
+        rec.stored += delta
+        self.add(b"bytes:" + rec.queue.encode(), delta)
+        self.put(oid, rec)
+
+    def remove(self, oid: bytes, rec: Record, *, to_ghost: bool = False) -> None:
+        """Drop a record, its inline bytes and its chunk files (after commit)."""
+        self.txn.delete(oid, db=self.index.objects)
+        self.txn.delete(oid, db=self.index.data)
+        self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
+        self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
+        self.add(b"objects", -1)
+        for i in range(rec.chunks.bit_length()):
+            if rec.chunks >> i & 1:
+                self.batch.unlink.append((oid, rec.gen, i))
+        if to_ghost:
+            seq = self.next_seq()
+            self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
+            self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
+            self._trim_ghosts()
+
+    def _trim_ghosts(self) -> None:
+        if self.txn.stat(self.index.ghost)["entries"] <= GHOST_LIMIT:
+            return
+        cur = self.txn.cursor(db=self.index.queues)
+        if cur.set_range(b"G") and cur.key()[:1] == b"G":
+            oid = cur.value()
+            cur.delete()
+            self.txn.delete(oid, db=self.index.ghost)
+
+
+class _LmdbQueues:
+    """eviction.Queues over one write transaction."""
+
+    def __init__(self, t: Txn) -> None:
+        self.t = t
+        self._heads: dict[str, tuple[bytes, Record] | None] = {}
+
+    def _head(self, q: eviction.Queue) -> tuple[bytes, bytes, Record] | None:
+        cur = self.t.txn.cursor(db=self.t.index.queues)
+        prefix = q.encode()
+        while cur.set_range(prefix) and cur.key()[:1] == prefix:
+            qkey, oid = cur.key(), cur.value()
+            rec = self.t.get(oid)
+            if rec is not None and rec.queue == q and _U64.pack(rec.qseq) == qkey[1:]:
+                return qkey, oid, rec
+            cur.delete()  # stale queue entry: the record moved or went
+        return None
+
+    def head(self, queue: eviction.Queue) -> eviction.Entry | None:
+        found = self._head(queue)
+        if found is None:
+            return None
+        _, oid, rec = found
+        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned)
+
+    def pop_head(self, queue: eviction.Queue) -> None:
+        found = self._head(queue)
+        if found is not None:
+            qkey, _, rec = found
+            self.t.txn.delete(qkey, db=self.t.index.queues)
+            self.t.add(b"bytes:" + queue.encode(), -rec.stored)
+
+    def push_tail(self, queue: eviction.Queue, entry: eviction.Entry) -> None:
+        rec = self.t.get(entry.id)
+        if rec is None:
+            return
+        rec.queue = queue
+        rec.qseq = self.t.next_seq()
+        rec.freq = entry.freq
+        self.t.txn.put(queue.encode() + _U64.pack(rec.qseq), entry.id, db=self.t.index.queues)
+        self.t.add(b"bytes:" + queue.encode(), rec.stored)
+        self.t.put(entry.id, rec)
+
+    def queue_bytes(self, queue: eviction.Queue) -> int:
+        return self.t.counter(b"bytes:" + queue.encode())
+
+    def evict(self, entry: eviction.Entry) -> None:
+        rec = self.t.get(entry.id)
+        if rec is None:
+            return
+        # pop_head already took its bytes off the queue total; remove() takes them again
+        self.t.add(b"bytes:" + rec.queue.encode(), rec.stored)
+        self.t.remove(entry.id, rec, to_ghost=rec.queue == "S")
+        self.t.batch.evicted_objects += 1
+        self.t.batch.evicted_bytes += rec.stored
+
+
+class Index:
+    def __init__(self, path: Path, map_size: int, max_bytes: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=8,
+            subdir=True,
+            max_readers=1024,
+            readahead=False,
+            lock=True,
+            sync=True,
+            metasync=True,
+        )
+        self.objects = self.env.open_db(b"objects")
+        self.data = self.env.open_db(b"data")
+        self.queues = self.env.open_db(b"queues")
+        self.ghost = self.env.open_db(b"ghost")
+        self.meta = self.env.open_db(b"meta")
+        self.max_bytes = max_bytes
+        self.low_water = int(max_bytes * 0.95)
+        self.env.reader_check()
+        self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.on_commit: Callable[[Batch], None] = lambda batch: None
+
+    # -- reads (any thread) ----------------------------------------------------------------
+    def get(self, oid: bytes) -> Record | None:
+        with self.env.begin(db=self.objects) as txn:
+            raw = txn.get(oid)
+        return Record.loads(raw) if raw is not None else None
+
+    def get_with_data(self, oid: bytes) -> tuple[Record | None, bytes | None]:
+        with self.env.begin() as txn:
+            raw = txn.get(oid, db=self.objects)
+            if raw is None:
+                return None, None
+            rec = Record.loads(raw)
+            return rec, (txn.get(oid, db=self.data) if rec.inline else None)
+
+    def totals(self) -> tuple[int, int]:
+        """(bytes, objects) held now."""
+        with self.env.begin(db=self.meta) as txn:
+
+            def c(name: bytes) -> int:
+                raw = txn.get(name)
+                return _U64.unpack(raw)[0] if raw else 0
+
+            return c(b"bytes:S") + c(b"bytes:M"), c(b"objects")
+
+    def map_usage(self) -> tuple[int, int]:
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+
+    # -- writes (the writer thread) ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lmdb-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: Op) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._ops.put((op, fut))
+        return fut
+
+    def run_sync(self, op: Op) -> Any:
+        """Run one op in its own transaction on this thread (start-up and tools only)."""
+        batch = Batch()
+        with self.env.begin(write=True) as txn:
+            result = op(Txn(self, txn, batch))
+        self.on_commit(batch)
+        return result
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.env.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._ops.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < 256:
+                try:
+                    nxt = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._ops.put(None)
+                    break
+                items.append(nxt)
+            self._commit(items)
+
+    def _commit(self, items: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        batch = Batch()
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                t = Txn(self, txn, batch)
+                for op, fut in items:
+                    results.append((fut, op(t), None))
+                self._evict_if_needed(t)
+        except lmdb.MapFullError:
+            log.warning("cache index is full (map_size); these writes are dropped")
+            results = [(fut, None, IndexFull()) for _, fut in items]
+            batch = Batch()
+            self._evict_some()
+        except Exception as exc:  # one bad op must not sink the batch: retry one by one
+            if len(items) > 1:
+                for item in items:
+                    self._commit([item])
+                return
+            results = [(items[0][1], None, exc)]
+            batch = Batch()
+        try:
+            self.on_commit(batch)
+        except Exception:
+            log.exception("post-commit work failed")
+        for fut, value, exc in results:
+            fut.get_loop().call_soon_threadsafe(_settle, fut, value, exc)
+
+    def _evict_if_needed(self, t: Txn) -> None:
+        total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
+        if total > self.max_bytes:
+            eviction.evict_until(_LmdbQueues(t), self.max_bytes, self.low_water)
+
+    def _evict_some(self) -> None:
+        """Free index space after MapFull: evict a tenth of the bytes, in its own txn."""
+        try:
+            with self.env.begin(write=True) as txn:
+                batch = Batch()
+                t = Txn(self, txn, batch)
+                total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
+                eviction.evict_until(_LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
+            self.on_commit(batch)
+        except lmdb.Error:
+            log.exception("could not free index space")
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)

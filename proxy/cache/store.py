@@ -1,0 +1,252 @@
+"""The cache's async facade: lookups, commits, hit statistics and start-up repair."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from pathlib import Path
+
+from proxy import metrics
+from proxy.backends.base import ObjectMeta
+from proxy.cache import eviction
+from proxy.cache.blobs import BlobStore
+from proxy.cache.index import Batch, Index, IndexFull, Txn
+from proxy.cache.locks import FillLocks
+from proxy.cache.record import Record
+from proxy.config import CacheConfig
+
+log = logging.getLogger("proxy.cache")
+HIT_FLUSH_INTERVAL = 1.0
+
+
+class CacheStore:
+    def __init__(self, cfg: CacheConfig) -> None:
+        self.cfg = cfg
+        self.root = cfg.dir.resolve()
+        self.blobs = BlobStore(self.root)
+        self.index: Index | None = None
+        self.locks: FillLocks | None = None
+        self._hits: dict[bytes, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+    def open_sync(self) -> None:
+        """Blocking: create directories, open LMDB. Run before serving, off the loop."""
+        self.blobs.prepare()
+        self.index = Index(self.root / "index", self.cfg.index_map_size, self.cfg.max_size)
+        self.index.on_commit = self._after_commit
+        self.locks = FillLocks(self.root / "locks")
+
+    async def open(self) -> None:
+        """Open (unless open_sync ran already) and start the writer thread and hit flusher."""
+        if self.index is None:
+            await asyncio.to_thread(self.open_sync)
+        assert self.index is not None
+        self.index.start()
+        self._flusher = asyncio.create_task(self._flush_hits_forever())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        await self._flush_hits()
+        if self.index is not None:
+            await asyncio.to_thread(self.index.close)
+        if self.locks is not None:
+            self.locks.close()
+
+    def _after_commit(self, batch: Batch) -> None:
+        """Writer thread: drop the files of what the transaction removed."""
+        if batch.unlink:
+            self.blobs.unlink([self.blobs.path(*u) for u in batch.unlink])
+        if batch.evicted_objects:
+            metrics.EVICTIONS.inc(batch.evicted_objects)
+            metrics.EVICTED_BYTES.inc(batch.evicted_bytes)
+
+    @property
+    def _idx(self) -> Index:
+        assert self.index is not None, "cache not open"
+        return self.index
+
+    # -- reads (on the loop: short LMDB read transactions) ------------------------------------
+    def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
+        return self._idx.get_with_data(oid)
+
+    def chunk_path(self, oid: bytes, rec: Record, index: int) -> Path:
+        return self.blobs.path(oid, rec.gen, index)
+
+    def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
+        # Saturated counters need no write; the index is only touched while freq can grow,
+        # or once a minute for access times.
+        if rec.freq < eviction.MAX_FREQ or now - rec.atime > 60:
+            self._hits[oid] = self._hits.get(oid, 0) + 1
+
+    def totals(self) -> tuple[int, int]:
+        return self._idx.totals()
+
+    # -- writes -----------------------------------------------------------------------------
+    async def put_meta(self, oid: bytes, new: Record) -> Record:
+        """Record what a HEAD or revalidation learnt; a changed version drops the old bytes."""
+
+        def op(t: Txn) -> Record:
+            cur = t.get(oid)
+            if cur is not None and cur.etag == new.etag and cur.size == new.size:
+                cur.validated = max(cur.validated, new.validated)
+                t.put(oid, cur)
+                return cur
+            if cur is not None:
+                t.remove(oid, cur)
+            t.insert(oid, new)
+            return new
+
+        return await self._submit(op)
+
+    async def commit_inline(self, oid: bytes, new: Record, data: bytes) -> bool:
+        def op(t: Txn) -> None:
+            cur = t.get(oid)
+            if cur is not None:
+                if cur.etag == new.etag and cur.size == new.size:
+                    if cur.inline:
+                        return
+                    new.freq, new.hits = cur.freq, cur.hits
+                t.remove(oid, cur)
+            new.inline, new.stored, new.chunks = True, len(data), 0
+            t.txn.put(oid, data, db=t.index.data)
+            t.insert(oid, new)
+
+        return await self._try_submit(op)
+
+    async def commit_chunk(self, oid: bytes, new: Record, index: int, data: memoryview) -> bool:
+        """Publish one chunk file, then mark it present. False if it could not be cached."""
+        try:
+            await asyncio.to_thread(self.blobs.write, oid, new.gen, index, data)
+        except OSError as exc:
+            reason = "disk_full" if exc.errno == errno.ENOSPC else "disk_error"
+            metrics.CACHE_WRITE_ERRORS.labels(reason).inc()
+            log.warning("cannot cache a chunk (%s): %s", reason, exc.strerror)
+            return False
+        size = len(data)
+
+        def op(t: Txn) -> None:
+            cur = t.get(oid)
+            if cur is not None and not (cur.etag == new.etag and cur.size == new.size):
+                t.remove(oid, cur)
+                cur = None
+            if cur is None:
+                new.chunks, new.stored = 1 << index, 0
+                t.insert(oid, new)
+                t.grow(oid, new, size)
+            elif not cur.has_chunk(index):
+                cur.chunks |= 1 << index
+                cur.validated = max(cur.validated, new.validated)
+                t.grow(oid, cur, size)
+
+        ok = await self._try_submit(op)
+        if not ok:
+            await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
+        return ok
+
+    async def drop(self, oid: bytes) -> None:
+        def op(t: Txn) -> None:
+            cur = t.get(oid)
+            if cur is not None:
+                t.remove(oid, cur)
+
+        await self._submit(op)
+
+    async def forget_chunk(self, oid: bytes, gen: str, index: int) -> None:
+        """A chunk file went missing: clear its bit so it is fetched again."""
+
+        def op(t: Txn) -> None:
+            cur = t.get(oid)
+            if cur is not None and cur.gen == gen and cur.has_chunk(index):
+                cur.chunks &= ~(1 << index)
+                size = min(self.cfg.chunk_size, cur.size - index * self.cfg.chunk_size)
+                t.grow(oid, cur, -min(cur.stored, size))
+
+        await self._submit(op)
+
+    async def _submit(self, op: object) -> object:
+        return await self._idx.submit(op)  # type: ignore[arg-type]
+
+    async def _try_submit(self, op: object) -> bool:
+        try:
+            await self._submit(op)
+        except IndexFull:
+            metrics.CACHE_WRITE_ERRORS.labels("index_full").inc()
+            return False
+        return True
+
+    async def _flush_hits_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HIT_FLUSH_INTERVAL)
+            try:
+                await self._flush_hits()
+            except Exception:
+                log.exception("flushing hit statistics failed")
+
+    async def _flush_hits(self) -> None:
+        if not self._hits or self.index is None:
+            return
+        hits, self._hits = self._hits, {}
+        now = time.time()
+
+        def op(t: Txn) -> None:
+            for oid, n in hits.items():
+                rec = t.get(oid)
+                if rec is not None:
+                    rec.freq = eviction.bump(rec.freq, n)
+                    rec.hits += n
+                    rec.atime = now
+                    t.put(oid, rec)
+
+        await self._try_submit(op)
+
+    # -- repair -----------------------------------------------------------------------------
+    def fsck(self) -> dict[str, int]:
+        """Blocking; run before serving. Drops temp files of dead processes, chunk files the
+        index does not reference (a crash between rename and commit), and index bits whose file
+        is gone. Nothing unverified is ever referenced, so what remains is whole."""
+        stats = {"tmp_dirs": self.blobs.sweep_tmp(), "orphans": 0, "missing": 0}
+        on_disk: set[tuple[bytes, str, int]] = set()
+        idx = self._idx
+        for oid, gen, i, path in self.blobs.scan():
+            rec = idx.get(oid) if oid else None
+            if rec is None or rec.gen != gen or not rec.has_chunk(i) or rec.inline:
+                os.unlink(path)
+                stats["orphans"] += 1
+            else:
+                on_disk.add((oid, gen, i))
+
+        def repair(t: Txn) -> None:
+            cur = t.txn.cursor(db=idx.objects)
+            for oid, raw in list(cur.iternext()):
+                rec = Record.loads(raw)
+                if rec.inline:
+                    if t.txn.get(oid, db=idx.data) is None:
+                        t.remove(oid, rec)
+                        stats["missing"] += 1
+                    continue
+                lost = [
+                    i
+                    for i in range(rec.chunks.bit_length())
+                    if rec.has_chunk(i) and (oid, rec.gen, i) not in on_disk
+                ]
+                if lost:
+                    t.remove(oid, rec)  # its other chunk files go too; refetched on demand
+                    stats["missing"] += 1
+
+        idx.run_sync(repair)
+        return stats
+
+
+def record_for(
+    meta: ObjectMeta, backend: str, bucket: str, key: str, now: float | None = None
+) -> Record:
+    return Record.from_meta(meta, backend, bucket, key, time.time() if now is None else now)

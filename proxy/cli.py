@@ -1,0 +1,81 @@
+"""The ``slipstream`` command: arguments and env -> Config; logging; runs the app."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from proxy import __version__
+from proxy.config import ENV_PREFIX, Config, load
+from proxy.errors import ConfigError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slipstream")
+def main() -> None:
+    """Slipstream: an S3-compatible caching proxy that feeds AI/ML training data.
+
+    Point any S3 client at it (aws --endpoint-url http://127.0.0.1:9900, boto3 endpoint_url,
+    s3fs client_kwargs) and it serves objects from a local cache, reading through to the real
+    store on a miss.
+    """
+
+
+def _load(config: Path | None) -> Config:
+    try:
+        return load(config)
+    except ConfigError as exc:
+        click.echo(f"slipstream: invalid configuration: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=f"{ENV_PREFIX}CONFIG",
+    help="YAML config file. Without one: the embedded "
+    "default (every subdirectory of ./data is a bucket, cache in ./.slipstream).",
+)
+def serve(config: Path | None) -> None:
+    """Run the proxy (S3 API on `listen`, metrics and health on `admin_listen`).
+
+    Every config field can be overridden by an environment variable: SLIPSTREAM_ + the field
+    path in capitals, with __ between levels, e.g. SLIPSTREAM_CACHE__MAX_SIZE=50GiB.
+    """
+    cfg = _load(config)
+    from proxy.log import configure
+
+    configure(cfg.log.level, cfg.log.format)
+    from proxy.app import run
+
+    run(cfg)
+
+
+@main.command("check-config")
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=f"{ENV_PREFIX}CONFIG",
+    help="YAML config file to validate.",
+)
+def check_config(config: Path | None) -> None:
+    """Validate the configuration and print the effective settings (secrets are never read
+    into the output: only the names of the variables and files that hold them)."""
+    cfg = _load(config)
+    click.echo(f"{cfg.source}: OK")
+    click.echo(f"  listen {cfg.listen}, admin {cfg.admin_listen}, workers {cfg.workers}")
+    click.echo(
+        f"  cache {cfg.cache.dir} max_size={cfg.cache.max_size} "
+        f"chunk_size={cfg.cache.chunk_size} inline_max={cfg.cache.inline_max} "
+        f"metadata_ttl={cfg.cache.metadata_ttl or 'never'}"
+    )
+    for b in cfg.backends.values():
+        where = b.endpoint or b.root or "(default endpoint)"
+        click.echo(f"  backend {b.name}: {b.type} {where}")
+    for m in cfg.buckets.values():
+        click.echo(f"  bucket {m.name} -> {m.backend}:{m.bucket or m.name}/{m.prefix}")

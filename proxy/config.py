@@ -1,0 +1,505 @@
+"""Configuration: frozen dataclasses, loaded from YAML, overridden by env, validated at start.
+
+Every field can be set by an environment variable: ``SLIPSTREAM_`` then the field path in upper
+case with ``__`` between levels, e.g. ``SLIPSTREAM_CACHE__MAX_SIZE=20GiB`` or
+``SLIPSTREAM_BACKENDS__MYSTORE__ENDPOINT=http://...``. Errors name the source and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from proxy.errors import ConfigError
+
+ENV_PREFIX = "SLIPSTREAM_"
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    dir: Path = Path("./.slipstream/cache")
+    max_size: int = 10 * 1024**3
+    chunk_size: int = 8 * 1024**2
+    inline_max: int = 256 * 1024
+    metadata_ttl: float | None = 60.0  # None: never revalidate (immutable data)
+    stale_if_error: float = 300.0  # serve a stale entry this long past its TTL if the store fails
+    max_fills: int = 64  # concurrent store fetches per worker; beyond this: 503 SlowDown
+    index_map_size: int = 2 * 1024**3
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    name: str
+    type: Literal["s3", "fs"]
+    # s3
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+    access_key_file: Path | None = None
+    secret_key_file: Path | None = None
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    max_connections: int = 128
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 2
+    # fs
+    root: Path | None = None
+
+    def credentials(self) -> tuple[str, str] | None:
+        """Read the store's key pair from env or files; None means the SDK's default chain."""
+        access = _secret(self.access_key_env, self.access_key_file, f"backends.{self.name}")
+        secret = _secret(self.secret_key_env, self.secret_key_file, f"backends.{self.name}")
+        if access is None and secret is None:
+            return None
+        if access is None or secret is None:
+            raise ConfigError(f"backends.{self.name}: give both the access key and the secret key")
+        return access, secret
+
+
+@dataclass(frozen=True, kw_only=True)
+class MountConfig:
+    name: str
+    backend: str
+    bucket: str | None = None  # remote bucket; None: the client-facing name
+    prefix: str = ""
+    metadata_ttl: float | None | Literal["default"] = "default"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    keepalive_timeout: float = 15.0  # idle keep-alive, and the bound on reading a request head
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 100
+    max_concurrency: int = 4096
+    shutdown_timeout: float = 20.0
+    domains: tuple[str, ...] = ("localhost",)  # virtual-hosted style: BUCKET.<domain>
+    sendfile: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    anonymous: bool | None = None  # None: anonymous on loopback only
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    listen: str = "127.0.0.1:9900"
+    admin_listen: str = "127.0.0.1:9901"
+    workers: int = 1
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    backends: Mapping[str, BackendConfig] = field(default_factory=dict)
+    buckets: Mapping[str, MountConfig] = field(default_factory=dict)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen, "listen")
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.admin_listen, "admin_listen")
+
+
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "backends": {"local": {"type": "fs", "root": "./data"}},
+    "buckets": {"*": {"backend": "local"}},
+}
+
+
+def _secret(env: str | None, path: Path | None, where: str) -> str | None:
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+        return value
+    if path:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
+    return None
+
+
+def parse_size(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size like 10GiB, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _SIZE_UNITS:
+            raise ConfigError(f"{where}: expected a size like 10GiB, got {value!r}")
+        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if size < 0:
+        raise ConfigError(f"{where}: must not be negative")
+    return size
+
+
+def parse_duration(value: Any, where: str, *, allow_never: bool = False) -> float | None:
+    if allow_never and (value is None or str(value).strip().lower() == "never"):
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration like 60s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
+        if not m:
+            hint = " or 'never'" if allow_never else ""
+            raise ConfigError(f"{where}: expected a duration like 60s{hint}, got {value!r}")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"{where}: must not be negative")
+    return seconds
+
+
+def split_host_port(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Pulls typed fields out of one mapping, naming the field in every error."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        self.data = dict(data)
+        self.where = where
+
+    def path(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def take(self, name: str, default: Any = None) -> Any:
+        return self.data.pop(name, default)
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.take(name, default)
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{self.path(name)}: expected a string, got {value!r}")
+
+    def int(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.take(name, default)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{self.path(name)}: expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def bool(self, name: str, default: bool | None) -> bool | None:
+        value = self.take(name, default)
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            value = value.lower() in {"true", "yes", "1"}
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{self.path(name)}: expected true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, default: str | None, choices: tuple[str, ...]) -> Any:
+        value = self.take(name, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.path(name)}: expected one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def size(self, name: str, default: int) -> int:
+        return parse_size(self.take(name, default), self.path(name))
+
+    def duration(self, name: str, default: Any, *, allow_never: bool = False) -> float | None:
+        return parse_duration(self.take(name, default), self.path(name), allow_never=allow_never)
+
+    def finish(self) -> None:
+        if self.data:
+            unknown = ", ".join(sorted(map(str, self.data)))
+            raise ConfigError(f"{self.where or 'config'}: unknown field(s): {unknown}")
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"server.domains: expected a list of host names, got {value!r}")
+    return tuple(v.lower().strip(".") for v in value)
+
+
+def _workers(value: Any) -> int:
+    if value in (None, "auto"):
+        return max(1, min(os.cpu_count() or 1, 8))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"workers: expected 'auto' or an integer >= 1, got {value!r}")
+    return value
+
+
+def _cache(data: Any) -> CacheConfig:
+    r = _Reader(data, "cache")
+    d = CacheConfig()
+    cfg = CacheConfig(
+        dir=Path(r.str("dir", str(d.dir)) or d.dir),
+        max_size=r.size("max_size", d.max_size),
+        chunk_size=r.size("chunk_size", d.chunk_size),
+        inline_max=r.size("inline_max", d.inline_max),
+        metadata_ttl=r.duration("metadata_ttl", d.metadata_ttl, allow_never=True),
+        stale_if_error=r.duration("stale_if_error", d.stale_if_error) or 0.0,
+        max_fills=r.int("max_fills", d.max_fills, minimum=1),
+        index_map_size=r.size("index_map_size", d.index_map_size),
+    )
+    r.finish()
+    if cfg.chunk_size < 64 * 1024:
+        raise ConfigError("cache.chunk_size: must be at least 64KiB")
+    if cfg.inline_max > cfg.chunk_size:
+        raise ConfigError("cache.inline_max: must not exceed cache.chunk_size")
+    if cfg.inline_max > 16 * 1024**2:
+        raise ConfigError("cache.inline_max: must not exceed 16MiB (values live inside LMDB)")
+    if cfg.max_size < cfg.chunk_size:
+        raise ConfigError("cache.max_size: must be at least one chunk (cache.chunk_size)")
+    return cfg
+
+
+def _backend(name: str, data: Any) -> BackendConfig:
+    where = f"backends.{name}"
+    r = _Reader(data, where)
+    kind = r.choice("type", None, ("s3", "fs"))
+
+    def opt_path(field_name: str) -> Path | None:
+        value = r.str(field_name)
+        return Path(value) if value else None
+
+    d = BackendConfig(name=name, type=kind)
+    cfg = BackendConfig(
+        name=name,
+        type=kind,
+        endpoint=r.str("endpoint"),
+        region=r.str("region", d.region) or d.region,
+        access_key_env=r.str("access_key_env"),
+        secret_key_env=r.str("secret_key_env"),
+        access_key_file=opt_path("access_key_file"),
+        secret_key_file=opt_path("secret_key_file"),
+        addressing_style=r.choice(
+            "addressing_style", d.addressing_style, ("path", "virtual", "auto")
+        ),
+        max_connections=r.int("max_connections", d.max_connections, minimum=1),
+        connect_timeout=r.duration("connect_timeout", d.connect_timeout) or d.connect_timeout,
+        read_timeout=r.duration("read_timeout", d.read_timeout) or d.read_timeout,
+        retries=r.int("retries", d.retries),
+        root=opt_path("root"),
+    )
+    for secret_field in ("access_key", "secret_key", "secret"):
+        if secret_field in r.data:
+            raise ConfigError(
+                f"{where}.{secret_field}: secrets are not read from the config file; "
+                f"use {secret_field}_env or {secret_field}_file"
+            )
+    r.finish()
+    if kind == "fs" and cfg.root is None:
+        raise ConfigError(f"{where}.root: required for an fs backend")
+    if kind == "s3" and cfg.endpoint and not re.match(r"https?://", cfg.endpoint):
+        raise ConfigError(f"{where}.endpoint: expected an http:// or https:// URL")
+    return cfg
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,62}")
+
+
+def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> MountConfig:
+    where = f"buckets.{name}"
+    if name != "*" and not _BUCKET_RE.fullmatch(name):
+        raise ConfigError(f"{where}: not a valid S3 bucket name")
+    r = _Reader(data, where)
+    backend = r.str("backend")
+    if not backend:
+        raise ConfigError(f"{where}.backend: required")
+    if backend not in backends:
+        raise ConfigError(f"{where}.backend: no backend named {backend!r}")
+    bucket = r.str("bucket")
+    prefix = r.str("prefix", "") or ""
+    ttl: float | None | Literal["default"] = "default"
+    if "metadata_ttl" in r.data:
+        ttl = r.duration("metadata_ttl", None, allow_never=True)
+    r.finish()
+    if name == "*" and bucket:
+        raise ConfigError(f"{where}.bucket: the '*' mapping uses the client's bucket name")
+    if prefix.startswith("/") or "\x00" in prefix or ".." in prefix.split("/"):
+        raise ConfigError(f"{where}.prefix: must be relative, without '..' or NUL")
+    return MountConfig(name=name, backend=backend, bucket=bucket, prefix=prefix, metadata_ttl=ttl)
+
+
+def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for env_name, value in environ.items():
+        if not env_name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in env_name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                # env names are upper case; match an existing key case-insensitively
+                match = next((k for k in node if str(k).lower() == part), None)
+                child = node.get(match) if match is not None else None
+                if not isinstance(child, dict):
+                    child = {}
+                    node[part] = child
+                else:
+                    part = match  # type: ignore[assignment]
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+
+
+def from_mapping(
+    raw: Mapping[str, Any] | None, source: str, environ: Mapping[str, str] | None = None
+) -> Config:
+    data: dict[str, Any] = dict(raw or {})
+    if not data.get("backends") and not data.get("buckets"):
+        data["backends"] = {n: dict(b) for n, b in EMBEDDED_DEFAULT["backends"].items()}
+        data["buckets"] = {n: dict(b) for n, b in EMBEDDED_DEFAULT["buckets"].items()}
+    _env_overrides(data, os.environ if environ is None else environ)
+    try:
+        return _build(data, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _build(data: dict[str, Any], source: str) -> Config:
+    r = _Reader(data, "")
+    listen = r.str("listen", "127.0.0.1:9900") or ""
+    admin_listen = r.str("admin_listen", "127.0.0.1:9901") or ""
+    split_host_port(listen, "listen")
+    split_host_port(admin_listen, "admin_listen")
+    workers = _workers(r.take("workers", 1))
+    cache = _cache(r.take("cache"))
+
+    raw_backends = _Reader(r.take("backends"), "backends").data
+    backends = {str(n): _backend(str(n), b) for n, b in raw_backends.items()}
+    raw_buckets = _Reader(r.take("buckets"), "buckets").data
+    if not raw_buckets:
+        raise ConfigError("buckets: at least one bucket mapping is required")
+    buckets = {str(n): _mount(str(n), m, backends) for n, m in raw_buckets.items()}
+
+    sr = _Reader(r.take("server"), "server")
+    sd = ServerConfig()
+    server = ServerConfig(
+        keepalive_timeout=sr.duration("keepalive_timeout", sd.keepalive_timeout) or 0.0,
+        max_line_size=sr.size("max_line_size", sd.max_line_size),
+        max_field_size=sr.size("max_field_size", sd.max_field_size),
+        max_headers=sr.int("max_headers", sd.max_headers, minimum=8),
+        max_concurrency=sr.int("max_concurrency", sd.max_concurrency, minimum=1),
+        shutdown_timeout=sr.duration("shutdown_timeout", sd.shutdown_timeout) or 0.0,
+        domains=_domains(sr.take("domains", list(sd.domains))),
+        sendfile=bool(sr.bool("sendfile", sd.sendfile)),
+    )
+    sr.finish()
+
+    ar = _Reader(r.take("auth"), "auth")
+    auth = AuthConfig(anonymous=ar.bool("anonymous", None))
+    ar.finish()
+
+    lr = _Reader(r.take("log"), "log")
+    ld = LogConfig()
+    log = LogConfig(
+        level=lr.choice("level", ld.level, ("debug", "info", "warning", "error")),
+        format=lr.choice("format", ld.format, ("text", "json")),
+        access_log=bool(lr.bool("access_log", ld.access_log)),
+    )
+    lr.finish()
+    r.finish()
+
+    host, _ = split_host_port(listen, "listen")
+    if not is_loopback(host) and auth.anonymous is not True:
+        raise ConfigError(
+            f"listen: {listen} is not a loopback address; SigV4 client credentials are not "
+            "configured, so set auth.anonymous: true to serve anyone who can reach it"
+        )
+    return Config(
+        listen=listen,
+        admin_listen=admin_listen,
+        workers=workers,
+        cache=cache,
+        backends=backends,
+        buckets=buckets,
+        server=server,
+        auth=auth,
+        log=log,
+        source=source,
+    )
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate; no path gives the embedded default (./data over an fs backend)."""
+    if path is None:
+        return from_mapping({}, "<embedded default>", environ)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_mapping(raw, str(path), environ)

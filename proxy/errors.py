@@ -1,0 +1,92 @@
+"""S3 errors, one class per code, and the proxy's internal errors.
+
+https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList
+"""
+
+from __future__ import annotations
+
+
+class S3Error(Exception):
+    code = "InternalError"
+    status = 500
+    message = "We encountered an internal error. Please try again."
+
+    def __init__(self, message: str | None = None, **fields: str) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.fields = fields
+
+
+class NoSuchBucket(S3Error):
+    code, status, message = "NoSuchBucket", 404, "The specified bucket does not exist."
+
+
+class NoSuchKey(S3Error):
+    code, status, message = "NoSuchKey", 404, "The specified key does not exist."
+
+
+class InvalidRange(S3Error):
+    code, status, message = "InvalidRange", 416, "The requested range is not satisfiable."
+
+
+class PreconditionFailed(S3Error):
+    code, status = "PreconditionFailed", 412
+    message = "At least one of the pre-conditions you specified did not hold."
+
+
+class NotModified(S3Error):
+    code, status, message = "NotModified", 304, "Not Modified"
+
+
+class InvalidArgument(S3Error):
+    code, status, message = "InvalidArgument", 400, "Invalid Argument"
+
+
+class InvalidRequest(S3Error):
+    code, status, message = "InvalidRequest", 400, "Invalid Request"
+
+
+class InvalidBucketName(S3Error):
+    code, status, message = "InvalidBucketName", 400, "The specified bucket is not valid."
+
+
+class KeyTooLong(S3Error):
+    code, status, message = "KeyTooLongError", 400, "Your key is too long."
+
+
+class AccessDenied(S3Error):
+    code, status, message = "AccessDenied", 403, "Access Denied"
+
+
+class MethodNotAllowed(S3Error):
+    code, status = "MethodNotAllowed", 405
+    message = "The specified method is not allowed against this resource."
+
+
+class NotImplementedS3(S3Error):
+    code, status = "NotImplemented", 501
+    message = "A header or operation you provided implies functionality that is not implemented."
+
+
+class ServiceUnavailable(S3Error):
+    code, status, message = "ServiceUnavailable", 503, "Please reduce your request rate."
+
+
+class SlowDown(S3Error):
+    code, status, message = "SlowDown", 503, "Please reduce your request rate."
+
+
+class InternalError(S3Error):
+    pass
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file and the field."""
+
+
+class BackendUnavailable(ServiceUnavailable):
+    """The backing store could not be reached or answered 5xx."""
+
+
+class ObjectChanged(Exception):
+    """The object changed in the store while we were filling it (ETag moved)."""

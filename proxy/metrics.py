@@ -1,0 +1,74 @@
+"""Every Prometheus metric, defined once. Prefix ``slipstream_``, base units, ``_total`` counters.
+
+With several worker processes, PROMETHEUS_MULTIPROC_DIR is set before this module is imported and
+the admin listener aggregates the per-process files. Cache size gauges are read from the LMDB
+index at scrape time (see admin.py), so they are right whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Counter(
+    "slipstream_requests_total",
+    "S3 requests answered, by operation and HTTP status",
+    ["operation", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "slipstream_request_duration_seconds",
+    "Time to answer an S3 request (to the last byte)",
+    ["operation"],
+    buckets=_LATENCY_BUCKETS,
+)
+BYTES_SERVED = Counter(
+    "slipstream_bytes_served_total",
+    "Object bytes sent to clients, by where they came from",
+    ["source"],
+)
+CACHE_HITS = Counter("slipstream_cache_hits_total", "Object reads answered wholly from the cache")
+CACHE_MISSES = Counter(
+    "slipstream_cache_misses_total", "Object reads that needed at least one store fetch"
+)
+CACHE_STALE_SERVED = Counter(
+    "slipstream_cache_stale_served_total",
+    "Reads served from a stale entry because the store failed",
+)
+COALESCED = Counter(
+    "slipstream_coalesced_reads_total", "Reads that joined a fetch already in flight"
+)
+BACKEND_REQUESTS = Counter(
+    "slipstream_backend_requests_total",
+    "Requests sent to a backing store",
+    ["backend", "operation"],
+)
+BACKEND_ERRORS = Counter(
+    "slipstream_backend_errors_total",
+    "Store requests that failed, by error code",
+    ["backend", "operation", "code"],
+)
+BACKEND_LATENCY = Histogram(
+    "slipstream_backend_request_duration_seconds",
+    "Store time to response headers",
+    ["backend", "operation"],
+    buckets=_LATENCY_BUCKETS,
+)
+BACKEND_BYTES = Counter(
+    "slipstream_backend_bytes_total", "Object bytes read from stores", ["backend"]
+)
+INFLIGHT_FILLS = Gauge(
+    "slipstream_inflight_fills", "Store fetches filling the cache now", multiprocess_mode="livesum"
+)
+FILLS = Counter("slipstream_fills_total", "Cache fills finished, by result", ["result"])
+EVICTIONS = Counter("slipstream_evictions_total", "Objects evicted from the cache")
+EVICTED_BYTES = Counter("slipstream_evicted_bytes_total", "Bytes evicted from the cache")
+INTEGRITY_FAILURES = Counter(
+    "slipstream_integrity_failures_total", "Fills rejected by size or checksum verification"
+)
+CACHE_WRITE_ERRORS = Counter(
+    "slipstream_cache_write_errors_total",
+    "Cache writes that failed (disk or index full)",
+    ["reason"],
+)
+SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")

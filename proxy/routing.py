@@ -1,0 +1,74 @@
+"""Client-facing bucket -> (backend, remote bucket, prefix)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy import errors
+from proxy.backends.base import Backend
+from proxy.config import CacheConfig, MountConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    name: str  # the client-facing bucket
+    backend: Backend
+    bucket: str  # the bucket (or directory) in the store
+    prefix: str
+    metadata_ttl: float | None  # None: immutable, never revalidate
+    wildcard: bool = False
+
+    def remote_key(self, key: str) -> str:
+        return self.prefix + key
+
+
+class Router:
+    def __init__(
+        self, mounts: Mapping[str, MountConfig], backends: Mapping[str, Backend], cache: CacheConfig
+    ) -> None:
+        self._explicit: dict[str, Mount] = {}
+        self._wildcard: MountConfig | None = None
+        self._backends = backends
+        self._default_ttl = cache.metadata_ttl
+        for name, m in mounts.items():
+            if name == "*":
+                self._wildcard = m
+            else:
+                self._explicit[name] = self._mount(name, m, wildcard=False)
+
+    def _mount(self, name: str, m: MountConfig, *, wildcard: bool) -> Mount:
+        ttl = self._default_ttl if m.metadata_ttl == "default" else m.metadata_ttl
+        return Mount(
+            name=name,
+            backend=self._backends[m.backend],
+            bucket=m.bucket or name,
+            prefix=m.prefix,
+            metadata_ttl=ttl,
+            wildcard=wildcard,
+        )
+
+    def resolve(self, bucket: str) -> Mount:
+        mount = self._explicit.get(bucket)
+        if mount is not None:
+            return mount
+        if self._wildcard is not None and _valid_bucket(bucket):
+            return self._mount(bucket, self._wildcard, wildcard=True)
+        raise errors.NoSuchBucket(resource=bucket)
+
+    @property
+    def explicit(self) -> list[Mount]:
+        return list(self._explicit.values())
+
+    @property
+    def wildcard_backend(self) -> Backend | None:
+        return self._backends[self._wildcard.backend] if self._wildcard else None
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
+
+
+def _valid_bucket(name: str) -> bool:
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+    return bool(_BUCKET.fullmatch(name)) and ".." not in name

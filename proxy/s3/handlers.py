@@ -1,0 +1,338 @@
+"""S3 operations over the service: one aiohttp handler dispatches by method and target."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from email.utils import formatdate
+
+from aiohttp import web
+
+from proxy import errors, metrics
+from proxy.backends.base import ObjectMeta
+from proxy.routing import Mount, Router
+from proxy.s3 import parse, xml
+from proxy.service import FileSlice, ObjectService
+
+log = logging.getLogger("proxy.server")
+FILE_BLOCK = 1024 * 1024
+
+_BUCKET_SUBRESOURCES_NOT_BUILT = {
+    "acl",
+    "policy",
+    "cors",
+    "lifecycle",
+    "tagging",
+    "website",
+    "logging",
+    "notification",
+    "replication",
+    "encryption",
+    "object-lock",
+    "uploads",
+    "versions",
+    "requestPayment",
+    "accelerate",
+    "analytics",
+    "inventory",
+    "metrics",
+    "intelligent-tiering",
+    "ownershipControls",
+    "publicAccessBlock",
+    "policyStatus",
+}
+_OBJECT_SUBRESOURCES_NOT_BUILT = {
+    "acl",
+    "tagging",
+    "attributes",
+    "torrent",
+    "retention",
+    "legal-hold",
+    "uploads",
+    "uploadId",
+    "restore",
+    "select",
+    "partNumber",
+    "versionId",
+}
+
+
+def http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+class S3Handlers:
+    def __init__(
+        self,
+        service: ObjectService,
+        router: Router,
+        domains: tuple[str, ...],
+        region: str = "us-east-1",
+    ) -> None:
+        self.service = service
+        self.router = router
+        self.domains = domains
+        self.region = region
+        self._native_sendfile = True
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path
+        target = parse.parse_target(raw, request.host or "", self.domains)
+        query = parse.parse_query(raw.partition("?")[2])
+        method = request.method
+        if target.bucket is None:
+            if method == "GET":
+                request["op"] = "ListBuckets"
+                return await self.list_buckets()
+            raise errors.MethodNotAllowed()
+        mount = self.router.resolve(target.bucket)
+        if target.key is None:
+            return await self._bucket_op(request, method, mount, query)
+        return await self._object_op(request, method, mount, target.key, query)
+
+    async def _bucket_op(
+        self, request: web.Request, method: str, mount: Mount, query: dict[str, str]
+    ) -> web.StreamResponse:
+        if method == "HEAD":
+            request["op"] = "HeadBucket"
+            if not await self.service.bucket_exists(mount):
+                raise errors.NoSuchBucket(resource=mount.name)
+            return web.Response(headers={"x-amz-bucket-region": self.region, **_rid(request)})
+        if method != "GET":
+            request["op"] = f"{method}Bucket"
+            raise errors.NotImplementedS3(f"{method} on a bucket is not supported yet.")
+        if "location" in query:
+            request["op"] = "GetBucketLocation"
+            await self._require_bucket(mount)
+            return _xml(request, xml.location(self.region))
+        if "versioning" in query:
+            request["op"] = "GetBucketVersioning"
+            await self._require_bucket(mount)
+            return _xml(request, xml.versioning())
+        unsupported = _BUCKET_SUBRESOURCES_NOT_BUILT.intersection(query)
+        if unsupported:
+            request["op"] = "GetBucket" + sorted(unsupported)[0].title()
+            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
+        if query.get("list-type") == "2":
+            request["op"] = "ListObjectsV2"
+            return await self.list_v2(request, mount, query)
+        request["op"] = "ListObjects"
+        return await self.list_v1(request, mount, query)
+
+    async def _require_bucket(self, mount: Mount) -> None:
+        if not await self.service.bucket_exists(mount):
+            raise errors.NoSuchBucket(resource=mount.name)
+
+    async def _object_op(
+        self, request: web.Request, method: str, mount: Mount, key: str, query: dict[str, str]
+    ) -> web.StreamResponse:
+        request["op"] = {"GET": "GetObject", "HEAD": "HeadObject"}.get(method, f"{method}Object")
+        if method not in ("GET", "HEAD"):
+            raise errors.NotImplementedS3(f"{request['op']} is not supported yet (read-only).")
+        unsupported = _OBJECT_SUBRESOURCES_NOT_BUILT.intersection(query)
+        if unsupported and not (query.get("versionId") == "null" and len(unsupported) == 1):
+            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
+        remote_key = mount.remote_key(key)
+        if method == "HEAD":
+            return await self.head_object(request, mount, remote_key, query)
+        return await self.get_object(request, mount, remote_key, query)
+
+    # -- buckets ------------------------------------------------------------------------------
+    async def list_buckets(self) -> web.StreamResponse:
+        buckets = await self.service.list_buckets()
+        return web.Response(body=xml.list_buckets(buckets), content_type="application/xml")
+
+    async def list_v2(self, request: web.Request, mount: Mount, q: dict[str, str]) -> web.Response:
+        url = _encoding(q)
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        max_keys = parse.parse_max_keys(q.get("max-keys"))
+        token = q.get("continuation-token") or None
+        start_after = q.get("start-after") or None
+        page = await self.service.list_objects(
+            mount, prefix, delimiter, max(max_keys, 1), token, start_after
+        )
+        if max_keys == 0:
+            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
+        body = xml.list_objects_v2(
+            mount.name,
+            page,
+            prefix=prefix,
+            delimiter=delimiter,
+            max_keys=max_keys,
+            token=token,
+            start_after=start_after,
+            url=url,
+            fetch_owner=q.get("fetch-owner") == "true",
+        )
+        return _xml(request, body)
+
+    async def list_v1(self, request: web.Request, mount: Mount, q: dict[str, str]) -> web.Response:
+        url = _encoding(q)
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        max_keys = parse.parse_max_keys(q.get("max-keys"))
+        marker = q.get("marker", "")
+        page = await self.service.list_objects(
+            mount, prefix, delimiter, max(max_keys, 1), None, marker or None
+        )
+        if max_keys == 0:
+            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
+        body = xml.list_objects_v1(
+            mount.name,
+            page,
+            prefix=prefix,
+            delimiter=delimiter,
+            max_keys=max_keys,
+            marker=marker,
+            url=url,
+        )
+        return _xml(request, body)
+
+    # -- objects ------------------------------------------------------------------------------
+    async def head_object(
+        self, request: web.Request, mount: Mount, key: str, query: dict[str, str]
+    ) -> web.StreamResponse:
+        meta = await self.service.head(mount, key)
+        try:
+            parse.check_conditions(request.headers, meta.etag, meta.last_modified)
+        except errors.NotModified as exc:
+            exc.fields.update(_validators(meta))
+            raise
+        headers = _object_headers(request, meta, query)
+        status = 200
+        rng = parse.parse_range(request.headers.get("Range"))
+        length = meta.size
+        if rng is not None:
+            first, last = rng.resolve(meta.size)
+            status, length = 206, last - first + 1
+            headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
+        resp = web.Response(status=status, headers=headers)
+        resp.content_length = length
+        return resp
+
+    async def get_object(
+        self, request: web.Request, mount: Mount, key: str, query: dict[str, str]
+    ) -> web.StreamResponse:
+        rng = parse.parse_range(request.headers.get("Range"))
+        try:
+            read = await self.service.read(mount, key, rng, request.headers)
+        except errors.NotModified as exc:
+            meta = await self.service.head(mount, key)
+            exc.fields.update(_validators(meta))
+            raise
+        request["source"] = read.source
+        headers = _object_headers(request, read.meta, query)
+        status = 200
+        if read.partial:
+            status = 206
+            headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = read.length
+        await resp.prepare(request)
+        sent = 0
+        try:
+            async for part in read.parts:
+                if isinstance(part, FileSlice):
+                    sent += await self._send_file(request, resp, part, mount, key, read.meta)
+                else:
+                    await resp.write(part)
+                    sent += len(part)
+        except (errors.S3Error, errors.ObjectChanged, OSError, ValueError) as exc:
+            # Headers are gone: the only honest signal left is a short body.
+            log.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
+            _abort(request)
+            return resp
+        finally:
+            metrics.BYTES_SERVED.labels(read.source).inc(sent)
+        await resp.write_eof()
+        return resp
+
+    async def _send_file(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        part: FileSlice,
+        mount: Mount,
+        key: str,
+        meta: ObjectMeta,
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            f = await loop.run_in_executor(None, open, part.path, "rb")
+        except FileNotFoundError:
+            sent = 0
+            async for piece in self.service.refill_missing(mount, key, part, meta):
+                await resp.write(piece)
+                sent += len(piece)
+            return sent
+        try:
+            transport = request.transport
+            if self._native_sendfile and transport is not None:
+                try:
+                    await loop.sendfile(transport, f, part.offset, part.length)
+                    return part.length
+                except NotImplementedError:
+                    self._native_sendfile = False  # uvloop: use the plain path from now on
+            fd = f.fileno()
+            pos, end = part.offset, part.offset + part.length
+            while pos < end:
+                block = await loop.run_in_executor(
+                    None, os.pread, fd, min(FILE_BLOCK, end - pos), pos
+                )
+                if not block:
+                    raise OSError("cached chunk file is shorter than its index entry")
+                await resp.write(block)
+                pos += len(block)
+            return part.length
+        finally:
+            f.close()
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _rid(request: web.Request) -> dict[str, str]:
+    rid = request.get("request_id", "")
+    return {"x-amz-request-id": rid, "x-amz-id-2": rid}
+
+
+def _xml(request: web.Request, body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/xml", headers=_rid(request))
+
+
+def _encoding(q: Mapping[str, str]) -> bool:
+    enc = q.get("encoding-type")
+    if enc not in (None, "", "url"):
+        raise errors.InvalidArgument(
+            "Invalid Encoding Method specified in Request",
+            argumentName="encoding-type",
+            argumentValue=str(enc),
+        )
+    return enc == "url"
+
+
+def _validators(meta: ObjectMeta) -> dict[str, str]:
+    return {"ETag": meta.etag, "Last-Modified": http_date(meta.last_modified)}
+
+
+def _object_headers(
+    request: web.Request, meta: ObjectMeta, query: Mapping[str, str]
+) -> dict[str, str]:
+    headers = {
+        "ETag": meta.etag,
+        "Last-Modified": http_date(meta.last_modified),
+        "Content-Type": meta.content_type,
+        "Accept-Ranges": "bytes",
+        **meta.headers,
+        **_rid(request),
+    }
+    for name, value in meta.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    for param, header in parse.RESPONSE_OVERRIDES.items():
+        if param in query:
+            headers[header] = query[param]
+    return headers

@@ -1,0 +1,98 @@
+"""Request id, concurrency bound, S3 errors rendered as XML, metrics and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import errors, metrics
+from proxy.s3 import xml
+
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(request: web.Request, exc: errors.S3Error) -> web.Response:
+    rid = request.get("request_id", "")
+    headers = {"x-amz-request-id": rid, "x-amz-id-2": rid}
+    if exc.status == 304:
+        return web.Response(status=304, headers={**headers, **exc.fields})
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+    body = b"" if request.method == "HEAD" else xml.error(exc.code, exc.message, rid, exc.fields)
+    return web.Response(
+        status=exc.status, body=body, headers=headers, content_type="application/xml"
+    )
+
+
+def make_middleware(
+    max_concurrency: int, access: bool
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    in_flight = 0
+
+    @web.middleware
+    async def s3_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        rid = os.urandom(8).hex().upper()
+        request["request_id"] = rid
+        request["op"] = "Unknown"
+        started = time.perf_counter()
+        in_flight += 1
+        try:
+            if in_flight > max_concurrency:
+                metrics.SLOWDOWNS.inc()
+                raise errors.SlowDown("Too many requests in flight; retry.")
+            resp = await handler(request)
+        except errors.S3Error as exc:
+            resp = error_response(request, exc)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            resp = error_response(request, errors.ServiceUnavailable("Timed out."))
+        except web.HTTPException as exc:
+            resp = error_response(request, _from_http(exc))
+        except Exception:
+            log.exception("unhandled error, request %s", rid)
+            resp = error_response(request, errors.InternalError())
+        finally:
+            in_flight -= 1
+        op = request["op"]
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.labels(op, str(resp.status)).inc()
+        metrics.REQUEST_DURATION.labels(op).observe(elapsed)
+        if access:
+            access_log.info(
+                "%s %s %s %d %s %.1fms",
+                request.remote,
+                request.method,
+                request.path,
+                resp.status,
+                op,
+                elapsed * 1000,
+                extra={
+                    "request_id": rid,
+                    "operation": op,
+                    "status": resp.status,
+                    "source": request.get("source", ""),
+                },
+            )
+        return resp
+
+    return s3_middleware
+
+
+def _from_http(exc: web.HTTPException) -> errors.S3Error:
+    if exc.status == 413:
+        return errors.InvalidRequest("The request body is too large.")
+    if exc.status == 405:
+        return errors.MethodNotAllowed()
+    err = errors.InvalidRequest(exc.reason)
+    err.status = exc.status if 400 <= exc.status < 500 else 400
+    return err

@@ -1,0 +1,171 @@
+"""Pure parsers for the parts of an S3 request: target, query, Range, conditionals."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote
+
+from proxy import errors
+
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    bucket: str | None
+    key: str | None  # None: a bucket-level request
+
+
+def parse_query(query_string: str) -> dict[str, str]:
+    """Decode a raw query string; '+' stays a plus (S3 clients send spaces as %20)."""
+    out: dict[str, str] = {}
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        out[unquote(name)] = unquote(value)
+    return out
+
+
+def parse_target(raw_path: str, host: str, domains: tuple[str, ...]) -> Target:
+    """Path-style (/bucket/key) or virtual-hosted-style (bucket.domain/key).
+
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/VirtualHosting.html
+    """
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith("/"):
+        raise errors.InvalidRequest("The request target must be an absolute path.")
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise errors.InvalidArgument("The request path is not valid UTF-8.") from None
+    if "\x00" in decoded:
+        raise errors.InvalidArgument("The key must not contain NUL.")
+    hostname = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
+    for domain in domains:
+        suffix = "." + domain
+        if hostname.endswith(suffix) and len(hostname) > len(suffix):
+            bucket = hostname[: -len(suffix)]
+            return _with_key(bucket, decoded[1:])
+    rest = decoded[1:]
+    if not rest:
+        return Target(None, None)
+    bucket, sep, key = rest.partition("/")
+    return _with_key(bucket, key if sep else None)
+
+
+def _with_key(bucket: str, key: str | None) -> Target:
+    if key == "":
+        key = None
+    if key is not None and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise errors.KeyTooLong()
+    return Target(bucket, key)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """``bytes=first-last``, ``bytes=first-`` (last None) or ``bytes=-suffix`` (first None)."""
+
+    first: int | None
+    last: int | None
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """Inclusive (first, last) within an object of ``size`` bytes, or InvalidRange.
+
+        https://www.rfc-editor.org/rfc/rfc9110#section-14.1.2
+        """
+        if self.first is None:
+            assert self.last is not None
+            if self.last == 0 or size == 0:
+                raise errors.InvalidRange(range=f"bytes=-{self.last}", size=str(size))
+            return max(0, size - self.last), size - 1
+        if self.first >= size:
+            raise errors.InvalidRange(size=str(size))
+        last = size - 1 if self.last is None else min(self.last, size - 1)
+        return self.first, last
+
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def parse_range(header: str | None) -> ByteRange | None:
+    """None for no header or one S3 ignores (malformed, several ranges): the whole object."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header)
+    if not m:
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first and not last:
+        return None
+    if not first:
+        return ByteRange(None, int(last))
+    if last and int(last) < int(first):
+        return None
+    return ByteRange(int(first), int(last) if last else None)
+
+
+def _etags(header: str) -> list[str]:
+    return [t.strip().removeprefix("W/").strip('"') for t in header.split(",") if t.strip()]
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    bare = etag.strip('"')
+    return any(t == "*" or t == bare for t in _etags(header))
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def check_conditions(headers: Mapping[str, str], etag: str, last_modified: float) -> None:
+    """Raise PreconditionFailed (412) or NotModified (304) as S3 would; return if none hold.
+
+    https://www.rfc-editor.org/rfc/rfc9110#section-13.2.2 and
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html (conditional headers)
+    """
+    lm = int(last_modified)
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        if not _etag_matches(if_match, etag):
+            raise errors.PreconditionFailed(condition="If-Match")
+    else:
+        since = _http_date(headers.get("If-Unmodified-Since"))
+        if since is not None and lm > since:
+            raise errors.PreconditionFailed(condition="If-Unmodified-Since")
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, etag):
+            raise errors.NotModified()
+    else:
+        since = _http_date(headers.get("If-Modified-Since"))
+        if since is not None and lm <= since:
+            raise errors.NotModified()
+
+
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+
+
+def parse_max_keys(value: str | None, default: int = 1000) -> int:
+    if value is None or value == "":
+        return default
+    if not value.strip().isdigit():
+        raise errors.InvalidArgument(
+            "max-keys must be a non-negative integer.", argument="max-keys"
+        )
+    return min(int(value), 1000)
