@@ -25,7 +25,10 @@ def main() -> None:
 
 def _load(config: Path | None) -> Config:
     try:
-        return load(config)
+        cfg = load(config)
+        for backend in cfg.backends.values():
+            backend.credentials()  # a missing secret variable or file fails now, by name
+        return cfg
     except ConfigError as exc:
         click.echo(f"slipstream: invalid configuration: {exc}", err=True)
         sys.exit(2)

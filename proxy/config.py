@@ -430,7 +430,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     admin_listen = r.str("admin_listen", "127.0.0.1:9901") or ""
     split_host_port(listen, "listen")
     split_host_port(admin_listen, "admin_listen")
-    workers = _workers(r.take("workers", 1))
+    workers = _workers(r.take("workers", "auto"))
     cache = _cache(r.take("cache"))
 
     raw_backends = _Reader(r.take("backends"), "backends").data
