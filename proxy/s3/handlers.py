@@ -59,6 +59,12 @@ _OBJECT_SUBRESOURCES_NOT_BUILT = {
 }
 
 
+_OBJECT_OPS = {
+    "GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject",
+    "POST": "PostObject",
+}
+
+
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
@@ -101,7 +107,9 @@ class S3Handlers:
                 raise errors.NoSuchBucket(resource=mount.name)
             return web.Response(headers={"x-amz-bucket-region": self.region, **_rid(request)})
         if method != "GET":
-            request["op"] = f"{method}Bucket"
+            request["op"] = {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
+                method, "UnknownBucketOperation"
+            )
             raise errors.NotImplementedS3(f"{method} on a bucket is not supported yet.")
         if "location" in query:
             request["op"] = "GetBucketLocation"
@@ -128,7 +136,7 @@ class S3Handlers:
     async def _object_op(
         self, request: web.Request, method: str, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        request["op"] = {"GET": "GetObject", "HEAD": "HeadObject"}.get(method, f"{method}Object")
+        request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
         if method not in ("GET", "HEAD"):
             raise errors.NotImplementedS3(f"{request['op']} is not supported yet (read-only).")
         unsupported = _OBJECT_SUBRESOURCES_NOT_BUILT.intersection(query)
@@ -207,8 +215,10 @@ class S3Handlers:
             first, last = rng.resolve(meta.size)
             status, length = 206, last - first + 1
             headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
-        resp = web.Response(status=status, headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = length
+        await resp.prepare(request)
+        await resp.write_eof()
         return resp
 
     async def get_object(
