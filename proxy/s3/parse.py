@@ -80,15 +80,23 @@ class ByteRange:
         if self.first is None:
             assert self.last is not None
             if self.last == 0 or size == 0:
-                raise errors.InvalidRange(range=f"bytes=-{self.last}", size=str(size))
+                raise self._unsatisfiable(size)
             return max(0, size - self.last), size - 1
         if self.first >= size:
-            raise errors.InvalidRange(size=str(size))
+            raise self._unsatisfiable(size)
         last = size - 1 if self.last is None else min(self.last, size - 1)
         return self.first, last
 
+    def _unsatisfiable(self, size: int) -> errors.InvalidRange:
+        # The fields AWS sends with a 416 (as moto mirrors them).
+        first = "" if self.first is None else str(self.first)
+        last = "" if self.last is None else str(self.last)
+        return errors.InvalidRange(
+            rangeRequested=f"bytes={first}-{last}", actualObjectSize=str(size)
+        )
 
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII)
 
 
 def parse_range(header: str | None) -> ByteRange | None:
@@ -164,7 +172,7 @@ RESPONSE_OVERRIDES = {
 def parse_max_keys(value: str | None, default: int = 1000) -> int:
     if value is None or value == "":
         return default
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):  # not '²' or '٣'
         raise errors.InvalidArgument(
             "max-keys must be a non-negative integer.", argument="max-keys"
         )
