@@ -14,7 +14,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
@@ -33,56 +32,56 @@ from proxy.service import ObjectService
 
 log = logging.getLogger("proxy.server")
 
-SERVICE_KEY = web.AppKey("service", ObjectService)
-CACHE_KEY = web.AppKey("cache", CacheStore)
 
+class S3Server:
+    """Owns the backends, the cache and the service, and answers S3 requests.
 
-def build_s3_app(cfg: Config, cache: CacheStore) -> web.Application:
-    """The S3 application; its cleanup context owns the backends, the cache and the service."""
-    app = web.Application(
-        middlewares=[make_middleware(cfg.server.max_concurrency, cfg.log.access_log)],
-        client_max_size=1024**2,
-        handler_args={
-            "max_line_size": cfg.server.max_line_size,
-            "max_field_size": cfg.server.max_field_size,
-            "max_headers": cfg.server.max_headers,
-        },
-    )
-    app[CACHE_KEY] = cache
+    It runs on aiohttp's low-level server: every request goes to one dispatcher, so there is no
+    Application, router or middleware chain on the hot path.
+    """
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        stores: dict[str, Backend] = {}
-        for name, bcfg in cfg.backends.items():
-            b = backend_factory.create(bcfg)
-            await b.start()
-            stores[name] = b
-        router = Router(cfg.buckets, stores, cfg.cache)
-        await cache.open()
-        service = ObjectService(cache, cfg.cache, router)
-        handlers = S3Handlers(service, router, cfg.server.domains)
-        handlers._native_sendfile = cfg.server.sendfile
-        app[SERVICE_KEY] = service
-        app.router.add_route("*", "/{tail:.*}", handlers.dispatch)
-        try:
-            yield
-        finally:
-            await service.close()
-            await cache.close()
-            for b in stores.values():
-                await b.close()
+    def __init__(self, cfg: Config, cache: CacheStore) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.stores: dict[str, Backend] = {}
+        self.service: ObjectService | None = None
+        self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
+        self._dispatch: Any = None
 
-    app.cleanup_ctx.append(lifecycle)
-    return app
+    async def start(self) -> None:
+        for name, bcfg in self.cfg.backends.items():
+            backend = backend_factory.create(bcfg)
+            await backend.start()
+            self.stores[name] = backend
+        router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
+        await self.cache.open()
+        self.service = ObjectService(self.cache, self.cfg.cache, router)
+        handlers = S3Handlers(self.service, router, self.cfg.server.domains)
+        handlers.native_sendfile = self.cfg.server.sendfile
+        self._dispatch = handlers.dispatch
 
+    async def close(self) -> None:
+        if self.service is not None:
+            await self.service.close()
+        await self.cache.close()
+        for backend in self.stores.values():
+            await backend.close()
 
-def _runner(app: web.Application, cfg: Config) -> web.AppRunner:
-    return web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        keepalive_timeout=cfg.server.keepalive_timeout,
-        shutdown_timeout=cfg.server.shutdown_timeout,
-    )
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self._middleware(request, self._dispatch)
+
+    def runner(self) -> web.ServerRunner:
+        server = web.Server(
+            self.handle,
+            access_log=None,
+            keepalive_timeout=self.cfg.server.keepalive_timeout,
+            max_line_size=self.cfg.server.max_line_size,
+            max_field_size=self.cfg.server.max_field_size,
+            max_headers=self.cfg.server.max_headers,
+        )
+        return web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=self.cfg.server.shutdown_timeout
+        )
 
 
 def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
@@ -124,7 +123,9 @@ async def serve_single(cfg: Config) -> None:
     admin = _admin_runner(cfg, health, cache.index)
     await admin.setup()
     await web.TCPSite(admin, *cfg.admin_host_port).start()
-    s3 = _runner(build_s3_app(cfg, cache), cfg)
+    app = S3Server(cfg, cache)
+    await app.start()
+    s3 = app.runner()
     await s3.setup()
     await web.TCPSite(s3, *cfg.listen_host_port, backlog=1024).start()
     health.started = True
@@ -140,6 +141,7 @@ async def serve_single(cfg: Config) -> None:
     )
     health.draining = True
     await s3.cleanup()
+    await app.close()
     await admin.cleanup()
     log.info("stopped")
 
@@ -157,12 +159,15 @@ def _worker_main(cfg: Config, ready: MpEvent) -> None:
 async def _worker(cfg: Config, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
-    s3 = _runner(build_s3_app(cfg, cache), cfg)
+    app = S3Server(cfg, cache)
+    await app.start()
+    s3 = app.runner()
     await s3.setup()
     await web.TCPSite(s3, *cfg.listen_host_port, reuse_port=True, backlog=1024).start()
     ready.set()
     await stop.wait()
     await s3.cleanup()
+    await app.close()
 
 
 async def serve_workers(cfg: Config) -> None:

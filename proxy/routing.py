@@ -30,6 +30,7 @@ class Router:
     ) -> None:
         self._explicit: dict[str, Mount] = {}
         self._wildcard: MountConfig | None = None
+        self._wildcard_mounts: dict[str, Mount] = {}
         self._backends = backends
         self._default_ttl = cache.metadata_ttl
         for name, m in mounts.items():
@@ -53,8 +54,15 @@ class Router:
         mount = self._explicit.get(bucket)
         if mount is not None:
             return mount
+        mount = self._wildcard_mounts.get(bucket)
+        if mount is not None:
+            return mount
         if self._wildcard is not None and _valid_bucket(bucket):
-            return self._mount(bucket, self._wildcard, wildcard=True)
+            mount = self._mount(bucket, self._wildcard, wildcard=True)
+            if len(self._wildcard_mounts) >= 10_000:
+                self._wildcard_mounts.clear()
+            self._wildcard_mounts[bucket] = mount
+            return mount
         raise errors.NoSuchBucket(resource=bucket)
 
     @property

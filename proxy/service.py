@@ -56,6 +56,7 @@ class ObjectRead:
     partial: bool
     source: str  # "cache" or "backend"
     parts: AsyncIterator[Part]
+    body: memoryview | None = None  # set when the whole answer is already in memory
 
     @property
     def length(self) -> int:
@@ -158,7 +159,7 @@ class ObjectService:
                 metrics.CACHE_HITS.inc()
                 self.cache.note_hit(oid, rec, time.time())
                 part = memoryview(inline)[first : last + 1]
-                return ObjectRead(meta, first, last, rng is not None, "cache", _one(part))
+                return ObjectRead(meta, first, last, rng is not None, "cache", _one(part), part)
             needed = range(first // self.cs, last // self.cs + 1) if meta.size else range(0)
             if all(rec.has_chunk(i) for i in needed):
                 metrics.CACHE_HITS.inc()

@@ -27,10 +27,15 @@ log = logging.getLogger("proxy.cache")
 
 _U64 = struct.Struct(">Q")
 GHOST_LIMIT = 200_000
+DECODED_CACHE_MAX = 50_000
 
 
 class IndexFull(Exception):
-    """The LMDB map is full; the write was not made."""
+    """The LMDB map, or the disk under it, is full; the write was not made."""
+
+    def __init__(self, reason: str = "index_full") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -196,6 +201,7 @@ class Index:
         self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.on_commit: Callable[[Batch], None] = lambda batch: None
+        self._decoded: dict[bytes, Record] = {}  # raw value -> parsed; hits skip json parsing
 
     # -- reads (any thread) ----------------------------------------------------------------
     def get(self, oid: bytes) -> Record | None:
@@ -204,11 +210,21 @@ class Index:
         return Record.loads(raw) if raw is not None else None
 
     def get_with_data(self, oid: bytes) -> tuple[Record | None, bytes | None]:
+        """The record and, for inline objects, the bytes, read in one transaction.
+
+        Callers must treat the returned Record as read-only: it is shared through the cache of
+        parsed values, keyed by the raw bytes so a changed entry is parsed afresh.
+        """
         with self.env.begin() as txn:
             raw = txn.get(oid, db=self.objects)
             if raw is None:
                 return None, None
-            rec = Record.loads(raw)
+            rec = self._decoded.get(raw)
+            if rec is None:
+                rec = Record.loads(raw)
+                if len(self._decoded) >= DECODED_CACHE_MAX:
+                    self._decoded.clear()
+                self._decoded[raw] = rec
             return rec, (txn.get(oid, db=self.data) if rec.inline else None)
 
     def totals(self) -> tuple[int, int]:
@@ -282,12 +298,17 @@ class Index:
             batch = Batch()
             self._evict_some()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
-            if len(items) > 1:
+            if _disk_full(exc):
+                log.warning("the disk under the cache index is full; these writes are dropped")
+                results = [(fut, None, IndexFull("disk_full")) for _, fut in items]
+                batch = Batch()
+            elif len(items) > 1:
                 for item in items:
                     self._commit([item])
                 return
-            results = [(items[0][1], None, exc)]
-            batch = Batch()
+            else:
+                results = [(items[0][1], None, exc)]
+                batch = Batch()
         try:
             self.on_commit(batch)
         except Exception:
@@ -311,6 +332,13 @@ class Index:
             self.on_commit(batch)
         except lmdb.Error:
             log.exception("could not free index space")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # LMDB turns a short write into EIO ("short write, filesystem full?", mdb_page_flush).
+    return isinstance(exc, lmdb.DiskError) or (
+        isinstance(exc, lmdb.Error) and "Input/output error" in str(exc)
+    )
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

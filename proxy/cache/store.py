@@ -178,8 +178,8 @@ class CacheStore:
     async def _try_submit(self, op: object) -> bool:
         try:
             await self._submit(op)
-        except IndexFull:
-            metrics.CACHE_WRITE_ERRORS.labels("index_full").inc()
+        except IndexFull as exc:
+            metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
             return False
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -60,11 +61,15 @@ _OBJECT_SUBRESOURCES_NOT_BUILT = {
 
 
 _OBJECT_OPS = {
-    "GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject",
+    "GET": "GetObject",
+    "HEAD": "HeadObject",
+    "PUT": "PutObject",
+    "DELETE": "DeleteObject",
     "POST": "PostObject",
 }
 
 
+@functools.lru_cache(maxsize=8192)
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
@@ -81,9 +86,9 @@ class S3Handlers:
         self.router = router
         self.domains = domains
         self.region = region
-        self._native_sendfile = True
+        self.native_sendfile = True
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.raw_path
         target = parse.parse_target(raw, request.host or "", self.domains)
         query = parse.parse_query(raw.partition("?")[2])
@@ -99,7 +104,7 @@ class S3Handlers:
         return await self._object_op(request, method, mount, target.key, query)
 
     async def _bucket_op(
-        self, request: web.Request, method: str, mount: Mount, query: dict[str, str]
+        self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
     ) -> web.StreamResponse:
         if method == "HEAD":
             request["op"] = "HeadBucket"
@@ -134,7 +139,7 @@ class S3Handlers:
             raise errors.NoSuchBucket(resource=mount.name)
 
     async def _object_op(
-        self, request: web.Request, method: str, mount: Mount, key: str, query: dict[str, str]
+        self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
         if method not in ("GET", "HEAD"):
@@ -152,7 +157,9 @@ class S3Handlers:
         buckets = await self.service.list_buckets()
         return web.Response(body=xml.list_buckets(buckets), content_type="application/xml")
 
-    async def list_v2(self, request: web.Request, mount: Mount, q: dict[str, str]) -> web.Response:
+    async def list_v2(
+        self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
+    ) -> web.Response:
         url = _encoding(q)
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = parse.parse_max_keys(q.get("max-keys"))
@@ -176,7 +183,9 @@ class S3Handlers:
         )
         return _xml(request, body)
 
-    async def list_v1(self, request: web.Request, mount: Mount, q: dict[str, str]) -> web.Response:
+    async def list_v1(
+        self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
+    ) -> web.Response:
         url = _encoding(q)
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = parse.parse_max_keys(q.get("max-keys"))
@@ -199,7 +208,7 @@ class S3Handlers:
 
     # -- objects ------------------------------------------------------------------------------
     async def head_object(
-        self, request: web.Request, mount: Mount, key: str, query: dict[str, str]
+        self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         meta = await self.service.head(mount, key)
         try:
@@ -222,7 +231,7 @@ class S3Handlers:
         return resp
 
     async def get_object(
-        self, request: web.Request, mount: Mount, key: str, query: dict[str, str]
+        self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         rng = parse.parse_range(request.headers.get("Range"))
         try:
@@ -237,6 +246,9 @@ class S3Handlers:
         if read.partial:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
+        if read.body is not None:  # a whole inline object: one write, no streaming
+            metrics.BYTES_SERVED.labels(read.source).inc(len(read.body))
+            return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
         await resp.prepare(request)
@@ -260,7 +272,7 @@ class S3Handlers:
 
     async def _send_file(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         resp: web.StreamResponse,
         part: FileSlice,
         mount: Mount,
@@ -278,12 +290,12 @@ class S3Handlers:
             return sent
         try:
             transport = request.transport
-            if self._native_sendfile and transport is not None:
+            if self.native_sendfile and transport is not None:
                 try:
                     await loop.sendfile(transport, f, part.offset, part.length)
                     return part.length
                 except NotImplementedError:
-                    self._native_sendfile = False  # uvloop: use the plain path from now on
+                    self.native_sendfile = False  # uvloop: use the plain path from now on
             fd = f.fileno()
             pos, end = part.offset, part.offset + part.length
             while pos < end:
@@ -299,18 +311,18 @@ class S3Handlers:
             f.close()
 
 
-def _abort(request: web.Request) -> None:
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
 
 
-def _rid(request: web.Request) -> dict[str, str]:
+def _rid(request: web.BaseRequest) -> dict[str, str]:
     rid = request.get("request_id", "")
     return {"x-amz-request-id": rid, "x-amz-id-2": rid}
 
 
-def _xml(request: web.Request, body: bytes) -> web.Response:
+def _xml(request: web.BaseRequest, body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/xml", headers=_rid(request))
 
 
@@ -330,7 +342,7 @@ def _validators(meta: ObjectMeta) -> dict[str, str]:
 
 
 def _object_headers(
-    request: web.Request, meta: ObjectMeta, query: Mapping[str, str]
+    request: web.BaseRequest, meta: ObjectMeta, query: Mapping[str, str]
 ) -> dict[str, str]:
     headers = {
         "ETag": meta.etag,

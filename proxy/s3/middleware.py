@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -16,10 +18,10 @@ from proxy.s3 import xml
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.server")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def error_response(request: web.Request, exc: errors.S3Error) -> web.Response:
+def error_response(request: web.BaseRequest, exc: errors.S3Error) -> web.Response:
     rid = request.get("request_id", "")
     headers = {"x-amz-request-id": rid, "x-amz-id-2": rid}
     if exc.status == 304:
@@ -36,11 +38,14 @@ def make_middleware(
     max_concurrency: int, access: bool
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     in_flight = 0
+    ids = itertools.count(1)
+    prefix = f"{os.getpid():X}"
+    request_counters: dict[tuple[str, int], Any] = {}
+    durations: dict[str, Any] = {}
 
-    @web.middleware
-    async def s3_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def s3_middleware(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
-        rid = os.urandom(8).hex().upper()
+        rid = f"{prefix}-{next(ids):X}"
         request["request_id"] = rid
         request["op"] = "Unknown"
         started = time.perf_counter()
@@ -65,8 +70,16 @@ def make_middleware(
             in_flight -= 1
         op = request["op"]
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.labels(op, str(resp.status)).inc()
-        metrics.REQUEST_DURATION.labels(op).observe(elapsed)
+        counter = request_counters.get((op, resp.status))
+        if counter is None:
+            counter = request_counters[(op, resp.status)] = metrics.REQUESTS.labels(
+                op, str(resp.status)
+            )
+        counter.inc()
+        duration = durations.get(op)
+        if duration is None:
+            duration = durations[op] = metrics.REQUEST_DURATION.labels(op)
+        duration.observe(elapsed)
         if access:
             access_log.info(
                 "%s %s %s %d %s %.1fms",
