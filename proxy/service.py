@@ -33,6 +33,7 @@ LOCK_POLL_MAX = 0.05
 FILL_SLOT_WAIT = 10.0
 READ_AHEAD = 2
 MD5_ON_LOOP_MAX = 64 * 1024
+META_CACHE_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class ObjectRead:
     partial: bool
     source: str  # "cache" or "backend"
     parts: AsyncIterator[Part]
-    body: memoryview | None = None  # set when the whole answer is already in memory
+    body: bytes | None = None  # set when the whole answer is already in memory
 
     @property
     def length(self) -> int:
@@ -73,6 +74,19 @@ class ObjectService:
         self._revalidations: dict[bytes, asyncio.Task[Record]] = {}
         self._slots = asyncio.Semaphore(cfg.max_fills)
         self._background: set[asyncio.Task[object]] = set()
+        self._metas: dict[int, tuple[Record, ObjectMeta]] = {}
+
+    def _meta_of(self, rec: Record) -> ObjectMeta:
+        """rec.to_meta(), memoised for the shared read-only records of the index's cache, so
+        repeated hits reuse one ObjectMeta (and the handler's headers built from it)."""
+        entry = self._metas.get(id(rec))
+        if entry is not None and entry[0] is rec:
+            return entry[1]
+        meta = rec.to_meta()
+        if len(self._metas) >= META_CACHE_MAX:
+            self._metas.clear()
+        self._metas[id(rec)] = (rec, meta)
+        return meta
 
     async def close(self) -> None:
         pending = [f.task for f in self._fills.values() if f.task] + list(self._background)
@@ -129,7 +143,7 @@ class ObjectService:
         oid = object_id(mount.backend.name, mount.bucket, key)
         rec, _ = await self._current(mount, key, oid)
         if rec is not None:
-            return rec.to_meta()
+            return self._meta_of(rec)
         meta = await mount.backend.head(mount.bucket, key)
         self._spawn(self.cache.put_meta(oid, self._record(mount, key, meta)))
         return meta
@@ -148,7 +162,7 @@ class ObjectService:
             first_fill = self._fill(mount, key, oid, start_chunk, None)
             meta = await first_fill.wait_meta()
         else:
-            meta = rec.to_meta()
+            meta = self._meta_of(rec)
         check_conditions(headers, meta.etag, meta.last_modified)
         if rng is not None:
             first, last = rng.resolve(meta.size)
@@ -156,9 +170,10 @@ class ObjectService:
             first, last = 0, meta.size - 1
         if rec is not None:
             if rec.inline and inline is not None:
-                metrics.CACHE_HITS.inc()
+                metrics.TALLY.add(metrics.CACHE_HITS)
                 self.cache.note_hit(oid, rec, time.time())
-                part = memoryview(inline)[first : last + 1]
+                # bytes, not a memoryview: aiohttp and uvloop write bytes faster
+                part = inline if last - first + 1 == len(inline) else inline[first : last + 1]
                 return ObjectRead(meta, first, last, rng is not None, "cache", _one(part), part)
             needed = range(first // self.cs, last // self.cs + 1) if meta.size else range(0)
             if all(rec.has_chunk(i) for i in needed):

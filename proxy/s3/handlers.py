@@ -247,7 +247,7 @@ class S3Handlers:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            metrics.BYTES_SERVED.labels(read.source).inc(len(read.body))
+            metrics.TALLY.add(_served(read.source), len(read.body))
             return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
@@ -266,7 +266,7 @@ class S3Handlers:
             _abort(request)
             return resp
         finally:
-            metrics.BYTES_SERVED.labels(read.source).inc(sent)
+            metrics.TALLY.add(_served(read.source), sent)
         await resp.write_eof()
         return resp
 
@@ -311,6 +311,10 @@ class S3Handlers:
             f.close()
 
 
+def _served(source: str) -> object:
+    return metrics.SERVED_FROM_CACHE if source == "cache" else metrics.SERVED_FROM_BACKEND
+
+
 def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
@@ -341,20 +345,30 @@ def _validators(meta: ObjectMeta) -> dict[str, str]:
     return {"ETag": meta.etag, "Last-Modified": http_date(meta.last_modified)}
 
 
+_base_headers: dict[int, tuple[ObjectMeta, dict[str, str]]] = {}
+
+
 def _object_headers(
     request: web.BaseRequest, meta: ObjectMeta, query: Mapping[str, str]
 ) -> dict[str, str]:
-    headers = {
-        "ETag": meta.etag,
-        "Last-Modified": http_date(meta.last_modified),
-        "Content-Type": meta.content_type,
-        "Accept-Ranges": "bytes",
-        **meta.headers,
-        **_rid(request),
-    }
-    for name, value in meta.metadata.items():
-        headers[f"x-amz-meta-{name}"] = value
-    for param, header in parse.RESPONSE_OVERRIDES.items():
-        if param in query:
-            headers[header] = query[param]
+    entry = _base_headers.get(id(meta))
+    if entry is None or entry[0] is not meta:
+        base = {
+            "ETag": meta.etag,
+            "Last-Modified": http_date(meta.last_modified),
+            "Content-Type": meta.content_type,
+            "Accept-Ranges": "bytes",
+            **meta.headers,
+        }
+        for name, value in meta.metadata.items():
+            base[f"x-amz-meta-{name}"] = value
+        if len(_base_headers) >= 50_000:
+            _base_headers.clear()
+        entry = _base_headers[id(meta)] = (meta, base)  # holding meta keeps its id unique
+    rid = request.get("request_id", "")
+    headers = {**entry[1], "x-amz-request-id": rid, "x-amz-id-2": rid}
+    if query:
+        for param, header in parse.RESPONSE_OVERRIDES.items():
+            if param in query:
+                headers[header] = query[param]
     return headers

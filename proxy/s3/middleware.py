@@ -75,7 +75,7 @@ def make_middleware(
             counter = request_counters[(op, resp.status)] = metrics.REQUESTS.labels(
                 op, str(resp.status)
             )
-        counter.inc()
+        metrics.TALLY.add(counter)
         duration = durations.get(op)
         if duration is None:
             duration = durations[op] = metrics.REQUEST_DURATION.labels(op)
