@@ -17,7 +17,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy import __version__, metrics
+from proxy import __version__
 
 disable_created_metrics()
 
@@ -86,7 +86,6 @@ def build_admin_app(
     health: Health, registry: CollectorRegistry, cache_stats: Callable[[], dict[str, int]]
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
-        metrics.TALLY.flush()
         body = generate_latest(registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

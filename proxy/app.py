@@ -20,7 +20,6 @@ from typing import Any
 from aiohttp import web
 
 from proxy import backends as backend_factory
-from proxy import metrics
 from proxy.admin import CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
@@ -48,7 +47,6 @@ class S3Server:
         self.service: ObjectService | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
         self._dispatch: Any = None
-        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for name, bcfg in self.cfg.backends.items():
@@ -61,18 +59,8 @@ class S3Server:
         handlers = S3Handlers(self.service, router, self.cfg.server.domains)
         handlers.native_sendfile = self.cfg.server.sendfile
         self._dispatch = handlers.dispatch
-        self._flusher = asyncio.create_task(self._flush_metrics())
-
-    async def _flush_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            metrics.TALLY.flush()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        metrics.TALLY.flush()
         if self.service is not None:
             await self.service.close()
         await self.cache.close()

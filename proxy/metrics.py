@@ -7,8 +7,6 @@ index at scrape time (see admin.py), so they are right whatever the number of wo
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -76,26 +74,5 @@ CACHE_WRITE_ERRORS = Counter(
 SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")
 
 
-class Tally:
-    """Pending increments for the hottest counters, folded into Prometheus in one go.
-
-    A Prometheus ``inc()`` takes a lock and costs about a microsecond; a dict update costs a
-    tenth of that. The S3 server flushes once a second and the admin listener before each
-    scrape, so the exported counters lag by at most a second.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[Any, float] = {}
-
-    def add(self, child: Any, amount: float = 1) -> None:
-        self._pending[child] = self._pending.get(child, 0) + amount
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for child, amount in pending.items():
-            child.inc(amount)
-
-
-TALLY = Tally()
 SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")
 SERVED_FROM_BACKEND = BYTES_SERVED.labels("backend")

@@ -170,7 +170,7 @@ class ObjectService:
             first, last = 0, meta.size - 1
         if rec is not None:
             if rec.inline and inline is not None:
-                metrics.TALLY.add(metrics.CACHE_HITS)
+                metrics.CACHE_HITS.inc()
                 self.cache.note_hit(oid, rec, time.time())
                 # bytes, not a memoryview: aiohttp and uvloop write bytes faster
                 part = inline if last - first + 1 == len(inline) else inline[first : last + 1]

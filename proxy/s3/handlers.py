@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Mapping
 from email.utils import formatdate
+from typing import Any
 
 from aiohttp import web
 
@@ -247,7 +248,7 @@ class S3Handlers:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            metrics.TALLY.add(_served(read.source), len(read.body))
+            _served(read.source).inc(len(read.body))
             return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
@@ -266,7 +267,7 @@ class S3Handlers:
             _abort(request)
             return resp
         finally:
-            metrics.TALLY.add(_served(read.source), sent)
+            _served(read.source).inc(sent)
         await resp.write_eof()
         return resp
 
@@ -311,7 +312,7 @@ class S3Handlers:
             f.close()
 
 
-def _served(source: str) -> object:
+def _served(source: str) -> Any:
     return metrics.SERVED_FROM_CACHE if source == "cache" else metrics.SERVED_FROM_BACKEND
 
 

@@ -75,7 +75,7 @@ def make_middleware(
             counter = request_counters[(op, resp.status)] = metrics.REQUESTS.labels(
                 op, str(resp.status)
             )
-        metrics.TALLY.add(counter)
+        counter.inc()
         duration = durations.get(op)
         if duration is None:
             duration = durations[op] = metrics.REQUEST_DURATION.labels(op)
