@@ -54,6 +54,49 @@ class KeyTooLong(S3Error):
     code, status, message = "KeyTooLongError", 400, "Your key is too long."
 
 
+class BucketNotEmpty(S3Error):
+    code, status, message = "BucketNotEmpty", 409, "The bucket you tried to delete is not empty."
+
+
+class BucketAlreadyOwnedByYou(S3Error):
+    code, status = "BucketAlreadyOwnedByYou", 409
+    message = "The bucket you tried to create already exists, and you own it."
+
+
+class NoSuchUpload(S3Error):
+    code, status = "NoSuchUpload", 404
+    message = "The specified multipart upload does not exist."
+
+
+class InvalidPart(S3Error):
+    code, status = "InvalidPart", 400
+    message = "One or more of the specified parts could not be found."
+
+
+class InvalidPartOrder(S3Error):
+    code, status = "InvalidPartOrder", 400
+    message = "The list of parts was not in ascending order."
+
+
+class EntityTooSmall(S3Error):
+    code, status = "EntityTooSmall", 400
+    message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
+class BadDigest(S3Error):
+    code, status = "BadDigest", 400
+    message = "The Content-MD5 or checksum you specified did not match what we received."
+
+
+class MalformedXML(S3Error):
+    code, status = "MalformedXML", 400
+    message = "The XML you provided was not well-formed or did not validate."
+
+
+class MissingContentLength(S3Error):
+    code, status, message = "MissingContentLength", 411, "You must provide the Content-Length."
+
+
 class AccessDenied(S3Error):
     code, status, message = "AccessDenied", 403, "Access Denied"
 

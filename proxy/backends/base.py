@@ -61,6 +61,21 @@ class ListPage:
 
 
 @dataclass(frozen=True, slots=True)
+class PartInfo:
+    number: int
+    etag: str
+    size: int
+    last_modified: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: float
+
+
+@dataclass(frozen=True, slots=True)
 class BucketInfo:
     name: str
     created: float
@@ -96,3 +111,75 @@ class Backend(Protocol):
     async def bucket_exists(self, bucket: str) -> bool: ...
 
     async def list_buckets(self) -> list[BucketInfo]: ...
+
+    # -- writes ------------------------------------------------------------------------------
+    # Bodies stream: ``body`` yields the object's bytes (already de-framed and verified by the
+    # S3 layer) and ``size`` is their exact total. Nothing is held whole in memory.
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> ObjectMeta:
+        """Store an object; the returned meta is what a HEAD would now answer (ETag, size)."""
+        ...
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete; a missing key is not an error (S3 answers 204 either way)."""
+        ...
+
+    async def copy(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        content_type: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> ObjectMeta:
+        """Server-side copy where the store can; ``metadata=None`` keeps the source's."""
+        ...
+
+    async def create_bucket(self, bucket: str) -> None: ...
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """Raises BucketNotEmpty when it holds objects, NoSuchBucket when absent."""
+        ...
+
+    # Multipart upload. Stores without a native equivalent inherit StagedMultipart
+    # (proxy/backends/multipart.py), which stages parts on local disk and puts on complete.
+    async def create_multipart(
+        self,
+        bucket: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> str: ...
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: AsyncIterator[bytes],
+        size: int,
+    ) -> str:
+        """Returns the part's ETag (quoted MD5 of the part, as S3 makes it)."""
+        ...
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> ObjectMeta: ...
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]: ...
+
+    async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]: ...
