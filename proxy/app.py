@@ -50,7 +50,7 @@ class S3Server:
 
     async def start(self) -> None:
         for name, bcfg in self.cfg.backends.items():
-            backend = backend_factory.create(bcfg)
+            backend = backend_factory.create(bcfg, self.cache.root / "staging")
             await backend.start()
             self.stores[name] = backend
         router = Router(self.cfg.buckets, self.stores, self.cfg.cache)

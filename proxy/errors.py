@@ -93,6 +93,11 @@ class MalformedXML(S3Error):
     message = "The XML you provided was not well-formed or did not validate."
 
 
+class IncompleteBody(S3Error):
+    code, status = "IncompleteBody", 400
+    message = "You did not provide the number of bytes specified by the Content-Length."
+
+
 class MissingContentLength(S3Error):
     code, status, message = "MissingContentLength", 411, "You must provide the Content-Length."
 

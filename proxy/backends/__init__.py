@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from proxy.backends.base import Backend
 from proxy.config import BackendConfig
 
 
-def create(cfg: BackendConfig) -> Backend:
+def create(cfg: BackendConfig, staging: Path) -> Backend:
+    """``staging``: a private directory for stores that stage multipart parts locally."""
+    backend: Backend
     if cfg.type == "s3":
         from proxy.backends.s3 import S3Backend
 
-        return S3Backend(cfg)
-    if cfg.type == "fs":
+        backend = S3Backend(cfg)
+    elif cfg.type == "fs":
         from proxy.backends.fs import FsBackend
 
-        return FsBackend(cfg)
-    raise ValueError(f"unknown backend type {cfg.type!r}")
+        backend = FsBackend(cfg)
+    else:
+        raise ValueError(f"unknown backend type {cfg.type!r}")
+    backend.staging = staging / cfg.name  # type: ignore[attr-defined]
+    return backend

@@ -1,0 +1,207 @@
+"""Multipart upload for stores without a native one: parts are staged as local files, then
+streamed in order into the store's ``put`` on completion (never whole in memory).
+
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from proxy import errors
+from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_NUMBER = 10_000
+_READ = 1024 * 1024
+
+
+class StagedMultipart:
+    """Mixin: the class provides ``put`` and sets ``staging`` (a directory) before use."""
+
+    staging: Path
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> ObjectMeta:
+        raise NotImplementedError
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum() or len(upload_id) != 32:
+            raise errors.NoSuchUpload()
+        return self.staging / upload_id
+
+    def _manifest(self, upload_id: str, bucket: str, key: str) -> dict[str, Any]:
+        """Blocking."""
+        try:
+            doc: dict[str, Any] = json.loads(
+                (self._upload_dir(upload_id) / "upload.json").read_text()
+            )
+        except (OSError, ValueError):
+            raise errors.NoSuchUpload() from None
+        if doc["bucket"] != bucket or doc["key"] != key:
+            raise errors.NoSuchUpload()
+        return doc
+
+    async def create_multipart(
+        self,
+        bucket: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> str:
+        upload_id = secrets.token_hex(16)
+        doc = {
+            "bucket": bucket,
+            "key": key,
+            "content_type": content_type,
+            "metadata": dict(metadata),
+            "headers": dict(headers),
+            "initiated": time.time(),
+        }
+
+        def create() -> None:
+            d = self.staging / upload_id
+            d.mkdir(parents=True)
+            (d / "upload.json").write_text(json.dumps(doc))
+
+        await asyncio.to_thread(create)
+        return upload_id
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: AsyncIterator[bytes],
+        size: int,
+    ) -> str:
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise errors.InvalidArgument("Part number must be an integer between 1 and 10000.")
+        await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        d = self._upload_dir(upload_id)
+        tmp = d / f"part-{number:05d}.{secrets.token_hex(4)}.tmp"
+        md5 = hashlib.md5(usedforsecurity=False)
+        f = await asyncio.to_thread(open, tmp, "wb")
+        written = 0
+        try:
+            async for piece in body:
+                md5.update(piece)
+                written += len(piece)
+                await asyncio.to_thread(f.write, piece)
+            await asyncio.to_thread(f.flush)
+        except BaseException:
+            f.close()
+            await asyncio.to_thread(_unlink, tmp)
+            raise
+        f.close()
+        if written != size:
+            await asyncio.to_thread(_unlink, tmp)
+            raise errors.IncompleteBody()
+        etag = f'"{md5.hexdigest()}"'
+        final = d / f"part-{number:05d}"
+        await asyncio.to_thread(os.replace, tmp, final)
+        await asyncio.to_thread((d / f"part-{number:05d}.etag").write_text, etag)
+        return etag
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        def scan() -> list[PartInfo]:
+            self._manifest(upload_id, bucket, key)
+            out = []
+            d = self._upload_dir(upload_id)
+            for p in sorted(d.glob("part-?????")):
+                st = p.stat()
+                etag = (d / f"{p.name}.etag").read_text()
+                out.append(PartInfo(int(p.name[5:]), etag, st.st_size, st.st_mtime))
+            return out
+
+        return await asyncio.to_thread(scan)
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> ObjectMeta:
+        doc = await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        staged = {p.number: p for p in await self.list_parts(bucket, key, upload_id)}
+        if not parts:
+            raise errors.MalformedXML("You must specify at least one part.")
+        numbers = [n for n, _ in parts]
+        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+            raise errors.InvalidPartOrder()
+        for i, (n, etag) in enumerate(parts):
+            part = staged.get(n)
+            if part is None or part.etag.strip('"') != etag.strip('"'):
+                raise errors.InvalidPart(partNumber=str(n))
+            if i < len(parts) - 1 and part.size < MIN_PART_SIZE:
+                raise errors.EntityTooSmall(partNumber=str(n))
+        d = self._upload_dir(upload_id)
+        files = [d / f"part-{n:05d}" for n, _ in parts]
+        size = sum(staged[n].size for n, _ in parts)
+        meta = await self.put(
+            bucket,
+            key,
+            _stream_files(files),
+            size,
+            doc["content_type"],
+            doc["metadata"],
+            doc["headers"],
+        )
+        await asyncio.to_thread(shutil.rmtree, d, True)
+        return meta
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload_id), True)
+
+    async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
+        def scan() -> list[UploadInfo]:
+            out = []
+            if not self.staging.is_dir():
+                return out
+            for d in self.staging.iterdir():
+                try:
+                    doc = json.loads((d / "upload.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                if doc["bucket"] == bucket and doc["key"].startswith(prefix):
+                    out.append(UploadInfo(doc["key"], d.name, doc["initiated"]))
+            return sorted(out, key=lambda u: (u.key, u.initiated))
+
+        return await asyncio.to_thread(scan)
+
+
+async def _stream_files(files: list[Path]) -> AsyncIterator[bytes]:
+    for path in files:
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            while True:
+                block = await asyncio.to_thread(f.read, _READ)
+                if not block:
+                    break
+                yield block
+        finally:
+            f.close()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
