@@ -28,6 +28,8 @@ def _load(config: Path | None) -> Config:
         cfg = load(config)
         for backend in cfg.backends.values():
             backend.credentials()  # a missing secret variable or file fails now, by name
+            for name in ("account_key", "sas_token", "connection_string", "delegation_token"):
+                backend.secret(name)
         return cfg
     except ConfigError as exc:
         click.echo(f"slipstream: invalid configuration: {exc}", err=True)
@@ -78,7 +80,7 @@ def check_config(config: Path | None) -> None:
         f"metadata_ttl={cfg.cache.metadata_ttl or 'never'}"
     )
     for b in cfg.backends.values():
-        where = b.endpoint or b.root or "(default endpoint)"
+        where = b.endpoint or b.root or b.account_url or b.url or "(default endpoint)"
         click.echo(f"  backend {b.name}: {b.type} {where}")
     for m in cfg.buckets.values():
         click.echo(f"  bucket {m.name} -> {m.backend}:{m.bucket or m.name}/{m.prefix}")

@@ -59,7 +59,7 @@ class CacheConfig:
 @dataclass(frozen=True, kw_only=True)
 class BackendConfig:
     name: str
-    type: Literal["s3", "fs"]
+    type: Literal["s3", "fs", "azure", "gcs", "webhdfs"]
     # s3
     endpoint: str | None = None
     region: str = "us-east-1"
@@ -74,6 +74,30 @@ class BackendConfig:
     retries: int = 2
     # fs
     root: Path | None = None
+    # azure (account key, SAS token or connection string; each from env or file)
+    account_url: str | None = None
+    account_name: str | None = None
+    account_key_env: str | None = None
+    account_key_file: Path | None = None
+    sas_token_env: str | None = None
+    sas_token_file: Path | None = None
+    connection_string_env: str | None = None
+    connection_string_file: Path | None = None
+    # gcs (endpoint: an emulator's URL)
+    project: str | None = None
+    credentials_file: Path | None = None
+    # webhdfs (WebHDFS on the NameNode, or an HttpFS gateway)
+    url: str | None = None
+    user: str | None = None
+    delegation_token_env: str | None = None
+    delegation_token_file: Path | None = None
+    kerberos: bool = False
+
+    def secret(self, name: str) -> str | None:
+        """The secret ``name`` (e.g. "account_key") from its ``_env`` or ``_file`` field."""
+        return _secret(
+            getattr(self, f"{name}_env"), getattr(self, f"{name}_file"), f"backends.{self.name}"
+        )
 
     def credentials(self) -> tuple[str, str] | None:
         """Read the store's key pair from env or files; None means the SDK's default chain."""
@@ -319,7 +343,7 @@ def _cache(data: Any) -> CacheConfig:
 def _backend(name: str, data: Any) -> BackendConfig:
     where = f"backends.{name}"
     r = _Reader(data, where)
-    kind = r.choice("type", None, ("s3", "fs"))
+    kind = r.choice("type", None, ("s3", "fs", "azure", "gcs", "webhdfs"))
 
     def opt_path(field_name: str) -> Path | None:
         value = r.str(field_name)
@@ -343,8 +367,31 @@ def _backend(name: str, data: Any) -> BackendConfig:
         read_timeout=r.duration("read_timeout", d.read_timeout) or d.read_timeout,
         retries=r.int("retries", d.retries),
         root=opt_path("root"),
+        account_url=r.str("account_url"),
+        account_name=r.str("account_name"),
+        account_key_env=r.str("account_key_env"),
+        account_key_file=opt_path("account_key_file"),
+        sas_token_env=r.str("sas_token_env"),
+        sas_token_file=opt_path("sas_token_file"),
+        connection_string_env=r.str("connection_string_env"),
+        connection_string_file=opt_path("connection_string_file"),
+        project=r.str("project"),
+        credentials_file=opt_path("credentials_file"),
+        url=r.str("url"),
+        user=r.str("user"),
+        delegation_token_env=r.str("delegation_token_env"),
+        delegation_token_file=opt_path("delegation_token_file"),
+        kerberos=bool(r.bool("kerberos", False)),
     )
-    for secret_field in ("access_key", "secret_key", "secret"):
+    for secret_field in (
+        "access_key",
+        "secret_key",
+        "secret",
+        "account_key",
+        "sas_token",
+        "connection_string",
+        "delegation_token",
+    ):
         if secret_field in r.data:
             raise ConfigError(
                 f"{where}.{secret_field}: secrets are not read from the config file; "
@@ -353,8 +400,16 @@ def _backend(name: str, data: Any) -> BackendConfig:
     r.finish()
     if kind == "fs" and cfg.root is None:
         raise ConfigError(f"{where}.root: required for an fs backend")
-    if kind == "s3" and cfg.endpoint and not re.match(r"https?://", cfg.endpoint):
-        raise ConfigError(f"{where}.endpoint: expected an http:// or https:// URL")
+    for url_field in ("endpoint", "account_url", "url"):
+        value = getattr(cfg, url_field)
+        if value and not re.match(r"https?://", value):
+            raise ConfigError(f"{where}.{url_field}: expected an http:// or https:// URL")
+    if kind == "azure" and not (
+        cfg.account_url or cfg.connection_string_env or cfg.connection_string_file
+    ):
+        raise ConfigError(f"{where}.account_url: required (or connection_string_env/_file)")
+    if kind == "webhdfs" and not cfg.url:
+        raise ConfigError(f"{where}.url: required for a webhdfs backend (http://namenode:9870)")
     return cfg
 
 

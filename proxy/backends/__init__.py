@@ -19,6 +19,18 @@ def create(cfg: BackendConfig, staging: Path) -> Backend:
         from proxy.backends.fs import FsBackend
 
         backend = FsBackend(cfg)
+    elif cfg.type == "azure":
+        from proxy.backends.azure import AzureBackend
+
+        backend = AzureBackend(cfg)
+    elif cfg.type == "gcs":
+        from proxy.backends.gcs import GcsBackend
+
+        backend = GcsBackend(cfg)
+    elif cfg.type == "webhdfs":
+        from proxy.backends.webhdfs import WebHdfsBackend
+
+        backend = WebHdfsBackend(cfg)
     else:
         raise ValueError(f"unknown backend type {cfg.type!r}")
     backend.staging = staging / cfg.name  # type: ignore[attr-defined]
