@@ -138,3 +138,14 @@ class BackendUnavailable(ServiceUnavailable):
 
 class ObjectChanged(Exception):
     """The object changed in the store while we were filling it (ETag moved)."""
+
+
+def by_code(code: str) -> type[S3Error] | None:
+    """The S3Error class for an S3 error code, e.g. "BucketNotEmpty"."""
+    stack: list[type[S3Error]] = [S3Error]
+    while stack:
+        cls = stack.pop()
+        if cls.__dict__.get("code") == code:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return None

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from proxy import errors, metrics
 from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.fs_writes import TMP_PREFIX, FsWrites
 from proxy.config import BackendConfig
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ def safe_segments(key: str) -> list[str] | None:
     return parts
 
 
-class FsBackend:
+class FsBackend(FsWrites):
     kind = "fs"
 
     def __init__(self, cfg: BackendConfig) -> None:
@@ -223,6 +224,8 @@ def _walk(base: Path, prefix: str, after: str) -> Iterator[tuple[str, os.stat_re
         if parts is None:
             return
         start = base.joinpath(*parts)
+        if os.path.realpath(start) != os.path.join(os.path.realpath(base), *parts):
+            return  # a symlink on the way: never followed, as in _walk_dir
         rel = dir_part + "/"
     yield from _walk_dir(start, rel, prefix, after)
 
@@ -234,6 +237,8 @@ def _walk_dir(
         with os.scandir(directory) as it:
             items = []
             for e in it:
+                if e.name.startswith(TMP_PREFIX):
+                    continue
                 try:
                     st = e.stat(follow_symlinks=False)  # never follow links out of the bucket
                 except OSError:

@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy import errors, log, metrics
 from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.s3_writes import S3Writes
 from proxy.config import BackendConfig
 
 T = TypeVar("T")
@@ -50,6 +51,9 @@ def _map_client_error(exc: ClientError, bucket: str, key: str | None) -> errors.
         return errors.AccessDenied(f"The store refused the proxy's credentials ({code}).")
     if code == "SlowDown" or status == 503:
         return errors.SlowDown("The store asked us to slow down.")
+    known = errors.by_code(code)
+    if known is not None and 400 <= known.status < 500:
+        return known(str(err.get("Message") or known.message))
     if status >= 500 or not status:
         return errors.BackendUnavailable(f"The store answered {status or code}.")
     return errors.InvalidRequest(f"The store refused the request: {code}.")
@@ -79,7 +83,7 @@ def _meta(resp: dict[str, Any]) -> ObjectMeta:
     )
 
 
-class S3Backend:
+class S3Backend(S3Writes):
     kind = "s3"
 
     def __init__(self, cfg: BackendConfig) -> None:
@@ -98,7 +102,7 @@ class S3Backend:
             max_pool_connections=self._cfg.max_connections,
             connect_timeout=self._cfg.connect_timeout,
             read_timeout=self._cfg.read_timeout,
-            retries={"max_attempts": self._cfg.retries + 1, "mode": "standard"},
+            retries={"total_max_attempts": self._cfg.retries + 1, "mode": "standard"},
             s3={"addressing_style": self._cfg.addressing_style},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -107,6 +111,7 @@ class S3Backend:
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self._cfg.endpoint, config=config, **kwargs)
         )
+        self._stream_uploads(self._client)
 
     async def close(self) -> None:
         await self._stack.aclose()
