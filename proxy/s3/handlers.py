@@ -97,7 +97,7 @@ class S3Handlers:
         if target.bucket is None:
             if method == "GET":
                 request["op"] = "ListBuckets"
-                return await self.list_buckets()
+                return await self.list_buckets(request)
             raise errors.MethodNotAllowed()
         mount = self.router.resolve(target.bucket)
         if target.key is None:
@@ -154,9 +154,9 @@ class S3Handlers:
         return await self.get_object(request, mount, remote_key, query)
 
     # -- buckets ------------------------------------------------------------------------------
-    async def list_buckets(self) -> web.StreamResponse:
+    async def list_buckets(self, request: web.BaseRequest) -> web.StreamResponse:
         buckets = await self.service.list_buckets()
-        return web.Response(body=xml.list_buckets(buckets), content_type="application/xml")
+        return _xml(request, xml.list_buckets(buckets))
 
     async def list_v2(
         self, request: web.BaseRequest, mount: Mount, q: dict[str, str]

@@ -29,9 +29,15 @@ def error_response(request: web.BaseRequest, exc: errors.S3Error) -> web.Respons
     if exc.status == 503:
         headers["Retry-After"] = "1"
     body = b"" if request.method == "HEAD" else xml.error(exc.code, exc.message, rid, exc.fields)
-    return web.Response(
+    resp = web.Response(
         status=exc.status, body=body, headers=headers, content_type="application/xml"
     )
+    if request.body_exists and not request.content.is_eof():
+        # A body we never read (a client that sent Expect: 100-continue holds it back) would
+        # be parsed as the next request: close the connection instead of reusing it.
+        # https://www.rfc-editor.org/rfc/rfc9110#section-10.1.1
+        resp.force_close()
+    return resp
 
 
 def make_middleware(
