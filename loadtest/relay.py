@@ -6,6 +6,10 @@ signatures computed for the relay's address still verify at the target). Bodies 
 streamed in both directions. Optionally every request is delayed by a fixed latency
 (to emulate a remote object store), and requests are counted per ``(method, path)``.
 
+For fault tests the relay can also throttle each response body (``bandwidth``, bytes per
+second per response) and cut responses short (``cut_after``: forward that many body bytes,
+then abort the connection). Both are plain attributes and may be changed while it runs.
+
 Use it from async code (``async with CountingRelay(...)``), from sync code in a
 background thread (``with CountingRelay(...)``), or as a separate process::
 
@@ -48,6 +52,7 @@ HOP_BY_HOP = frozenset(
 # Headers aiohttp's client would otherwise add on its own; we send only what we got.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _CHUNK = 256 * 1024
+_SLOW_CHUNK = 16 * 1024  # smaller pieces keep a throttled stream smooth
 
 
 class CountingRelay:
@@ -65,9 +70,13 @@ class CountingRelay:
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        bandwidth: float = 0.0,
+        cut_after: int | None = None,
     ) -> None:
         self.target = target.rstrip("/")
         self.latency = latency
+        self.bandwidth = bandwidth  # bytes/s per response body; 0: unlimited
+        self.cut_after = cut_after  # abort each response after this many body bytes
         self.host = host
         self._port = port
         self._lock = threading.Lock()
@@ -216,12 +225,28 @@ class CountingRelay:
                     if key.lower() not in HOP_BY_HOP:
                         response.headers.add(key, value)
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                bandwidth, cut_after = self.bandwidth, self.cut_after
+                piece = _SLOW_CHUNK if bandwidth > 0 else _CHUNK
+                sent = 0
+                async for chunk in upstream.content.iter_chunked(piece):
+                    if cut_after is not None and sent + len(chunk) > cut_after:
+                        await response.write(chunk[: cut_after - sent])
+                        _abort(request)
+                        return response
                     await response.write(chunk)
+                    sent += len(chunk)
+                    if bandwidth > 0:
+                        await asyncio.sleep(len(chunk) / bandwidth)
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             return web.Response(status=502, text=f"relay: upstream error: {exc!r}\n")
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

@@ -53,9 +53,15 @@ def evict_until(queues: Queues, capacity: int, target: int, max_steps: int = 100
     freed = 0
     small_cap = int(capacity * SMALL_FRACTION)
     steps = 0
+    # Main-queue entries cycled with nothing changed (pinned, freq 0) since main last changed:
+    # meeting one again means main holds nothing evictable, so the small queue has to give.
+    stalled: set[bytes] = set()
     while queues.queue_bytes("S") + queues.queue_bytes("M") > target and steps < max_steps:
         steps += 1
-        if queues.queue_bytes("S") > small_cap or queues.head("M") is None:
+        main_head = queues.head("M")
+        if main_head is not None and main_head.id in stalled:
+            main_head = None
+        if queues.queue_bytes("S") > small_cap or main_head is None:
             entry = queues.head("S")
             if entry is None:
                 break
@@ -63,19 +69,25 @@ def evict_until(queues: Queues, capacity: int, target: int, max_steps: int = 100
             if entry.freq > 0 or entry.pinned:
                 entry.freq = 0
                 queues.push_tail("M", entry)
+                if not entry.pinned:
+                    stalled.clear()  # main now holds an evictable entry
             else:
                 queues.evict(entry)
                 freed += entry.size
         else:
-            entry = queues.head("M")
-            assert entry is not None
+            entry = main_head
             queues.pop_head("M")
             if entry.freq > 0 or entry.pinned:
+                if entry.freq == 0:
+                    stalled.add(entry.id)
+                else:
+                    stalled.clear()
                 entry.freq = max(0, entry.freq - 1)
                 queues.push_tail("M", entry)
             else:
                 queues.evict(entry)
                 freed += entry.size
+                stalled.clear()
     return freed
 
 
