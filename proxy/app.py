@@ -28,7 +28,9 @@ from proxy.config import Config
 from proxy.routing import Router
 from proxy.s3.handlers import S3Handlers
 from proxy.s3.middleware import make_middleware
+from proxy.s3.writes import S3WriteHandlers
 from proxy.service import ObjectService
+from proxy.writethrough import WriteService
 
 log = logging.getLogger("proxy.server")
 
@@ -58,6 +60,8 @@ class S3Server:
         self.service = ObjectService(self.cache, self.cfg.cache, router)
         handlers = S3Handlers(self.service, router, self.cfg.server.domains)
         handlers.native_sendfile = self.cfg.server.sendfile
+        writes = WriteService(self.cache, self.service)
+        handlers.writes = S3WriteHandlers(writes, router, self.service)
         self._dispatch = handlers.dispatch
 
     async def close(self) -> None:

@@ -117,6 +117,7 @@ class MountConfig:
     bucket: str | None = None  # remote bucket; None: the client-facing name
     prefix: str = ""
     metadata_ttl: float | None | Literal["default"] = "default"
+    read_only: bool = False  # writes answer AccessDenied
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,9 +132,31 @@ class ServerConfig:
     sendfile: bool = True
 
 
+AccessLevel = Literal["read", "read-write"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserConfig:
+    """One client credential: the secret stays in its env variable or file until start."""
+
+    access_key: str
+    secret_key_env: str | None = None
+    secret_key_file: Path | None = None
+    allow: Mapping[str, AccessLevel] = field(default_factory=dict)  # bucket or "*" -> level
+
+    def secret(self) -> str:
+        """Read the secret key now (raises ConfigError naming the field when it is missing)."""
+        value = _secret(self.secret_key_env, self.secret_key_file, f"auth.users.{self.access_key}")
+        if not value:
+            raise ConfigError(f"auth.users.{self.access_key}: the secret key is empty")
+        return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuthConfig:
-    anonymous: bool | None = None  # None: anonymous on loopback only
+    anonymous: bool | None = None  # None: anonymous when no users are configured (loopback only)
+    users: tuple[UserConfig, ...] = ()
+    region: str = "us-east-1"  # the region clients sign for (SigV4 credential scope)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -431,12 +454,84 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
     ttl: float | None | Literal["default"] = "default"
     if "metadata_ttl" in r.data:
         ttl = r.duration("metadata_ttl", None, allow_never=True)
+    read_only = bool(r.bool("read_only", False))
     r.finish()
     if name == "*" and bucket:
         raise ConfigError(f"{where}.bucket: the '*' mapping uses the client's bucket name")
     if prefix.startswith("/") or "\x00" in prefix or ".." in prefix.split("/"):
         raise ConfigError(f"{where}.prefix: must be relative, without '..' or NUL")
-    return MountConfig(name=name, backend=backend, bucket=bucket, prefix=prefix, metadata_ttl=ttl)
+    return MountConfig(
+        name=name,
+        backend=backend,
+        bucket=bucket,
+        prefix=prefix,
+        metadata_ttl=ttl,
+        read_only=read_only,
+    )
+
+
+_ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+_REGION_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
+
+
+def _auth(data: Any) -> AuthConfig:
+    r = _Reader(data, "auth")
+    anonymous = r.bool("anonymous", None)
+    region = r.str("region", "us-east-1") or ""
+    raw_users = r.take("users", None)
+    r.finish()
+    if not _REGION_RE.fullmatch(region):
+        raise ConfigError(f"auth.region: expected a region name like us-east-1, got {region!r}")
+    if raw_users is None:
+        raw_users = []
+    if not isinstance(raw_users, list):
+        raise ConfigError("auth.users: expected a list of {access_key, secret_key_env, allow}")
+    users: list[UserConfig] = []
+    for n, raw in enumerate(raw_users):
+        user = _user(raw, f"auth.users[{n}]")
+        if any(u.access_key == user.access_key for u in users):
+            raise ConfigError(f"auth.users[{n}].access_key: {user.access_key!r} appears twice")
+        users.append(user)
+    if anonymous is False and not users:
+        raise ConfigError("auth.anonymous: false with no auth.users lets nobody in")
+    return AuthConfig(anonymous=anonymous, users=tuple(users), region=region)
+
+
+def _user(data: Any, where: str) -> UserConfig:
+    r = _Reader(data, where)
+    for secret_field in ("secret_key", "secret", "secret_access_key"):
+        if secret_field in r.data:
+            raise ConfigError(
+                f"{where}.{secret_field}: secrets are not read from the config file; "
+                "use secret_key_env or secret_key_file"
+            )
+    access_key = r.str("access_key") or ""
+    env = r.str("secret_key_env")
+    path = r.str("secret_key_file")
+    raw_allow = r.take("allow", None)
+    r.finish()
+    if not _ACCESS_KEY_RE.fullmatch(access_key):
+        raise ConfigError(
+            f"{where}.access_key: required; 1-128 of A-Z a-z 0-9 . _ -, got {access_key!r}"
+        )
+    if bool(env) == bool(path):
+        raise ConfigError(
+            f"{where}.secret_key_env: give exactly one of secret_key_env and secret_key_file"
+        )
+    ar = _Reader(raw_allow, f"{where}.allow")
+    allow: dict[str, AccessLevel] = {}
+    for bucket in list(ar.data):
+        name = str(bucket)
+        if name != "*" and not _BUCKET_RE.fullmatch(name):
+            raise ConfigError(f"{where}.allow.{name}: not a bucket name or '*'")
+        allow[name] = ar.choice(bucket, None, ("read", "read-write"))
+    ar.finish()
+    return UserConfig(
+        access_key=access_key,
+        secret_key_env=env,
+        secret_key_file=Path(path) if path else None,
+        allow=allow,
+    )
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -509,9 +604,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     )
     sr.finish()
 
-    ar = _Reader(r.take("auth"), "auth")
-    auth = AuthConfig(anonymous=ar.bool("anonymous", None))
-    ar.finish()
+    auth = _auth(r.take("auth"))
 
     lr = _Reader(r.take("log"), "log")
     ld = LogConfig()
@@ -524,10 +617,11 @@ def _build(data: dict[str, Any], source: str) -> Config:
     r.finish()
 
     host, _ = split_host_port(listen, "listen")
-    if not is_loopback(host) and auth.anonymous is not True:
+    if not is_loopback(host) and not auth.users and auth.anonymous is not True:
         raise ConfigError(
-            f"listen: {listen} is not a loopback address; SigV4 client credentials are not "
-            "configured, so set auth.anonymous: true to serve anyone who can reach it"
+            f"auth.users: listen {listen} is not a loopback address and no client credentials "
+            "are configured; add auth.users, or set auth.anonymous: true to serve anyone who "
+            "can reach it"
         )
     return Config(
         listen=listen,

@@ -106,6 +106,43 @@ class AccessDenied(S3Error):
     code, status, message = "AccessDenied", 403, "Access Denied"
 
 
+class SignatureDoesNotMatch(S3Error):
+    code, status = "SignatureDoesNotMatch", 403
+    message = (
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method."
+    )
+
+
+class InvalidAccessKeyId(S3Error):
+    code, status = "InvalidAccessKeyId", 403
+    message = "The AWS Access Key Id you provided does not exist in our records."
+
+
+class RequestTimeTooSkewed(S3Error):
+    code, status = "RequestTimeTooSkewed", 403
+    message = "The difference between the request time and the current time is too large."
+
+
+class AuthorizationHeaderMalformed(S3Error):
+    code, status = "AuthorizationHeaderMalformed", 400
+    message = "The authorization header is malformed."
+
+
+class AuthorizationQueryParametersError(S3Error):
+    code, status = "AuthorizationQueryParametersError", 400
+    message = "The authorization query parameters are malformed."
+
+
+class XAmzContentSHA256Mismatch(S3Error):
+    code, status = "XAmzContentSHA256Mismatch", 400
+    message = "The provided 'x-amz-content-sha256' header does not match what was computed."
+
+
+class InvalidDigest(S3Error):
+    code, status, message = "InvalidDigest", 400, "The Content-MD5 you specified is not valid."
+
+
 class MethodNotAllowed(S3Error):
     code, status = "MethodNotAllowed", 405
     message = "The specified method is not allowed against this resource."

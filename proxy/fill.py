@@ -7,6 +7,7 @@ sized from the response headers, so readers get zero-copy slices as they arrive.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from proxy.backends.base import ObjectMeta
@@ -26,6 +27,7 @@ class Fill:
         self._changed = asyncio.Event()
         self._meta_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
 
     # -- the filler's side --------------------------------------------------------------------
     def begin(self, meta: ObjectMeta, start: int, length: int) -> None:

@@ -19,6 +19,7 @@ class Mount:
     prefix: str
     metadata_ttl: float | None  # None: immutable, never revalidate
     wildcard: bool = False
+    read_only: bool = False
 
     def remote_key(self, key: str) -> str:
         return self.prefix + key
@@ -48,6 +49,7 @@ class Router:
             prefix=m.prefix,
             metadata_ttl=ttl,
             wildcard=wildcard,
+            read_only=m.read_only,
         )
 
     def resolve(self, bucket: str) -> Mount:

@@ -34,6 +34,7 @@ FILL_SLOT_WAIT = 10.0
 READ_AHEAD = 2
 MD5_ON_LOOP_MAX = 64 * 1024
 META_CACHE_MAX = 50_000
+WRITTEN_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class ObjectService:
         self._slots = asyncio.Semaphore(cfg.max_fills)
         self._background: set[asyncio.Task[object]] = set()
         self._metas: dict[int, tuple[Record, ObjectMeta]] = {}
+        self._written: dict[bytes, float] = {}  # oid -> monotonic time of its last write
 
     def _meta_of(self, rec: Record) -> ObjectMeta:
         """rec.to_meta(), memoised for the shared read-only records of the index's cache, so
@@ -393,6 +395,9 @@ class ObjectService:
     async def _persist(
         self, fill: Fill, mount: Mount, key: str, meta: ObjectMeta, length: int
     ) -> None:
+        if self._written.get(fill.oid, -1.0) >= fill.started:
+            metrics.FILLS.labels("superseded").inc()  # a write landed meanwhile: keep it
+            return
         rec = self._record(mount, key, meta)
         view = memoryview(fill.buf)
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
@@ -400,6 +405,30 @@ class ObjectService:
         else:
             ok = await self.cache.commit_chunk(fill.oid, rec, fill.index, view[:length])
         metrics.FILLS.labels("cached" if ok else "not_cached").inc()
+
+    def invalidate(self, oid: bytes) -> None:
+        """A write or delete of this object is under way or done: fills begun before now
+        must not commit their (older) bytes, and new reads must not join them."""
+        now = time.monotonic()
+        if len(self._written) > WRITTEN_MAX:
+            self._written = {o: t for o, t in self._written.items() if now - t < 600}
+        self._written[oid] = now
+        for slot in [s for s in self._fills if s[0] == oid]:
+            del self._fills[slot]
+        self._revalidations.pop(oid, None)
+
+    async def bytes_of(self, read: ObjectRead, mount: Mount, key: str) -> AsyncIterator[bytes]:
+        """A read's body as plain bytes (for copies between stores)."""
+        async for part in read.parts:
+            if isinstance(part, FileSlice):
+                data = await asyncio.to_thread(_read_slice, part)
+                if data is None:
+                    async for piece in self.refill_missing(mount, key, part, read.meta):
+                        yield bytes(piece)
+                    continue
+                yield data
+            else:
+                yield bytes(part)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -459,6 +488,16 @@ class ObjectService:
 
 async def _one(part: Part) -> AsyncIterator[Part]:
     yield part
+
+
+def _read_slice(part: FileSlice) -> bytes | None:
+    """Blocking; None if the chunk file is gone."""
+    try:
+        with open(part.path, "rb") as f:
+            f.seek(part.offset)
+            return f.read(part.length)
+    except FileNotFoundError:
+        return None
 
 
 def _read_file(path: Path, length: int) -> bytes:

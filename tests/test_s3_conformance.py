@@ -69,6 +69,12 @@ STORE_DEVIATIONS = {
     # ListObjects (v1) with encoding-type=url: SeaweedFS sends NextMarker unencoded, so a
     # client decoding it (boto3: unquote_plus) resumes from "x y.txt" instead of "x+y.txt".
     ("seaweedfs", "v1-paged-delimiter"),
+    # HeadObject with Range: AWS (and moto) answer 206 with Content-Range, or 416; SeaweedFS
+    # ignores the Range on HEAD (200).
+    ("seaweedfs", "head-range"),
+    # CommonPrefixes must come in key order; with a delimiter other than "/" SeaweedFS sends
+    # them out of order. The proxy relays the store's page as it is.
+    ("seaweedfs", "list-prefix-delimiter-not-slash"),
 }
 
 ONLY_FS = pytest.mark.parametrize("env", ["fs"], indirect=True)
@@ -242,6 +248,37 @@ def test_response_overrides(env: Env) -> None:
     assert plain["ContentType"] == "text/plain"
 
 
+@ONLY_S3
+def test_stored_headers_pass_through(env: Env) -> None:
+    key = env.fresh_key("headers/data.json.gz")
+    stored = {
+        "ContentType": "application/json",
+        "ContentEncoding": "gzip",
+        "CacheControl": "max-age=60",
+        "ContentDisposition": 'inline; filename="data.json"',
+        "ContentLanguage": "en",
+    }
+    env.store.put_object(Bucket=env.bucket, Key=key, Body=b"\x1f\x8b not really gzip", **stored)
+    direct = env.store_get(key)
+    assert direct is not None
+    for temperature in ("cold", "warm"):
+        for method in ("GET", "HEAD"):
+            got = env.get(key, method=method)
+            assert got.status == 200, temperature
+            for name in (
+                "content-type",
+                "content-encoding",
+                "cache-control",
+                "content-disposition",
+                "content-language",
+                "etag",
+                "content-length",
+            ):
+                assert got.headers.get(name) == direct.headers.get(name), (temperature, name)
+        assert env.get(key).body == direct.body
+        env.settle()
+
+
 # -- Range ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RangeCase:
@@ -316,6 +353,9 @@ def test_range(env: Env, case: RangeCase, size_name: str) -> None:
     direct = env.store_get(key, {"Range": header})
     if direct is not None and not _deviates(env, case.id):
         _check_range_answer(direct, body, status, span, ours=False)  # the store agrees with AWS
+        if not _deviates(env, "head-range"):
+            direct_head = env.store_get(key, {"Range": header}, method="HEAD")
+            assert direct_head is not None and direct_head.status == status
 
     cold = env.get(key, {"Range": header})
     _check_range_answer(cold, body, status, span)
@@ -325,8 +365,13 @@ def test_range(env: Env, case: RangeCase, size_name: str) -> None:
     _check_range_answer(warm, body, status, span)
     if status != 416:
         _assert_from_cache(env, before, hits)
+    whole = env.get(key)
+    assert whole.body == body
+    if status != 416:
+        assert cold.headers["etag"] == warm.headers["etag"] == whole.headers["etag"]
+        if direct is not None:
+            assert cold.headers["etag"] == direct.headers["etag"]
     # once the whole object is cached, nothing (416 included) asks the store
-    assert env.get(key).body == body
     env.settle()
     before = env.store_requests()
     _check_range_answer(env.get(key, {"Range": header}), body, status, span)
@@ -663,6 +708,9 @@ LIST_CASES: dict[str, dict[str, Any]] = {
     "plus-prefix": {"Prefix": "x+"},
     "percent-prefix": {"Prefix": "z/%4"},
     "no-match": {"Prefix": "nothing-here/"},
+    "delimiter-dot": {"Delimiter": "."},
+    "delimiter-multichar": {"Delimiter": "b/"},
+    "prefix-delimiter-not-slash": {"Prefix": "many/0", "Delimiter": "1"},
     "max-keys-zero": {"MaxKeys": 0},
 }
 
@@ -681,7 +729,11 @@ def _model_for(tree: list[str], params: dict[str, Any]) -> list[Page]:
 def test_list_objects_v2(env: Env, tree: list[str], case: str) -> None:
     params = LIST_CASES[case]
     expected = _model_for(tree, params)
-    if env.store is not None:
+    if env.store is not None and _deviates(env, f"list-{case}"):
+        # the proxy cannot repair a store's listing; it must at least relay it faithfully
+        expected = list_v2_pages(env.store, env.list_bucket, **params)
+        assert expected != _model_for(tree, params), "the store is fixed: drop the deviation"
+    elif env.store is not None:
         assert list_v2_pages(env.store, env.list_bucket, **params) == expected, "store vs model"
     assert list_v2_pages(env.client, env.list_bucket, **params) == expected
 
@@ -833,6 +885,13 @@ def test_list_buckets(env: Env) -> None:
     assert raw.status == 200 and raw.headers["x-amz-request-id"]
 
 
+def test_get_bucket_location(env: Env) -> None:
+    assert env.client.get_bucket_location(Bucket=env.bucket)["LocationConstraint"] is None
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        env.client.get_bucket_location(Bucket=f"missing-{uuid.uuid4().hex[:8]}")
+    assert _client_error(exc) == (404, "NoSuchBucket")
+
+
 def test_head_bucket(env: Env) -> None:
     head = env.client.head_bucket(Bucket=env.bucket)
     assert head["ResponseMetadata"]["HTTPStatusCode"] == 200
@@ -890,10 +949,19 @@ ODD_KEYS = [
     "q?uestion#hash&amp=.txt",
     "tilde~(parens)[brackets]!*'.txt",
     "semi;colon,comma:colon@at$dollar.txt",
+    "nfc/\u00e9.txt",  # composed e-acute, and ...
+    "nfc/e\u0301.txt",  # ... decomposed: two different keys
+    "tab\tand\x7fdel.txt",
     "/".join(["d" * 200] * 5)[:1019] + ".txt",  # 1023 bytes: under the limit, long segments
 ]
 # Keys S3 stores as plain strings but that cannot name a file below the fs root.
-PATHLIKE_KEYS = ["dots/../x.txt", "dots/./y.txt", "double//slash.txt", "/leading.txt"]
+PATHLIKE_KEYS = [
+    "dots/../x.txt",
+    "dots/./y.txt",
+    "double//slash.txt",
+    "/leading.txt",
+    "folder-marker/",
+]
 
 
 @pytest.mark.parametrize("key", ODD_KEYS + PATHLIKE_KEYS, ids=lambda k: k[:30])
@@ -923,6 +991,26 @@ def test_odd_keys_round_trip(env: Env, key: str) -> None:
     assert raw.status == 200 and raw.body == body
     listed = env.client.list_objects_v2(Bucket=env.bucket, Prefix=key)
     assert [c["Key"] for c in listed["Contents"]] == [key]
+
+
+def test_plus_in_path_is_a_plus(env: Env) -> None:
+    """In the path, '+' is a literal plus (only form-encoded queries make it a space)."""
+    env.seed("plus/a+b c.txt", b"plus")
+    got = raw_request(env.proxy.url, "GET", f"/{env.bucket}/plus/a+b%20c.txt")
+    assert got.status == 200 and got.body == b"plus"
+    got = raw_request(env.proxy.url, "GET", f"/{env.bucket}/plus/a%2Bb%20c.txt")
+    assert got.status == 200 and got.body == b"plus"
+    miss = raw_request(env.proxy.url, "GET", f"/{env.bucket}/plus/a%20b%20c.txt")
+    assert miss.status == 404
+
+
+@ONLY_FS
+def test_fs_directory_is_not_an_object(env: Env) -> None:
+    env.seed("dir-not-object/inner.txt", b"inner")
+    for key in ("dir-not-object", "dir-not-object/"):
+        got = raw_request(env.proxy.url, "GET", f"/{env.bucket}/{key}")
+        assert got.status == 404 and got.error_code() == "NoSuchKey", key
+    assert env.client.get_object(Bucket=env.bucket, Key="dir-not-object/inner.txt")
 
 
 @ONLY_S3
@@ -1040,32 +1128,25 @@ def test_fs_listing_stays_inside_the_bucket(env: Env, secrets: None) -> None:
     assert "secret.txt" not in buckets and ".." not in buckets
 
 
-# -- writes are refused -----------------------------------------------------------------------
-def test_writes_are_not_implemented(env: Env) -> None:
+# -- operations not built are refused ----------------------------------------------------------
+def test_unsupported_operations_are_refused(env: Env) -> None:
     key = env.fresh_key("readonly.txt")
     env.seed(key, b"keep me")
     attempts = {
-        "put": lambda: env.client.put_object(Bucket=env.bucket, Key=key, Body=b"changed"),
-        "delete": lambda: env.client.delete_object(Bucket=env.bucket, Key=key),
-        "delete-many": lambda: env.client.delete_objects(
-            Bucket=env.bucket, Delete={"Objects": [{"Key": key}]}
+        "put-tagging": lambda: env.client.put_object_tagging(
+            Bucket=env.bucket, Key=key, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}
         ),
-        "copy": lambda: env.client.copy_object(
-            Bucket=env.bucket, Key=key + ".copy", CopySource={"Bucket": env.bucket, "Key": key}
-        ),
-        "create-bucket": lambda: env.client.create_bucket(Bucket=f"new-{uuid.uuid4().hex[:8]}"),
-        "delete-bucket": lambda: env.client.delete_bucket(Bucket=env.bucket),
-        "multipart": lambda: env.client.create_multipart_upload(Bucket=env.bucket, Key=key),
+        "get-acl": lambda: env.client.get_object_acl(Bucket=env.bucket, Key=key),
+        "bucket-policy": lambda: env.client.get_bucket_policy(Bucket=env.bucket),
     }
     for name, attempt in attempts.items():
         with pytest.raises(botocore.exceptions.ClientError) as exc:
             attempt()
         assert _client_error(exc) == (501, "NotImplemented"), name
-    for method in ("PUT", "DELETE", "POST", "PATCH"):
-        raw = raw_request(env.proxy.url, method, f"/{env.bucket}/{quote(key)}")
-        assert raw.status in (501, 405), method
-        assert raw.error_code() in ("NotImplemented", "MethodNotAllowed"), method
-        assert raw.headers["x-amz-request-id"]
+    raw = raw_request(env.proxy.url, "PATCH", f"/{env.bucket}/{quote(key)}")
+    assert raw.status in (501, 405)
+    assert raw.error_code() in ("NotImplemented", "MethodNotAllowed")
+    assert raw.headers["x-amz-request-id"]
     assert env.client.get_object(Bucket=env.bucket, Key=key)["Body"].read() == b"keep me"
     if env.store is not None:
         assert env.store.get_object(Bucket=env.bucket, Key=key)["Body"].read() == b"keep me"

@@ -152,6 +152,35 @@ class CacheStore:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok
 
+    async def commit_files(
+        self, oid: bytes, new: Record, files: list[tuple[int, Path, int]]
+    ) -> bool:
+        """Publish a whole object from fsynced temp files (a write-through copy): rename each
+        into place, then index every chunk in one transaction, replacing any older version."""
+        try:
+            for index, tmp, _ in files:
+                final = self.blobs.path(oid, new.gen, index)
+                await asyncio.to_thread(_publish, tmp, final)
+        except OSError as exc:
+            metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
+            log.warning("cannot publish a write-through copy: %s", exc.strerror)
+            return False
+
+        def op(t: Txn) -> None:
+            cur = t.get(oid)
+            if cur is not None:
+                t.remove(oid, cur)
+                if cur.gen == new.gen:  # same version rewritten: keep the files just placed
+                    placed = {(oid, new.gen, index) for index, _, _ in files}
+                    t.batch.unlink = [u for u in t.batch.unlink if u not in placed]
+            new.inline, new.chunks, new.stored = False, 0, 0
+            for index, _, _ in files:
+                new.chunks |= 1 << index
+            t.insert(oid, new)
+            t.grow(oid, new, sum(length for _, _, length in files))
+
+        return await self._try_submit(op)
+
     async def drop(self, oid: bytes) -> None:
         def op(t: Txn) -> None:
             cur = t.get(oid)
@@ -244,6 +273,12 @@ class CacheStore:
 
         idx.run_sync(repair)
         return stats
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Blocking."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
 
 
 def record_for(

@@ -16,6 +16,7 @@ from proxy import errors, metrics
 from proxy.backends.base import ObjectMeta
 from proxy.routing import Mount, Router
 from proxy.s3 import parse, xml
+from proxy.s3.writes import S3WriteHandlers
 from proxy.service import FileSlice, ObjectService
 
 log = logging.getLogger("proxy.server")
@@ -61,6 +62,7 @@ _OBJECT_SUBRESOURCES_NOT_BUILT = {
 }
 
 
+_WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
 _OBJECT_OPS = {
     "GET": "GetObject",
     "HEAD": "HeadObject",
@@ -88,6 +90,7 @@ class S3Handlers:
         self.domains = domains
         self.region = region
         self.native_sendfile = True
+        self.writes: S3WriteHandlers | None = None  # None: a read-only proxy
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.raw_path
@@ -107,6 +110,8 @@ class S3Handlers:
     async def _bucket_op(
         self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
     ) -> web.StreamResponse:
+        if self.writes is not None and (method in _WRITE_METHODS or "uploads" in query):
+            return await self.writes.bucket_op(request, method, mount, query)
         if method == "HEAD":
             request["op"] = "HeadBucket"
             if not await self.service.bucket_exists(mount):
@@ -142,6 +147,8 @@ class S3Handlers:
     async def _object_op(
         self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
+        if self.writes is not None and (method in _WRITE_METHODS or "uploadId" in query):
+            return await self.writes.object_op(request, method, mount, key, query)
         request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
         if method not in ("GET", "HEAD"):
             raise errors.NotImplementedS3(f"{request['op']} is not supported yet (read-only).")

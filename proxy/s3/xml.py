@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from proxy.backends.base import BucketInfo, ListPage
+from proxy.backends.base import BucketInfo, ListPage, PartInfo, UploadInfo
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -136,3 +136,68 @@ def location(region: str) -> bytes:
 
 def versioning() -> bytes:
     return f'{HEAD}<VersioningConfiguration xmlns="{NS}"/>'.encode()
+
+
+# -- writes ------------------------------------------------------------------------------------
+def initiate_multipart(bucket: str, key: str, upload_id: str) -> bytes:
+    return (
+        f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_t("Bucket", bucket)}'
+        f"{_t('Key', key)}{_t('UploadId', upload_id)}</InitiateMultipartUploadResult>"
+    ).encode()
+
+
+def complete_multipart(location: str, bucket: str, key: str, etag: str) -> bytes:
+    return (
+        f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">{_t("Location", location)}'
+        f"{_t('Bucket', bucket)}{_t('Key', key)}{_t('ETag', etag)}"
+        "</CompleteMultipartUploadResult>"
+    ).encode()
+
+
+def copy_result(tag: str, etag: str, last_modified: float) -> bytes:
+    """CopyObjectResult or CopyPartResult."""
+    return (
+        f'{HEAD}<{tag} xmlns="{NS}">{_t("LastModified", iso8601(last_modified))}'
+        f"{_t('ETag', etag)}</{tag}>"
+    ).encode()
+
+
+def delete_result(deleted: list[str], failed: list[tuple[str, str, str]], quiet: bool) -> bytes:
+    parts = [f'{HEAD}<DeleteResult xmlns="{NS}">']
+    if not quiet:
+        parts += [f"<Deleted>{_t('Key', k)}</Deleted>" for k in deleted]
+    parts += [
+        f"<Error>{_t('Key', k)}{_t('Code', code)}{_t('Message', msg)}</Error>"
+        for k, code, msg in failed
+    ]
+    parts.append("</DeleteResult>")
+    return "".join(parts).encode()
+
+
+def list_parts(bucket: str, key: str, upload_id: str, parts: Iterable[PartInfo]) -> bytes:
+    items = "".join(
+        f"<Part>{_t('PartNumber', p.number)}{_t('LastModified', iso8601(p.last_modified))}"
+        f"{_t('ETag', p.etag)}{_t('Size', p.size)}</Part>"
+        for p in parts
+    )
+    return (
+        f'{HEAD}<ListPartsResult xmlns="{NS}">{_t("Bucket", bucket)}{_t("Key", key)}'
+        f"{_t('UploadId', upload_id)}{OWNER.replace('Owner', 'Initiator')}{OWNER}"
+        f"{_t('StorageClass', 'STANDARD')}{_t('PartNumberMarker', 0)}"
+        f"{_t('MaxParts', 10000)}{_t('IsTruncated', 'false')}{items}</ListPartsResult>"
+    ).encode()
+
+
+def list_uploads(bucket: str, prefix: str, uploads: Iterable[UploadInfo]) -> bytes:
+    items = "".join(
+        f"<Upload>{_t('Key', u.key)}{_t('UploadId', u.upload_id)}"
+        f"{OWNER.replace('Owner', 'Initiator')}{OWNER}{_t('StorageClass', 'STANDARD')}"
+        f"{_t('Initiated', iso8601(u.initiated))}</Upload>"
+        for u in uploads
+    )
+    return (
+        f'{HEAD}<ListMultipartUploadsResult xmlns="{NS}">{_t("Bucket", bucket)}'
+        f"<KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>{_t('Prefix', prefix)}"
+        f"{_t('MaxUploads', 1000)}{_t('IsTruncated', 'false')}{items}"
+        "</ListMultipartUploadsResult>"
+    ).encode()

@@ -1,0 +1,370 @@
+"""S3 write operations: PutObject, CopyObject, DeleteObject(s), buckets, multipart upload.
+
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Storage_Service.html
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import unquote
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as SafeXML
+from aiohttp import web
+
+from proxy import errors
+from proxy.routing import Mount, Router
+from proxy.s3 import parse, xml
+from proxy.writethrough import WriteService
+
+MAX_XML_BODY = 1024 * 1024
+MAX_DELETE_KEYS = 1000
+READ_SIZE = 256 * 1024
+_META_PREFIX = "x-amz-meta-"
+_STORED_HEADERS = (
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "x-amz-storage-class",
+)
+
+
+def _rid(request: web.BaseRequest) -> dict[str, str]:
+    rid = request.get("request_id", "")
+    return {"x-amz-request-id": rid, "x-amz-id-2": rid}
+
+
+def _xml(
+    request: web.BaseRequest,
+    body: bytes,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=body,
+        content_type="application/xml",
+        headers={**_rid(request), **(headers or {})},
+    )
+
+
+def _user_metadata(request: web.BaseRequest) -> dict[str, str]:
+    return {
+        k[len(_META_PREFIX) :].lower(): v
+        for k, v in request.headers.items()
+        if k.lower().startswith(_META_PREFIX)
+    }
+
+
+def _stored_headers(request: web.BaseRequest) -> dict[str, str]:
+    out = {h: request.headers[h] for h in _STORED_HEADERS if h in request.headers}
+    encoding = out.get("Content-Encoding")
+    if encoding is not None:  # aws-chunked is transport framing, never the object's encoding
+        kept = [e.strip() for e in encoding.split(",") if e.strip() and e.strip() != "aws-chunked"]
+        if kept:
+            out["Content-Encoding"] = ", ".join(kept)
+        else:
+            del out["Content-Encoding"]
+    return out
+
+
+def _content_type(request: web.BaseRequest) -> str:
+    return request.headers.get("Content-Type") or "binary/octet-stream"
+
+
+def _payload_size(request: web.BaseRequest) -> int:
+    decoded = request.headers.get("x-amz-decoded-content-length")
+    raw = decoded if decoded is not None else request.headers.get("Content-Length")
+    if raw is None or not raw.isascii() or not raw.isdigit():
+        raise errors.MissingContentLength()
+    return int(raw)
+
+
+async def _raw_payload(request: web.BaseRequest, size: int) -> AsyncIterator[bytes]:
+    """The body as sent, checked against Content-Length and Content-MD5 before its last bytes
+    are handed on, so a store write can still be abandoned on a mismatch."""
+    md5_header = request.headers.get("Content-MD5")
+    want = None
+    if md5_header is not None:
+        try:
+            want = base64.b64decode(md5_header, validate=True)
+        except (binascii.Error, ValueError):
+            raise errors.InvalidDigest() from None
+        if len(want) != 16:
+            raise errors.InvalidDigest()
+    md5 = hashlib.md5(usedforsecurity=False)
+    held: bytes | None = None
+    seen = 0
+    while True:
+        piece = await request.content.read(READ_SIZE)
+        if not piece:
+            break
+        seen += len(piece)
+        if seen > size:
+            raise errors.IncompleteBody("The body is longer than its Content-Length.")
+        if want is not None:
+            md5.update(piece)
+        if held is not None:
+            yield held
+        held = piece
+    if seen != size:
+        raise errors.IncompleteBody()
+    if want is not None and md5.digest() != want:
+        raise errors.BadDigest()
+    if held is not None:
+        yield held
+
+
+def payload(request: web.BaseRequest, size: int) -> AsyncIterator[bytes]:
+    """The object bytes of a request body: de-framed (aws-chunked) and verified when the
+    authentication layer describes the framing, else the raw body."""
+    auth = request.get("auth")
+    spec = getattr(auth, "payload", None)
+    if spec is not None:
+        from proxy.s3.payload import payload as decoded
+
+        return decoded(request, spec)
+    sha = request.headers.get("x-amz-content-sha256", "")
+    if sha.startswith("STREAMING-") or "aws-chunked" in request.headers.get("Content-Encoding", ""):
+        raise errors.NotImplementedS3("aws-chunked uploads need the SigV4 layer.")
+    return _raw_payload(request, size)
+
+
+async def _read_xml(request: web.BaseRequest) -> Element:
+    if (request.content_length or 0) > MAX_XML_BODY:
+        raise errors.MalformedXML("The XML body is too large.")
+    body = b""
+    async for piece in payload(request, _payload_size(request)):
+        body += piece
+        if len(body) > MAX_XML_BODY:
+            raise errors.MalformedXML("The XML body is too large.")
+    try:
+        root: Element = SafeXML.fromstring(body)
+    except Exception:  # defusedxml raises several kinds; all mean the same to the client
+        raise errors.MalformedXML() from None
+    return root
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(node: Element, name: str) -> list[Element]:
+    return [c for c in node if _local(c.tag) == name]
+
+
+def _text(node: Element, name: str) -> str | None:
+    for c in node:
+        if _local(c.tag) == name:
+            return c.text or ""
+    return None
+
+
+class S3WriteHandlers:
+    def __init__(self, writes: WriteService, router: Router, reads: Any) -> None:
+        self.writes = writes
+        self.router = router
+        self.reads = reads
+
+    # -- buckets ------------------------------------------------------------------------------
+    async def bucket_op(
+        self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
+    ) -> web.StreamResponse:
+        if method == "GET" and "uploads" in query:
+            request["op"] = "ListMultipartUploads"
+            prefix = query.get("prefix", "")
+            uploads = await self.writes.list_uploads(mount, prefix)
+            p = mount.prefix
+            shown = [type(u)(u.key[len(p) :], u.upload_id, u.initiated) for u in uploads]
+            return _xml(request, xml.list_uploads(mount.name, prefix, shown))
+        if method == "PUT" and not query:
+            request["op"] = "CreateBucket"
+            await self.writes.create_bucket(mount)
+            return web.Response(headers={**_rid(request), "Location": f"/{mount.name}"})
+        if method == "DELETE" and not query:
+            request["op"] = "DeleteBucket"
+            await self.writes.delete_bucket(mount)
+            return web.Response(status=204, headers=_rid(request))
+        if method == "POST" and "delete" in query:
+            request["op"] = "DeleteObjects"
+            return await self.delete_objects(request, mount)
+        request["op"] = "UnknownBucketOperation"
+        raise errors.NotImplementedS3(f"{method} on a bucket with these parameters.")
+
+    async def delete_objects(self, request: web.BaseRequest, mount: Mount) -> web.Response:
+        root = await _read_xml(request)
+        if _local(root.tag) != "Delete":
+            raise errors.MalformedXML()
+        objects = _children(root, "Object")
+        if not objects or len(objects) > MAX_DELETE_KEYS:
+            raise errors.MalformedXML("Delete takes between 1 and 1000 keys.")
+        quiet = (_text(root, "Quiet") or "").strip().lower() == "true"
+        deleted: list[str] = []
+        failed: list[tuple[str, str, str]] = []
+        for obj in objects:
+            key = _text(obj, "Key")
+            if not key:
+                raise errors.MalformedXML("Each Object needs a Key.")
+            try:
+                await self.writes.delete(mount, mount.remote_key(key))
+                deleted.append(key)
+            except errors.S3Error as exc:
+                failed.append((key, exc.code, exc.message))
+        return _xml(request, xml.delete_result(deleted, failed, quiet))
+
+    # -- objects ------------------------------------------------------------------------------
+    async def object_op(
+        self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
+    ) -> web.StreamResponse:
+        remote = mount.remote_key(key)
+        upload_id = query.get("uploadId")
+        if method == "PUT":
+            if upload_id is not None and "partNumber" in query:
+                if "x-amz-copy-source" in request.headers:
+                    request["op"] = "UploadPartCopy"
+                    return await self.upload_part_copy(request, mount, remote, upload_id, query)
+                request["op"] = "UploadPart"
+                return await self.upload_part(request, mount, remote, upload_id, query)
+            if "x-amz-copy-source" in request.headers:
+                request["op"] = "CopyObject"
+                return await self.copy_object(request, mount, remote)
+            if query.keys() - {"x-id"}:
+                request["op"] = "PutObject"
+                raise errors.NotImplementedS3(f"PUT ?{sorted(query)[0]} is not supported.")
+            request["op"] = "PutObject"
+            return await self.put_object(request, mount, remote)
+        if method == "DELETE":
+            if upload_id is not None:
+                request["op"] = "AbortMultipartUpload"
+                await self.writes.abort_multipart(mount, remote, upload_id)
+            else:
+                request["op"] = "DeleteObject"
+                await self.writes.delete(mount, remote)
+            return web.Response(status=204, headers=_rid(request))
+        if method == "POST" and "uploads" in query:
+            request["op"] = "CreateMultipartUpload"
+            uid = await self.writes.create_multipart(
+                mount,
+                remote,
+                _content_type(request),
+                _user_metadata(request),
+                _stored_headers(request),
+            )
+            return _xml(request, xml.initiate_multipart(mount.name, key, uid))
+        if method == "POST" and upload_id is not None:
+            request["op"] = "CompleteMultipartUpload"
+            return await self.complete(request, mount, key, remote, upload_id)
+        if method == "GET" and upload_id is not None:
+            request["op"] = "ListParts"
+            parts = await self.writes.list_parts(mount, remote, upload_id)
+            return _xml(request, xml.list_parts(mount.name, key, upload_id, parts))
+        request["op"] = "UnknownObjectOperation"
+        raise errors.NotImplementedS3(f"{method} on an object with these parameters.")
+
+    async def put_object(
+        self, request: web.BaseRequest, mount: Mount, key: str
+    ) -> web.StreamResponse:
+        size = _payload_size(request)
+        meta = await self.writes.put(
+            mount,
+            key,
+            payload(request, size),
+            size,
+            _content_type(request),
+            _user_metadata(request),
+            _stored_headers(request),
+        )
+        return web.Response(headers={**_rid(request), "ETag": meta.etag})
+
+    def _copy_source(self, request: web.BaseRequest) -> tuple[Mount, str]:
+        raw = request.headers["x-amz-copy-source"]
+        source = unquote(raw.split("?", 1)[0]).lstrip("/")
+        bucket, _, key = source.partition("/")
+        if not bucket or not key:
+            raise errors.InvalidArgument("x-amz-copy-source must be BUCKET/KEY.")
+        if "?" in raw and "versionId=" in raw and "versionId=null" not in raw:
+            raise errors.NotImplementedS3("Copying a specific version is not supported.")
+        src = self.router.resolve(bucket)
+        auth = request.get("auth")
+        principal = getattr(auth, "principal", None)
+        if principal is not None and not principal.may(bucket, False):
+            raise errors.AccessDenied(f"No read access to bucket {bucket}.")
+        return src, src.remote_key(key)
+
+    async def copy_object(
+        self, request: web.BaseRequest, mount: Mount, key: str
+    ) -> web.StreamResponse:
+        src, src_key = self._copy_source(request)
+        directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise errors.InvalidArgument("Unknown metadata directive.")
+        if directive == "COPY" and src is mount and src_key == key:
+            raise errors.InvalidRequest(
+                "This copy request is illegal because it is trying to copy an object to itself "
+                "without changing the object's metadata."
+            )
+        content_type = _content_type(request) if directive == "REPLACE" else None
+        metadata = _user_metadata(request) if directive == "REPLACE" else None
+        meta = await self.writes.copy(src, src_key, mount, key, content_type, metadata)
+        return _xml(request, xml.copy_result("CopyObjectResult", meta.etag, meta.last_modified))
+
+    def _part_number(self, query: Mapping[str, str]) -> int:
+        raw = query.get("partNumber", "")
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise errors.InvalidArgument("Part number must be an integer between 1 and 10000.")
+        return int(raw)
+
+    async def upload_part(
+        self,
+        request: web.BaseRequest,
+        mount: Mount,
+        key: str,
+        upload_id: str,
+        query: Mapping[str, str],
+    ) -> web.StreamResponse:
+        number = self._part_number(query)
+        size = _payload_size(request)
+        etag = await self.writes.upload_part(
+            mount, key, upload_id, number, payload(request, size), size
+        )
+        return web.Response(headers={**_rid(request), "ETag": etag})
+
+    async def upload_part_copy(
+        self,
+        request: web.BaseRequest,
+        mount: Mount,
+        key: str,
+        upload_id: str,
+        query: Mapping[str, str],
+    ) -> web.StreamResponse:
+        number = self._part_number(query)
+        src, src_key = self._copy_source(request)
+        rng = parse.parse_range(request.headers.get("x-amz-copy-source-range"))
+        read = await self.reads.read(src, src_key, rng, {})
+        etag = await self.writes.upload_part(
+            mount, key, upload_id, number, self.reads.bytes_of(read, src, src_key), read.length
+        )
+        return _xml(request, xml.copy_result("CopyPartResult", etag, read.meta.last_modified))
+
+    async def complete(
+        self, request: web.BaseRequest, mount: Mount, key: str, remote: str, upload_id: str
+    ) -> web.StreamResponse:
+        root = await _read_xml(request)
+        if _local(root.tag) != "CompleteMultipartUpload":
+            raise errors.MalformedXML()
+        parts: list[tuple[int, str]] = []
+        for part in _children(root, "Part"):
+            number, etag = _text(part, "PartNumber"), _text(part, "ETag")
+            if not number or not number.strip().isdigit() or etag is None:
+                raise errors.MalformedXML("Each Part needs a PartNumber and an ETag.")
+            parts.append((int(number), etag.strip()))
+        if not parts:
+            raise errors.MalformedXML("You must specify at least one part.")
+        meta = await self.writes.complete_multipart(mount, remote, upload_id, parts)
+        location = f"/{mount.name}/{key}"
+        return _xml(request, xml.complete_multipart(location, mount.name, key, meta.etag))

@@ -1,0 +1,172 @@
+"""Write-through: the store confirms a write first, then the object is in the cache, so what
+one stage writes the next stage reads hot. Writes and deletes invalidate cached copies at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from proxy import errors
+from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
+from proxy.cache.record import object_id
+from proxy.cache.store import CacheStore, record_for
+from proxy.cache.tee import CacheTee
+from proxy.routing import Mount
+from proxy.service import ObjectService
+
+log = logging.getLogger("proxy.cache")
+TEE_FRACTION = 0.25  # objects larger than this share of the cache are not copied in
+
+
+class WriteService:
+    def __init__(self, cache: CacheStore, reads: ObjectService) -> None:
+        self.cache = cache
+        self.reads = reads
+
+    def _oid(self, mount: Mount, key: str) -> bytes:
+        return object_id(mount.backend.name, mount.bucket, key)
+
+    @staticmethod
+    def _writable(mount: Mount) -> None:
+        if mount.read_only:
+            raise errors.AccessDenied(f"Bucket {mount.name} is read-only.")
+
+    async def put(
+        self,
+        mount: Mount,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> ObjectMeta:
+        self._writable(mount)
+        oid = self._oid(mount, key)
+        self.reads.invalidate(oid)
+        tee = None
+        if size <= self.cache.cfg.max_size * TEE_FRACTION:
+            tee = CacheTee(self.cache, size)
+            body = tee.wrap(body)
+        try:
+            meta = await mount.backend.put(
+                mount.bucket, key, body, size, content_type, metadata, headers
+            )
+        except BaseException:
+            if tee is not None:
+                await tee.discard()
+            await self.cache.drop(oid)  # the store may hold either version now
+            raise
+        self.reads.invalidate(oid)
+        if tee is None or not await tee.publish(
+            oid, record_for(meta, mount.backend.name, mount.bucket, key)
+        ):
+            await self.cache.drop(oid)
+        return meta
+
+    async def delete(self, mount: Mount, key: str) -> None:
+        self._writable(mount)
+        oid = self._oid(mount, key)
+        self.reads.invalidate(oid)
+        try:
+            await mount.backend.delete(mount.bucket, key)
+        finally:
+            await self.cache.drop(oid)
+            self.reads.invalidate(oid)
+
+    async def copy(
+        self,
+        src: Mount,
+        src_key: str,
+        dst: Mount,
+        dst_key: str,
+        content_type: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> ObjectMeta:
+        """Server-side in the store when both sides live there; else streamed through."""
+        self._writable(dst)
+        oid = self._oid(dst, dst_key)
+        self.reads.invalidate(oid)
+        try:
+            if src.backend is dst.backend:
+                return await dst.backend.copy(
+                    src.bucket, src_key, dst.bucket, dst_key, content_type, metadata
+                )
+            read = await self.reads.read(src, src_key, None, {})
+            meta_in = read.meta
+            return await self.put(
+                dst,
+                dst_key,
+                self.reads.bytes_of(read, src, src_key),
+                meta_in.size,
+                content_type or meta_in.content_type,
+                meta_in.metadata if metadata is None else metadata,
+                meta_in.headers,
+            )
+        finally:
+            await self.cache.drop(oid)
+            self.reads.invalidate(oid)
+
+    async def create_bucket(self, mount: Mount) -> None:
+        self._writable(mount)
+        if not mount.wildcard:
+            raise errors.BucketAlreadyOwnedByYou(bucketName=mount.name)
+        await mount.backend.create_bucket(mount.bucket)
+
+    async def delete_bucket(self, mount: Mount) -> None:
+        self._writable(mount)
+        if not mount.wildcard:
+            raise errors.InvalidRequest(
+                f"Bucket {mount.name} is mapped by the proxy's configuration; "
+                "it cannot be deleted through the proxy."
+            )
+        await mount.backend.delete_bucket(mount.bucket)
+
+    # -- multipart: parts go to the store as they come ---------------------------------------
+    async def create_multipart(
+        self,
+        mount: Mount,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> str:
+        self._writable(mount)
+        return await mount.backend.create_multipart(
+            mount.bucket, key, content_type, metadata, headers
+        )
+
+    async def upload_part(
+        self,
+        mount: Mount,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: AsyncIterator[bytes],
+        size: int,
+    ) -> str:
+        self._writable(mount)
+        return await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
+
+    async def complete_multipart(
+        self, mount: Mount, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> ObjectMeta:
+        self._writable(mount)
+        oid = self._oid(mount, key)
+        self.reads.invalidate(oid)
+        try:
+            return await mount.backend.complete_multipart(mount.bucket, key, upload_id, parts)
+        finally:
+            await self.cache.drop(oid)
+            self.reads.invalidate(oid)
+
+    async def abort_multipart(self, mount: Mount, key: str, upload_id: str) -> None:
+        self._writable(mount)
+        await mount.backend.abort_multipart(mount.bucket, key, upload_id)
+
+    async def list_parts(self, mount: Mount, key: str, upload_id: str) -> list[PartInfo]:
+        return await mount.backend.list_parts(mount.bucket, key, upload_id)
+
+    async def list_uploads(self, mount: Mount, prefix: str) -> list[UploadInfo]:
+        return await mount.backend.list_uploads(mount.bucket, mount.prefix + prefix)
