@@ -7,12 +7,14 @@ never committed, so the next read (store healthy again) is byte-exact.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import ProxyFactory, S3ClientFactory
@@ -117,6 +119,20 @@ def test_cached_entries_served_stale_while_store_is_away(
     assert status == 503 and _s3_error(body) in ("ServiceUnavailable", "SlowDown")
 
 
+async def _read_all_or_error(url: str, n: int) -> list[bytes | None]:
+    """``n`` concurrent GETs: each body, or None where the transfer broke."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+
+        async def one() -> bytes | None:
+            try:
+                async with session.get(url) as resp:
+                    return await resp.read()
+            except aiohttp.ClientError:
+                return None
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
 @pytest.mark.parametrize("size", [200 * KIB, 700 * KIB], ids=["one-chunk", "three-chunks"])
 def test_truncated_store_body_is_never_committed(
     size: int,
@@ -136,13 +152,17 @@ def test_truncated_store_body_is_never_committed(
             store_env(seaweedfs),
         )
         url = f"{proxy.url}/{bucket}/cut"
-        for _ in range(2):
-            try:
-                with urllib.request.urlopen(url, timeout=15) as resp:
-                    got = resp.read()
-            except Exception as exc:  # noqa: BLE001 - a broken body is the expected outcome
-                got = f"<{exc!r}>".encode()
-            assert got != body, "a cut store body reached the client as a whole one"
+        try:
+            with urllib.request.urlopen(url, timeout=15) as resp:
+                got = resp.read()
+        except Exception as exc:  # noqa: BLE001 - a broken body is the expected outcome
+            got = f"<{exc!r}>".encode()
+        assert got != body, "a cut store body reached the client as a whole one"
+        # Readers coalesced on a fill that breaks all get the error, promptly (no hang).
+        started = time.monotonic()
+        outcomes = asyncio.run(_read_all_or_error(url, 20))
+        assert all(o != body for o in outcomes)
+        assert time.monotonic() - started < 10
         time.sleep(0.3)
         audit = audit_cache(cache_dir)
         assert all(r.chunks == 0 and not r.inline for r in audit.records.values()), audit
