@@ -32,6 +32,7 @@ LOCK_POLL_START = 0.002
 LOCK_POLL_MAX = 0.05
 FILL_SLOT_WAIT = 10.0
 READ_AHEAD = 2
+CLOSE_PERSIST_WAIT = 5.0
 MD5_ON_LOOP_MAX = 64 * 1024
 META_CACHE_MAX = 50_000
 WRITTEN_MAX = 10_000
@@ -91,6 +92,11 @@ class ObjectService:
         return meta
 
     async def close(self) -> None:
+        # A fill whose bytes are all in has only its commit left: let it finish (briefly), or its
+        # chunk file would be published without an index entry (an orphan until the next fsck).
+        persisting = [f.task for f in self._fills.values() if f.task and f.done]
+        if persisting:
+            await asyncio.wait(persisting, timeout=CLOSE_PERSIST_WAIT)
         pending = [f.task for f in self._fills.values() if f.task] + list(self._background)
         for task in pending:
             task.cancel()

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import (
+    audit_cache,
     get_body,
     http_status,
     new_bucket,
@@ -247,6 +248,9 @@ def test_sigterm_drains_in_flight_gets(
         assert got == body, key
     assert exit_code == 0, proxy.log()
     assert took < shutdown_timeout, f"took {took:.1f}s to drain"
+    audit = audit_cache(tmp_path / "cache")  # no partial entries left behind
+    assert audit.unreferenced() == [] and audit.missing_or_wrong_size(MIB) == []
+    assert all(not files for files in audit.tmp_files.values()), audit.tmp_files
 
 
 # -- several workers ------------------------------------------------------------------------------

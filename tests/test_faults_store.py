@@ -8,6 +8,7 @@ never committed, so the next read (store healthy again) is byte-exact.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -55,17 +56,35 @@ def dead_store_relay() -> Iterator[CountingRelay]:
         yield relay
 
 
-@pytest.mark.parametrize("how", ["closed-port", "store-5xx"])
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A store address that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("how", ["closed-port", "store-5xx", "black-hole"])
 def test_miss_with_store_down_is_a_quick_503(
     how: str,
     seaweedfs: S3Endpoint,
     proxy_factory: ProxyFactory,
     dead_store_relay: CountingRelay,
+    black_hole: str,
     tmp_path: Path,
 ) -> None:
-    url = f"http://127.0.0.1:{free_port()}" if how == "closed-port" else dead_store_relay.url
+    backend = dict(FAST)
+    limit = 3.0
+    if how == "closed-port":
+        url = f"http://127.0.0.1:{free_port()}"
+    elif how == "store-5xx":
+        url = dead_store_relay.url
+    else:
+        url, backend["read_timeout"] = black_hole, "1500ms"
+        limit = 1.5 + 2.0
     proxy = proxy_factory(
-        proxy_config(url, "gone", tmp_path / "cache", backend=FAST), store_env(seaweedfs)
+        proxy_config(url, "gone", tmp_path / "cache", backend=backend), store_env(seaweedfs)
     )
     for path in ("/gone/some/key", "/gone/other"):
         started = time.monotonic()
@@ -73,7 +92,7 @@ def test_miss_with_store_down_is_a_quick_503(
         elapsed = time.monotonic() - started
         assert status == 503, body[:300]
         assert _s3_error(body) in ("ServiceUnavailable", "SlowDown")
-        assert elapsed < 3.0, f"a dead store took {elapsed:.1f}s to report"
+        assert elapsed < limit, f"a dead store took {elapsed:.1f}s to report"
     if how == "store-5xx":
         assert dead_store_relay.count == 2, dead_store_relay.counts  # retries: 0: one attempt
     with urllib.request.urlopen(f"{proxy.admin_url}/readyz", timeout=5) as resp:
@@ -117,6 +136,28 @@ def test_cached_entries_served_stale_while_store_is_away(
     assert after > before
     status, body = get_body(f"{proxy.url}/{bucket}/never-cached", timeout=15)
     assert status == 503 and _s3_error(body) in ("ServiceUnavailable", "SlowDown")
+
+
+def test_stale_entries_expire_after_stale_if_error(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    body = payload(50 * KIB, seed=602)
+    s3_client_factory(seaweedfs).put_object(Bucket=bucket, Key="k", Body=body)
+    with CountingRelay(seaweedfs.url) as relay:
+        cache = {"metadata_ttl": "1s", "stale_if_error": "1s", "inline_max": "16KiB"}
+        proxy = proxy_factory(
+            proxy_config(relay.url, bucket, tmp_path / "cache", cache=cache, backend=FAST),
+            store_env(seaweedfs),
+        )
+        assert get_body(f"{proxy.url}/{bucket}/k") == (200, body)
+    time.sleep(2.3)  # past metadata_ttl + stale_if_error
+    status, got = get_body(f"{proxy.url}/{bucket}/k", timeout=15)
+    assert status == 503, "served an entry older than its TTL plus stale_if_error"
+    assert _s3_error(got) in ("ServiceUnavailable", "SlowDown")
 
 
 async def _read_all_or_error(url: str, n: int) -> list[bytes | None]:
