@@ -117,7 +117,7 @@ class Env:
     bucket: str  # client-facing (and store) bucket for object tests
     list_bucket: str  # a bucket holding only the listing tree
     datasets: str  # store bucket behind the "imagenet" mount (prefix "imagenet/")
-    store: Any | None = None  # boto3 client straight to the store (None for fs)
+    store: Any = None  # boto3 client straight to the store (None for fs)
     relay: CountingRelay | None = None
     root: Path | None = None  # fs data root
     _seq: list[int] = field(default_factory=lambda: [0])

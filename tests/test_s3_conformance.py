@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -537,7 +537,7 @@ CONDITIONALS = [
 def _listed(env: Env, bucket: str, key: str) -> dict[str, Any]:
     """The key's listing entry through the proxy (this does not touch the object cache)."""
     page = env.client.list_objects_v2(Bucket=bucket, Prefix=key)
-    entries = [c for c in page.get("Contents", []) if c["Key"] == key]
+    entries: list[dict[str, Any]] = [c for c in page.get("Contents", []) if c["Key"] == key]
     assert len(entries) == 1, page
     return entries[0]
 
@@ -914,7 +914,7 @@ def test_head_bucket(env: Env) -> None:
 
 def test_error_codes_match_store(env: Env) -> None:
     missing_bucket = f"missing-{uuid.uuid4().hex[:8]}"
-    calls = {
+    calls: dict[str, Callable[[Any], object]] = {
         "get-no-key": lambda c: c.get_object(Bucket=env.bucket, Key="no/such/key"),
         "get-no-bucket": lambda c: c.get_object(Bucket=missing_bucket, Key="k"),
         "list-no-bucket": lambda c: c.list_objects_v2(Bucket=missing_bucket),
@@ -1136,7 +1136,7 @@ def test_fs_listing_stays_inside_the_bucket(env: Env, secrets: None) -> None:
 def test_unsupported_operations_are_refused(env: Env) -> None:
     key = env.fresh_key("readonly.txt")
     env.seed(key, b"keep me")
-    attempts = {
+    attempts: dict[str, Callable[[], object]] = {
         "put-tagging": lambda: env.client.put_object_tagging(
             Bucket=env.bucket, Key=key, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}
         ),
