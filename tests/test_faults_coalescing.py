@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import ProxyFactory, S3ClientFactory
@@ -60,7 +63,9 @@ async def test_500_cold_readers_one_store_get(
         assert served == READERS
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 async def test_500_cold_readers_multi_chunk_one_get_per_chunk(
+    workers: int,
     seaweedfs: S3Endpoint,
     s3_client_factory: S3ClientFactory,
     proxy_factory: ProxyFactory,
@@ -73,10 +78,47 @@ async def test_500_cold_readers_multi_chunk_one_get_per_chunk(
     body = _seed(seaweedfs, s3_client_factory, bucket, "cold/chunks", size)
     cache = {"chunk_size": "128KiB", "inline_max": "16KiB"}
     proxy = proxy_factory(
-        proxy_config(relay.url, bucket, tmp_path / "cache", cache=cache), store_env(seaweedfs)
+        proxy_config(relay.url, bucket, tmp_path / "cache", cache=cache, workers=workers),
+        store_env(seaweedfs),
     )
     relay.reset()
     results = await fetch_many(f"{proxy.url}/{bucket}/cold/chunks", READERS)
     assert [s for s, _ in results] == [200] * READERS
     assert all(b == body for _, b in results)
     assert relay.counts == {("GET", f"/{bucket}/cold/chunks"): 6}, proxy.log()
+
+
+async def test_concurrent_cold_range_reads_one_get_per_chunk(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    chunk = 128 * KIB
+    size = 5 * chunk + 1000
+    body = _seed(seaweedfs, s3_client_factory, bucket, "cold/ranges", size)
+    cache = {"chunk_size": "128KiB", "inline_max": "16KiB"}
+    proxy = proxy_factory(
+        proxy_config(relay.url, bucket, tmp_path / "cache", cache=cache), store_env(seaweedfs)
+    )
+    rng = random.Random(7)
+    spans = []
+    for _ in range(200):
+        first = rng.randrange(size)
+        spans.append((first, min(size - 1, first + rng.randrange(3 * chunk))))
+    url = f"{proxy.url}/{bucket}/cold/ranges"
+    relay.reset()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(first: int, last: int) -> tuple[int, bytes]:
+            async with session.get(url, headers={"Range": f"bytes={first}-{last}"}) as resp:
+                return resp.status, await resp.read()
+
+        results = await asyncio.gather(*(one(a, b) for a, b in spans))
+    for (first, last), (status, got) in zip(spans, results, strict=True):
+        assert status == 206
+        assert got == body[first : last + 1], (first, last)
+    per_chunk = relay.count_of("GET", f"/{bucket}/cold/ranges")
+    assert per_chunk == 6, f"{per_chunk} store GETs for 6 chunks"
