@@ -260,7 +260,7 @@ class CpuWatch:
         busy = b.machine[0] - a.machine[0]
         out["other tenants"] = pct(others)
         out["irq+softirq"] = pct(irq)
-        out["unattributed"] = pct(max(0.0, busy - accounted - others - irq))
+        out["others, short-lived"] = pct(max(0.0, busy - accounted - others - irq))
         out["machine busy"] = pct(busy)
         steal = b.machine[2] - a.machine[2]
         if steal > 0:
@@ -1056,7 +1056,7 @@ def print_report(
         "'other tenants' = processes not of this benchmark):"
     )
     for r in rows:
-        p(f"  {r.workload} {r.name:<24} " + ", ".join(f"{k} {v:g}" for k, v in r.cpu.items()))
+        p(f"  {r.workload} {r.name:<26} " + ", ".join(f"{k} {v:g}" for k, v in r.cpu.items()))
         for group in ("slipstream", "ceiling"):
             used = [r.cpu.get(f"{group}:w{k}", 0.0) for k in range(int(info["workers"]))]
             if max(used) > 0 and min(used) < 0.5 * max(used):
@@ -1076,7 +1076,7 @@ def print_report(
                 for k, v in r.proxy_metrics.get("requests_total", {}).items()
             }
             p(
-                f"  {r.workload} {r.name:<24} requests by status {statuses} (client got "
+                f"  {r.workload} {r.name:<26} requests by status {statuses} (client got "
                 f"{r.requests}); backend {dict(ops) or '{}'}; cache hits {hits:g}, "
                 f"misses {misses:g}"
             )
