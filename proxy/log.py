@@ -45,3 +45,4 @@ def configure(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    logging.getLogger("azure").setLevel(logging.WARNING)  # it logs every request at INFO

