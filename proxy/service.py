@@ -162,7 +162,9 @@ class ObjectService:
     ) -> ObjectRead:
         """Resolve metadata, conditionals and range; the body streams from ``parts``."""
         oid = object_id(mount.backend.name, mount.bucket, key)
-        rec, inline = await self._current(mount, key, oid)
+        rec, inline = self.cache.lookup(oid)
+        if rec is not None and not self._fresh(rec, mount, time.time()):
+            rec, inline = await self._current(mount, key, oid)
         first_fill: Fill | None = None
         if rec is None:
             metrics.CACHE_MISSES.inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 from proxy.backends.base import ObjectMeta
 
 
+@functools.lru_cache(maxsize=65536)
 def object_id(backend: str, bucket: str, key: str) -> bytes:
     """The object's identity in the cache: its store, remote bucket and remote key, hashed."""
     return hashlib.blake2b(

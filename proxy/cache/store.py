@@ -20,6 +20,7 @@ from proxy.config import CacheConfig
 
 log = logging.getLogger("proxy.cache")
 HIT_FLUSH_INTERVAL = 1.0
+ATIME_REFRESH = 600.0
 
 
 class CacheStore:
@@ -82,9 +83,9 @@ class CacheStore:
         return self.blobs.path(oid, rec.gen, index)
 
     def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
-        # Saturated counters need no write; the index is only touched while freq can grow,
-        # or once a minute for access times.
-        if rec.freq < eviction.MAX_FREQ or now - rec.atime > 60:
+        # S3-FIFO only asks whether an object was read again, so the index is written when
+        # the answer changes (freq 0 -> n) and, for access times, at most every ten minutes.
+        if rec.freq == 0 or now - rec.atime > ATIME_REFRESH:
             self._hits[oid] = self._hits.get(oid, 0) + 1
 
     def totals(self) -> tuple[int, int]:
