@@ -26,6 +26,7 @@ from proxy.cache.index import Index
 from proxy.cache.store import CacheStore
 from proxy.config import Config
 from proxy.routing import Router
+from proxy.s3.auth import Authenticator
 from proxy.s3.handlers import S3Handlers
 from proxy.s3.middleware import make_middleware
 from proxy.s3.writes import S3WriteHandlers
@@ -58,7 +59,10 @@ class S3Server:
         router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.service = ObjectService(self.cache, self.cfg.cache, router)
-        handlers = S3Handlers(self.service, router, self.cfg.server.domains)
+        auth = Authenticator(self.cfg.auth, self.cfg.auth.region)
+        handlers = S3Handlers(
+            self.service, router, self.cfg.server.domains, self.cfg.auth.region, auth=auth
+        )
         handlers.native_sendfile = self.cfg.server.sendfile
         writes = WriteService(self.cache, self.service)
         handlers.writes = S3WriteHandlers(writes, router, self.service)
@@ -78,6 +82,7 @@ class S3Server:
         server = web.Server(
             self.handle,
             access_log=None,
+            auto_decompress=False,  # a gzip object body is stored as sent, not inflated
             keepalive_timeout=self.cfg.server.keepalive_timeout,
             max_line_size=self.cfg.server.max_line_size,
             max_field_size=self.cfg.server.max_field_size,

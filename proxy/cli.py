@@ -30,6 +30,8 @@ def _load(config: Path | None) -> Config:
             backend.credentials()  # a missing secret variable or file fails now, by name
             for name in ("account_key", "sas_token", "connection_string", "delegation_token"):
                 backend.secret(name)
+        for user in cfg.auth.users:
+            user.secret()  # a client's missing secret fails now too (read again at start)
         return cfg
     except ConfigError as exc:
         click.echo(f"slipstream: invalid configuration: {exc}", err=True)
@@ -84,3 +86,11 @@ def check_config(config: Path | None) -> None:
         click.echo(f"  backend {b.name}: {b.type} {where}")
     for m in cfg.buckets.values():
         click.echo(f"  bucket {m.name} -> {m.backend}:{m.bucket or m.name}/{m.prefix}")
+    anonymous = cfg.auth.anonymous is True or (cfg.auth.anonymous is None and not cfg.auth.users)
+    click.echo(f"  auth region={cfg.auth.region} anonymous={'yes' if anonymous else 'no'}")
+    for u in cfg.auth.users:
+        allow = ", ".join(f"{b}: {level}" for b, level in u.allow.items()) or "nothing"
+        click.echo(
+            f"  user {u.access_key} (secret from {u.secret_key_env or u.secret_key_file})"
+            f" allow {allow}"
+        )

@@ -14,8 +14,10 @@ from aiohttp import web
 
 from proxy import errors, metrics
 from proxy.backends.base import ObjectMeta
+from proxy.config import AuthConfig
 from proxy.routing import Mount, Router
 from proxy.s3 import parse, xml
+from proxy.s3.auth import Authenticator, is_write
 from proxy.s3.writes import S3WriteHandlers
 from proxy.service import FileSlice, ObjectService
 
@@ -84,7 +86,9 @@ class S3Handlers:
         router: Router,
         domains: tuple[str, ...],
         region: str = "us-east-1",
+        auth: Authenticator | None = None,
     ) -> None:
+        self.auth = auth or Authenticator(AuthConfig(), region)  # default: anonymous, no users
         self.service = service
         self.router = router
         self.domains = domains
@@ -93,15 +97,17 @@ class S3Handlers:
         self.writes: S3WriteHandlers | None = None  # None: a read-only proxy
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        auth = request["auth"] = self.auth.authenticate(request)
         raw = request.raw_path
         target = parse.parse_target(raw, request.host or "", self.domains)
-        query = parse.parse_query(raw.partition("?")[2])
+        query = auth.operation_query(parse.parse_query(raw.partition("?")[2]))
         method = request.method
         if target.bucket is None:
             if method == "GET":
                 request["op"] = "ListBuckets"
                 return await self.list_buckets(request)
             raise errors.MethodNotAllowed()
+        auth.require(target.bucket, is_write(method))  # before the bucket is resolved
         mount = self.router.resolve(target.bucket)
         if target.key is None:
             return await self._bucket_op(request, method, mount, query)
