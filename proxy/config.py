@@ -433,6 +433,11 @@ def _backend(name: str, data: Any) -> BackendConfig:
         raise ConfigError(f"{where}.account_url: required (or connection_string_env/_file)")
     if kind == "webhdfs" and not cfg.url:
         raise ConfigError(f"{where}.url: required for a webhdfs backend (http://namenode:9870)")
+    if kind == "webhdfs" and cfg.kerberos:
+        raise ConfigError(
+            f"{where}.kerberos: Kerberos/SPNEGO is not supported by the webhdfs backend; use a "
+            "delegation token (delegation_token_env or delegation_token_file) or user"
+        )
     return cfg
 
 
