@@ -17,7 +17,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from time import time as real_time
 from typing import Any
+from unittest import mock
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import botocore.exceptions
@@ -179,7 +181,8 @@ def test_scope_and_malformed_headers(auth: Authenticator) -> None:
         ),
         (authz.replace("Signature=", "Signature=zz"), "AuthorizationHeaderMalformed"),
         (authz.replace("SignedHeaders=host;", "SignedHeaders="), "AuthorizationHeaderMalformed"),
-        ("AWS trainer:c2lnbmF0dXJl", "InvalidRequest"),
+        ("AWS trainer:c2lnbmF0dXJl", "SignatureDoesNotMatch"),  # SigV2, checked as such
+        ("Bearer c2lnbmF0dXJl", "InvalidRequest"),
         (authz.replace("/s3/", "/ec2/"), "AuthorizationHeaderMalformed"),
     ):
         w = wire.with_headers(Authorization=bad)
@@ -261,6 +264,59 @@ def test_presigned_refusals(secret_env: str, auth: Authenticator) -> None:
             assert code_of(lambda w=w: auth.authenticate(mocked(w))) == code, w.target
     both = wire.with_headers(Authorization="AWS4-HMAC-SHA256 Credential=x")
     assert code_of(lambda: auth.authenticate(mocked(both))) == "InvalidArgument"
+
+
+# -- SigV2: boto3's default for presigned URLs, and old tools' Authorization header ---------------
+
+
+def v2_presigned(method: str, key: str, expires: int = 3600, secret: str = SECRET) -> Wire:
+    c = make_s3_client(URL, ACCESS_KEY, secret)  # no signature_version: boto3 presigns with V2
+    op = {"GET": "get_object", "PUT": "put_object"}[method]
+    url = c.generate_presigned_url(op, Params={"Bucket": "data", "Key": key}, ExpiresIn=expires)
+    assert "AWSAccessKeyId=" in url and "X-Amz-" not in url
+    return Wire(method, url[len(URL) :], {"Host": HOST})
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_sigv2_presigned_and_header(auth: Authenticator, key: str) -> None:
+    for method in ("GET", "PUT"):
+        result = auth.authenticate(mocked(v2_presigned(method, key)))
+        assert result.principal is not None and result.principal.access_key == ACCESS_KEY
+        assert result.presigned
+    v2 = client(signature_version="s3")
+    for wire in (
+        capture(v2, "get_object", Bucket="data", Key=key, Range="bytes=1-2"),
+        capture(v2, "put_object", Bucket="data", Key=key, Body=b"x", ContentType="text/plain"),
+        capture(v2, "list_objects", Bucket="data", Prefix=key),
+    ):
+        assert wire.headers["Authorization"].startswith("AWS ")
+        assert auth.authenticate(mocked(wire)).principal is not None
+
+
+def test_sigv2_refusals(secret_env: str, auth: Authenticator) -> None:
+    wire = v2_presigned("GET", "k", expires=60)
+    late = Authenticator(AuthConfig(users=users(secret_env)), now=lambda: time.time() + 61)
+    assert code_of(lambda: late.authenticate(mocked(wire))) == "AccessDenied"
+    wrong = v2_presigned("GET", "k", secret="nope")
+    assert code_of(lambda: auth.authenticate(mocked(wrong))) == "SignatureDoesNotMatch"
+    for bad in (
+        Wire("PUT", wire.target, wire.headers),
+        Wire("GET", wire.target.replace("/data/k", "/data/K"), wire.headers),
+        Wire("GET", wire.target.replace("Expires=", "Expires=1"), wire.headers),
+        Wire("GET", wire.target + "&versionId=abc", wire.headers),
+    ):
+        assert code_of(lambda b=bad: auth.authenticate(mocked(b))) == "SignatureDoesNotMatch"
+    ghost = Wire("GET", wire.target.replace("AWSAccessKeyId=trainer", "AWSAccessKeyId=x"), {})
+    assert code_of(lambda: auth.authenticate(mocked(ghost))) == "InvalidAccessKeyId"
+    v2 = client(signature_version="s3")
+    header = capture(v2, "get_object", Bucket="data", Key="k")
+    skewed = Authenticator(AuthConfig(users=users(secret_env)), now=lambda: time.time() + 1200)
+    assert code_of(lambda: skewed.authenticate(mocked(header))) == "RequestTimeTooSkewed"
+    tampered = header.with_headers(Content_Type="text/evil")
+    assert code_of(lambda: auth.authenticate(mocked(tampered))) == "SignatureDoesNotMatch"
+    assert auth.authenticate(mocked(header.with_headers(Range="bytes=0-1"))).principal
+    result = auth.authenticate(mocked(wire))
+    assert result.operation_query({"AWSAccessKeyId": "a", "Signature": "s", "Expires": "1"}) == {}
 
 
 # -- anonymous mode and access rules --------------------------------------------------------------
@@ -704,6 +760,11 @@ def test_diff_signed_get(weed_pair: tuple[S3Endpoint, ProxyProcess], signer: str
         "get_object", Params={"Bucket": DIFF_BUCKET, "Key": key}, ExpiresIn=600
     )
     assert_same(weed_pair, from_url("GET", url, {}), None)
+    v2_url = make_s3_client(weed).generate_presigned_url(  # boto3's default: SigV2
+        "get_object", Params={"Bucket": DIFF_BUCKET, "Key": key}, ExpiresIn=600
+    )
+    assert "AWSAccessKeyId=" in v2_url
+    assert assert_same(weed_pair, from_url("GET", v2_url, {}), None).body.startswith(b"seaweed ")
 
 
 def test_diff_refusals(weed_pair: tuple[S3Endpoint, ProxyProcess]) -> None:
@@ -741,6 +802,20 @@ def test_diff_refusals(weed_pair: tuple[S3Endpoint, ProxyProcess]) -> None:
     )
     tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")[:-1]
     assert_same(weed_pair, from_url("GET", tampered, {}), "SignatureDoesNotMatch")
+    v2 = make_s3_client(weed)
+    v2_url = v2.generate_presigned_url(
+        "get_object", Params={"Bucket": DIFF_BUCKET, "Key": key}, ExpiresIn=600
+    )
+    assert_same(
+        weed_pair,
+        from_url("GET", v2_url.replace("Signature=", "Signature=A"), {}),
+        "SignatureDoesNotMatch",
+    )
+    with shifted_clock(-7200), mock.patch("time.time", lambda: real_time() - 7200):
+        v2_old = v2.generate_presigned_url(
+            "get_object", Params={"Bucket": DIFF_BUCKET, "Key": key}, ExpiresIn=600
+        )
+    assert_same(weed_pair, from_url("GET", v2_old, {}), "AccessDenied")
 
 
 def test_diff_streaming_puts(weed_pair: tuple[S3Endpoint, ProxyProcess]) -> None:
@@ -898,7 +973,7 @@ def test_e2e_boto3(secured: ProxyProcess) -> None:
     assert (unsigned.status, unsigned.error_code()) == (403, "AccessDenied")
 
 
-def test_e2e_presigned_and_chunked(secured: ProxyProcess) -> None:
+def test_e2e_presigned_and_chunked(secured: ProxyProcess, tmp_path: Path) -> None:
     c = proxy_client(secured)
     url = c.generate_presigned_url(
         "get_object", Params={"Bucket": "data", "Key": "hello.txt"}, ExpiresIn=300
@@ -912,6 +987,26 @@ def test_e2e_presigned_and_chunked(secured: ProxyProcess) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(expired, timeout=10)
     assert info.value.code == 403 and b"<Code>AccessDenied</Code>" in info.value.read()
+    default = make_s3_client(secured.url, ACCESS_KEY, SECRET)  # presigns with SigV2
+    v2_url = default.generate_presigned_url(
+        "get_object", Params={"Bucket": "data", "Key": "hello.txt"}, ExpiresIn=300
+    )
+    with urllib.request.urlopen(v2_url, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b"hello from data"
+    for client_, key in ((c, "v4 put.txt"), (default, "v2 put+.txt")):
+        curl_url = client_.generate_presigned_url(
+            "put_object", Params={"Bucket": "data", "Key": key}, ExpiresIn=300
+        )
+        body = tmp_path / "upload.txt"
+        body.write_bytes(b"uploaded with curl " + key.encode())
+        out = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", str(body), curl_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout == "200", (out.stdout, out.stderr)
+        assert c.get_object(Bucket="data", Key=key)["Body"].read() == body.read_bytes()
     put_url = c.generate_presigned_url(
         "put_object", Params={"Bucket": "data", "Key": "presigned put.txt"}, ExpiresIn=300
     )

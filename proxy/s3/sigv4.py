@@ -1,0 +1,290 @@
+"""SigV4 as S3 receives it: what the client claims, and the signature it should carry.
+
+The canonical request and the string to sign come from botocore's own signer
+(``S3SigV4Auth``), fed with exactly what the client sent and signed: the raw path and query as
+received, the headers named in SignedHeaders, the declared payload hash. Pure functions.
+
+https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-authenticating-requests.html
+https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.compat import HTTPHeaders
+
+from proxy import errors
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+MAX_EXPIRES = 7 * 24 * 3600  # X-Amz-Expires upper bound (604800 s)
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What the client claims: from the Authorization header or the X-Amz-* query."""
+
+    access_key: str
+    date: str  # YYYYMMDD of the credential scope
+    region: str
+    service: str
+    terminal: str
+    signed_headers: tuple[str, ...]
+    signature: str
+    timestamp: str  # YYYYMMDDTHHMMSSZ
+    presigned: bool
+    expires: int = 0
+
+
+def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) -> None:
+    """SignatureDoesNotMatch unless ``signed.signature`` is the request's signature under
+    ``key``: constant-time, over the raw path and query as received (and, when a client
+    encoded them differently, over the forms the spec's encoding gives)."""
+    headers = HTTPHeaders()
+    for name in signed.signed_headers:
+        values = request.headers.getall(name, None)
+        if values is None:
+            raise errors.SignatureDoesNotMatch(
+                f"The request does not carry the signed header {name!r}.",
+                AWSAccessKeyId=signed.access_key,
+            )
+        for value in values:
+            headers[name] = value
+    sent_hash = request.headers.get("x-amz-content-sha256", "")
+    payload_hash = UNSIGNED_PAYLOAD if signed.presigned else sent_hash
+    canon = _Canonicaliser(region, headers, payload_hash)
+    aws_request = AWSRequest(method=request.method, url="http://h/")
+    aws_request.headers = headers
+    aws_request.context["timestamp"] = signed.timestamp
+    path, _, raw_query = request.raw_path.partition("?")
+    first: tuple[str, str] | None = None
+    for canon.path in path_forms(path):
+        for canon.query in query_forms(raw_query, signed.presigned):
+            canonical_request = canon.canonical_request(aws_request)
+            string_to_sign = canon.string_to_sign(aws_request, canonical_request)
+            expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+            if hmac.compare_digest(expected, signed.signature):
+                return
+            first = first or (canonical_request, string_to_sign)
+    assert first is not None
+    raise errors.SignatureDoesNotMatch(
+        AWSAccessKeyId=signed.access_key,
+        StringToSign=first[1],
+        SignatureProvided=signed.signature,
+        CanonicalRequest=first[0],
+    )
+
+
+class _Canonicaliser(S3SigV4Auth):  # type: ignore[misc]
+    """botocore's S3 signer, fed what the client signed instead of what botocore would send."""
+
+    def __init__(self, region: str, headers: HTTPHeaders, payload_hash: str) -> None:
+        super().__init__(None, "s3", region)
+        self._headers = headers
+        self._payload_hash = payload_hash
+        self.path = "/"
+        self.query = ""
+
+    def headers_to_sign(self, request: Any) -> HTTPHeaders:
+        return self._headers
+
+    def canonical_query_string(self, request: Any) -> str:
+        return self.query
+
+    def _normalize_url_path(self, path: str) -> str:
+        return self.path  # the raw path as received, never re-split from a URL
+
+    def payload(self, request: Any) -> str:
+        return self._payload_hash
+
+
+def derive_signing_key(secret: bytes, date: str, region: str, service: str = "s3") -> bytes:
+    """kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")."""
+    key = hmac.new(b"AWS4" + secret, date.encode(), hashlib.sha256).digest()
+    for part in (region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+# -- parsing what the client sent ---------------------------------------------------------------
+
+
+def parse_header(value: str, timestamp: str | None) -> Signed:
+    malformed = errors.AuthorizationHeaderMalformed
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        if algorithm == "AWS4-ECDSA-P256-SHA256":
+            raise errors.NotImplementedS3("SigV4A (ECDSA) signatures are not supported.")
+        raise errors.InvalidRequest(
+            "The authorization mechanism you have provided is not supported. "
+            "Please use AWS4-HMAC-SHA256."
+        )
+    parts: dict[str, str] = {}
+    for item in rest.split(","):
+        name, sep, val = item.strip().partition("=")
+        if sep:
+            parts[name.strip()] = val.strip()
+    missing = [n for n in ("Credential", "SignedHeaders", "Signature") if not parts.get(n)]
+    if missing:
+        raise malformed(f"The authorization header is malformed; missing {', '.join(missing)}.")
+    return _signed(
+        parts["Credential"],
+        parts["SignedHeaders"],
+        parts["Signature"],
+        timestamp or "",
+        None,
+        malformed,
+    )
+
+
+def parse_query(query: str) -> Signed:
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name.startswith("X-Amz-"):
+            params[name] = unquote(value)
+    error = errors.AuthorizationQueryParametersError
+    if params.get("X-Amz-Algorithm") != ALGORITHM:
+        raise error('X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
+    names = ("X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders")
+    missing = [n for n in (*names, "X-Amz-Signature") if not params.get(n)]
+    if missing:
+        raise error(
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, "
+            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and "
+            f"X-Amz-Expires parameters; missing {', '.join(missing)}."
+        )
+    if not _AMZ_DATE.fullmatch(params["X-Amz-Date"]):
+        raise error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
+    expires = params["X-Amz-Expires"]
+    if not expires.isascii() or not expires.isdigit() or not 0 < int(expires) <= MAX_EXPIRES:
+        raise error(
+            "X-Amz-Expires must be a number of seconds from 1 to 604800 (a week)",
+        )
+    return _signed(
+        params["X-Amz-Credential"],
+        params["X-Amz-SignedHeaders"],
+        params["X-Amz-Signature"],
+        params["X-Amz-Date"],
+        int(expires),
+        error,
+    )
+
+
+def _signed(
+    credential: str,
+    signed_headers: str,
+    signature: str,
+    timestamp: str,
+    expires: int | None,
+    error: type[errors.S3Error],
+) -> Signed:
+    scope = credential.rsplit("/", 4)
+    if len(scope) != 5 or not scope[0]:
+        raise error(
+            "The credential is malformed; expecting "
+            '"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".'
+        )
+    if not HEX64.fullmatch(signature):
+        raise error("The signature is malformed; expecting 64 hex digits.")
+    names = tuple(signed_headers.split(";"))
+    if any(not n or n != n.strip().lower() for n in names):
+        raise error("SignedHeaders is malformed; expecting lower-case names separated by ';'.")
+    presigned = expires is not None
+    return Signed(
+        access_key=scope[0],
+        date=scope[1],
+        region=scope[2],
+        service=scope[3],
+        terminal=scope[4],
+        signed_headers=names,
+        signature=signature.lower(),
+        timestamp=timestamp,
+        presigned=presigned,
+        expires=expires or 0,
+    )
+
+
+def request_timestamp(headers: Mapping[str, str]) -> str | None:
+    """X-Amz-Date, or the Date header in the same form; None when neither is valid."""
+    amz = headers.get("x-amz-date")
+    if amz is not None:
+        return amz if _AMZ_DATE.fullmatch(amz) else None
+    date = headers.get("Date")
+    if date is None:
+        return None
+    try:
+        parsed = parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(parsed.timestamp()))
+
+
+def epoch(timestamp: str) -> float:
+    return float(calendar.timegm(time.strptime(timestamp, "%Y%m%dT%H%M%SZ")))
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def path_forms(path: str) -> list[str]:
+    """The raw path as received; then the spec's encoding of what it decodes to, if that differs
+    (clients that leave characters such as '!' or '@' unencoded sign the encoded form)."""
+    forms = [path]
+    try:
+        encoded = quote(unquote(path, errors="strict"), safe="/~")
+    except UnicodeDecodeError:
+        return forms
+    if encoded != path:
+        forms.append(encoded)
+    return forms
+
+
+def query_forms(raw: str, presigned: bool) -> list[str]:
+    """botocore's canonical query of the decoded parameters; then the raw pairs as botocore
+    sorts a URL's query, if different (a client that signed its query as it sent it)."""
+    pairs: list[tuple[str, str]] = []
+    raw_pairs: list[str] = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if presigned and name == "X-Amz-Signature":
+            continue
+        pairs.append((unquote(name), unquote(value)))
+        raw_pairs.append(part)
+    forms = [_QUERY_SIGNER._canonical_query_string_params(pairs)]
+    as_sent = "&".join(raw_pairs)
+    if as_sent:
+        raw_form = _QUERY_SIGNER._canonical_query_string_url(_Split(as_sent))
+        if raw_form != forms[0]:
+            forms.append(raw_form)
+    return forms
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The one attribute of urlsplit's result that botocore's query canonicaliser reads."""
+
+    query: str
+
+
+_QUERY_SIGNER = S3SigV4Auth(None, "s3", "us-east-1")  # only its query canonicalisers are used
