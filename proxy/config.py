@@ -146,9 +146,11 @@ class UserConfig:
 
     def secret(self) -> str:
         """Read the secret key now (raises ConfigError naming the field when it is missing)."""
-        value = _secret(self.secret_key_env, self.secret_key_file, f"auth.users.{self.access_key}")
+        source = "secret_key_env" if self.secret_key_env else "secret_key_file"
+        where = f"auth.users[{self.access_key}].{source}"
+        value = _secret(self.secret_key_env, self.secret_key_file, where)
         if not value:
-            raise ConfigError(f"auth.users.{self.access_key}: the secret key is empty")
+            raise ConfigError(f"{where}: the secret key is empty")
         return value
 
 
