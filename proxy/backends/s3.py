@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy import errors, log, metrics
 from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.s3_http import S3HttpReader
 from proxy.backends.s3_writes import S3Writes
 from proxy.config import BackendConfig
 
 T = TypeVar("T")
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
-_PASSTHROUGH_HEADERS = {
-    "CacheControl": "Cache-Control",
-    "ContentDisposition": "Content-Disposition",
-    "ContentEncoding": "Content-Encoding",
-    "ContentLanguage": "Content-Language",
-    "StorageClass": "x-amz-storage-class",
-    "VersionId": "x-amz-version-id",
-}
-_READ_SIZE = 256 * 1024
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -41,6 +31,8 @@ def _map_client_error(exc: ClientError, bucket: str, key: str | None) -> errors.
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     if code == "NoSuchBucket":
         return errors.NoSuchBucket(resource=bucket)
+    if code == "NoSuchUpload":  # a 404 that is not about the key
+        return errors.NoSuchUpload()
     if code in _NOT_FOUND_CODES or status == 404:
         return errors.NoSuchKey(key=key or "") if key is not None else errors.NoSuchBucket()
     if code == "InvalidRange" or status == 416:
@@ -59,30 +51,6 @@ def _map_client_error(exc: ClientError, bucket: str, key: str | None) -> errors.
     return errors.InvalidRequest(f"The store refused the request: {code}.")
 
 
-def _meta(resp: dict[str, Any]) -> ObjectMeta:
-    etag = str(resp.get("ETag") or '""')
-    last_modified = resp.get("LastModified")
-    size = int(resp.get("ContentLength") or 0)
-    content_range = resp.get("ContentRange")
-    if content_range:
-        m = _CONTENT_RANGE.match(content_range)
-        if m and m.group(3) != "*":
-            size = int(m.group(3))
-    headers = {h: str(resp[f]) for f, h in _PASSTHROUGH_HEADERS.items() if resp.get(f)}
-    if resp.get("Expires"):
-        headers["Expires"] = str(resp["ResponseMetadata"]["HTTPHeaders"].get("expires", ""))
-    encrypted_kms = resp.get("ServerSideEncryption") == "aws:kms"
-    return ObjectMeta(
-        size=size,
-        etag=etag,
-        last_modified=last_modified.timestamp() if last_modified else time.time(),
-        content_type=str(resp.get("ContentType") or "application/octet-stream"),
-        metadata=dict(resp.get("Metadata") or {}),
-        headers=headers,
-        etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag)) and not encrypted_kms,
-    )
-
-
 class S3Backend(S3Writes):
     kind = "s3"
 
@@ -91,6 +59,7 @@ class S3Backend(S3Writes):
         self._cfg = cfg
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._http: S3HttpReader = S3HttpReader(cfg, None)
 
     async def start(self) -> None:
         creds = self._cfg.credentials()
@@ -108,6 +77,10 @@ class S3Backend(S3Writes):
             response_checksum_validation="when_required",
         )
         session = get_session()
+        credentials = Credentials(*creds) if creds else await session.get_credentials()
+        self._http = S3HttpReader(self._cfg, credentials)
+        await self._http.start()
+        self._stack.push_async_callback(self._http.close)
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self._cfg.endpoint, config=config, **kwargs)
         )
@@ -142,47 +115,12 @@ class S3Backend(S3Writes):
             log.backend.warning("backend %s %s failed: %s", self.name, operation, exc)
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
-        resp = await self._call(
-            "HeadObject", bucket, key, lambda: self._client.head_object(Bucket=bucket, Key=key)
-        )
-        return _meta(resp)
+        return await self._http.head(bucket, key)
 
     async def get(
         self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
     ) -> GetResult:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if start is not None:
-            params["Range"] = f"bytes={start}-{'' if end is None else end}"
-        if if_match:
-            params["IfMatch"] = if_match
-        resp = await self._call("GetObject", bucket, key, lambda: self._client.get_object(**params))
-        meta = _meta(resp)
-        length = int(resp.get("ContentLength") or 0)
-        first = 0
-        m = _CONTENT_RANGE.match(resp.get("ContentRange") or "")
-        if m:
-            first = int(m.group(1))
-        body = resp["Body"]
-        return GetResult(
-            meta=meta,
-            start=first,
-            end=first + length - 1,
-            body=self._stream(body),
-            release=body.aclose,
-        )
-
-    async def _stream(self, body: Any) -> AsyncIterator[bytes]:
-        content = body.raw_stream.content
-        try:
-            while True:
-                piece = await content.read(_READ_SIZE)
-                if not piece:
-                    return
-                metrics.BACKEND_BYTES.labels(self.name).inc(len(piece))
-                yield piece
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            metrics.BACKEND_ERRORS.labels(self.name, "GetObject", "BodyRead").inc()
-            raise errors.BackendUnavailable("The store connection broke mid-body.") from exc
+        return await self._http.get(bucket, key, start, end, if_match)
 
     async def list(
         self,
