@@ -8,8 +8,10 @@ front of it. End-to-end tests run the proxy with ``auth.users`` and real clients
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import botocore.exceptions
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy import errors
 from proxy.config import AuthConfig, UserConfig
@@ -1123,3 +1127,127 @@ def test_config_listen_rule_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "buckets": {"*": {"backend": "l"}},
     }
     assert config_from_mapping(raw, "t", environ=env).auth.anonymous is True
+
+
+# -- fuzzing: hostile headers and framing give S3 errors, never a crash or wrong bytes -----------
+
+_PAYLOAD_MODES = {
+    "UNSIGNED-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    "0" * 64,
+}
+_FUZZ_AUTHS: list[Authenticator] = []
+
+
+def fuzz_auths() -> list[Authenticator]:
+    """An anonymous-default and a users-configured Authenticator, made once."""
+    if not _FUZZ_AUTHS:
+        env = {"TEST_AUTH_SECRET": SECRET, "TEST_AUTH_OTHER": "other-secret"}
+        with mock.patch.dict(os.environ, env):
+            _FUZZ_AUTHS.append(Authenticator(AuthConfig()))
+            _FUZZ_AUTHS.append(Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET"))))
+    return _FUZZ_AUTHS
+
+
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_HEADER_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
+
+
+@_FUZZ
+@given(
+    authorization=st.one_of(
+        st.none(),
+        _HEADER_TEXT,
+        st.builds(
+            "AWS4-HMAC-SHA256 Credential={}, SignedHeaders={}, Signature={}".format,
+            _HEADER_TEXT,
+            _HEADER_TEXT,
+            st.sampled_from(["0" * 64, "zz", ""]),
+        ),
+        st.builds("AWS {}:{}".format, _HEADER_TEXT, _HEADER_TEXT),
+    ),
+    amz_date=st.one_of(st.none(), _HEADER_TEXT, st.from_regex(r"\A[0-9]{8}T[0-9]{6}Z\Z")),
+    content_sha=st.one_of(st.none(), _HEADER_TEXT, st.sampled_from(sorted(_PAYLOAD_MODES))),
+    query=st.text(
+        st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="#"), max_size=200
+    ),
+    extra=st.dictionaries(
+        st.sampled_from(
+            [
+                "Content-MD5",
+                "x-amz-checksum-crc32",
+                "x-amz-trailer",
+                "Date",
+                "x-amz-decoded-content-length",
+                "x-amz-sdk-checksum-algorithm",
+            ]
+        ),
+        _HEADER_TEXT,
+        max_size=3,
+    ),
+)
+def test_fuzz_authenticate(
+    authorization: str | None,
+    amz_date: str | None,
+    content_sha: str | None,
+    query: str,
+    extra: dict[str, str],
+) -> None:
+    headers = {"Host": HOST, "Content-Length": "0", **extra}
+    for name, value in (
+        ("Authorization", authorization),
+        ("x-amz-date", amz_date),
+        ("x-amz-content-sha256", content_sha),
+    ):
+        if value is not None:
+            headers[name] = value
+    wire = Wire("PUT", f"/data/k?{query}", headers)
+    for auth in fuzz_auths():
+        try:
+            result = auth.authenticate(mocked(wire))
+        except errors.S3Error:
+            continue
+        assert isinstance(result, AuthResult)
+
+
+@_FUZZ
+@given(
+    data=st.binary(max_size=3000),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["flip", "cut", "insert"]),
+            st.integers(0, 10**6),
+            st.binary(min_size=1, max_size=4),
+        ),
+        max_size=3,
+    ),
+    trailer=st.booleans(),
+    piece=st.integers(1, 700),
+)
+def test_fuzz_signed_chunked_body(
+    data: bytes, edits: list[tuple[str, int, bytes]], trailer: bool, piece: int
+) -> None:
+    """Whatever is done to a signed aws-chunked body, it decodes to the original or raises."""
+    wire = streaming_put(data, chunk_size=1000, trailer_alg="crc32" if trailer else None)
+    body = bytearray(wire.body)
+    for op, at, blob in edits:
+        at %= len(body) + 1
+        if op == "flip" and at < len(body):
+            body[at] ^= blob[0] or 1
+        elif op == "cut":
+            del body[at : at + len(blob)]
+        else:
+            body[at:at] = blob
+    mutated = Wire(wire.method, wire.target, wire.headers, bytes(body))
+
+    async def run() -> bytes:
+        result = fuzz_auths()[1].authenticate(mocked(mutated))
+        return await read_all(mutated, result, piece)
+
+    try:
+        got = asyncio.run(run())
+    except errors.S3Error:
+        return
+    assert got == data

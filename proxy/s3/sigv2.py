@@ -56,7 +56,7 @@ def parse_query(query: str) -> SignedV2:
             "Query-string authentication requires the Signature, Expires and AWSAccessKeyId "
             "parameters"
         )
-    if not expires.isascii() or not expires.isdigit():
+    if not expires.isascii() or not expires.isdigit() or len(expires) > 12:
         raise errors.AccessDenied("Invalid date (should be seconds since epoch)")
     return SignedV2(params["AWSAccessKeyId"], params["Signature"], int(expires))
 
@@ -88,7 +88,11 @@ def verify(request: web.BaseRequest, signed: SignedV2, secret: bytes) -> None:
             string_to_sign = _Canonicaliser(date).canonical_string(
                 request.method, _Split(resource, query), headers
             )
-            digest = hmac.new(secret, string_to_sign.encode(), hashlib.sha1).digest()
+            try:
+                data = string_to_sign.encode()
+            except UnicodeEncodeError:  # a header carried bytes that are not UTF-8
+                raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
+            digest = hmac.new(secret, data, hashlib.sha1).digest()
             if hmac.compare_digest(base64.b64encode(digest).decode(), signed.signature):
                 return
             first = first or string_to_sign

@@ -32,7 +32,7 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_EXPIRES = 7 * 24 * 3600  # X-Amz-Expires upper bound (604800 s)
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,10 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     for canon.path in path_forms(path):
         for canon.query in query_forms(raw_query, signed.presigned):
             canonical_request = canon.canonical_request(aws_request)
-            string_to_sign = canon.string_to_sign(aws_request, canonical_request)
+            try:
+                string_to_sign = canon.string_to_sign(aws_request, canonical_request)
+            except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
+                raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
             expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, signed.signature):
                 return
@@ -169,7 +172,7 @@ def parse_query(query: str) -> Signed:
             "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and "
             f"X-Amz-Expires parameters; missing {', '.join(missing)}."
         )
-    if not _AMZ_DATE.fullmatch(params["X-Amz-Date"]):
+    if not valid_timestamp(params["X-Amz-Date"]):
         raise error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
     expires = params["X-Amz-Expires"]
     if not expires.isascii() or not expires.isdigit() or not 0 < int(expires) <= MAX_EXPIRES:
@@ -224,25 +227,40 @@ def request_timestamp(headers: Mapping[str, str]) -> str | None:
     """X-Amz-Date, or the Date header in the same form; None when neither is valid."""
     amz = headers.get("x-amz-date")
     if amz is not None:
-        return amz if _AMZ_DATE.fullmatch(amz) else None
+        return amz if valid_timestamp(amz) else None
     date = headers.get("Date")
     if date is None:
         return None
     try:
         parsed = parsedate_to_datetime(date)
-    except (TypeError, ValueError):
+        if parsed.tzinfo is None:
+            return None
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(parsed.timestamp()))
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    if parsed.tzinfo is None:
-        return None
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(parsed.timestamp()))
+
+
+def valid_timestamp(timestamp: str) -> bool:
+    """YYYYMMDDTHHMMSSZ with ASCII digits that make a real date and time."""
+    if not _AMZ_DATE.fullmatch(timestamp):
+        return False
+    try:
+        time.strptime(timestamp, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def epoch(timestamp: str) -> float:
+    """Seconds since the epoch of a timestamp that ``valid_timestamp`` accepted."""
     return float(calendar.timegm(time.strptime(timestamp, "%Y%m%dT%H%M%SZ")))
 
 
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+def iso(seconds: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return str(int(seconds))
 
 
 def path_forms(path: str) -> list[str]:
