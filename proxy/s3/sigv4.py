@@ -10,7 +10,7 @@ https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
 
 from __future__ import annotations
 
-import calendar
+import datetime
 import hashlib
 import hmac
 import re
@@ -24,7 +24,6 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.compat import HTTPHeaders
 
 from proxy import errors
 
@@ -55,7 +54,7 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     """SignatureDoesNotMatch unless ``signed.signature`` is the request's signature under
     ``key``: constant-time, over the raw path and query as received (and, when a client
     encoded them differently, over the forms the spec's encoding gives)."""
-    headers = HTTPHeaders()
+    headers = _SignedHeaders()
     for name in signed.signed_headers:
         values = request.headers.getall(name, None)
         if values is None:
@@ -63,8 +62,7 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
                 f"The request does not carry the signed header {name!r}.",
                 AWSAccessKeyId=signed.access_key,
             )
-        for value in values:
-            headers[name] = value
+        headers[name] = values
     sent_hash = request.headers.get("x-amz-content-sha256", "")
     payload_hash = UNSIGNED_PAYLOAD if signed.presigned else sent_hash
     canon = _Canonicaliser(region, headers, payload_hash)
@@ -93,17 +91,32 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     )
 
 
+class _SignedHeaders(dict[str, list[str]]):
+    """The signed headers (lower-case name -> values), read by botocore as its HTTPHeaders:
+    iteration, ``get_all`` and a case-insensitive ``in`` and ``[]``. A plain dict is several
+    times cheaper than the email.message-based original."""
+
+    def get_all(self, name: str) -> list[str]:
+        return self.get(name.lower(), [])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def __getitem__(self, name: str) -> str:  # type: ignore[override]
+        return ",".join(super().__getitem__(name.lower()))
+
+
 class _Canonicaliser(S3SigV4Auth):  # type: ignore[misc]
     """botocore's S3 signer, fed what the client signed instead of what botocore would send."""
 
-    def __init__(self, region: str, headers: HTTPHeaders, payload_hash: str) -> None:
+    def __init__(self, region: str, headers: _SignedHeaders, payload_hash: str) -> None:
         super().__init__(None, "s3", region)
         self._headers = headers
         self._payload_hash = payload_hash
         self.path = "/"
         self.query = ""
 
-    def headers_to_sign(self, request: Any) -> HTTPHeaders:
+    def headers_to_sign(self, request: Any) -> _SignedHeaders:
         return self._headers
 
     def canonical_query_string(self, request: Any) -> str:
@@ -242,18 +255,31 @@ def request_timestamp(headers: Mapping[str, str]) -> str | None:
 
 def valid_timestamp(timestamp: str) -> bool:
     """YYYYMMDDTHHMMSSZ with ASCII digits that make a real date and time."""
-    if not _AMZ_DATE.fullmatch(timestamp):
-        return False
-    try:
-        time.strptime(timestamp, "%Y%m%dT%H%M%SZ")
-    except ValueError:
-        return False
-    return True
+    return _AMZ_DATE.fullmatch(timestamp) is not None and _parse(timestamp) is not None
 
 
 def epoch(timestamp: str) -> float:
     """Seconds since the epoch of a timestamp that ``valid_timestamp`` accepted."""
-    return float(calendar.timegm(time.strptime(timestamp, "%Y%m%dT%H%M%SZ")))
+    seconds = _parse(timestamp)
+    if seconds is None:
+        raise ValueError(f"not a timestamp: {timestamp!r}")
+    return seconds
+
+
+def _parse(t: str) -> float | None:
+    try:  # strptime costs ~20 us; this is ~1 us
+        when = datetime.datetime(
+            int(t[0:4]),
+            int(t[4:6]),
+            int(t[6:8]),
+            int(t[9:11]),
+            int(t[11:13]),
+            int(t[13:15]),
+            tzinfo=datetime.UTC,
+        )
+    except ValueError:
+        return None
+    return when.timestamp()
 
 
 def iso(seconds: float) -> str:
