@@ -36,7 +36,7 @@ from proxy.errors import ConfigError
 from proxy.s3 import checksums
 from proxy.s3.auth import ANONYMOUS, Authenticator, AuthResult, Principal
 from proxy.s3.payload import chunk_signature, payload, trailer_signature
-from tests.conformance import Raw, raw_request
+from tests.conformance import Raw, aws_env, raw_request
 from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.servers import S3Endpoint, make_s3_client
 from tests.sigv4kit import (
@@ -1251,3 +1251,37 @@ def test_fuzz_signed_chunked_body(
     except errors.S3Error:
         return
     assert got == data
+
+
+def test_e2e_aws_cli(secured: ProxyProcess, tmp_path: Path) -> None:
+    """The aws cli at its defaults, with Slipstream's credentials: cp up (multipart too), down."""
+    cli = Path(sys.executable).parent / "aws"
+
+    def aws(*args: str, secret: str = SECRET) -> subprocess.CompletedProcess[bytes]:
+        env = aws_env(tmp_path)
+        env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=secret)
+        return subprocess.run(
+            [str(cli), "--endpoint-url", secured.url, *args],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    small.write_bytes(b"small file " * 100)
+    large.write_bytes(bytes(range(256)) * (20 * 1024 * 1024 // 256 + 7))  # > 8 MiB: multipart
+    for path in (small, large):
+        up = aws("s3", "cp", str(path), f"s3://data/cli/{path.name}")
+        assert up.returncode == 0, up.stderr
+        down = aws("s3", "cp", f"s3://data/cli/{path.name}", "-")
+        assert down.returncode == 0, down.stderr
+        assert hashlib.sha256(down.stdout).digest() == hashlib.sha256(path.read_bytes()).digest()
+    url = aws("s3", "presign", "s3://data/cli/small.bin", "--expires-in", "300")
+    assert url.returncode == 0, url.stderr
+    with urllib.request.urlopen(url.stdout.decode().strip(), timeout=10) as resp:
+        assert resp.read() == small.read_bytes()
+    denied = aws("s3", "cp", str(small), "s3://imagenet/cli/small.bin")
+    assert denied.returncode != 0 and b"AccessDenied" in denied.stderr
+    wrong = aws("s3", "ls", "s3://data/", secret="wrong")
+    assert wrong.returncode != 0 and b"SignatureDoesNotMatch" in wrong.stderr
