@@ -134,7 +134,8 @@ class CountingRelay:
         )
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Bodies pass verbatim: a "Content-Encoding: gzip" request body is not inflated.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port, backlog=1024)
         await site.start()

@@ -27,8 +27,11 @@ _READ_SIZE = 256 * 1024
 
 
 def _fs_etag(st: os.stat_result) -> str:
+    """An entity-tag from the file's identity, not its bytes. The "-1" keeps it from looking like
+    an MD5: clients verify 32-hex ETags against the bytes they sent (s3cmd retries every upload,
+    rclone check reports differences) and skip ETags with a dash, as for multipart uploads."""
     ident = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
-    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '"'
+    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '-1"'
 
 
 def _meta(path: Path, st: os.stat_result) -> ObjectMeta:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import botocore.auth
 
+from proxy import errors
 from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
 
 T = TypeVar("T")
@@ -41,12 +42,35 @@ class _StreamBody:
 
     def __init__(self, body: AsyncIterator[bytes]) -> None:
         self._body = body
+        self.error: errors.S3Error | None = None  # the client's body failed (BadDigest, ...)
+        self._started = False
 
     def read(self, *_: Any) -> bytes:
         raise io.UnsupportedOperation("a streaming body is read asynchronously")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._body
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        if self._started:  # a retry cannot replay a stream: fail it rather than send a stub
+            raise self.error or errors.BackendUnavailable("The upload to the store broke.")
+        self._started = True
+        try:
+            async for piece in self._body:
+                yield piece
+        except errors.S3Error as exc:
+            self.error = exc
+            raise
+
+    async def send(self, call: Awaitable[T]) -> T:
+        """Await the store call; a failure of the body itself wins over the transport error it
+        caused (aiohttp reports it as a broken connection)."""
+        try:
+            return await call
+        except errors.S3Error:
+            if self.error is not None:
+                raise self.error from None
+            raise
 
 
 def _extra(
@@ -88,23 +112,35 @@ class S3Writes:
         metadata: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> ObjectMeta:
+        stream = _StreamBody(body)
         params = {
             "Bucket": bucket,
             "Key": key,
-            "Body": _StreamBody(body),
+            "Body": stream,
             "ContentLength": size,
             **_extra(content_type, metadata, headers),
         }
-        resp = await self._call("PutObject", bucket, key, lambda: self._client.put_object(**params))
+        resp = await stream.send(
+            self._call("PutObject", bucket, key, lambda: self._client.put_object(**params))
+        )
         etag = str(resp.get("ETag") or '""')
-        return ObjectMeta(
+        sent = ObjectMeta(
             size=size,
             etag=etag,
             last_modified=time.time(),
             content_type=content_type,
             metadata=dict(metadata),
+            headers=_kept_headers(headers, resp),
             etag_is_md5=_is_md5(etag),
         )
+        # The cached copy must answer as the store does: its Last-Modified is the store's own
+        # (S3 takes it when the upload starts), which only a HEAD tells. A HEAD that fails, or
+        # finds another writer's version, leaves what we sent.
+        try:
+            stored = await self.head(bucket, key)
+        except errors.S3Error:
+            return sent
+        return stored if stored.etag == etag and stored.size == size else sent
 
     async def delete(self, bucket: str, key: str) -> None:
         await self._call(
@@ -137,6 +173,16 @@ class S3Writes:
         )
 
     async def delete_bucket(self, bucket: str) -> None:
+        # S3 refuses to delete a bucket that holds objects; some stores (SeaweedFS) delete it
+        # with its contents, so ask first.
+        listed = await self._call(
+            "ListObjectsV2",
+            bucket,
+            None,
+            lambda: self._client.list_objects_v2(Bucket=bucket, MaxKeys=1),
+        )
+        if listed.get("KeyCount") or listed.get("Contents"):
+            raise errors.BucketNotEmpty(bucketName=bucket)
         await self._call(
             "DeleteBucket", bucket, None, lambda: self._client.delete_bucket(Bucket=bucket)
         )
@@ -167,16 +213,17 @@ class S3Writes:
         body: AsyncIterator[bytes],
         size: int,
     ) -> str:
+        stream = _StreamBody(body)
         params = {
             "Bucket": bucket,
             "Key": key,
             "UploadId": upload_id,
             "PartNumber": number,
-            "Body": _StreamBody(body),
+            "Body": stream,
             "ContentLength": size,
         }
-        resp = await self._call(
-            "UploadPart", bucket, key, lambda: self._client.upload_part(**params)
+        resp = await stream.send(
+            self._call("UploadPart", bucket, key, lambda: self._client.upload_part(**params))
         )
         return str(resp["ETag"])
 
@@ -238,6 +285,16 @@ class S3Writes:
             UploadInfo(str(u["Key"]), str(u["UploadId"]), u["Initiated"].timestamp())
             for u in resp.get("Uploads", [])
         ]
+
+
+def _kept_headers(headers: Mapping[str, str], resp: Mapping[str, Any]) -> dict[str, str]:
+    """The stored headers a GET of the new object answers with (as the read path's _meta)."""
+    kept = {h: v for h, v in headers.items() if h in _PASS_HEADERS and v}
+    if kept.get("x-amz-storage-class", "").upper() == "STANDARD":
+        del kept["x-amz-storage-class"]  # S3 sends no storage class for STANDARD
+    if resp.get("VersionId"):
+        kept["x-amz-version-id"] = str(resp["VersionId"])
+    return kept
 
 
 def _is_md5(etag: str) -> bool:

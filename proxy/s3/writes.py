@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeXML
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from proxy import errors
 from proxy.routing import Mount, Router
@@ -128,11 +128,35 @@ def payload(request: web.BaseRequest, size: int) -> AsyncIterator[bytes]:
     if spec is not None:
         from proxy.s3.payload import payload as decoded
 
-        return decoded(request, spec)
+        return _continued(request, decoded(request, spec))
     sha = request.headers.get("x-amz-content-sha256", "")
     if sha.startswith("STREAMING-") or "aws-chunked" in request.headers.get("Content-Encoding", ""):
         raise errors.NotImplementedS3("aws-chunked uploads need the SigV4 layer.")
-    return _raw_payload(request, size)
+    return _continued(request, _raw_payload(request, size))
+
+
+async def _continued(request: web.BaseRequest, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``, after telling a client that waits (Expect: 100-continue) to send it: only
+    when the body is first read, so a refusal before that never asks for the body. Without
+    it boto3 and the aws cli stall a second on every upload. aiohttp's low-level server
+    leaves this to the application.
+    https://www.rfc-editor.org/rfc/rfc9110#section-10.1.1
+    """
+    if (
+        request.version >= HttpVersion11
+        and request.headers.get("Expect", "").lower() == "100-continue"
+        and not request.get("continue_sent")
+    ):
+        request["continue_sent"] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own expect handler: no body sent yet
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def _read_xml(request: web.BaseRequest) -> Element:
@@ -365,6 +389,10 @@ class S3WriteHandlers:
             parts.append((int(number), etag.strip()))
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")
+        numbers = [n for n, _ in parts]
+        if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
+            # checked here, before the store: stores disagree on what they report first
+            raise errors.InvalidPartOrder()
         meta = await self.writes.complete_multipart(mount, remote, upload_id, parts)
         location = f"/{mount.name}/{key}"
         return _xml(request, xml.complete_multipart(location, mount.name, key, meta.etag))
