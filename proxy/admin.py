@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -75,7 +75,7 @@ def metrics_registry(cache: CacheCollector) -> CollectorRegistry:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = REGISTRY
     registry.register(cache)

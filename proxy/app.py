@@ -216,7 +216,7 @@ async def serve_workers(cfg: Config) -> None:
             for n, (proc, _) in enumerate(workers):
                 if not proc.is_alive() and not stop.is_set():
                     log.error("worker %s exited with %s; restarting it", proc.pid, proc.exitcode)
-                    multiprocess.mark_process_dead(proc.pid)
+                    multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
                     workers[n] = spawn()
     health.draining = True
     log.info("draining %d workers", len(workers))

@@ -278,7 +278,7 @@ class _Reader:
     def take(self, name: str, default: Any = None) -> Any:
         return self.data.pop(name, default)
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def text(self, name: str, default: str | None = None) -> str | None:
         value = self.take(name, default)
         if value is None or isinstance(value, str):
             return value
@@ -286,7 +286,7 @@ class _Reader:
             return str(value)
         raise ConfigError(f"{self.path(name)}: expected a string, got {value!r}")
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
         value = self.take(name, default)
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
@@ -294,7 +294,7 @@ class _Reader:
             raise ConfigError(f"{self.path(name)}: expected an integer >= {minimum}, got {value!r}")
         return value
 
-    def bool(self, name: str, default: bool | None) -> bool | None:
+    def flag(self, name: str, default: bool | None) -> bool | None:
         value = self.take(name, default)
         if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
             value = value.lower() in {"true", "yes", "1"}
@@ -344,13 +344,13 @@ def _cache(data: Any) -> CacheConfig:
     r = _Reader(data, "cache")
     d = CacheConfig()
     cfg = CacheConfig(
-        dir=Path(r.str("dir", str(d.dir)) or d.dir),
+        dir=Path(r.text("dir", str(d.dir)) or d.dir),
         max_size=r.size("max_size", d.max_size),
         chunk_size=r.size("chunk_size", d.chunk_size),
         inline_max=r.size("inline_max", d.inline_max),
         metadata_ttl=r.duration("metadata_ttl", d.metadata_ttl, allow_never=True),
         stale_if_error=r.duration("stale_if_error", d.stale_if_error) or 0.0,
-        max_fills=r.int("max_fills", d.max_fills, minimum=1),
+        max_fills=r.integer("max_fills", d.max_fills, minimum=1),
         index_map_size=r.size("index_map_size", d.index_map_size),
     )
     r.finish()
@@ -371,42 +371,42 @@ def _backend(name: str, data: Any) -> BackendConfig:
     kind = r.choice("type", None, ("s3", "fs", "azure", "gcs", "webhdfs"))
 
     def opt_path(field_name: str) -> Path | None:
-        value = r.str(field_name)
+        value = r.text(field_name)
         return Path(value) if value else None
 
     d = BackendConfig(name=name, type=kind)
     cfg = BackendConfig(
         name=name,
         type=kind,
-        endpoint=r.str("endpoint"),
-        region=r.str("region", d.region) or d.region,
-        access_key_env=r.str("access_key_env"),
-        secret_key_env=r.str("secret_key_env"),
+        endpoint=r.text("endpoint"),
+        region=r.text("region", d.region) or d.region,
+        access_key_env=r.text("access_key_env"),
+        secret_key_env=r.text("secret_key_env"),
         access_key_file=opt_path("access_key_file"),
         secret_key_file=opt_path("secret_key_file"),
         addressing_style=r.choice(
             "addressing_style", d.addressing_style, ("path", "virtual", "auto")
         ),
-        max_connections=r.int("max_connections", d.max_connections, minimum=1),
+        max_connections=r.integer("max_connections", d.max_connections, minimum=1),
         connect_timeout=r.duration("connect_timeout", d.connect_timeout) or d.connect_timeout,
         read_timeout=r.duration("read_timeout", d.read_timeout) or d.read_timeout,
-        retries=r.int("retries", d.retries),
+        retries=r.integer("retries", d.retries),
         root=opt_path("root"),
-        account_url=r.str("account_url"),
-        account_name=r.str("account_name"),
-        account_key_env=r.str("account_key_env"),
+        account_url=r.text("account_url"),
+        account_name=r.text("account_name"),
+        account_key_env=r.text("account_key_env"),
         account_key_file=opt_path("account_key_file"),
-        sas_token_env=r.str("sas_token_env"),
+        sas_token_env=r.text("sas_token_env"),
         sas_token_file=opt_path("sas_token_file"),
-        connection_string_env=r.str("connection_string_env"),
+        connection_string_env=r.text("connection_string_env"),
         connection_string_file=opt_path("connection_string_file"),
-        project=r.str("project"),
+        project=r.text("project"),
         credentials_file=opt_path("credentials_file"),
-        url=r.str("url"),
-        user=r.str("user"),
-        delegation_token_env=r.str("delegation_token_env"),
+        url=r.text("url"),
+        user=r.text("user"),
+        delegation_token_env=r.text("delegation_token_env"),
         delegation_token_file=opt_path("delegation_token_file"),
-        kerberos=bool(r.bool("kerberos", False)),
+        kerberos=bool(r.flag("kerberos", False)),
     )
     for secret_field in (
         "access_key",
@@ -451,17 +451,17 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
     if name != "*" and not _BUCKET_RE.fullmatch(name):
         raise ConfigError(f"{where}: not a valid S3 bucket name")
     r = _Reader(data, where)
-    backend = r.str("backend")
+    backend = r.text("backend")
     if not backend:
         raise ConfigError(f"{where}.backend: required")
     if backend not in backends:
         raise ConfigError(f"{where}.backend: no backend named {backend!r}")
-    bucket = r.str("bucket")
-    prefix = r.str("prefix", "") or ""
+    bucket = r.text("bucket")
+    prefix = r.text("prefix", "") or ""
     ttl: float | None | Literal["default"] = "default"
     if "metadata_ttl" in r.data:
         ttl = r.duration("metadata_ttl", None, allow_never=True)
-    read_only = bool(r.bool("read_only", False))
+    read_only = bool(r.flag("read_only", False))
     r.finish()
     if name == "*" and bucket:
         raise ConfigError(f"{where}.bucket: the '*' mapping uses the client's bucket name")
@@ -483,8 +483,8 @@ _REGION_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
 
 def _auth(data: Any) -> AuthConfig:
     r = _Reader(data, "auth")
-    anonymous = r.bool("anonymous", None)
-    region = r.str("region", "us-east-1") or ""
+    anonymous = r.flag("anonymous", None)
+    region = r.text("region", "us-east-1") or ""
     raw_users = r.take("users", None)
     r.finish()
     if not _REGION_RE.fullmatch(region):
@@ -512,9 +512,9 @@ def _user(data: Any, where: str) -> UserConfig:
                 f"{where}.{secret_field}: secrets are not read from the config file; "
                 "use secret_key_env or secret_key_file"
             )
-    access_key = r.str("access_key") or ""
-    env = r.str("secret_key_env")
-    path = r.str("secret_key_file")
+    access_key = r.text("access_key") or ""
+    env = r.text("secret_key_env")
+    path = r.text("secret_key_file")
     raw_allow = r.take("allow", None)
     r.finish()
     if not _ACCESS_KEY_RE.fullmatch(access_key):
@@ -583,8 +583,8 @@ def from_mapping(
 
 def _build(data: dict[str, Any], source: str) -> Config:
     r = _Reader(data, "")
-    listen = r.str("listen", "127.0.0.1:9900") or ""
-    admin_listen = r.str("admin_listen", "127.0.0.1:9901") or ""
+    listen = r.text("listen", "127.0.0.1:9900") or ""
+    admin_listen = r.text("admin_listen", "127.0.0.1:9901") or ""
     split_host_port(listen, "listen")
     split_host_port(admin_listen, "admin_listen")
     workers = _workers(r.take("workers", "auto"))
@@ -603,11 +603,11 @@ def _build(data: dict[str, Any], source: str) -> Config:
         keepalive_timeout=sr.duration("keepalive_timeout", sd.keepalive_timeout) or 0.0,
         max_line_size=sr.size("max_line_size", sd.max_line_size),
         max_field_size=sr.size("max_field_size", sd.max_field_size),
-        max_headers=sr.int("max_headers", sd.max_headers, minimum=8),
-        max_concurrency=sr.int("max_concurrency", sd.max_concurrency, minimum=1),
+        max_headers=sr.integer("max_headers", sd.max_headers, minimum=8),
+        max_concurrency=sr.integer("max_concurrency", sd.max_concurrency, minimum=1),
         shutdown_timeout=sr.duration("shutdown_timeout", sd.shutdown_timeout) or 0.0,
         domains=_domains(sr.take("domains", list(sd.domains))),
-        sendfile=bool(sr.bool("sendfile", sd.sendfile)),
+        sendfile=bool(sr.flag("sendfile", sd.sendfile)),
     )
     sr.finish()
 
@@ -618,7 +618,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     log = LogConfig(
         level=lr.choice("level", ld.level, ("debug", "info", "warning", "error")),
         format=lr.choice("format", ld.format, ("text", "json")),
-        access_log=bool(lr.bool("access_log", ld.access_log)),
+        access_log=bool(lr.flag("access_log", ld.access_log)),
     )
     lr.finish()
     r.finish()

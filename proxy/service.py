@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -438,8 +438,8 @@ class ObjectService:
             else:
                 yield bytes(part)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
@@ -455,7 +455,7 @@ class ObjectService:
         start_after: str | None,
     ) -> ListPage:
         p = mount.prefix
-        page = await mount.backend.list(
+        page = await mount.backend.list_page(
             mount.bucket,
             p + prefix,
             delimiter,

@@ -254,7 +254,7 @@ async def list_all(
     items: list[str] = []
     token: str | None = None
     while True:
-        page = await b.list(BUCKET, prefix, delimiter, max_keys, token, after or None)
+        page = await b.list_page(BUCKET, prefix, delimiter, max_keys, token, after or None)
         got = sorted([e.key for e in page.entries] + page.prefixes)
         assert len(got) <= max_keys
         if page.truncated:
@@ -312,9 +312,9 @@ async def test_pages_resume_without_rereading_the_directory(
         assert sorted(names, key=signed_key)[:3] == ["é1", "é2", "ü"]
 
         with pytest.raises(errors.InvalidArgument):
-            await b.list(BUCKET, "", "", 5, "not-a-token", None)
+            await b.list_page(BUCKET, "", "", 5, "not-a-token", None)
         with pytest.raises(errors.NoSuchBucket):
-            await b.list("/data/absent", "", "", 5, None, None)
-        assert (await b.list(BUCKET, "absent/dir/", "/", 5, None, None)).entries == []
+            await b.list_page("/data/absent", "", "", 5, None, None)
+        assert (await b.list_page(BUCKET, "absent/dir/", "/", 5, None, None)).entries == []
     finally:
         await b.close()

@@ -489,7 +489,7 @@ async def test_put_get_copy_delete_buckets(store: Any) -> None:
     with pytest.raises(errors.NoSuchKey):
         await store.copy(bucket, "no-such", bucket, "copy/x", None, None)
 
-    page = await store.list(bucket, "", "/", 1000, None, None)
+    page = await store.list_page(bucket, "", "/", 1000, None, None)
     assert [e.key for e in page.entries] == ["big.bin"]
     assert page.prefixes == ["copy/", "dir/"]
 
@@ -589,7 +589,7 @@ async def test_azure_sas_and_connection_string(world: World, azurite: AzureEndpo
                 await read_all(backend, world.remote, "small.txt")
                 == world.objects["az"]["small.txt"]
             )
-            page = await backend.list(world.remote, "tree/a/", "/", 1000, None, None)
+            page = await backend.list_page(world.remote, "tree/a/", "/", 1000, None, None)
             assert [e.key for e in page.entries] == ["tree/a/1.txt", "tree/a/2.txt"]
             assert page.prefixes == ["tree/a/b/"]
             copy = await backend.copy(

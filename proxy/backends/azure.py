@@ -174,7 +174,7 @@ class AzureBackend(AzureMultipart):
             metrics.BACKEND_ERRORS.labels(self.name, "GetObject", "BodyRead").inc()
             raise errors.BackendUnavailable("The store connection broke mid-body.") from exc
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

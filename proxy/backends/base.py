@@ -98,7 +98,7 @@ class Backend(Protocol):
         the whole object. Raises InvalidRange when ``start`` lies beyond a non-empty object."""
         ...
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

@@ -142,7 +142,7 @@ class FsBackend(FsWrites):
 
         return GetResult(meta=meta, start=first, end=last, body=body(), release=release)
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

@@ -278,7 +278,7 @@ class GcsBackend(StagedMultipart):
 
         return release
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

@@ -172,7 +172,7 @@ class StagedMultipart:
 
     async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
         def scan() -> list[UploadInfo]:
-            out = []
+            out: list[UploadInfo] = []
             if not self.staging.is_dir():
                 return out
             for d in self.staging.iterdir():

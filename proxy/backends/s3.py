@@ -122,7 +122,7 @@ class S3Backend(S3Writes):
     ) -> GetResult:
         return await self._http.get(bucket, key, start, end, if_match)
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

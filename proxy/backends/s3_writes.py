@@ -29,7 +29,7 @@ _PASS_HEADERS = {
 }
 
 
-class _UnsignedPayloadAuth(botocore.auth.S3SigV4Auth):
+class _UnsignedPayloadAuth(botocore.auth.S3SigV4Auth):  # type: ignore[misc]
     def _should_sha256_sign_payload(self, request: Any) -> bool:
         return False
 
@@ -257,7 +257,7 @@ class S3Writes:
                 "ListParts",
                 bucket,
                 key,
-                lambda m=marker: self._client.list_parts(  # type: ignore[misc]
+                lambda m=marker: self._client.list_parts(
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=m
                 ),
             )

@@ -144,7 +144,7 @@ class WebHdfsBackend(WebHdfsWrites):
             metrics.BACKEND_ERRORS.labels(self.name, "OPEN", "ShortBody").inc()
             raise errors.BackendUnavailable("HDFS sent fewer bytes than the file holds.")
 
-    async def list(
+    async def list_page(
         self,
         bucket: str,
         prefix: str,

@@ -130,7 +130,7 @@ class _LmdbQueues:
         cur = self.t.txn.cursor(db=self.t.index.queues)
         prefix = q.encode()
         while cur.set_range(prefix) and cur.key()[:1] == prefix:
-            qkey, oid = cur.key(), cur.value()
+            qkey, oid = bytes(cur.key()), bytes(cur.value())
             rec = self.t.get(oid)
             if rec is not None and rec.queue == q and _U64.pack(rec.qseq) == qkey[1:]:
                 return qkey, oid, rec
@@ -316,8 +316,8 @@ class Index:
             self.on_commit(batch)
         except Exception:
             log.exception("post-commit work failed")
-        for fut, value, exc in results:
-            fut.get_loop().call_soon_threadsafe(_settle, fut, value, exc)
+        for fut, value, failure in results:
+            fut.get_loop().call_soon_threadsafe(_settle, fut, value, failure)
 
     def _evict_if_needed(self, t: Txn) -> None:
         total = t.counter(b"bytes:S") + t.counter(b"bytes:M")

@@ -92,6 +92,6 @@ class Record:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def loads(cls, raw: bytes) -> Record:
-        doc: dict[str, Any] = json.loads(raw)
+    def loads(cls, raw: bytes | memoryview) -> Record:
+        doc: dict[str, Any] = json.loads(bytes(raw))
         return cls(**doc)

@@ -106,7 +106,8 @@ class CacheStore:
             t.insert(oid, new)
             return new
 
-        return await self._submit(op)
+        result: Record = await self._idx.submit(op)
+        return result
 
     async def commit_inline(self, oid: bytes, new: Record, data: bytes) -> bool:
         def op(t: Txn) -> None:
@@ -256,8 +257,8 @@ class CacheStore:
 
         def repair(t: Txn) -> None:
             cur = t.txn.cursor(db=idx.objects)
-            for oid, raw in list(cur.iternext()):
-                rec = Record.loads(raw)
+            for key, raw in list(cur.iternext()):
+                oid, rec = bytes(key), Record.loads(raw)
                 if rec.inline:
                     if t.txn.get(oid, db=idx.data) is None:
                         t.remove(oid, rec)
