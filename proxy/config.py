@@ -118,6 +118,7 @@ class MountConfig:
     prefix: str = ""
     metadata_ttl: float | None | Literal["default"] = "default"
     read_only: bool = False  # writes answer AccessDenied
+    cacheable: bool = True  # false: pass-through, nothing of this bucket is cached
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -462,6 +463,7 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
     if "metadata_ttl" in r.data:
         ttl = r.duration("metadata_ttl", None, allow_never=True)
     read_only = bool(r.flag("read_only", False))
+    cacheable = bool(r.flag("cache", True))
     r.finish()
     if name == "*" and bucket:
         raise ConfigError(f"{where}.bucket: the '*' mapping uses the client's bucket name")
@@ -474,6 +476,7 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
         prefix=prefix,
         metadata_ttl=ttl,
         read_only=read_only,
+        cacheable=cacheable,
     )
 
 

@@ -20,6 +20,7 @@ class Mount:
     metadata_ttl: float | None  # None: immutable, never revalidate
     wildcard: bool = False
     read_only: bool = False
+    cacheable: bool = True
 
     def remote_key(self, key: str) -> str:
         return self.prefix + key
@@ -50,6 +51,7 @@ class Router:
             metadata_ttl=ttl,
             wildcard=wildcard,
             read_only=m.read_only,
+            cacheable=m.cacheable,
         )
 
     def resolve(self, bucket: str) -> Mount:

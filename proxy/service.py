@@ -148,6 +148,8 @@ class ObjectService:
         return record_for(meta, mount.backend.name, mount.bucket, key)
 
     async def head(self, mount: Mount, key: str) -> ObjectMeta:
+        if not mount.cacheable:
+            return await mount.backend.head(mount.bucket, key)
         oid = object_id(mount.backend.name, mount.bucket, key)
         rec, _ = await self._current(mount, key, oid)
         if rec is not None:
@@ -161,6 +163,8 @@ class ObjectService:
         self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
     ) -> ObjectRead:
         """Resolve metadata, conditionals and range; the body streams from ``parts``."""
+        if not mount.cacheable:
+            return await self._pass_through(mount, key, rng, headers)
         oid = object_id(mount.backend.name, mount.bucket, key)
         rec, inline = self.cache.lookup(oid)
         if rec is not None and not self._fresh(rec, mount, time.time()):
@@ -233,6 +237,33 @@ class ObjectService:
                 raise errors.ObjectChanged(f"{key} changed in the store during the read")
             async for piece in fill.read(lo, hi):
                 yield piece
+
+    async def _pass_through(
+        self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
+    ) -> ObjectRead:
+        """A bucket with caching off: one store read, streamed, nothing kept."""
+        start, end = (rng.first, rng.last) if rng is not None else (None, None)
+        if rng is not None and rng.first is None:  # a suffix range needs the size first
+            meta = await mount.backend.head(mount.bucket, key)
+            start, end = rng.resolve(meta.size)
+        result = await mount.backend.get(mount.bucket, key, start, end)
+        try:
+            check_conditions(headers, result.meta.etag, result.meta.last_modified)
+            if rng is not None:
+                rng.resolve(result.meta.size)  # the S3 answer for an unsatisfiable range
+        except BaseException:
+            await result.aclose()
+            raise
+        first, last = (result.start, result.end) if rng is not None else (0, result.meta.size - 1)
+
+        async def parts() -> AsyncIterator[Part]:
+            try:
+                async for piece in result.body:
+                    yield piece
+            finally:
+                await result.aclose()
+
+        return ObjectRead(result.meta, first, last, rng is not None, "backend", parts())
 
     async def refill_missing(
         self, mount: Mount, key: str, part: FileSlice, meta: ObjectMeta

@@ -46,7 +46,7 @@ class WriteService:
         oid = self._oid(mount, key)
         self.reads.invalidate(oid)
         tee = None
-        if size <= self.cache.cfg.max_size * TEE_FRACTION:
+        if mount.cacheable and size <= self.cache.cfg.max_size * TEE_FRACTION:
             tee = CacheTee(self.cache, size)
             body = tee.wrap(body)
         try:
