@@ -17,6 +17,7 @@ from proxy.service import ObjectService
 
 log = logging.getLogger("proxy.cache")
 TEE_FRACTION = 0.25  # objects larger than this share of the cache are not copied in
+CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
 
 class WriteService:
@@ -41,7 +42,10 @@ class WriteService:
         content_type: str,
         metadata: Mapping[str, str],
         headers: Mapping[str, str],
+        checksums: Mapping[str, str] | None = None,
     ) -> ObjectMeta:
+        """``checksums``: filled by the payload decoder once the body is verified (algorithm ->
+        base64); kept with the cached copy so a GET with x-amz-checksum-mode can return them."""
         self._writable(mount)
         oid = self._oid(mount, key)
         self.reads.invalidate(oid)
@@ -59,9 +63,11 @@ class WriteService:
             await self.cache.drop(oid)  # the store may hold either version now
             raise
         self.reads.invalidate(oid)
-        if tee is None or not await tee.publish(
-            oid, record_for(meta, mount.backend.name, mount.bucket, key)
-        ):
+        rec = record_for(meta, mount.backend.name, mount.bucket, key)
+        for alg, value in (checksums or {}).items():
+            if alg in CHECKSUM_ALGORITHMS:
+                rec.headers[f"x-amz-checksum-{alg}"] = value
+        if tee is None or not await tee.publish(oid, rec):
             await self.cache.drop(oid)
         return meta
 

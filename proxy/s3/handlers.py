@@ -230,9 +230,9 @@ class S3Handlers:
         except errors.NotModified as exc:
             exc.fields.update(_validators(meta))
             raise
-        headers = _object_headers(request, meta, query)
-        status = 200
         rng = parse.parse_range(request.headers.get("Range"))
+        headers = _object_headers(request, meta, query, whole=rng is None)
+        status = 200
         length = meta.size
         if rng is not None:
             first, last = rng.resolve(meta.size)
@@ -255,7 +255,7 @@ class S3Handlers:
             exc.fields.update(_validators(meta))
             raise
         request["source"] = read.source
-        headers = _object_headers(request, read.meta, query)
+        headers = _object_headers(request, read.meta, query, whole=not read.partial)
         status = 200
         if read.partial:
             status = 206
@@ -362,8 +362,11 @@ def _validators(meta: ObjectMeta) -> dict[str, str]:
 _base_headers: dict[int, tuple[ObjectMeta, dict[str, str]]] = {}
 
 
+_CHECKSUM_PREFIX = "x-amz-checksum-"
+
+
 def _object_headers(
-    request: web.BaseRequest, meta: ObjectMeta, query: Mapping[str, str]
+    request: web.BaseRequest, meta: ObjectMeta, query: Mapping[str, str], whole: bool = True
 ) -> dict[str, str]:
     entry = _base_headers.get(id(meta))
     if entry is None or entry[0] is not meta:
@@ -372,7 +375,7 @@ def _object_headers(
             "Last-Modified": http_date(meta.last_modified),
             "Content-Type": meta.content_type,
             "Accept-Ranges": "bytes",
-            **meta.headers,
+            **{k: v for k, v in meta.headers.items() if not k.startswith(_CHECKSUM_PREFIX)},
         }
         for name, value in meta.metadata.items():
             base[f"x-amz-meta-{name}"] = value
@@ -381,6 +384,12 @@ def _object_headers(
         entry = _base_headers[id(meta)] = (meta, base)  # holding meta keeps its id unique
     rid = request.get("request_id", "")
     headers = {**entry[1], "x-amz-request-id": rid, "x-amz-id-2": rid}
+    if whole and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        # https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html (ChecksumMode):
+        # whole-object checksums only; a ranged answer carries none.
+        for k, v in meta.headers.items():
+            if k.startswith(_CHECKSUM_PREFIX):
+                headers[k] = v
     if query:
         for param, header in parse.RESPONSE_OVERRIDES.items():
             if param in query:

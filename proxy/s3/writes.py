@@ -22,6 +22,7 @@ from proxy.s3 import parse, xml
 from proxy.writethrough import WriteService
 
 MAX_XML_BODY = 1024 * 1024
+CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 MAX_DELETE_KEYS = 1000
 READ_SIZE = 256 * 1024
 _META_PREFIX = "x-amz-meta-"
@@ -294,6 +295,7 @@ class S3WriteHandlers:
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse:
         size = _payload_size(request)
+        spec = getattr(request.get("auth"), "payload", None)
         meta = await self.writes.put(
             mount,
             key,
@@ -302,8 +304,14 @@ class S3WriteHandlers:
             _content_type(request),
             _user_metadata(request),
             _stored_headers(request),
+            checksums=spec.computed_checksums if spec is not None else None,
         )
-        return web.Response(headers={**_rid(request), "ETag": meta.etag})
+        headers = {**_rid(request), "ETag": meta.etag}
+        if spec is not None:
+            for alg, value in spec.computed_checksums.items():
+                if alg in CHECKSUM_ALGORITHMS:
+                    headers[f"x-amz-checksum-{alg}"] = value
+        return web.Response(headers=headers)
 
     def _copy_source(self, request: web.BaseRequest) -> tuple[Mount, str]:
         raw = request.headers["x-amz-copy-source"]
