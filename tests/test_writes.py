@@ -292,6 +292,24 @@ def test_delete_object_leaves_nothing_cached(w: W) -> None:
     assert resp["ResponseMetadata"]["HTTPStatusCode"] == 204
 
 
+def test_delete_with_a_subresource_never_deletes_the_object(w: W) -> None:
+    """DeleteObjectTagging and a delete of another version are not DeleteObject."""
+    key = w.key("del/tagged.txt")
+    w.client.put_object(Bucket=w.bucket, Key=key, Body=b"keep me")
+    for call in (
+        lambda: w.client.delete_object_tagging(Bucket=w.bucket, Key=key),
+        lambda: w.client.delete_object(Bucket=w.bucket, Key=key, VersionId="3HL4kqtJlcpXroDTDmJ"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as exc:
+            call()
+        assert _error(exc) == (501, "NotImplemented")
+        assert w.stored(key) == b"keep me"
+        assert w.get(key) == b"keep me"
+    # the one version of an object in an unversioned bucket is "null"
+    w.client.delete_object(Bucket=w.bucket, Key=key, VersionId="null")
+    assert w.stored(key) is None
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["verbose", "quiet"])
 def test_delete_objects_batch(w: W, quiet: bool) -> None:
     keys = [w.key(f"batch/{i}.bin") for i in range(4)]

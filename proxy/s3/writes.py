@@ -190,6 +190,17 @@ def _text(node: Element, name: str) -> str | None:
     return None
 
 
+def _plain_delete(request: web.BaseRequest, query: Mapping[str, str]) -> None:
+    """A DELETE on an object with a subresource (?tagging) or a version id is another operation:
+    refuse it rather than delete the object."""
+    extra = sorted(query.keys() - {"x-id", "versionId"})
+    if extra:
+        request["op"] = "DeleteObject" + extra[0][:1].upper() + extra[0][1:]
+        raise errors.NotImplementedS3(f"DELETE ?{extra[0]} is not supported.")
+    if query.get("versionId", "null") != "null":
+        raise errors.NotImplementedS3("Deleting a specific version is not supported.")
+
+
 class S3WriteHandlers:
     def __init__(self, writes: WriteService, router: Router, reads: Any) -> None:
         self.writes = writes
@@ -269,6 +280,7 @@ class S3WriteHandlers:
                 await self.writes.abort_multipart(mount, remote, upload_id)
             else:
                 request["op"] = "DeleteObject"
+                _plain_delete(request, query)
                 await self.writes.delete(mount, remote)
             return web.Response(status=204, headers=_rid(request))
         if method == "POST" and "uploads" in query:
