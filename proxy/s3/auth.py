@@ -103,6 +103,8 @@ class PayloadSpec:
         return replace(self, want=self.want | frozenset(algorithms), computed_checksums={})
 
 
+_NO_BODY = PayloadSpec()
+
 PRESIGN_PARAMS = frozenset(
     (
         "X-Amz-Algorithm",
@@ -303,6 +305,8 @@ class Authenticator:
     ) -> PayloadSpec:
         headers = request.headers
         if request.method in _READ_METHODS and not request.body_exists:
+            if request.content_length is None:
+                return _NO_BODY  # shared: nothing ever reads or fills a body-less spec
             return PayloadSpec(content_length=request.content_length)
         declared = headers.get("x-amz-content-sha256")
         sha256: str | None = None
