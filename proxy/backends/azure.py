@@ -18,7 +18,6 @@ import builtins
 import functools
 import hashlib
 import secrets
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -30,7 +29,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobClient, BlobPrefix, BlobServiceClient, ContainerClient
 
-from proxy import errors, log, metrics
+from proxy import errors, metrics
 from proxy.backends import paging
 from proxy.backends.azure_codec import (
     BLOCK_SIZE,
@@ -45,6 +44,7 @@ from proxy.backends.azure_codec import (
 )
 from proxy.backends.azure_multipart import AzureMultipart
 from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.calls import measured
 from proxy.config import BackendConfig
 
 T = TypeVar("T")
@@ -115,27 +115,13 @@ class AzureBackend(AzureMultipart):
     async def _call(
         self, operation: str, bucket: str, key: str | None, fn: Callable[[], Awaitable[T]]
     ) -> T:
-        metrics.BACKEND_REQUESTS.labels(self.name, operation).inc()
-        started = time.perf_counter()
-        try:
-            result = await fn()
-        except AzureError as exc:
-            mapped = map_error(exc, bucket, key)
-            self._record_error(operation, mapped, exc)
-            raise mapped from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            mapped = errors.BackendUnavailable(
-                f"The store could not be reached: {type(exc).__name__}."
-            )
-            self._record_error(operation, mapped, exc)
-            raise mapped from exc
-        metrics.BACKEND_LATENCY.labels(self.name, operation).observe(time.perf_counter() - started)
-        return result
-
-    def _record_error(self, operation: str, mapped: errors.S3Error, exc: BaseException) -> None:
-        metrics.BACKEND_ERRORS.labels(self.name, operation, mapped.code).inc()
-        if mapped.status >= 500:
-            log.backend.warning("backend %s %s failed: %s", self.name, operation, exc)
+        return await measured(
+            self.name,
+            operation,
+            fn,
+            (AzureError,),
+            lambda exc: map_error(exc, bucket, key),  # type: ignore[arg-type]
+        )
 
     # -- reads ------------------------------------------------------------------------------
     async def head(self, bucket: str, key: str) -> ObjectMeta:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-from proxy import errors, log, metrics
+from proxy import errors
 from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.calls import measured
 from proxy.backends.s3_http import S3HttpReader
 from proxy.backends.s3_writes import S3Writes
 from proxy.config import BackendConfig
@@ -25,7 +24,9 @@ T = TypeVar("T")
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
-def _map_client_error(exc: ClientError, bucket: str, key: str | None) -> errors.S3Error:
+def _map_error(exc: Exception, bucket: str, key: str | None) -> errors.S3Error:
+    if not isinstance(exc, ClientError):  # botocore's own: endpoint, credentials, retries
+        return errors.BackendUnavailable(f"The store could not be reached: {type(exc).__name__}.")
     err = exc.response.get("Error", {})
     code = str(err.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -92,27 +93,13 @@ class S3Backend(S3Writes):
     async def _call(
         self, operation: str, bucket: str, key: str | None, fn: Callable[[], Awaitable[T]]
     ) -> T:
-        metrics.BACKEND_REQUESTS.labels(self.name, operation).inc()
-        started = time.perf_counter()
-        try:
-            result = await fn()
-        except ClientError as exc:
-            mapped = _map_client_error(exc, bucket, key)
-            self._record_error(operation, mapped, exc)
-            raise mapped from exc
-        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            mapped = errors.BackendUnavailable(
-                f"The store could not be reached: {type(exc).__name__}."
-            )
-            self._record_error(operation, mapped, exc)
-            raise mapped from exc
-        metrics.BACKEND_LATENCY.labels(self.name, operation).observe(time.perf_counter() - started)
-        return result
-
-    def _record_error(self, operation: str, mapped: errors.S3Error, exc: BaseException) -> None:
-        metrics.BACKEND_ERRORS.labels(self.name, operation, mapped.code).inc()
-        if mapped.status >= 500:
-            log.backend.warning("backend %s %s failed: %s", self.name, operation, exc)
+        return await measured(
+            self.name,
+            operation,
+            fn,
+            (ClientError, BotoCoreError),
+            lambda exc: _map_error(exc, bucket, key),
+        )
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         return await self._http.head(bucket, key)
