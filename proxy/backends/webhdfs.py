@@ -83,8 +83,13 @@ class WebHdfsBackend(WebHdfsWrites):
             raise errors.BackendUnavailable("HDFS sent a malformed file status.")
         return status
 
-    async def _file_status(self, path: str, key: str) -> dict[str, Any]:
+    async def _file_status(self, bucket: str, path: str, key: str) -> dict[str, Any]:
         status = await self._status(path, key)
+        if status is None:
+            # HDFS answers a missing base directory as it answers a missing file; S3 does not
+            base = await self._status(self._base(bucket), "")
+            if base is None or base["type"] != "DIRECTORY":
+                raise errors.NoSuchBucket(resource=bucket)
         if status is None or status["type"] != "FILE":
             raise errors.NoSuchKey(key=key)  # a directory (or symlink) is not an object
         return status
@@ -92,13 +97,13 @@ class WebHdfsBackend(WebHdfsWrites):
     # -- reads ------------------------------------------------------------------------------
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         path = self._file(bucket, key)
-        return status_meta(path, await self._file_status(path, key))
+        return status_meta(path, await self._file_status(bucket, path, key))
 
     async def get(
         self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
     ) -> GetResult:
         path = self._file(bucket, key)
-        meta = status_meta(path, await self._file_status(path, key))
+        meta = status_meta(path, await self._file_status(bucket, path, key))
         if if_match and if_match != meta.etag:
             raise errors.PreconditionFailed()
         if start is None:

@@ -19,7 +19,9 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def iso8601(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    """Whole seconds, as S3 sends them (``.000Z``): the same instant as the object's
+    Last-Modified header, also for stores with sub-second times (GCS, HDFS, fs)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".000Z"
 
 
 def _t(tag: str, value: object) -> str:
