@@ -100,7 +100,8 @@ class S3Handlers:
         auth = request["auth"] = self.auth.authenticate(request)
         raw = request.raw_path
         target = parse.parse_target(raw, request.host or "", self.domains)
-        query = auth.operation_query(parse.parse_query(raw.partition("?")[2]))
+        qs = raw.partition("?")[2]
+        query = auth.operation_query(parse.parse_query(qs)) if qs else {}
         method = request.method
         if target.bucket is None:
             if method == "GET":
