@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 from multiprocessing.synchronize import Event as MpEvent
@@ -114,6 +115,16 @@ def _repair(cache: CacheStore) -> None:
     log.info("cache check done in %.2fs: %s", time.monotonic() - started, stats)
 
 
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The S3 listener's TLS context when ``tls`` is configured (TLS 1.2 and later)."""
+    if not cfg.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+    return ctx
+
+
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,10 +147,13 @@ async def serve_single(cfg: Config) -> None:
     await app.start()
     s3 = app.runner()
     await s3.setup()
-    await web.TCPSite(s3, *cfg.listen_host_port, backlog=1024).start()
+    await web.TCPSite(
+        s3, *cfg.listen_host_port, backlog=1024, ssl_context=_tls_context(cfg)
+    ).start()
     health.started = True
     log.info(
-        "slipstream serving S3 on http://%s, admin on http://%s (1 process)",
+        "slipstream serving S3 on %s://%s, admin on http://%s (1 process)",
+        "https" if cfg.tls.enabled else "http",
         cfg.listen,
         cfg.admin_listen,
     )
@@ -172,7 +186,9 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
     await app.start()
     s3 = app.runner()
     await s3.setup()
-    await web.TCPSite(s3, *cfg.listen_host_port, reuse_port=True, backlog=1024).start()
+    await web.TCPSite(
+        s3, *cfg.listen_host_port, reuse_port=True, backlog=1024, ssl_context=_tls_context(cfg)
+    ).start()
     ready.set()
     await stop.wait()
     await s3.cleanup()
@@ -204,7 +220,8 @@ async def serve_workers(cfg: Config) -> None:
     workers.extend(spawn() for _ in range(cfg.workers))
     health.started = True
     log.info(
-        "slipstream serving S3 on http://%s, admin on http://%s (%d workers)",
+        "slipstream serving S3 on %s://%s, admin on http://%s (%d workers)",
+        "https" if cfg.tls.enabled else "http",
         cfg.listen,
         cfg.admin_listen,
         cfg.workers,

@@ -163,6 +163,18 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """Serve the S3 listener over HTTPS when both files are given (PEM)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -179,6 +191,7 @@ class Config:
     buckets: Mapping[str, MountConfig] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
 
@@ -329,6 +342,18 @@ def _domains(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"server.domains: expected a list of host names, got {value!r}")
     return tuple(v.lower().strip(".") for v in value)
+
+
+def _tls(data: Any) -> TlsConfig:
+    r = _Reader(data, "tls")
+    cert, key = r.text("cert_file"), r.text("key_file")
+    r.finish()
+    if bool(cert) != bool(key):
+        raise ConfigError("tls: give both cert_file and key_file")
+    for name, value in (("cert_file", cert), ("key_file", key)):
+        if value and not os.access(value, os.R_OK):
+            raise ConfigError(f"tls.{name}: cannot read {value}")
+    return TlsConfig(cert_file=Path(cert) if cert else None, key_file=Path(key) if key else None)
 
 
 def _workers(value: Any) -> int:
@@ -615,6 +640,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     sr.finish()
 
     auth = _auth(r.take("auth"))
+    tls = _tls(r.take("tls"))
 
     lr = _Reader(r.take("log"), "log")
     ld = LogConfig()
@@ -642,6 +668,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         buckets=buckets,
         server=server,
         auth=auth,
+        tls=tls,
         log=log,
         source=source,
     )
