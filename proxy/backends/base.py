@@ -6,9 +6,19 @@ PreconditionFailed, BackendUnavailable, ...), mapped once at their boundary.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+def identity_etag(*identity: object) -> str:
+    """An entity-tag from an object's identity (path, size, mtime...), not its bytes, for stores
+    that have none. The "-1" keeps it from looking like an MD5: clients check 32-hex ETags
+    against the bytes they sent (s3cmd retries every upload, rclone check reports differences)
+    and skip ETags with a dash, as they do for multipart uploads."""
+    ident = "\x00".join(map(str, identity)).encode("utf-8", "surrogatepass")
+    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '-1"'
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import mimetypes
 import os
 import stat
@@ -18,7 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proxy import errors, metrics
-from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
+from proxy.backends.base import (
+    BucketInfo,
+    GetResult,
+    ListEntry,
+    ListPage,
+    ObjectMeta,
+    identity_etag,
+)
 from proxy.backends.fs_writes import TMP_PREFIX, FsWrites
 from proxy.config import BackendConfig
 
@@ -27,11 +33,7 @@ _READ_SIZE = 256 * 1024
 
 
 def _fs_etag(st: os.stat_result) -> str:
-    """An entity-tag from the file's identity, not its bytes. The "-1" keeps it from looking like
-    an MD5: clients verify 32-hex ETags against the bytes they sent (s3cmd retries every upload,
-    rclone check reports differences) and skip ETags with a dash, as for multipart uploads."""
-    ident = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
-    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '-1"'
+    return identity_etag(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _meta(path: Path, st: os.stat_result) -> ObjectMeta:

@@ -7,11 +7,10 @@ A mount's bucket string is an absolute HDFS directory (``/data/logs``; a wildcar
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 from typing import Any
 
-from proxy.backends.base import ObjectMeta
+from proxy.backends.base import ObjectMeta, identity_etag
 from proxy.backends.fs import safe_segments
 
 TMP_PREFIX = ".slipstream-tmp-"  # uploads in progress (written, then renamed); never listed
@@ -38,8 +37,7 @@ def object_path(base: str, key: str) -> str | None:
 
 def hdfs_etag(path: str, length: int, mtime_ms: int) -> str:
     """HDFS has no ETag: identity is the path, the length and the modification time (ms)."""
-    ident = f"{path}\x00{length}\x00{mtime_ms}".encode()
-    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '"'
+    return identity_etag(path, length, mtime_ms)
 
 
 def status_meta(path: str, status: dict[str, Any]) -> ObjectMeta:
