@@ -14,15 +14,17 @@ import re
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import botocore.exceptions
+import pytest
 
 from tests.proxyproc import ProxyProcess
-from tests.servers import CountingRelay
+from tests.servers import CountingRelay, S3Endpoint, make_s3_client
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CHUNK = 64 * 1024
@@ -241,3 +243,45 @@ def aws_env(tmp: Path) -> dict[str, str]:
         HOME=str(tmp),
     )
     return env
+
+
+@dataclass
+class StoreSide:
+    """The store half of a proxy-over-one-store fixture: the backend config to give the proxy,
+    the env it needs, and the handles the tests use to seed and observe the store."""
+
+    backend: dict[str, Any]
+    env: dict[str, str]
+    store: Any  # a boto3 client on the store itself (S3 kinds)
+    relay: CountingRelay | None  # counts store requests (S3 kinds)
+    root: Path | None  # the data directory (fs)
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop_thread()
+
+
+def store_side(
+    kind: str, request: pytest.FixtureRequest, root: Path, buckets: Iterable[str]
+) -> StoreSide:
+    """``kind`` is "fs", "moto" or "seaweedfs"; ``buckets`` are created in the store (or as
+    directories under ``root`` for fs). S3 stores sit behind a CountingRelay."""
+    if kind == "fs":
+        for b in buckets:
+            (root / b).mkdir(parents=True)
+        return StoreSide({"type": "fs", "root": str(root)}, {}, None, None, root)
+    endpoint: S3Endpoint = request.getfixturevalue("moto_server" if kind == "moto" else "seaweedfs")
+    store = make_s3_client(endpoint)
+    for b in buckets:
+        store.create_bucket(Bucket=b)
+    relay = CountingRelay(endpoint.url)
+    relay.start_thread()
+    backend = {
+        "type": "s3",
+        "endpoint": relay.url,
+        "region": endpoint.region,
+        "access_key_env": "TEST_STORE_KEY",
+        "secret_key_env": "TEST_STORE_SECRET",
+    }
+    env = {"TEST_STORE_KEY": endpoint.access_key, "TEST_STORE_SECRET": endpoint.secret_key}
+    return StoreSide(backend, env, store, relay, None)

@@ -36,9 +36,10 @@ from tests.conformance import (
     body_of,
     raw_request,
     sha256,
+    store_side,
 )
 from tests.proxyproc import ProxyProcess
-from tests.servers import CountingRelay, S3Endpoint, make_s3_client
+from tests.servers import make_s3_client
 
 STORE_KINDS = ["moto", "seaweedfs", "fs"]
 
@@ -96,35 +97,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     tag = uuid.uuid4().hex[:8]
     bucket, list_bucket, datasets = f"conf-{tag}", f"lst-{tag}", f"datasets-{tag}"
     workdir = tmp_path_factory.mktemp(f"conformance-{kind}")
-    relay: CountingRelay | None = None
-    store: Any = None
-    root: Path | None = None
-    proxy_env: dict[str, str] = {}
-    if kind == "fs":
-        root = workdir / "data" / "root"  # secrets go in workdir/data, beside the root
-        for b in (bucket, list_bucket, datasets):
-            (root / b).mkdir(parents=True)
-        backend: dict[str, Any] = {"type": "fs", "root": str(root)}
-    else:
-        endpoint: S3Endpoint = request.getfixturevalue(
-            "moto_server" if kind == "moto" else "seaweedfs"
-        )
-        store = make_s3_client(endpoint)
-        for b in (bucket, list_bucket, datasets):
-            store.create_bucket(Bucket=b)
-        relay = CountingRelay(endpoint.url)
-        relay.start_thread()
-        backend = {
-            "type": "s3",
-            "endpoint": relay.url,
-            "region": endpoint.region,
-            "access_key_env": "CONFORMANCE_STORE_KEY",
-            "secret_key_env": "CONFORMANCE_STORE_SECRET",
-        }
-        proxy_env = {
-            "CONFORMANCE_STORE_KEY": endpoint.access_key,
-            "CONFORMANCE_STORE_SECRET": endpoint.secret_key,
-        }
+    # fs secrets go in workdir/data, beside the root
+    side = store_side(kind, request, workdir / "data" / "root", (bucket, list_bucket, datasets))
+    backend, proxy_env = side.backend, side.env
     config = {
         "cache": {
             "dir": "cache",
@@ -150,14 +125,13 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             bucket=bucket,
             list_bucket=list_bucket,
             datasets=datasets,
-            store=store,
-            relay=relay,
-            root=root,
+            store=side.store,
+            relay=side.relay,
+            root=side.root,
         )
     finally:
         proxy.stop()
-        if relay is not None:
-            relay.stop_thread()
+        side.close()
 
 
 def _deviates(env: Env, case_id: str) -> bool:

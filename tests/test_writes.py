@@ -22,7 +22,7 @@ import boto3.s3.transfer
 import botocore.exceptions
 import pytest
 
-from tests.conformance import body_of, metric, raw_request, sha256
+from tests.conformance import body_of, metric, raw_request, sha256, store_side
 from tests.proxyproc import ProxyProcess
 from tests.servers import CountingRelay, S3Endpoint, make_s3_client
 
@@ -98,35 +98,8 @@ def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) 
     tag = uuid.uuid4().hex[:8]
     bucket, other, ro = f"wr-{tag}", f"wr2-{tag}", f"ro-{tag}"
     workdir = tmp_path_factory.mktemp(f"writes-{kind}")
-    relay: CountingRelay | None = None
-    store: Any = None
-    root: Path | None = None
-    proxy_env: dict[str, str] = {}
-    if kind == "fs":
-        root = workdir / "root"
-        for b in (bucket, other):
-            (root / b).mkdir(parents=True)
-        backend: dict[str, Any] = {"type": "fs", "root": str(root)}
-    else:
-        endpoint: S3Endpoint = request.getfixturevalue(
-            "moto_server" if kind == "moto" else "seaweedfs"
-        )
-        store = make_s3_client(endpoint)
-        for b in (bucket, other):
-            store.create_bucket(Bucket=b)
-        relay = CountingRelay(endpoint.url)
-        relay.start_thread()
-        backend = {
-            "type": "s3",
-            "endpoint": relay.url,
-            "region": endpoint.region,
-            "access_key_env": "WRITES_STORE_KEY",
-            "secret_key_env": "WRITES_STORE_SECRET",
-        }
-        proxy_env = {
-            "WRITES_STORE_KEY": endpoint.access_key,
-            "WRITES_STORE_SECRET": endpoint.secret_key,
-        }
+    side = store_side(kind, request, workdir / "root", (bucket, other))
+    backend, proxy_env = side.backend, side.env
     config = {
         "cache": {
             "dir": "cache",
@@ -152,14 +125,13 @@ def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) 
             bucket=bucket,
             other=other,
             ro=ro,
-            store=store,
-            relay=relay,
-            root=root,
+            store=side.store,
+            relay=side.relay,
+            root=side.root,
         )
     finally:
         proxy.stop()
-        if relay is not None:
-            relay.stop_thread()
+        side.close()
 
 
 def _error(exc: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> tuple[int, str]:
