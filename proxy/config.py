@@ -7,7 +7,6 @@ case with ``__`` between levels, e.g. ``SLIPSTREAM_CACHE__MAX_SIZE=20GiB`` or
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -17,31 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
+from proxy.config_values import (
+    FieldReader,
+    is_loopback,
+    read_secret,
+    split_host_port,
+)
 from proxy.errors import ConfigError
 
 ENV_PREFIX = "SLIPSTREAM_"
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "ki": 1024,
-    "kib": 1024,
-    "mi": 1024**2,
-    "mib": 1024**2,
-    "gi": 1024**3,
-    "gib": 1024**3,
-    "ti": 1024**4,
-    "tib": 1024**4,
-}
-_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,14 +78,14 @@ class BackendConfig:
 
     def secret(self, name: str) -> str | None:
         """The secret ``name`` (e.g. "account_key") from its ``_env`` or ``_file`` field."""
-        return _secret(
+        return read_secret(
             getattr(self, f"{name}_env"), getattr(self, f"{name}_file"), f"backends.{self.name}"
         )
 
     def credentials(self) -> tuple[str, str] | None:
         """Read the store's key pair from env or files; None means the SDK's default chain."""
-        access = _secret(self.access_key_env, self.access_key_file, f"backends.{self.name}")
-        secret = _secret(self.secret_key_env, self.secret_key_file, f"backends.{self.name}")
+        access = read_secret(self.access_key_env, self.access_key_file, f"backends.{self.name}")
+        secret = read_secret(self.secret_key_env, self.secret_key_file, f"backends.{self.name}")
         if access is None and secret is None:
             return None
         if access is None or secret is None:
@@ -149,7 +132,7 @@ class UserConfig:
         """Read the secret key now (raises ConfigError naming the field when it is missing)."""
         source = "secret_key_env" if self.secret_key_env else "secret_key_file"
         where = f"auth.users[{self.access_key}].{source}"
-        value = _secret(self.secret_key_env, self.secret_key_file, where)
+        value = read_secret(self.secret_key_env, self.secret_key_file, where)
         if not value:
             raise ConfigError(f"{where}: the secret key is empty")
         return value
@@ -210,132 +193,6 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
 }
 
 
-def _secret(env: str | None, path: Path | None, where: str) -> str | None:
-    if env:
-        value = os.environ.get(env)
-        if value is None:
-            raise ConfigError(f"{where}: environment variable {env} is not set")
-        return value
-    if path:
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from exc
-    return None
-
-
-def parse_size(value: Any, where: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a size like 10GiB, got {value!r}")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in _SIZE_UNITS:
-            raise ConfigError(f"{where}: expected a size like 10GiB, got {value!r}")
-        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
-    if size < 0:
-        raise ConfigError(f"{where}: must not be negative")
-    return size
-
-
-def parse_duration(value: Any, where: str, *, allow_never: bool = False) -> float | None:
-    if allow_never and (value is None or str(value).strip().lower() == "never"):
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration like 60s, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
-        if not m:
-            hint = " or 'never'" if allow_never else ""
-            raise ConfigError(f"{where}: expected a duration like 60s{hint}, got {value!r}")
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if seconds < 0:
-        raise ConfigError(f"{where}: must not be negative")
-    return seconds
-
-
-def split_host_port(value: str, where: str) -> tuple[str, int]:
-    host, sep, port = str(value).rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _Reader:
-    """Pulls typed fields out of one mapping, naming the field in every error."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-        self.data = dict(data)
-        self.where = where
-
-    def path(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def take(self, name: str, default: Any = None) -> Any:
-        return self.data.pop(name, default)
-
-    def text(self, name: str, default: str | None = None) -> str | None:
-        value = self.take(name, default)
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{self.path(name)}: expected a string, got {value!r}")
-
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        value = self.take(name, default)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{self.path(name)}: expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def flag(self, name: str, default: bool | None) -> bool | None:
-        value = self.take(name, default)
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            value = value.lower() in {"true", "yes", "1"}
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{self.path(name)}: expected true or false, got {value!r}")
-        return value
-
-    def choice(self, name: str, default: str | None, choices: tuple[str, ...]) -> Any:
-        value = self.take(name, default)
-        if value not in choices:
-            raise ConfigError(
-                f"{self.path(name)}: expected one of {', '.join(choices)}, got {value!r}"
-            )
-        return value
-
-    def size(self, name: str, default: int) -> int:
-        return parse_size(self.take(name, default), self.path(name))
-
-    def duration(self, name: str, default: Any, *, allow_never: bool = False) -> float | None:
-        return parse_duration(self.take(name, default), self.path(name), allow_never=allow_never)
-
-    def finish(self) -> None:
-        if self.data:
-            unknown = ", ".join(sorted(map(str, self.data)))
-            raise ConfigError(f"{self.where or 'config'}: unknown field(s): {unknown}")
-
-
 def _domains(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -345,7 +202,7 @@ def _domains(value: Any) -> tuple[str, ...]:
 
 
 def _tls(data: Any) -> TlsConfig:
-    r = _Reader(data, "tls")
+    r = FieldReader(data, "tls")
     cert, key = r.text("cert_file"), r.text("key_file")
     r.finish()
     if bool(cert) != bool(key):
@@ -367,7 +224,7 @@ def _workers(value: Any) -> int:
 
 
 def _cache(data: Any) -> CacheConfig:
-    r = _Reader(data, "cache")
+    r = FieldReader(data, "cache")
     d = CacheConfig()
     cfg = CacheConfig(
         dir=Path(r.text("dir", str(d.dir)) or d.dir),
@@ -393,7 +250,7 @@ def _cache(data: Any) -> CacheConfig:
 
 def _backend(name: str, data: Any) -> BackendConfig:
     where = f"backends.{name}"
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     kind = r.choice("type", None, ("s3", "fs", "azure", "gcs", "webhdfs"))
 
     def opt_path(field_name: str) -> Path | None:
@@ -476,7 +333,7 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
     where = f"buckets.{name}"
     if name != "*" and not _BUCKET_RE.fullmatch(name):
         raise ConfigError(f"{where}: not a valid S3 bucket name")
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     backend = r.text("backend")
     if not backend:
         raise ConfigError(f"{where}.backend: required")
@@ -510,7 +367,7 @@ _REGION_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
 
 
 def _auth(data: Any) -> AuthConfig:
-    r = _Reader(data, "auth")
+    r = FieldReader(data, "auth")
     anonymous = r.flag("anonymous", None)
     region = r.text("region", "us-east-1") or ""
     raw_users = r.take("users", None)
@@ -533,7 +390,7 @@ def _auth(data: Any) -> AuthConfig:
 
 
 def _user(data: Any, where: str) -> UserConfig:
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     for secret_field in ("secret_key", "secret", "secret_access_key"):
         if secret_field in r.data:
             raise ConfigError(
@@ -553,7 +410,7 @@ def _user(data: Any, where: str) -> UserConfig:
         raise ConfigError(
             f"{where}.secret_key_env: give exactly one of secret_key_env and secret_key_file"
         )
-    ar = _Reader(raw_allow, f"{where}.allow")
+    ar = FieldReader(raw_allow, f"{where}.allow")
     allow: dict[str, AccessLevel] = {}
     for bucket in list(ar.data):
         name = str(bucket)
@@ -610,7 +467,7 @@ def from_mapping(
 
 
 def _build(data: dict[str, Any], source: str) -> Config:
-    r = _Reader(data, "")
+    r = FieldReader(data, "")
     listen = r.text("listen", "127.0.0.1:9900") or ""
     admin_listen = r.text("admin_listen", "127.0.0.1:9901") or ""
     split_host_port(listen, "listen")
@@ -618,14 +475,14 @@ def _build(data: dict[str, Any], source: str) -> Config:
     workers = _workers(r.take("workers", "auto"))
     cache = _cache(r.take("cache"))
 
-    raw_backends = _Reader(r.take("backends"), "backends").data
+    raw_backends = FieldReader(r.take("backends"), "backends").data
     backends = {str(n): _backend(str(n), b) for n, b in raw_backends.items()}
-    raw_buckets = _Reader(r.take("buckets"), "buckets").data
+    raw_buckets = FieldReader(r.take("buckets"), "buckets").data
     if not raw_buckets:
         raise ConfigError("buckets: at least one bucket mapping is required")
     buckets = {str(n): _mount(str(n), m, backends) for n, m in raw_buckets.items()}
 
-    sr = _Reader(r.take("server"), "server")
+    sr = FieldReader(r.take("server"), "server")
     sd = ServerConfig()
     server = ServerConfig(
         keepalive_timeout=sr.duration("keepalive_timeout", sd.keepalive_timeout) or 0.0,
@@ -642,7 +499,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     auth = _auth(r.take("auth"))
     tls = _tls(r.take("tls"))
 
-    lr = _Reader(r.take("log"), "log")
+    lr = FieldReader(r.take("log"), "log")
     ld = LogConfig()
     log = LogConfig(
         level=lr.choice("level", ld.level, ("debug", "info", "warning", "error")),
