@@ -12,8 +12,8 @@ COPY --from=build /install /usr/local
 COPY config /etc/slipstream
 USER slipstream
 WORKDIR /var/lib/slipstream
-# Inside a pod the sidecar listens on the pod's loopback; to listen on 0.0.0.0 set
-# SLIPSTREAM_AUTH__ANONYMOUS=true explicitly (client credentials arrive with SigV4 support).
+# Inside a pod the sidecar listens on the pod's loopback; to listen on 0.0.0.0 configure client
+# credentials (auth.users in a mounted config) or set SLIPSTREAM_AUTH__ANONYMOUS=true explicitly.
 ENV SLIPSTREAM_LISTEN=127.0.0.1:9900 \
     SLIPSTREAM_ADMIN_LISTEN=0.0.0.0:9901 \
     SLIPSTREAM_CACHE__DIR=/var/lib/slipstream/cache \
