@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from proxy import errors
 from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
+from proxy.cache.parts import PartStaging
 from proxy.cache.record import object_id
 from proxy.cache.store import CacheStore, record_for
 from proxy.cache.tee import CacheTee
@@ -24,6 +25,7 @@ class WriteService:
     def __init__(self, cache: CacheStore, reads: ObjectService) -> None:
         self.cache = cache
         self.reads = reads
+        self.parts = PartStaging(cache)
 
     def _oid(self, mount: Mount, key: str) -> bytes:
         return object_id(mount.backend.name, mount.bucket, key)
@@ -153,7 +155,17 @@ class WriteService:
         size: int,
     ) -> str:
         self._writable(mount)
-        return await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
+        if not mount.cacheable or size > self.cache.cfg.max_size * TEE_FRACTION:
+            return await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
+        oid = self._oid(mount, key)
+        body, tmp = await self.parts.tee(oid, upload_id, number, body)
+        try:
+            etag = await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
+        except BaseException:
+            await self.parts.drop(tmp)
+            raise
+        await self.parts.keep(tmp, number)
+        return etag
 
     async def complete_multipart(
         self, mount: Mount, key: str, upload_id: str, parts: list[tuple[int, str]]
@@ -162,14 +174,22 @@ class WriteService:
         oid = self._oid(mount, key)
         self.reads.invalidate(oid)
         try:
-            return await mount.backend.complete_multipart(mount.bucket, key, upload_id, parts)
+            meta = await mount.backend.complete_multipart(mount.bucket, key, upload_id, parts)
         finally:
             await self.cache.drop(oid)
             self.reads.invalidate(oid)
+        if mount.cacheable and meta.size <= self.cache.cfg.max_size * TEE_FRACTION:
+            rec = record_for(meta, mount.backend.name, mount.bucket, key)
+            if not await self.parts.publish(oid, upload_id, [n for n, _ in parts], rec):
+                await self.cache.drop(oid)
+        else:
+            await self.parts.discard(oid, upload_id)
+        return meta
 
     async def abort_multipart(self, mount: Mount, key: str, upload_id: str) -> None:
         self._writable(mount)
         await mount.backend.abort_multipart(mount.bucket, key, upload_id)
+        await self.parts.discard(self._oid(mount, key), upload_id)
 
     async def list_parts(self, mount: Mount, key: str, upload_id: str) -> list[PartInfo]:
         return await mount.backend.list_parts(mount.bucket, key, upload_id)

@@ -244,7 +244,14 @@ class CacheStore:
         """Blocking; run before serving. Drops temp files of dead processes, chunk files the
         index does not reference (a crash between rename and commit), and index bits whose file
         is gone. Nothing unverified is ever referenced, so what remains is whole."""
-        stats = {"tmp_dirs": self.blobs.sweep_tmp(), "orphans": 0, "missing": 0}
+        from proxy.cache.parts import PartStaging  # parts imports this module
+
+        stats = {
+            "tmp_dirs": self.blobs.sweep_tmp(),
+            "stale_uploads": PartStaging(self).sweep(),
+            "orphans": 0,
+            "missing": 0,
+        }
         on_disk: set[tuple[bytes, str, int]] = set()
         idx = self._idx
         for oid, gen, i, path in self.blobs.scan():

@@ -1,0 +1,136 @@
+"""Multipart write-through: each part's bytes are copied to a shared staging directory while
+they stream to the store; once the store has completed the upload, the parts are cut into
+chunk files and indexed, so a multipart object (Spark, aws s3 cp) is read hot afterwards too.
+
+Parts of one upload may reach different worker processes, so staging lives under the cache
+root (``uploads/<hash>/part-NNNNN``), not in a per-process temp directory. A part is published
+by rename only after the store accepted it; the last upload of a part number wins, as in S3.
+Every function that touches files runs them off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from proxy import metrics
+from proxy.cache.record import Record
+from proxy.cache.store import CacheStore
+
+log = logging.getLogger("proxy.cache")
+STALE_UPLOAD = 7 * 86400.0
+
+
+class PartStaging:
+    def __init__(self, cache: CacheStore) -> None:
+        self.cache = cache
+        self.root = cache.root / "uploads"
+
+    def _dir(self, oid: bytes, upload_id: str) -> Path:
+        h = hashlib.blake2b(oid + upload_id.encode(), digest_size=16).hexdigest()
+        return self.root / h
+
+    async def tee(
+        self, oid: bytes, upload_id: str, number: int, body: AsyncIterator[bytes]
+    ) -> tuple[AsyncIterator[bytes], Path]:
+        """``body`` passed through unchanged while copied to a temp file; returns the stream
+        and the temp path to ``keep`` once the store accepted the part (or ``drop``)."""
+        d = self._dir(oid, upload_id)
+        tmp = d / f"part-{number:05d}.{os.getpid()}.{id(body):x}.tmp"
+        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+        f = await asyncio.to_thread(open, tmp, "wb")
+
+        async def copy() -> AsyncIterator[bytes]:
+            ok = True
+            try:
+                async for piece in body:
+                    if ok:
+                        try:
+                            await asyncio.to_thread(f.write, piece)
+                        except OSError as exc:
+                            ok = False
+                            metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
+                            log.warning("multipart copy dropped: %s", exc.strerror)
+                    yield piece
+            finally:
+                await asyncio.to_thread(f.close)
+                if not ok:
+                    await asyncio.to_thread(_unlink, tmp)
+
+        return copy(), tmp
+
+    async def keep(self, tmp: Path, number: int) -> None:
+        if await asyncio.to_thread(tmp.exists):
+            await asyncio.to_thread(os.replace, tmp, tmp.parent / f"part-{number:05d}")
+
+    async def drop(self, tmp: Path) -> None:
+        await asyncio.to_thread(_unlink, tmp)
+
+    async def discard(self, oid: bytes, upload_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._dir(oid, upload_id), True)
+
+    async def publish(self, oid: bytes, upload_id: str, numbers: list[int], rec: Record) -> bool:
+        """Cut the completed object's staged parts into chunk files and index them."""
+        d = self._dir(oid, upload_id)
+        try:
+            files = await asyncio.to_thread(self._rechunk, d, numbers, rec)
+        except OSError as exc:
+            log.warning("multipart write-through skipped: %s", exc)
+            files = None
+        ok = files is not None and await self.cache.commit_files(oid, rec, files)
+        await asyncio.to_thread(shutil.rmtree, d, True)
+        return ok
+
+    def _rechunk(
+        self, d: Path, numbers: list[int], rec: Record
+    ) -> list[tuple[int, Path, int]] | None:
+        """Blocking. None when a part is missing or the sizes disagree with the store."""
+        parts = [d / f"part-{n:05d}" for n in numbers]
+        if not all(p.is_file() for p in parts) or sum(p.stat().st_size for p in parts) != rec.size:
+            return None
+        cs = self.cache.cfg.chunk_size
+        out: list[tuple[int, Path, int]] = []
+        buf = bytearray()
+        for p in parts:
+            with open(p, "rb") as f:
+                while block := f.read(cs - len(buf)):
+                    buf += block
+                    if len(buf) == cs:
+                        out.append(self._write_chunk(d, len(out), buf))
+                        buf = bytearray()
+        if buf or not out:
+            out.append(self._write_chunk(d, len(out), buf))
+        return out
+
+    def _write_chunk(self, d: Path, index: int, data: bytearray) -> tuple[int, Path, int]:
+        path = d / f"chunk-{index}"
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return index, path, len(data)
+
+    def sweep(self) -> int:
+        """Blocking; start-up: drop staging of uploads untouched for a week."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        now = time.time()
+        for entry in os.scandir(self.root):
+            if now - entry.stat().st_mtime > STALE_UPLOAD:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
