@@ -7,6 +7,7 @@ spawns the workers; each binds the S3 port with SO_REUSEPORT and opens the share
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -68,6 +69,10 @@ class S3Server:
         writes = WriteService(self.cache, self.service)
         handlers.writes = S3WriteHandlers(writes, router, self.service)
         self._dispatch = handlers.dispatch
+        # Everything built so far (botocore's service models, the SDK clients) lives as long as
+        # the process: keep it out of the cyclic GC's full collections, which would otherwise
+        # walk it every time and show up as latency spikes.
+        gc.freeze()
 
     async def close(self) -> None:
         if self.service is not None:
