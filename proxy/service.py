@@ -188,7 +188,7 @@ class ObjectService:
                 self.cache.note_hit(oid, rec, time.time())
                 # bytes, not a memoryview: aiohttp and uvloop write bytes faster
                 part = inline if last - first + 1 == len(inline) else inline[first : last + 1]
-                return ObjectRead(meta, first, last, rng is not None, "cache", _one(part), part)
+                return ObjectRead(meta, first, last, rng is not None, "cache", _NO_PARTS, part)
             needed = range(first // self.cs, last // self.cs + 1) if meta.size else range(0)
             if all(rec.has_chunk(i) for i in needed):
                 metrics.CACHE_HITS.inc()
@@ -458,6 +458,9 @@ class ObjectService:
 
     async def bytes_of(self, read: ObjectRead, mount: Mount, key: str) -> AsyncIterator[bytes]:
         """A read's body as plain bytes (for copies between stores)."""
+        if read.body is not None:
+            yield read.body
+            return
         async for part in read.parts:
             if isinstance(part, FileSlice):
                 data = await asyncio.to_thread(_read_slice, part)
@@ -525,8 +528,17 @@ class ObjectService:
         return sorted(out.values(), key=lambda b: b.name)
 
 
-async def _one(part: Part) -> AsyncIterator[Part]:
-    yield part
+class _NoParts:
+    """The parts of an answer held whole in ``ObjectRead.body``: none. Shared, stateless."""
+
+    def __aiter__(self) -> _NoParts:
+        return self
+
+    async def __anext__(self) -> Part:
+        raise StopAsyncIteration
+
+
+_NO_PARTS = _NoParts()
 
 
 def _read_slice(part: FileSlice) -> bytes | None:

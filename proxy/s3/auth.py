@@ -161,10 +161,17 @@ class Authenticator:
                 Principal(user.access_key, dict(user.allow)),
             )
         self.anonymous = cfg.anonymous is True or (cfg.anonymous is None and not self._users)
+        self._open_reads = self.anonymous and not self._users
+        self._anonymous_read = AuthResult(ANONYMOUS, _NO_BODY)
         self._keys: dict[tuple[str, str], bytes] = {}
 
     def authenticate(self, request: web.BaseRequest) -> AuthResult:
         """Verify the request's signature (if any) and describe its payload, or raise."""
+        if self._open_reads and request.method in _READ_METHODS and "?" not in request.raw_path:
+            # No users: nothing to verify. A plain read (no query, so not presigned) needs no
+            # payload description; requests with a body or a query take the full path below.
+            if not request.body_exists and "Authorization" not in request.headers:
+                return self._anonymous_read
         headers = request.headers
         authorization = headers.get("Authorization")
         query = request.raw_path.partition("?")[2]

@@ -53,7 +53,6 @@ def make_middleware(
         nonlocal in_flight
         rid = f"{prefix}-{next(ids):X}"
         request["request_id"] = rid
-        request["op"] = "Unknown"
         started = time.perf_counter()
         in_flight += 1
         try:
@@ -74,7 +73,7 @@ def make_middleware(
             resp = error_response(request, errors.InternalError())
         finally:
             in_flight -= 1
-        op = request["op"]
+        op = request.get("op", "Unknown")
         elapsed = time.perf_counter() - started
         counter = request_counters.get((op, resp.status))
         if counter is None:
