@@ -5,9 +5,6 @@ https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Sto
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -86,54 +83,12 @@ def _payload_size(request: web.BaseRequest) -> int:
     return int(raw)
 
 
-async def _raw_payload(request: web.BaseRequest, size: int) -> AsyncIterator[bytes]:
-    """The body as sent, checked against Content-Length and Content-MD5 before its last bytes
-    are handed on, so a store write can still be abandoned on a mismatch."""
-    md5_header = request.headers.get("Content-MD5")
-    want = None
-    if md5_header is not None:
-        try:
-            want = base64.b64decode(md5_header, validate=True)
-        except (binascii.Error, ValueError):
-            raise errors.InvalidDigest() from None
-        if len(want) != 16:
-            raise errors.InvalidDigest()
-    md5 = hashlib.md5(usedforsecurity=False)
-    held: bytes | None = None
-    seen = 0
-    while True:
-        piece = await request.content.read(READ_SIZE)
-        if not piece:
-            break
-        seen += len(piece)
-        if seen > size:
-            raise errors.IncompleteBody("The body is longer than its Content-Length.")
-        if want is not None:
-            md5.update(piece)
-        if held is not None:
-            yield held
-        held = piece
-    if seen != size:
-        raise errors.IncompleteBody()
-    if want is not None and md5.digest() != want:
-        raise errors.BadDigest()
-    if held is not None:
-        yield held
+def payload(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    """The object bytes of a request body, de-framed (aws-chunked) and verified as the
+    authentication layer's PayloadSpec describes (dispatch sets ``request["auth"]`` first)."""
+    from proxy.s3.payload import payload as decoded
 
-
-def payload(request: web.BaseRequest, size: int) -> AsyncIterator[bytes]:
-    """The object bytes of a request body: de-framed (aws-chunked) and verified when the
-    authentication layer describes the framing, else the raw body."""
-    auth = request.get("auth")
-    spec = getattr(auth, "payload", None)
-    if spec is not None:
-        from proxy.s3.payload import payload as decoded
-
-        return _continued(request, decoded(request, spec))
-    sha = request.headers.get("x-amz-content-sha256", "")
-    if sha.startswith("STREAMING-") or "aws-chunked" in request.headers.get("Content-Encoding", ""):
-        raise errors.NotImplementedS3("aws-chunked uploads need the SigV4 layer.")
-    return _continued(request, _raw_payload(request, size))
+    return _continued(request, decoded(request, request["auth"].payload))
 
 
 async def _continued(request: web.BaseRequest, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -163,8 +118,9 @@ async def _continued(request: web.BaseRequest, body: AsyncIterator[bytes]) -> As
 async def _read_xml(request: web.BaseRequest) -> Element:
     if (request.content_length or 0) > MAX_XML_BODY:
         raise errors.MalformedXML("The XML body is too large.")
+    _payload_size(request)  # MissingContentLength, as before the body is read
     body = b""
-    async for piece in payload(request, _payload_size(request)):
+    async for piece in payload(request):
         body += piece
         if len(body) > MAX_XML_BODY:
             raise errors.MalformedXML("The XML body is too large.")
@@ -311,7 +267,7 @@ class S3WriteHandlers:
         meta = await self.writes.put(
             mount,
             key,
-            payload(request, size),
+            payload(request),
             size,
             _content_type(request),
             _user_metadata(request),
@@ -374,7 +330,7 @@ class S3WriteHandlers:
         number = self._part_number(query)
         size = _payload_size(request)
         etag = await self.writes.upload_part(
-            mount, key, upload_id, number, payload(request, size), size
+            mount, key, upload_id, number, payload(request), size
         )
         return web.Response(headers={**_rid(request), "ETag": etag})
 
