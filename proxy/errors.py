@@ -1,12 +1,24 @@
-"""S3 errors, one class per code, and the proxy's internal errors.
+"""One exception tree: ``ProxyError`` is its root.
 
-https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList
+- ``S3Error`` is the client-facing branch, one class per S3 error code, rendered by the S3
+  middleware as S3's XML error body.
+  https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList
+- ``InternalFault`` is the internal branch: conditions the core handles itself (the index is
+  full, the object changed during a fill) and that never reach a client as such.
+- ``ConfigError`` stops the server at start.
+
+Adapters (backends, the cache) translate their library's exceptions into this tree once, at
+their boundary (``raise ... from exc``), so callers catch ``ProxyError`` or one branch of it.
 """
 
 from __future__ import annotations
 
 
-class S3Error(Exception):
+class ProxyError(Exception):
+    """The root of every exception Slipstream raises on purpose."""
+
+
+class S3Error(ProxyError):
     code = "InternalError"
     status = 500
     message = "We encountered an internal error. Please try again."
@@ -165,15 +177,28 @@ class InternalError(S3Error):
     pass
 
 
-class ConfigError(Exception):
+class ConfigError(ProxyError):
     """The configuration is invalid; the message names the file and the field."""
+
+
+class InternalFault(ProxyError):
+    """An internal condition the core handles; never shown to a client as such."""
+
+
+class IndexFull(InternalFault):
+    """The LMDB map, or the disk under it, is full; the write was not made (the read is served
+    from the store without caching)."""
+
+    def __init__(self, reason: str = "index_full") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class BackendUnavailable(ServiceUnavailable):
     """The backing store could not be reached or answered 5xx."""
 
 
-class ObjectChanged(Exception):
+class ObjectChanged(InternalFault):
     """The object changed in the store while we were filling it (ETag moved)."""
 
 

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from proxy.backends.base import ObjectMeta
+from proxy.model import ObjectMeta
 
 
 class Fill:

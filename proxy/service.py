@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy import errors, metrics
-from proxy.backends.base import BucketInfo, ListPage, ObjectMeta
 from proxy.cache.record import Record, object_id
 from proxy.cache.store import CacheStore, record_for
 from proxy.config import CacheConfig
 from proxy.fill import Fill
+from proxy.model import BucketInfo, ByteRange, ListPage, ObjectMeta
 from proxy.routing import Mount, Router
-from proxy.s3.parse import ByteRange, check_conditions
+from proxy.s3.parse import check_conditions
 
 log = logging.getLogger("proxy.cache")
 

@@ -8,11 +8,11 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 from proxy import errors
-from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
 from proxy.cache.parts import PartStaging
 from proxy.cache.record import object_id
 from proxy.cache.store import CacheStore, record_for
 from proxy.cache.tee import CacheTee
+from proxy.model import ObjectMeta, PartInfo, UploadInfo
 from proxy.routing import Mount
 from proxy.service import ObjectService
 

@@ -19,8 +19,8 @@ from proxy.backends.azure_codec import (
     parse_block_id,
     to_azure_metadata,
 )
-from proxy.backends.base import ListEntry
 from proxy.backends.gcs_codec import etag_of, meta_of, timestamp
+from proxy.model import ListEntry
 
 
 def _entry(key: str) -> ListEntry:

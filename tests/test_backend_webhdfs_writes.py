@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from proxy import errors
-from proxy.backends.base import GetResult, ObjectMeta
 from proxy.backends.multipart import MIN_PART_SIZE
 from proxy.backends.webhdfs import WebHdfsBackend
 from proxy.config import BackendConfig
+from proxy.model import GetResult, ObjectMeta
 from tests.fake_webhdfs import FakeWebHdfs
 
 BUCKET = "/data/logs"

@@ -9,8 +9,9 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
+from proxy.model import ByteRange
 from proxy.s3 import parse
-from proxy.s3.parse import MAX_KEY_BYTES, ByteRange, parse_query, parse_range, parse_target
+from proxy.s3.parse import MAX_KEY_BYTES, parse_query, parse_range, parse_target
 
 DOMAINS = ("localhost", "s3.example.com")
 

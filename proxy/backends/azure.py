@@ -43,9 +43,9 @@ from proxy.backends.azure_codec import (
     to_azure_metadata,
 )
 from proxy.backends.azure_multipart import AzureMultipart
-from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
 from proxy.backends.calls import measured
 from proxy.config import BackendConfig
+from proxy.model import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
 
 T = TypeVar("T")
 

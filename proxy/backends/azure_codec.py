@@ -15,7 +15,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobProperties, ContentSettings
 
 from proxy import errors
-from proxy.backends.base import ObjectMeta
+from proxy.model import ObjectMeta
 
 BLOCK_SIZE = 8 * 1024 * 1024  # one staged block: the most a write holds in memory at once
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")

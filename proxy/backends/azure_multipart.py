@@ -39,8 +39,8 @@ from proxy.backends.azure_codec import (
     parse_block_id,
     to_azure_metadata,
 )
-from proxy.backends.base import ObjectMeta, PartInfo
 from proxy.backends.multipart import MAX_PART_NUMBER, MIN_PART_SIZE, StagedMultipart
+from proxy.model import ObjectMeta, PartInfo
 
 T = TypeVar("T")
 

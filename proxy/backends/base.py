@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
+
+from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta, PartInfo, UploadInfo
 
 
 def identity_etag(*identity: object) -> str:
@@ -19,76 +20,6 @@ def identity_etag(*identity: object) -> str:
     and skip ETags with a dash, as they do for multipart uploads."""
     ident = "\x00".join(map(str, identity)).encode("utf-8", "surrogatepass")
     return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '-1"'
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectMeta:
-    size: int
-    etag: str  # as S3 sends it, with the double quotes
-    last_modified: float  # seconds since the epoch
-    content_type: str = "application/octet-stream"
-    metadata: Mapping[str, str] = field(default_factory=dict)  # x-amz-meta-* without the prefix
-    headers: Mapping[str, str] = field(default_factory=dict)  # Cache-Control, Content-Encoding...
-    etag_is_md5: bool = False  # the ETag is the plain MD5 of the bytes, so fills can verify it
-
-
-@dataclass(slots=True)
-class GetResult:
-    """A ranged read: ``body`` yields bytes ``start..end`` (inclusive) of the object."""
-
-    meta: ObjectMeta
-    start: int
-    end: int
-    body: AsyncIterator[bytes]
-    release: object = None  # an awaitable-returning close hook, called by aclose()
-
-    @property
-    def length(self) -> int:
-        return max(0, self.end - self.start + 1)
-
-    async def aclose(self) -> None:
-        close = self.release
-        self.release = None
-        if close is not None:
-            await close()  # type: ignore[operator]
-
-
-@dataclass(frozen=True, slots=True)
-class ListEntry:
-    key: str
-    size: int
-    etag: str
-    last_modified: float
-    storage_class: str = "STANDARD"
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    entries: list[ListEntry]
-    prefixes: list[str]
-    truncated: bool
-    next_token: str | None  # opaque; hand it back as ``token`` to continue
-
-
-@dataclass(frozen=True, slots=True)
-class PartInfo:
-    number: int
-    etag: str
-    size: int
-    last_modified: float
-
-
-@dataclass(frozen=True, slots=True)
-class UploadInfo:
-    key: str
-    upload_id: str
-    initiated: float
-
-
-@dataclass(frozen=True, slots=True)
-class BucketInfo:
-    name: str
-    created: float
 
 
 class Backend(Protocol):

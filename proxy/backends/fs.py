@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proxy import errors, metrics
-from proxy.backends.base import (
-    BucketInfo,
-    GetResult,
-    ListEntry,
-    ListPage,
-    ObjectMeta,
-    identity_etag,
-)
+from proxy.backends.base import identity_etag
 from proxy.backends.fs_writes import TMP_PREFIX, FsWrites
 from proxy.config import BackendConfig
+from proxy.model import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
 
 T = TypeVar("T")
 _READ_SIZE = 256 * 1024

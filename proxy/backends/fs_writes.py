@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from proxy import errors, metrics
-from proxy.backends.base import ObjectMeta
 from proxy.backends.multipart import StagedMultipart
+from proxy.model import ObjectMeta
 
 TMP_PREFIX = ".slipstream-tmp-"  # listings skip these
 

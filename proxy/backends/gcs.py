@@ -28,7 +28,6 @@ from gcloud.aio.storage.storage import init_api_root
 
 from proxy import errors, log, metrics
 from proxy.backends import paging
-from proxy.backends.base import BucketInfo, GetResult, ListPage, ObjectMeta
 from proxy.backends.gcs_codec import (
     MultipartBody,
     entry_of,
@@ -40,6 +39,7 @@ from proxy.backends.gcs_codec import (
 )
 from proxy.backends.multipart import StagedMultipart
 from proxy.config import BackendConfig
+from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy import errors
-from proxy.backends.base import ListEntry, ObjectMeta
+from proxy.model import ListEntry, ObjectMeta
 
 # resource field <-> HTTP header, both ways
 HEADER_FIELDS = {

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import errors
-from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
+from proxy.model import ObjectMeta, PartInfo, UploadInfo
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10_000

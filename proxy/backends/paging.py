@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy import errors
-from proxy.backends.base import ListEntry, ListPage
+from proxy.model import ListEntry, ListPage
 
 MAX_STORE_PAGES = 16  # per S3 page; past it the page ends early (truncated, maybe short)
 _TOKEN_PREFIX = "sl1."

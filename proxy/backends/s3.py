@@ -12,11 +12,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy import errors
-from proxy.backends.base import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
 from proxy.backends.calls import measured
 from proxy.backends.s3_http import S3HttpReader
 from proxy.backends.s3_writes import S3Writes
 from proxy.config import BackendConfig
+from proxy.model import BucketInfo, GetResult, ListEntry, ListPage, ObjectMeta
 
 T = TypeVar("T")
 

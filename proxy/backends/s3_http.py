@@ -23,8 +23,8 @@ from botocore.awsrequest import AWSRequest
 from yarl import URL
 
 from proxy import errors, log, metrics
-from proxy.backends.base import GetResult, ObjectMeta
 from proxy.config import BackendConfig
+from proxy.model import GetResult, ObjectMeta
 
 _READ_SIZE = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import botocore.auth
 
 from proxy import errors
-from proxy.backends.base import ObjectMeta, PartInfo, UploadInfo
+from proxy.model import ObjectMeta, PartInfo, UploadInfo
 
 T = TypeVar("T")
 _UNSIGNED_SIGNER = "slipstream-s3v4-unsigned-payload"

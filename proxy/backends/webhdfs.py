@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 
 from proxy import errors, metrics
-from proxy.backends.base import BucketInfo, GetResult, ListPage, ObjectMeta
 from proxy.backends.webhdfs_http import WebHdfsHttp
 from proxy.backends.webhdfs_list import list_page
 from proxy.backends.webhdfs_paths import bucket_base, object_path, status_meta
 from proxy.backends.webhdfs_writes import WebHdfsWrites
 from proxy.config import BackendConfig
 from proxy.errors import ConfigError
+from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta
 
 _READ_SIZE = 256 * 1024
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")

@@ -16,11 +16,11 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy import errors
-from proxy.backends.base import ListEntry, ListPage
 from proxy.backends.fs import safe_segments
 from proxy.backends.webhdfs_http import WebHdfsHttp
 from proxy.backends.webhdfs_order import Child, DirStream
 from proxy.backends.webhdfs_paths import TMP_PREFIX, hdfs_etag
+from proxy.model import ListEntry, ListPage
 
 
 class _Gone(errors.NoSuchKey):

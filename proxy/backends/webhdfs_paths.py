@@ -10,8 +10,9 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
-from proxy.backends.base import ObjectMeta, identity_etag
+from proxy.backends.base import identity_etag
 from proxy.backends.fs import safe_segments
+from proxy.model import ObjectMeta
 
 TMP_PREFIX = ".slipstream-tmp-"  # uploads in progress (written, then renamed); never listed
 

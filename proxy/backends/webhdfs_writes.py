@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from proxy import errors
-from proxy.backends.base import GetResult, ObjectMeta
 from proxy.backends.multipart import StagedMultipart
 from proxy.backends.webhdfs_http import NOT_EMPTY, WebHdfsHttp, remote_exception
 from proxy.backends.webhdfs_paths import TMP_PREFIX, bucket_base, object_path
+from proxy.model import GetResult, ObjectMeta
 
 _EMPTY_MD5 = '"d41d8cd98f00b204e9800998ecf8427e"'
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from proxy import errors
 from proxy.cache import eviction
 from proxy.cache.record import Record
 
@@ -28,14 +29,6 @@ log = logging.getLogger("proxy.cache")
 _U64 = struct.Struct(">Q")
 GHOST_LIMIT = 200_000
 DECODED_CACHE_MAX = 50_000
-
-
-class IndexFull(Exception):
-    """The LMDB map, or the disk under it, is full; the write was not made."""
-
-    def __init__(self, reason: str = "index_full") -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -297,13 +290,13 @@ class Index:
                 self._evict_if_needed(t)
         except lmdb.MapFullError:
             log.warning("cache index is full (map_size); these writes are dropped")
-            results = [(fut, None, IndexFull()) for _, fut in items]
+            results = [(fut, None, errors.IndexFull()) for _, fut in items]
             batch = Batch()
             self._evict_some()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
             if _disk_full(exc):
                 log.warning("the disk under the cache index is full; these writes are dropped")
-                results = [(fut, None, IndexFull("disk_full")) for _, fut in items]
+                results = [(fut, None, errors.IndexFull("disk_full")) for _, fut in items]
                 batch = Batch()
             elif len(items) > 1:
                 for item in items:

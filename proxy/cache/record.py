@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from proxy.backends.base import ObjectMeta
+from proxy.model import ObjectMeta
 
 
 @functools.lru_cache(maxsize=65536)

@@ -9,14 +9,14 @@ import os
 import time
 from pathlib import Path
 
-from proxy import metrics
-from proxy.backends.base import ObjectMeta
+from proxy import errors, metrics
 from proxy.cache import eviction
 from proxy.cache.blobs import BlobStore
-from proxy.cache.index import Batch, Index, IndexFull, Txn
+from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.record import Record
 from proxy.config import CacheConfig
+from proxy.model import ObjectMeta
 
 log = logging.getLogger("proxy.cache")
 HIT_FLUSH_INTERVAL = 1.0
@@ -209,7 +209,7 @@ class CacheStore:
     async def _try_submit(self, op: object) -> bool:
         try:
             await self._submit(op)
-        except IndexFull as exc:
+        except errors.IndexFull as exc:
             metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
             return False
         return True

@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy import errors, metrics
-from proxy.backends.base import ObjectMeta
 from proxy.config import AuthConfig
+from proxy.model import ObjectMeta
 from proxy.routing import Mount, Router
 from proxy.s3 import parse, xml
 from proxy.s3.auth import Authenticator, is_write
@@ -275,7 +275,7 @@ class S3Handlers:
                 else:
                     await resp.write(part)
                     sent += len(part)
-        except (errors.S3Error, errors.ObjectChanged, OSError, ValueError) as exc:
+        except (errors.ProxyError, OSError, ValueError) as exc:
             # Headers are gone: the only honest signal left is a short body.
             log.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
             _abort(request)

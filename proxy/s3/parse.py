@@ -9,6 +9,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 from proxy import errors
+from proxy.model import ByteRange
 
 MAX_KEY_BYTES = 1024
 
@@ -63,37 +64,6 @@ def _with_key(bucket: str, key: str | None) -> Target:
     if key is not None and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise errors.KeyTooLong()
     return Target(bucket, key)
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """``bytes=first-last``, ``bytes=first-`` (last None) or ``bytes=-suffix`` (first None)."""
-
-    first: int | None
-    last: int | None
-
-    def resolve(self, size: int) -> tuple[int, int]:
-        """Inclusive (first, last) within an object of ``size`` bytes, or InvalidRange.
-
-        https://www.rfc-editor.org/rfc/rfc9110#section-14.1.2
-        """
-        if self.first is None:
-            assert self.last is not None
-            if self.last == 0 or size == 0:
-                raise self._unsatisfiable(size)
-            return max(0, size - self.last), size - 1
-        if self.first >= size:
-            raise self._unsatisfiable(size)
-        last = size - 1 if self.last is None else min(self.last, size - 1)
-        return self.first, last
-
-    def _unsatisfiable(self, size: int) -> errors.InvalidRange:
-        # The fields AWS sends with a 416 (as moto mirrors them).
-        first = "" if self.first is None else str(self.first)
-        last = "" if self.last is None else str(self.last)
-        return errors.InvalidRange(
-            rangeRequested=f"bytes={first}-{last}", actualObjectSize=str(size)
-        )
 
 
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII)

@@ -329,9 +329,7 @@ class S3WriteHandlers:
     ) -> web.StreamResponse:
         number = self._part_number(query)
         size = _payload_size(request)
-        etag = await self.writes.upload_part(
-            mount, key, upload_id, number, payload(request), size
-        )
+        etag = await self.writes.upload_part(mount, key, upload_id, number, payload(request), size)
         return web.Response(headers={**_rid(request), "ETag": etag})
 
     async def upload_part_copy(

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from proxy.backends.base import BucketInfo, ListPage, PartInfo, UploadInfo
+from proxy.model import BucketInfo, ListPage, PartInfo, UploadInfo
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
