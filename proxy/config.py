@@ -23,6 +23,7 @@ from proxy.config_values import (
     split_host_port,
 )
 from proxy.errors import ConfigError
+from proxy.model import valid_bucket_name
 
 ENV_PREFIX = "SLIPSTREAM_"
 
@@ -326,12 +327,9 @@ def _backend(name: str, data: Any) -> BackendConfig:
     return cfg
 
 
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,62}")
-
-
 def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> MountConfig:
     where = f"buckets.{name}"
-    if name != "*" and not _BUCKET_RE.fullmatch(name):
+    if name != "*" and not valid_bucket_name(name):
         raise ConfigError(f"{where}: not a valid S3 bucket name")
     r = FieldReader(data, where)
     backend = r.text("backend")
@@ -414,7 +412,7 @@ def _user(data: Any, where: str) -> UserConfig:
     allow: dict[str, AccessLevel] = {}
     for bucket in list(ar.data):
         name = str(bucket)
-        if name != "*" and not _BUCKET_RE.fullmatch(name):
+        if name != "*" and not valid_bucket_name(name):
             raise ConfigError(f"{where}.allow.{name}: not a bucket name or '*'")
         allow[name] = ar.choice(bucket, None, ("read", "read-write"))
     ar.finish()

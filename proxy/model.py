@@ -6,10 +6,26 @@ the backends all import them from here and not from one another.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy import errors
+
+# The x-amz-checksum-* algorithms S3 keeps with an object and returns on GET/HEAD with
+# x-amz-checksum-mode (uploads may be verified with more: proxy/s3/checksums.ALGORITHMS).
+RETURNED_CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", re.ASCII)
+
+
+def valid_bucket_name(name: str) -> bool:
+    """S3's bucket naming rule: 3-63 characters of a-z 0-9 . - _, starting and ending with a
+    letter or digit, no "..".
+
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+    """
+    return bool(_BUCKET_NAME.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True, slots=True)

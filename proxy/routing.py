@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy import errors
 from proxy.backends.base import Backend
 from proxy.config import CacheConfig, MountConfig
+from proxy.model import valid_bucket_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class Router:
         mount = self._wildcard_mounts.get(bucket)
         if mount is not None:
             return mount
-        if self._wildcard is not None and _valid_bucket(bucket):
+        if self._wildcard is not None and valid_bucket_name(bucket):
             mount = self._mount(bucket, self._wildcard, wildcard=True)
             if len(self._wildcard_mounts) >= 10_000:
                 self._wildcard_mounts.clear()
@@ -76,11 +76,3 @@ class Router:
     @property
     def wildcard_backend(self) -> Backend | None:
         return self._backends[self._wildcard.backend] if self._wildcard else None
-
-
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
-
-
-def _valid_bucket(name: str) -> bool:
-    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
-    return bool(_BUCKET.fullmatch(name)) and ".." not in name

@@ -12,13 +12,12 @@ from proxy.cache.parts import PartStaging
 from proxy.cache.record import object_id
 from proxy.cache.store import CacheStore, record_for
 from proxy.cache.tee import CacheTee
-from proxy.model import ObjectMeta, PartInfo, UploadInfo
+from proxy.model import RETURNED_CHECKSUMS, ObjectMeta, PartInfo, UploadInfo
 from proxy.routing import Mount
 from proxy.service import ObjectService
 
 log = logging.getLogger("proxy.cache")
 TEE_FRACTION = 0.25  # objects larger than this share of the cache are not copied in
-CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
 
 class WriteService:
@@ -67,7 +66,7 @@ class WriteService:
         self.reads.invalidate(oid)
         rec = record_for(meta, mount.backend.name, mount.bucket, key)
         for alg, value in (checksums or {}).items():
-            if alg in CHECKSUM_ALGORITHMS:
+            if alg in RETURNED_CHECKSUMS:
                 rec.headers[f"x-amz-checksum-{alg}"] = value
         if tee is None or not await tee.publish(oid, rec):
             await self.cache.drop(oid)

@@ -14,7 +14,6 @@ not implemented. Writes are in webhdfs_writes.py, listings in webhdfs_list.py.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,10 +26,9 @@ from proxy.backends.webhdfs_paths import bucket_base, object_path, status_meta
 from proxy.backends.webhdfs_writes import WebHdfsWrites
 from proxy.config import BackendConfig
 from proxy.errors import ConfigError
-from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta
+from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta, valid_bucket_name
 
 _READ_SIZE = 256 * 1024
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
 _MAX_BUCKETS = 10_000
 Buckets = list[BucketInfo]  # an alias: inside the class, ``list`` is the ListObjects method
 
@@ -193,7 +191,7 @@ async def _root_buckets(http: WebHdfsHttp) -> list[BucketInfo]:
             remaining = int(listing["remainingEntries"])
             for st in statuses:
                 name = str(st.get("pathSuffix", ""))
-                if st.get("type") == "DIRECTORY" and _BUCKET_NAME.fullmatch(name):
+                if st.get("type") == "DIRECTORY" and valid_bucket_name(name):
                     out.append(BucketInfo(name=name, created=int(st["modificationTime"]) / 1e3))
                 after = name or after
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -14,12 +14,12 @@ import defusedxml.ElementTree as SafeXML
 from aiohttp import HttpVersion11, web
 
 from proxy import errors
+from proxy.model import RETURNED_CHECKSUMS
 from proxy.routing import Mount, Router
 from proxy.s3 import parse, xml
 from proxy.writethrough import WriteService
 
 MAX_XML_BODY = 1024 * 1024
-CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 MAX_DELETE_KEYS = 1000
 READ_SIZE = 256 * 1024
 _META_PREFIX = "x-amz-meta-"
@@ -277,7 +277,7 @@ class S3WriteHandlers:
         headers = {**_rid(request), "ETag": meta.etag}
         if spec is not None:
             for alg, value in spec.computed_checksums.items():
-                if alg in CHECKSUM_ALGORITHMS:
+                if alg in RETURNED_CHECKSUMS:
                     headers[f"x-amz-checksum-{alg}"] = value
         return web.Response(headers=headers)
 
