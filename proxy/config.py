@@ -329,7 +329,7 @@ def _backend(name: str, data: Any) -> BackendConfig:
 
 def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> MountConfig:
     where = f"buckets.{name}"
-    if name != "*" and not valid_bucket_name(name):
+    if name != "*" and not valid_bucket_name(name, min_length=2):
         raise ConfigError(f"{where}: not a valid S3 bucket name")
     r = FieldReader(data, where)
     backend = r.text("backend")
@@ -412,7 +412,7 @@ def _user(data: Any, where: str) -> UserConfig:
     allow: dict[str, AccessLevel] = {}
     for bucket in list(ar.data):
         name = str(bucket)
-        if name != "*" and not valid_bucket_name(name):
+        if name != "*" and not valid_bucket_name(name, min_length=2):
             raise ConfigError(f"{where}.allow.{name}: not a bucket name or '*'")
         allow[name] = ar.choice(bucket, None, ("read", "read-write"))
     ar.finish()

@@ -16,15 +16,18 @@ from proxy import errors
 # x-amz-checksum-mode (uploads may be verified with more: proxy/s3/checksums.ALGORITHMS).
 RETURNED_CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", re.ASCII)
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{0,61}[a-z0-9]", re.ASCII)
 
 
-def valid_bucket_name(name: str) -> bool:
+def valid_bucket_name(name: str, min_length: int = 3) -> bool:
     """S3's bucket naming rule: 3-63 characters of a-z 0-9 . - _, starting and ending with a
-    letter or digit, no "..".
+    letter or digit, no "..". Configured mounts may pass ``min_length=2`` ("fs", "s3"): such
+    short client-facing names have always been accepted in the config.
 
     https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
     """
+    if len(name) < min_length:
+        return False
     return bool(_BUCKET_NAME.fullmatch(name)) and ".." not in name
 
 
