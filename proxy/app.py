@@ -147,8 +147,10 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
     await listen.start_site(site, "admin_listen", cfg.admin_listen)
 
 
-async def serve_single(cfg: Config) -> None:
-    """One process: the S3 listener and the admin listener on one event loop."""
+async def _prepare(cfg: Config) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
+    """Either mode's start: check both addresses, repair the cache (off the loop), and set up
+    the admin app (its listener is not started yet). Returns health, the stop event set by
+    SIGTERM or SIGINT, the open cache, and the admin runner."""
     await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
@@ -157,6 +159,22 @@ async def serve_single(cfg: Config) -> None:
     assert cache.index is not None
     admin = _admin_runner(cfg, health, cache.index)
     await admin.setup()
+    return health, stop, cache, admin
+
+
+def _log_serving(cfg: Config, processes: str) -> None:
+    log.server.info(
+        "slipstream serving S3 on %s://%s, admin on http://%s (%s)",
+        "https" if cfg.tls.enabled else "http",
+        cfg.listen,
+        cfg.admin_listen,
+        processes,
+    )
+
+
+async def serve_single(cfg: Config) -> None:
+    """One process: the S3 listener and the admin listener on one event loop."""
+    health, stop, cache, admin = await _prepare(cfg)
     app = S3Server(cfg, cache)
     try:
         await _start_admin(admin, cfg)
@@ -169,12 +187,7 @@ async def serve_single(cfg: Config) -> None:
             )
             await listen.start_site(site, "listen", cfg.listen)
             health.started = True
-            log.server.info(
-                "slipstream serving S3 on %s://%s, admin on http://%s (1 process)",
-                "https" if cfg.tls.enabled else "http",
-                cfg.listen,
-                cfg.admin_listen,
-            )
+            _log_serving(cfg, "1 process")
             await stop.wait()
             log.server.info(
                 "draining: readiness is now 503; waiting up to %ss for requests in flight",
@@ -224,27 +237,15 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
 
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    await _probe_listeners(cfg)
-    health = Health()
-    stop = _stop_event()
-    cache = CacheStore(cfg.cache)
-    await asyncio.to_thread(_repair, cache)
+    health, stop, cache, admin = await _prepare(cfg)
     assert cache.index is not None
     workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
-    admin = _admin_runner(cfg, health, cache.index)
-    await admin.setup()
     try:
         await _start_admin(admin, cfg)
         workers.start()
         health.started = True
-        log.server.info(
-            "slipstream serving S3 on %s://%s, admin on http://%s (%d workers)",
-            "https" if cfg.tls.enabled else "http",
-            cfg.listen,
-            cfg.admin_listen,
-            cfg.workers,
-        )
+        _log_serving(cfg, f"{cfg.workers} workers")
         await workers.watch(stop)
     finally:
         health.draining = True
