@@ -183,7 +183,7 @@ async def test_queued_writes_commit_in_one_transaction(index: Index) -> None:
     gate.set()
     await first
     assert await asyncio.gather(*futures) == list(range(100))
-    assert len({id(t.txn) for t in txns}) == 1, "queued writes were not batched into one transaction"
+    assert len({id(t.txn) for t in txns}) == 1, "queued writes were not batched together"
     assert index.totals() == (100, 100)
 
 
