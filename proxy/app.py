@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -22,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import backends as backend_factory
+from proxy import listen, log
 from proxy.admin import CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
@@ -33,9 +32,8 @@ from proxy.s3.handlers import S3Handlers
 from proxy.s3.middleware import make_middleware
 from proxy.s3.writes import S3WriteHandlers
 from proxy.service import ObjectService
+from proxy.workers import WorkerPool
 from proxy.writethrough import WriteService
-
-log = logging.getLogger("proxy.server")
 
 
 class S3Server:
@@ -117,7 +115,7 @@ def _repair(cache: CacheStore) -> None:
     cache.open_sync()
     started = time.monotonic()
     stats = cache.fsck()
-    log.info("cache check done in %.2fs: %s", time.monotonic() - started, stats)
+    log.server.info("cache check done in %.2fs: %s", time.monotonic() - started, stats)
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -138,8 +136,22 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve_single(cfg: Config) -> None:
-    """One process: the S3 listener and the admin listener on one event loop."""
+async def _probe_listeners(cfg: Config) -> None:
+    """Stop now, before the cache check, if either listen address cannot be bound."""
+    await listen.probe("listen", cfg.listen, *cfg.listen_host_port, reuse_port=cfg.workers > 1)
+    await listen.probe("admin_listen", cfg.admin_listen, *cfg.admin_host_port, reuse_port=False)
+
+
+async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
+    site = web.TCPSite(admin, *cfg.admin_host_port)
+    await listen.start_site(site, "admin_listen", cfg.admin_listen)
+
+
+async def _prepare(cfg: Config) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
+    """Either mode's start: check both addresses, repair the cache (off the loop), and set up
+    the admin app (its listener is not started yet). Returns health, the stop event set by
+    SIGTERM or SIGINT, the open cache, and the admin runner."""
+    await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
@@ -147,40 +159,54 @@ async def serve_single(cfg: Config) -> None:
     assert cache.index is not None
     admin = _admin_runner(cfg, health, cache.index)
     await admin.setup()
-    await web.TCPSite(admin, *cfg.admin_host_port).start()
-    app = S3Server(cfg, cache)
-    await app.start()
-    s3 = app.runner()
-    await s3.setup()
-    await web.TCPSite(
-        s3, *cfg.listen_host_port, backlog=1024, ssl_context=_tls_context(cfg)
-    ).start()
-    health.started = True
-    log.info(
-        "slipstream serving S3 on %s://%s, admin on http://%s (1 process)",
+    return health, stop, cache, admin
+
+
+def _log_serving(cfg: Config, processes: str) -> None:
+    log.server.info(
+        "slipstream serving S3 on %s://%s, admin on http://%s (%s)",
         "https" if cfg.tls.enabled else "http",
         cfg.listen,
         cfg.admin_listen,
+        processes,
     )
-    await stop.wait()
-    log.info(
-        "draining: readiness is now 503; waiting up to %ss for requests in flight",
-        cfg.server.shutdown_timeout,
-    )
-    health.draining = True
-    await s3.cleanup()
-    await app.close()
-    await admin.cleanup()
-    log.info("stopped")
+
+
+async def serve_single(cfg: Config) -> None:
+    """One process: the S3 listener and the admin listener on one event loop."""
+    health, stop, cache, admin = await _prepare(cfg)
+    app = S3Server(cfg, cache)
+    try:
+        await _start_admin(admin, cfg)
+        await app.start()
+        s3 = app.runner()
+        await s3.setup()
+        try:
+            site = web.TCPSite(
+                s3, *cfg.listen_host_port, backlog=1024, ssl_context=_tls_context(cfg)
+            )
+            await listen.start_site(site, "listen", cfg.listen)
+            health.started = True
+            _log_serving(cfg, "1 process")
+            await stop.wait()
+            log.server.info(
+                "draining: readiness is now 503; waiting up to %ss for requests in flight",
+                cfg.server.shutdown_timeout,
+            )
+            health.draining = True
+        finally:
+            await s3.cleanup()
+    finally:
+        await app.close()  # closes the cache too
+        await admin.cleanup()
+    log.server.info("stopped")
 
 
 # -- several worker processes -------------------------------------------------------------------
 
 
 def _worker_main(cfg: Config, ready: MpEvent) -> None:
-    from proxy.log import configure
-
-    configure(cfg.log.level, cfg.log.format)
+    log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
     _run_loop(_worker(cfg, ready))
 
 
@@ -188,71 +214,47 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
     app = S3Server(cfg, cache)
-    await app.start()
-    s3 = app.runner()
-    await s3.setup()
-    await web.TCPSite(
-        s3, *cfg.listen_host_port, reuse_port=True, backlog=1024, ssl_context=_tls_context(cfg)
-    ).start()
-    ready.set()
-    await stop.wait()
-    await s3.cleanup()
-    await app.close()
+    try:
+        await app.start()
+        s3 = app.runner()
+        await s3.setup()
+        try:
+            site = web.TCPSite(
+                s3,
+                *cfg.listen_host_port,
+                reuse_port=True,
+                backlog=1024,
+                ssl_context=_tls_context(cfg),
+            )
+            await listen.start_site(site, "listen", cfg.listen)
+            ready.set()
+            await stop.wait()
+        finally:
+            await s3.cleanup()
+    finally:
+        await app.close()
 
 
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    from prometheus_client import multiprocess
-
-    health = Health()
-    stop = _stop_event()
-    cache = CacheStore(cfg.cache)
-    await asyncio.to_thread(_repair, cache)
+    health, stop, cache, admin = await _prepare(cfg)
     assert cache.index is not None
-    ctx = multiprocessing.get_context("spawn")
-    workers: list[tuple[Any, MpEvent]] = []
-
-    def spawn() -> tuple[Any, MpEvent]:
-        ready = ctx.Event()
-        proc = ctx.Process(target=_worker_main, args=(cfg, ready), name="slipstream-worker")
-        proc.start()
-        return proc, ready
-
-    health.workers_ready = lambda: all(r.is_set() and p.is_alive() for p, r in workers)
-    admin = _admin_runner(cfg, health, cache.index)
-    await admin.setup()
-    await web.TCPSite(admin, *cfg.admin_host_port).start()
-    workers.extend(spawn() for _ in range(cfg.workers))
-    health.started = True
-    log.info(
-        "slipstream serving S3 on %s://%s, admin on http://%s (%d workers)",
-        "https" if cfg.tls.enabled else "http",
-        cfg.listen,
-        cfg.admin_listen,
-        cfg.workers,
-    )
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except TimeoutError:
-            for n, (proc, _) in enumerate(workers):
-                if not proc.is_alive() and not stop.is_set():
-                    log.error("worker %s exited with %s; restarting it", proc.pid, proc.exitcode)
-                    multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
-                    workers[n] = spawn()
-    health.draining = True
-    log.info("draining %d workers", len(workers))
-    for proc, _ in workers:
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + cfg.server.shutdown_timeout + 5
-    for proc, _ in workers:
-        await asyncio.to_thread(proc.join, max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-    await admin.cleanup()
-    cache.index.close()
-    log.info("stopped")
+    workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
+    health.workers_ready = workers.ready
+    try:
+        await _start_admin(admin, cfg)
+        workers.start()
+        health.started = True
+        _log_serving(cfg, f"{cfg.workers} workers")
+        await workers.watch(stop)
+    finally:
+        health.draining = True
+        if len(workers):
+            log.server.info("draining %d workers", len(workers))
+            await workers.stop(cfg.server.shutdown_timeout + 5)
+        await admin.cleanup()
+        cache.index.close()
+    log.server.info("stopped")
 
 
 def _run_loop(main: Any) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from proxy import __version__
+from proxy import __version__, log
 from proxy.config import ENV_PREFIX, Config, load
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,12 +54,16 @@ def serve(config: Path | None) -> None:
     path in capitals, with __ between levels, e.g. SLIPSTREAM_CACHE__MAX_SIZE=50GiB.
     """
     cfg = _load(config)
-    from proxy.log import configure
-
-    configure(cfg.log.level, cfg.log.format)
+    log.configure(cfg.log.level, cfg.log.format)
+    # Imported here, not at the top: the app pulls in aiohttp and the SDKs (over a second),
+    # which `check-config` and `--help` do not need.
     from proxy.app import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except ListenError as exc:
+        log.server.error("%s", exc)
+        sys.exit(1)
 
 
 @main.command("check-config")

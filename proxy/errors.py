@@ -5,7 +5,7 @@
   https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList
 - ``InternalFault`` is the internal branch: conditions the core handles itself (the index is
   full, the object changed during a fill) and that never reach a client as such.
-- ``ConfigError`` stops the server at start.
+- ``ConfigError`` and ``ListenError`` stop the server at start.
 
 Adapters (backends, the cache) translate their library's exceptions into this tree once, at
 their boundary (``raise ... from exc``), so callers catch ``ProxyError`` or one branch of it.
@@ -179,6 +179,11 @@ class InternalError(S3Error):
 
 class ConfigError(ProxyError):
     """The configuration is invalid; the message names the file and the field."""
+
+
+class ListenError(ProxyError):
+    """A listener cannot bind its address (in use, not on this host, unknown name); stops the
+    server at start. The message names the address and its config field."""
 
 
 class InternalFault(ProxyError):

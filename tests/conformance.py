@@ -1,7 +1,7 @@
 """Helpers for the S3 conformance tests: one proxy in front of one store, raw HTTP, metrics.
 
 An :class:`Env` is a running proxy over one kind of store (``moto``, ``seaweedfs`` or ``fs``),
-with a :class:`~loadtest.relay.CountingRelay` between proxy and store for the S3 kinds so tests
+with a :class:`~tests.relay.CountingRelay` between proxy and store for the S3 kinds so tests
 can tell whether a read reached the store.
 """
 
@@ -24,7 +24,8 @@ import botocore.exceptions
 import pytest
 
 from tests.proxyproc import ProxyProcess
-from tests.servers import CountingRelay, S3Endpoint, make_s3_client
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint, make_s3_client
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CHUNK = 64 * 1024

@@ -70,6 +70,16 @@ class ProxyProcess:
 
     def start(self) -> ProxyProcess:
         """Start the proxy and wait for ``/readyz``; may be called again after a stop."""
+        self.launch()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill9()
+            raise
+        return self
+
+    def launch(self) -> ProxyProcess:
+        """Start the proxy without waiting for it to be ready."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("proxy already running")
         self.tmpdir.mkdir(parents=True, exist_ok=True)
@@ -92,12 +102,17 @@ class ProxyProcess:
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill9()
-            raise
         return self
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status once the proxy exits by itself, or None if it still runs after
+        ``timeout`` seconds (it is left running)."""
+        if self.proc is None:
+            raise RuntimeError("proxy was not started")
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _wait_ready(self) -> None:
         assert self.proc is not None

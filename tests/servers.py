@@ -1,4 +1,4 @@
-"""Real servers on loopback for tests: moto (S3 mock), SeaweedFS (real S3), and the relay.
+"""Real servers on loopback for tests: moto (S3 mock) and SeaweedFS (real S3).
 
 Plain classes and functions without any pytest dependency; ``tests/conftest.py`` wraps
 them in fixtures, and scripts may use them directly.
@@ -25,10 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from loadtest.relay import CountingRelay
-
 __all__ = [
-    "CountingRelay",
     "MotoServer",
     "S3Endpoint",
     "SeaweedFS",

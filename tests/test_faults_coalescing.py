@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import fetch_many, new_bucket, payload, proxy_config, scrape, store_env
-from tests.servers import CountingRelay, S3Endpoint
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
 
 KIB = 1024
 READERS = 500

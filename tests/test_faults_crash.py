@@ -15,7 +15,8 @@ from pathlib import Path
 from proxy.cache.record import object_id
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import audit_cache, get_body, new_bucket, payload, proxy_config, sha, store_env
-from tests.servers import CountingRelay, S3Endpoint
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
 
 MIB = 1024 * 1024
 BIG = "big/forty-mib"

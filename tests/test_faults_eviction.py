@@ -1,25 +1,18 @@
-"""Eviction: the S3-FIFO policy alone (Hypothesis), then a small cache under a real proxy.
+"""Eviction through a real proxy: the cache never holds more than max_size after a commit, and
+a re-read working set survives a one-pass scan of many cold objects.
 
-The policy (proxy/cache/eviction.py) runs over an in-memory Queues here: it never evicts a
-pinned entry, ends at or under its target unless everything left is pinned, and accounts for
-every byte it frees. Through the proxy: the cache never holds more than max_size after a
-commit, and a re-read working set survives a one-pass scan of many cold objects.
+The policy alone is tested in tests/test_cache_eviction.py, over the LMDB index in
+tests/test_cache_index.py.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from proxy.cache import eviction
-from proxy.cache.eviction import Entry, Queue
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import (
     get_body,
@@ -30,101 +23,10 @@ from tests.faultkit import (
     store_env,
     wait_until,
 )
-from tests.servers import CountingRelay, S3Endpoint
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
 
 KIB = 1024
-
-# -- the policy over in-memory queues ---------------------------------------------------------
-
-
-class MemQueues:
-    """eviction.Queues in memory. Like the LMDB one, head() hands out a fresh Entry."""
-
-    def __init__(self, entries: list[tuple[Queue, Entry]]) -> None:
-        self.queues: dict[Queue, deque[Entry]] = {"S": deque(), "M": deque()}
-        for q, e in entries:
-            self.queues[q].append(e)
-        self.evicted: list[Entry] = []
-        self.popped: Entry | None = None
-
-    def head(self, queue: Queue) -> Entry | None:
-        q = self.queues[queue]
-        return replace(q[0]) if q else None
-
-    def pop_head(self, queue: Queue) -> None:
-        assert self.popped is None, "popped twice without push or evict"
-        self.popped = self.queues[queue].popleft()
-
-    def push_tail(self, queue: Queue, entry: Entry) -> None:
-        assert self.popped is not None and self.popped.id == entry.id
-        assert entry.size == self.popped.size and entry.pinned == self.popped.pinned
-        self.popped = None
-        self.queues[queue].append(replace(entry))
-
-    def queue_bytes(self, queue: Queue) -> int:
-        return sum(e.size for e in self.queues[queue])
-
-    def evict(self, entry: Entry) -> None:
-        assert self.popped is not None and self.popped.id == entry.id, "evicted a non-head"
-        self.popped = None
-        self.evicted.append(entry)
-
-    def total(self) -> int:
-        return self.queue_bytes("S") + self.queue_bytes("M")
-
-    def remaining(self) -> list[Entry]:
-        return [*self.queues["S"], *self.queues["M"]]
-
-
-entries_st = st.lists(
-    st.tuples(
-        st.sampled_from(["S", "M"]),
-        st.integers(1, 1000),  # size
-        st.integers(0, eviction.MAX_FREQ),
-        st.booleans(),  # pinned
-    ),
-    max_size=40,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(entries=entries_st, cap_frac=st.floats(0.0, 1.5), target_frac=st.floats(0.0, 1.0))
-def test_evict_until_properties(
-    entries: list[tuple[Queue, int, int, bool]], cap_frac: float, target_frac: float
-) -> None:
-    items = [
-        (q, Entry(id=n.to_bytes(4, "big"), size=size, freq=freq, pinned=pinned))
-        for n, (q, size, freq, pinned) in enumerate(entries)
-    ]
-    queues = MemQueues(items)
-    before = queues.total()
-    capacity = max(1, int(before * cap_frac))
-    target = int(capacity * target_frac)
-
-    freed = eviction.evict_until(queues, capacity, target)
-
-    assert queues.popped is None, "an entry was popped and neither pushed back nor evicted"
-    evicted_ids = [e.id for e in queues.evicted]
-    remaining_ids = [e.id for e in queues.remaining()]
-    assert len(set(evicted_ids)) == len(evicted_ids)
-    assert sorted(evicted_ids + remaining_ids) == sorted(e.id for _, e in items)
-    assert not any(e.pinned for e in queues.evicted), "evicted a pinned entry"
-    assert freed == sum(e.size for e in queues.evicted)
-    assert queues.total() == before - freed
-    if not all(e.pinned for e in queues.remaining()):
-        assert queues.total() <= target, "stopped above target with evictable entries left"
-
-
-def test_evict_until_scan_keeps_reread_entries() -> None:
-    """A re-read entry at the small queue's head moves to main; unread ones are evicted."""
-    hot = [("S", Entry(id=b"hot%d" % i, size=10, freq=1)) for i in range(3)]
-    cold = [("S", Entry(id=b"cold%d" % i, size=10, freq=0)) for i in range(20)]
-    queues = MemQueues([*hot, *cold])  # type: ignore[list-item]
-    eviction.evict_until(queues, capacity=100, target=95)
-    assert {e.id for e in queues.queues["M"]} == {b"hot0", b"hot1", b"hot2"}
-    assert all(e.id.startswith(b"cold") for e in queues.evicted)
-    assert queues.total() <= 95
-
 
 # -- through the proxy ----------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ from tests.faultkit import (
     store_env,
     wait_until,
 )
-from tests.servers import CountingRelay, S3Endpoint
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -28,7 +28,8 @@ from tests.faultkit import (
     scrape,
     store_env,
 )
-from tests.servers import CountingRelay, S3Endpoint, free_port
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint, free_port
 
 KIB = 1024
 FAST = {"retries": 0, "connect_timeout": "1s", "read_timeout": "3s"}

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import S3ClientFactory
 from tests.proxyproc import REPO_ROOT
-from tests.servers import CountingRelay, S3Endpoint, free_port, wait_for_http
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint, free_port, wait_for_http
 
 
 def _bucket() -> str:
@@ -94,7 +95,7 @@ async def test_relay_async_latency_and_concurrency(moto_server: S3Endpoint) -> N
 
 def test_relay_cli(moto_server: S3Endpoint) -> None:
     port = free_port()
-    script = str(REPO_ROOT / "loadtest" / "relay.py")
+    script = str(REPO_ROOT / "tests" / "relay.py")
     cmd = [sys.executable, script, "--listen", f"127.0.0.1:{port}", "--target", moto_server.url]
     proc = subprocess.Popen([*cmd, "--latency-ms", "5"])
     try:

@@ -24,7 +24,8 @@ import pytest
 
 from tests.conformance import body_of, metric, raw_request, sha256, store_side
 from tests.proxyproc import ProxyProcess
-from tests.servers import CountingRelay, S3Endpoint, make_s3_client
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint, make_s3_client
 
 STORE_KINDS = ["moto", "seaweedfs", "fs"]
 KiB, MiB = 1024, 1024 * 1024

@@ -8,7 +8,6 @@ event loop never waits on a commit's fsync. LMDB serialises writers across proce
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import struct
 import threading
@@ -19,12 +18,11 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from proxy import errors
+from proxy import errors, log
 from proxy.cache import eviction
 from proxy.cache.record import Record
 
 T = TypeVar("T")
-log = logging.getLogger("proxy.cache")
 
 _U64 = struct.Struct(">Q")
 GHOST_LIMIT = 200_000
@@ -289,13 +287,15 @@ class Index:
                     results.append((fut, op(t), None))
                 self._evict_if_needed(t)
         except lmdb.MapFullError:
-            log.warning("cache index is full (map_size); these writes are dropped")
+            log.cache.warning("cache index is full (map_size); these writes are dropped")
             results = [(fut, None, errors.IndexFull()) for _, fut in items]
             batch = Batch()
             self._evict_some()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
             if _disk_full(exc):
-                log.warning("the disk under the cache index is full; these writes are dropped")
+                log.cache.warning(
+                    "the disk under the cache index is full; these writes are dropped"
+                )
                 results = [(fut, None, errors.IndexFull("disk_full")) for _, fut in items]
                 batch = Batch()
             elif len(items) > 1:
@@ -308,7 +308,7 @@ class Index:
         try:
             self.on_commit(batch)
         except Exception:
-            log.exception("post-commit work failed")
+            log.cache.exception("post-commit work failed")
         for fut, value, failure in results:
             fut.get_loop().call_soon_threadsafe(_settle, fut, value, failure)
 
@@ -327,7 +327,7 @@ class Index:
                 eviction.evict_until(_LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
             self.on_commit(batch)
         except lmdb.Error:
-            log.exception("could not free index space")
+            log.cache.exception("could not free index space")
 
 
 def _disk_full(exc: BaseException) -> bool:

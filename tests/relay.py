@@ -13,7 +13,7 @@ then abort the connection). Both are plain attributes and may be changed while i
 Use it from async code (``async with CountingRelay(...)``), from sync code in a
 background thread (``with CountingRelay(...)``), or as a separate process::
 
-    python loadtest/relay.py --listen 127.0.0.1:9100 --target http://127.0.0.1:8333 \
+    python tests/relay.py --listen 127.0.0.1:9100 --target http://127.0.0.1:8333 \
         --latency-ms 20
 """
 
