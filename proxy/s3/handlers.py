@@ -1,27 +1,29 @@
-"""S3 operations over the service: one aiohttp handler dispatches by method and target."""
+"""S3 read operations and the dispatcher: one aiohttp handler routes every request by method
+and target, to the read handlers here or to the write handlers (proxy/s3/write_handlers.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 from collections.abc import Mapping
 from email.utils import formatdate
-from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
-from proxy import errors, metrics
-from proxy.config import AuthConfig
+from proxy import errors, log, metrics
+from proxy.core.body import FileSlice
+from proxy.core.conditions import check_conditions
+from proxy.core.listing import Listing
+from proxy.core.reads import Reads
 from proxy.model import ObjectMeta
 from proxy.routing import Mount, Router
 from proxy.s3 import parse, xml
 from proxy.s3.auth import Authenticator, is_write
-from proxy.s3.writes import S3WriteHandlers
-from proxy.service import FileSlice, ObjectService
+from proxy.s3.responses import request_ids, xml_response
+from proxy.s3.write_handlers import S3WriteHandlers
 
-log = logging.getLogger("proxy.server")
 FILE_BLOCK = 1024 * 1024
 
 _BUCKET_SUBRESOURCES_NOT_BUILT = {
@@ -80,21 +82,29 @@ def http_date(ts: float) -> str:
 
 
 class S3Handlers:
+    """``sendfile``: serve cached chunks with loop.sendfile (else, or where the loop cannot,
+    by pread and write)."""
+
     def __init__(
         self,
-        service: ObjectService,
+        *,
+        reads: Reads,
+        listing: Listing,
+        writes: S3WriteHandlers,
         router: Router,
+        auth: Authenticator,
         domains: tuple[str, ...],
-        region: str = "us-east-1",
-        auth: Authenticator | None = None,
+        region: str,
+        sendfile: bool,
     ) -> None:
-        self.auth = auth or Authenticator(AuthConfig(), region)  # default: anonymous, no users
-        self.service = service
+        self.reads = reads
+        self.listing = listing
+        self.writes = writes
         self.router = router
+        self.auth = auth
         self.domains = domains
         self.region = region
-        self.native_sendfile = True
-        self.writes: S3WriteHandlers | None = None  # None: a read-only proxy
+        self.native_sendfile = sendfile
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         auth = request["auth"] = self.auth.authenticate(request)
@@ -117,13 +127,15 @@ class S3Handlers:
     async def _bucket_op(
         self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
     ) -> web.StreamResponse:
-        if self.writes is not None and (method in _WRITE_METHODS or "uploads" in query):
+        if method in _WRITE_METHODS or "uploads" in query:
             return await self.writes.bucket_op(request, method, mount, query)
         if method == "HEAD":
             request["op"] = "HeadBucket"
-            if not await self.service.bucket_exists(mount):
+            if not await self.listing.bucket_exists(mount):
                 raise errors.NoSuchBucket(resource=mount.name)
-            return web.Response(headers={"x-amz-bucket-region": self.region, **_rid(request)})
+            return web.Response(
+                headers={"x-amz-bucket-region": self.region, **request_ids(request)}
+            )
         if method != "GET":
             request["op"] = {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
                 method, "UnknownBucketOperation"
@@ -132,11 +144,11 @@ class S3Handlers:
         if "location" in query:
             request["op"] = "GetBucketLocation"
             await self._require_bucket(mount)
-            return _xml(request, xml.location(self.region))
+            return xml_response(request, xml.location(self.region))
         if "versioning" in query:
             request["op"] = "GetBucketVersioning"
             await self._require_bucket(mount)
-            return _xml(request, xml.versioning())
+            return xml_response(request, xml.versioning())
         unsupported = _BUCKET_SUBRESOURCES_NOT_BUILT.intersection(query)
         if unsupported:
             request["op"] = "GetBucket" + sorted(unsupported)[0].title()
@@ -148,13 +160,13 @@ class S3Handlers:
         return await self.list_v1(request, mount, query)
 
     async def _require_bucket(self, mount: Mount) -> None:
-        if not await self.service.bucket_exists(mount):
+        if not await self.listing.bucket_exists(mount):
             raise errors.NoSuchBucket(resource=mount.name)
 
     async def _object_op(
         self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        if self.writes is not None and (method in _WRITE_METHODS or "uploadId" in query):
+        if method in _WRITE_METHODS or "uploadId" in query:
             return await self.writes.object_op(request, method, mount, key, query)
         request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
         if method not in ("GET", "HEAD"):
@@ -169,8 +181,8 @@ class S3Handlers:
 
     # -- buckets ------------------------------------------------------------------------------
     async def list_buckets(self, request: web.BaseRequest) -> web.StreamResponse:
-        buckets = await self.service.list_buckets()
-        return _xml(request, xml.list_buckets(buckets))
+        buckets = await self.listing.list_buckets()
+        return xml_response(request, xml.list_buckets(buckets))
 
     async def list_v2(
         self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
@@ -180,7 +192,7 @@ class S3Handlers:
         max_keys = parse.parse_max_keys(q.get("max-keys"))
         token = q.get("continuation-token") or None
         start_after = q.get("start-after") or None
-        page = await self.service.list_objects(
+        page = await self.listing.list_objects(
             mount, prefix, delimiter, max(max_keys, 1), token, start_after
         )
         if max_keys == 0:
@@ -196,7 +208,7 @@ class S3Handlers:
             url=url,
             fetch_owner=q.get("fetch-owner") == "true",
         )
-        return _xml(request, body)
+        return xml_response(request, body)
 
     async def list_v1(
         self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
@@ -205,7 +217,7 @@ class S3Handlers:
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = parse.parse_max_keys(q.get("max-keys"))
         marker = q.get("marker", "")
-        page = await self.service.list_objects(
+        page = await self.listing.list_objects(
             mount, prefix, delimiter, max(max_keys, 1), None, marker or None
         )
         if max_keys == 0:
@@ -219,15 +231,15 @@ class S3Handlers:
             marker=marker,
             url=url,
         )
-        return _xml(request, body)
+        return xml_response(request, body)
 
     # -- objects ------------------------------------------------------------------------------
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        meta = await self.service.head(mount, key)
+        meta = await self.reads.head(mount, key)
         try:
-            parse.check_conditions(request.headers, meta.etag, meta.last_modified)
+            check_conditions(request.headers, meta.etag, meta.last_modified)
         except errors.NotModified as exc:
             exc.fields.update(_validators(meta))
             raise
@@ -250,9 +262,9 @@ class S3Handlers:
     ) -> web.StreamResponse:
         rng = parse.parse_range(request.headers.get("Range"))
         try:
-            read = await self.service.read(mount, key, rng, request.headers)
+            read = await self.reads.read(mount, key, rng, request.headers)
         except errors.NotModified as exc:
-            meta = await self.service.head(mount, key)
+            meta = await self.reads.head(mount, key)
             exc.fields.update(_validators(meta))
             raise
         request["source"] = read.source
@@ -277,7 +289,7 @@ class S3Handlers:
                     sent += len(part)
         except (errors.ProxyError, OSError, ValueError) as exc:
             # Headers are gone: the only honest signal left is a short body.
-            log.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
+            log.server.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
             _abort(request)
             return resp
         finally:
@@ -299,7 +311,7 @@ class S3Handlers:
             f = await loop.run_in_executor(None, open, part.path, "rb")
         except FileNotFoundError:
             sent = 0
-            async for piece in self.service.refill_missing(mount, key, part, meta):
+            async for piece in self.reads.refill_missing(mount, key, part, meta):
                 await resp.write(piece)
                 sent += len(piece)
             return sent
@@ -326,7 +338,7 @@ class S3Handlers:
             f.close()
 
 
-def _served(source: str) -> Any:
+def _served(source: str) -> Counter:
     return metrics.SERVED_FROM_CACHE if source == "cache" else metrics.SERVED_FROM_BACKEND
 
 
@@ -334,15 +346,6 @@ def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
-
-
-def _rid(request: web.BaseRequest) -> dict[str, str]:
-    rid = request.get("request_id", "")
-    return {"x-amz-request-id": rid, "x-amz-id-2": rid}
-
-
-def _xml(request: web.BaseRequest, body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="application/xml", headers=_rid(request))
 
 
 def _encoding(q: Mapping[str, str]) -> bool:
