@@ -33,8 +33,9 @@ from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.routing import Router
 from proxy.s3.auth import Authenticator
-from proxy.s3.handlers import S3Handlers
+from proxy.s3.dispatch import S3Dispatcher
 from proxy.s3.middleware import Handler, make_middleware
+from proxy.s3.read_handlers import S3ReadHandlers
 from proxy.s3.write_handlers import S3WriteHandlers
 
 log = logging.getLogger("proxy.server")
@@ -63,17 +64,19 @@ class S3Server:
         router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
-        handlers = S3Handlers(
-            reads=reads,
-            listing=Listing(router),
+        dispatcher = S3Dispatcher(
+            reads=S3ReadHandlers(
+                reads=reads,
+                listing=Listing(router),
+                region=self.cfg.auth.region,
+                sendfile=self.cfg.server.sendfile,
+            ),
             writes=S3WriteHandlers(Writes(self.cache, reads), router),
             router=router,
             auth=Authenticator(self.cfg.auth, self.cfg.auth.region),
             domains=self.cfg.server.domains,
-            region=self.cfg.auth.region,
-            sendfile=self.cfg.server.sendfile,
         )
-        self._dispatch = handlers.dispatch
+        self._dispatch = dispatcher.dispatch
         # Everything built so far (botocore's service models, the SDK clients) lives as long as
         # the process: keep it out of the cyclic GC's full collections, which would otherwise
         # walk it every time and show up as latency spikes.

@@ -1,5 +1,5 @@
-"""S3 read operations and the dispatcher: one aiohttp handler routes every request by method
-and target, to the read handlers here or to the write handlers (proxy/s3/write_handlers.py)."""
+"""S3 read operations: HeadBucket, GetBucketLocation/Versioning, ListBuckets, ListObjects (v1,
+v2), HeadObject and GetObject, whose cached chunks go out with sendfile."""
 
 from __future__ import annotations
 
@@ -18,62 +18,11 @@ from proxy.core.conditions import check_conditions
 from proxy.core.listing import Listing
 from proxy.core.reads import Reads
 from proxy.model import ObjectMeta
-from proxy.routing import Mount, Router
+from proxy.routing import Mount
 from proxy.s3 import parse, xml
-from proxy.s3.auth import Authenticator, is_write
 from proxy.s3.responses import request_ids, xml_response
-from proxy.s3.write_handlers import S3WriteHandlers
 
 FILE_BLOCK = 1024 * 1024
-
-_BUCKET_SUBRESOURCES_NOT_BUILT = {
-    "acl",
-    "policy",
-    "cors",
-    "lifecycle",
-    "tagging",
-    "website",
-    "logging",
-    "notification",
-    "replication",
-    "encryption",
-    "object-lock",
-    "uploads",
-    "versions",
-    "requestPayment",
-    "accelerate",
-    "analytics",
-    "inventory",
-    "metrics",
-    "intelligent-tiering",
-    "ownershipControls",
-    "publicAccessBlock",
-    "policyStatus",
-}
-_OBJECT_SUBRESOURCES_NOT_BUILT = {
-    "acl",
-    "tagging",
-    "attributes",
-    "torrent",
-    "retention",
-    "legal-hold",
-    "uploads",
-    "uploadId",
-    "restore",
-    "select",
-    "partNumber",
-    "versionId",
-}
-
-
-_WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
-_OBJECT_OPS = {
-    "GET": "GetObject",
-    "HEAD": "HeadObject",
-    "PUT": "PutObject",
-    "DELETE": "DeleteObject",
-    "POST": "PostObject",
-}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -81,103 +30,32 @@ def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
-class S3Handlers:
+class S3ReadHandlers:
     """``sendfile``: serve cached chunks with loop.sendfile (else, or where the loop cannot,
     by pread and write)."""
 
-    def __init__(
-        self,
-        *,
-        reads: Reads,
-        listing: Listing,
-        writes: S3WriteHandlers,
-        router: Router,
-        auth: Authenticator,
-        domains: tuple[str, ...],
-        region: str,
-        sendfile: bool,
-    ) -> None:
+    def __init__(self, *, reads: Reads, listing: Listing, region: str, sendfile: bool) -> None:
         self.reads = reads
         self.listing = listing
-        self.writes = writes
-        self.router = router
-        self.auth = auth
-        self.domains = domains
         self.region = region
         self.native_sendfile = sendfile
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        auth = request["auth"] = self.auth.authenticate(request)
-        raw = request.raw_path
-        target = parse.parse_target(raw, request.host or "", self.domains)
-        qs = raw.partition("?")[2]
-        query = auth.operation_query(parse.parse_query(qs)) if qs else {}
-        method = request.method
-        if target.bucket is None:
-            if method == "GET":
-                request["op"] = "ListBuckets"
-                return await self.list_buckets(request)
-            raise errors.MethodNotAllowed()
-        auth.require(target.bucket, is_write(method))  # before the bucket is resolved
-        mount = self.router.resolve(target.bucket)
-        if target.key is None:
-            return await self._bucket_op(request, method, mount, query)
-        return await self._object_op(request, method, mount, target.key, query)
+    # -- buckets ------------------------------------------------------------------------------
+    async def head_bucket(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return web.Response(headers={"x-amz-bucket-region": self.region, **request_ids(request)})
 
-    async def _bucket_op(
-        self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
-    ) -> web.StreamResponse:
-        if method in _WRITE_METHODS or "uploads" in query:
-            return await self.writes.bucket_op(request, method, mount, query)
-        if method == "HEAD":
-            request["op"] = "HeadBucket"
-            if not await self.listing.bucket_exists(mount):
-                raise errors.NoSuchBucket(resource=mount.name)
-            return web.Response(
-                headers={"x-amz-bucket-region": self.region, **request_ids(request)}
-            )
-        if method != "GET":
-            request["op"] = {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
-                method, "UnknownBucketOperation"
-            )
-            raise errors.NotImplementedS3(f"{method} on a bucket is not supported yet.")
-        if "location" in query:
-            request["op"] = "GetBucketLocation"
-            await self._require_bucket(mount)
-            return xml_response(request, xml.location(self.region))
-        if "versioning" in query:
-            request["op"] = "GetBucketVersioning"
-            await self._require_bucket(mount)
-            return xml_response(request, xml.versioning())
-        unsupported = _BUCKET_SUBRESOURCES_NOT_BUILT.intersection(query)
-        if unsupported:
-            request["op"] = "GetBucket" + sorted(unsupported)[0].title()
-            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
-        if query.get("list-type") == "2":
-            request["op"] = "ListObjectsV2"
-            return await self.list_v2(request, mount, query)
-        request["op"] = "ListObjects"
-        return await self.list_v1(request, mount, query)
+    async def get_location(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return xml_response(request, xml.location(self.region))
+
+    async def get_versioning(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return xml_response(request, xml.versioning())
 
     async def _require_bucket(self, mount: Mount) -> None:
         if not await self.listing.bucket_exists(mount):
             raise errors.NoSuchBucket(resource=mount.name)
-
-    async def _object_op(
-        self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
-    ) -> web.StreamResponse:
-        if method in _WRITE_METHODS or "uploadId" in query:
-            return await self.writes.object_op(request, method, mount, key, query)
-        request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
-        if method not in ("GET", "HEAD"):
-            raise errors.NotImplementedS3(f"{request['op']} is not supported yet (read-only).")
-        unsupported = _OBJECT_SUBRESOURCES_NOT_BUILT.intersection(query)
-        if unsupported and not (query.get("versionId") == "null" and len(unsupported) == 1):
-            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
-        remote_key = mount.remote_key(key)
-        if method == "HEAD":
-            return await self.head_object(request, mount, remote_key, query)
-        return await self.get_object(request, mount, remote_key, query)
 
     # -- buckets ------------------------------------------------------------------------------
     async def list_buckets(self, request: web.BaseRequest) -> web.StreamResponse:
