@@ -22,15 +22,19 @@ class Listing:
         token: str | None,
         start_after: str | None,
     ) -> ListPage:
+        """One page of keys under ``prefix``; ``max_keys`` 0: an empty page, once the store has
+        answered (a missing bucket is still NoSuchBucket)."""
         p = mount.prefix
         page = await mount.backend.list_page(
             mount.bucket,
             p + prefix,
             delimiter,
-            max_keys,
+            max(max_keys, 1),
             token,
             p + start_after if start_after else None,
         )
+        if max_keys == 0:
+            return ListPage(entries=[], prefixes=[], truncated=False, next_token=None)
         if not p:
             return page
         return ListPage(

@@ -71,10 +71,8 @@ class S3ReadHandlers:
         token = q.get("continuation-token") or None
         start_after = q.get("start-after") or None
         page = await self.listing.list_objects(
-            mount, prefix, delimiter, max(max_keys, 1), token, start_after
+            mount, prefix, delimiter, max_keys, token, start_after
         )
-        if max_keys == 0:
-            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
         body = xml.list_objects_v2(
             mount.name,
             page,
@@ -96,10 +94,8 @@ class S3ReadHandlers:
         max_keys = parse.parse_max_keys(q.get("max-keys"))
         marker = q.get("marker", "")
         page = await self.listing.list_objects(
-            mount, prefix, delimiter, max(max_keys, 1), None, marker or None
+            mount, prefix, delimiter, max_keys, None, marker or None
         )
-        if max_keys == 0:
-            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
         body = xml.list_objects_v1(
             mount.name,
             page,
