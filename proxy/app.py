@@ -26,18 +26,21 @@ from proxy.backends.base import Backend
 from proxy.cache.index import Index
 from proxy.cache.store import CacheStore
 from proxy.config import Config
+from proxy.core.fills import Fills
+from proxy.core.listing import Listing
+from proxy.core.reads import Reads
+from proxy.core.writes import Writes
 from proxy.routing import Router
 from proxy.s3.auth import Authenticator
-from proxy.s3.handlers import S3Handlers
-from proxy.s3.middleware import make_middleware
-from proxy.s3.writes import S3WriteHandlers
-from proxy.service import ObjectService
+from proxy.s3.dispatch import S3Dispatcher
+from proxy.s3.middleware import Handler, make_middleware
+from proxy.s3.read_handlers import S3ReadHandlers
+from proxy.s3.write_handlers import S3WriteHandlers
 from proxy.workers import WorkerPool
-from proxy.writethrough import WriteService
 
 
 class S3Server:
-    """Owns the backends, the cache and the service, and answers S3 requests.
+    """Owns the backends, the cache and the core, and answers S3 requests.
 
     It runs on aiohttp's low-level server: every request goes to one dispatcher, so there is no
     Application, router or middleware chain on the hot path.
@@ -47,9 +50,9 @@ class S3Server:
         self.cfg = cfg
         self.cache = cache
         self.stores: dict[str, Backend] = {}
-        self.service: ObjectService | None = None
+        self.reads: Reads | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
-        self._dispatch: Any = None
+        self._dispatch: Handler | None = None
 
     async def start(self) -> None:
         for name, bcfg in self.cfg.backends.items():
@@ -58,28 +61,34 @@ class S3Server:
             self.stores[name] = backend
         router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
-        self.service = ObjectService(self.cache, self.cfg.cache, router)
-        auth = Authenticator(self.cfg.auth, self.cfg.auth.region)
-        handlers = S3Handlers(
-            self.service, router, self.cfg.server.domains, self.cfg.auth.region, auth=auth
+        self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        dispatcher = S3Dispatcher(
+            reads=S3ReadHandlers(
+                reads=reads,
+                listing=Listing(router),
+                region=self.cfg.auth.region,
+                sendfile=self.cfg.server.sendfile,
+            ),
+            writes=S3WriteHandlers(Writes(self.cache, reads), router),
+            router=router,
+            auth=Authenticator(self.cfg.auth, self.cfg.auth.region),
+            domains=self.cfg.server.domains,
         )
-        handlers.native_sendfile = self.cfg.server.sendfile
-        writes = WriteService(self.cache, self.service)
-        handlers.writes = S3WriteHandlers(writes, router, self.service)
-        self._dispatch = handlers.dispatch
+        self._dispatch = dispatcher.dispatch
         # Everything built so far (botocore's service models, the SDK clients) lives as long as
         # the process: keep it out of the cyclic GC's full collections, which would otherwise
         # walk it every time and show up as latency spikes.
         gc.freeze()
 
     async def close(self) -> None:
-        if self.service is not None:
-            await self.service.close()
+        if self.reads is not None:
+            await self.reads.close()
         await self.cache.close()
         for backend in self.stores.values():
             await backend.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        assert self._dispatch is not None, "start() first"
         return await self._middleware(request, self._dispatch)
 
     def runner(self) -> web.ServerRunner:

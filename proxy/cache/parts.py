@@ -1,6 +1,7 @@
 """Multipart write-through: each part's bytes are copied to a shared staging directory while
 they stream to the store; once the store has completed the upload, the parts are cut into
-chunk files and indexed, so a multipart object (Spark, aws s3 cp) is read hot afterwards too.
+chunk files, which CacheStore.publish_upload indexes, so a multipart object (Spark, aws s3 cp)
+is read hot afterwards too.
 
 Parts of one upload may reach different worker processes, so staging lives under the cache
 root (``uploads/<hash>/part-NNNNN``), not in a per-process temp directory. A part is published
@@ -12,25 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from proxy import metrics
-from proxy.cache.record import Record
-from proxy.cache.store import CacheStore
+from proxy import log, metrics
 
-log = logging.getLogger("proxy.cache")
 STALE_UPLOAD = 7 * 86400.0
 
 
 class PartStaging:
-    def __init__(self, cache: CacheStore) -> None:
-        self.cache = cache
-        self.root = cache.root / "uploads"
+    """``root``: the staging directory (the cache's ``uploads/``), shared by every worker."""
+
+    def __init__(self, root: Path, chunk_size: int) -> None:
+        self.root = root
+        self.chunk_size = chunk_size
 
     def _dir(self, oid: bytes, upload_id: str) -> Path:
         h = hashlib.blake2b(oid + upload_id.encode(), digest_size=16).hexdigest()
@@ -56,7 +55,7 @@ class PartStaging:
                         except OSError as exc:
                             ok = False
                             metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
-                            log.warning("multipart copy dropped: %s", exc.strerror)
+                            log.cache.warning("multipart copy dropped: %s", exc.strerror)
                     yield piece
             finally:
                 await asyncio.to_thread(f.close)
@@ -75,26 +74,26 @@ class PartStaging:
     async def discard(self, oid: bytes, upload_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self._dir(oid, upload_id), True)
 
-    async def publish(self, oid: bytes, upload_id: str, numbers: list[int], rec: Record) -> bool:
-        """Cut the completed object's staged parts into chunk files and index them."""
-        d = self._dir(oid, upload_id)
+    async def rechunk(
+        self, oid: bytes, upload_id: str, numbers: list[int], size: int
+    ) -> list[tuple[int, Path, int]] | None:
+        """The completed object's staged parts cut into fsynced chunk files, as (index, path,
+        length), for CacheStore.commit_files; None when they cannot be (a part missing, sizes
+        that disagree with the store's ``size``, a disk error)."""
         try:
-            files = await asyncio.to_thread(self._rechunk, d, numbers, rec)
+            return await asyncio.to_thread(self._rechunk, self._dir(oid, upload_id), numbers, size)
         except OSError as exc:
-            log.warning("multipart write-through skipped: %s", exc)
-            files = None
-        ok = files is not None and await self.cache.commit_files(oid, rec, files)
-        await asyncio.to_thread(shutil.rmtree, d, True)
-        return ok
+            log.cache.warning("multipart write-through skipped: %s", exc)
+            return None
 
     def _rechunk(
-        self, d: Path, numbers: list[int], rec: Record
+        self, d: Path, numbers: list[int], size: int
     ) -> list[tuple[int, Path, int]] | None:
         """Blocking. None when a part is missing or the sizes disagree with the store."""
         parts = [d / f"part-{n:05d}" for n in numbers]
-        if not all(p.is_file() for p in parts) or sum(p.stat().st_size for p in parts) != rec.size:
+        if not all(p.is_file() for p in parts) or sum(p.stat().st_size for p in parts) != size:
             return None
-        cs = self.cache.cfg.chunk_size
+        cs = self.chunk_size
         out: list[tuple[int, Path, int]] = []
         buf = bytearray()
         for p in parts:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import time
 from pathlib import Path
 
-from proxy import errors, metrics
+from proxy import errors, log, metrics
 from proxy.cache import eviction
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
+from proxy.cache.parts import PartStaging
 from proxy.cache.record import Record
 from proxy.config import CacheConfig
 from proxy.model import ObjectMeta
 
-log = logging.getLogger("proxy.cache")
 HIT_FLUSH_INTERVAL = 1.0
 ATIME_REFRESH = 600.0
 
@@ -30,6 +29,7 @@ class CacheStore:
         self.blobs = BlobStore(self.root)
         self.index: Index | None = None
         self.locks: FillLocks | None = None
+        self.uploads = PartStaging(self.root / "uploads", cfg.chunk_size)
         self._hits: dict[bytes, int] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -131,7 +131,7 @@ class CacheStore:
         except OSError as exc:
             reason = "disk_full" if exc.errno == errno.ENOSPC else "disk_error"
             metrics.CACHE_WRITE_ERRORS.labels(reason).inc()
-            log.warning("cannot cache a chunk (%s): %s", reason, exc.strerror)
+            log.cache.warning("cannot cache a chunk (%s): %s", reason, exc.strerror)
             return False
         size = len(data)
 
@@ -165,7 +165,7 @@ class CacheStore:
                 await asyncio.to_thread(_publish, tmp, final)
         except OSError as exc:
             metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
-            log.warning("cannot publish a write-through copy: %s", exc.strerror)
+            log.cache.warning("cannot publish a write-through copy: %s", exc.strerror)
             return False
 
         def op(t: Txn) -> None:
@@ -182,6 +182,16 @@ class CacheStore:
             t.grow(oid, new, sum(length for _, _, length in files))
 
         return await self._try_submit(op)
+
+    async def publish_upload(
+        self, oid: bytes, new: Record, upload_id: str, numbers: list[int]
+    ) -> bool:
+        """A completed multipart upload's staged parts (``numbers``, in order) become the
+        cached copy of ``new``; the staging goes either way. True if cached."""
+        files = await self.uploads.rechunk(oid, upload_id, numbers, new.size)
+        ok = files is not None and await self.commit_files(oid, new, files)
+        await self.uploads.discard(oid, upload_id)
+        return ok
 
     async def drop(self, oid: bytes) -> None:
         def op(t: Txn) -> None:
@@ -220,7 +230,7 @@ class CacheStore:
             try:
                 await self._flush_hits()
             except Exception:
-                log.exception("flushing hit statistics failed")
+                log.cache.exception("flushing hit statistics failed")
 
     async def _flush_hits(self) -> None:
         if not self._hits or self.index is None:
@@ -244,11 +254,9 @@ class CacheStore:
         """Blocking; run before serving. Drops temp files of dead processes, chunk files the
         index does not reference (a crash between rename and commit), and index bits whose file
         is gone. Nothing unverified is ever referenced, so what remains is whole."""
-        from proxy.cache.parts import PartStaging  # parts imports this module
-
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
-            "stale_uploads": PartStaging(self).sweep(),
+            "stale_uploads": self.uploads.sweep(),
             "orphans": 0,
             "missing": 0,
         }

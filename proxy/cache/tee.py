@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from proxy import metrics
+from proxy import log, metrics
 from proxy.cache.record import Record
 from proxy.cache.store import CacheStore
-
-log = logging.getLogger("proxy.cache")
 
 
 class CacheTee:
@@ -42,7 +39,7 @@ class CacheTee:
                 except OSError as exc:
                     self.failed = True
                     metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
-                    log.warning("write-through copy dropped: %s", exc.strerror)
+                    log.cache.warning("write-through copy dropped: %s", exc.strerror)
             yield piece
 
     async def _keep(self, piece: bytes) -> None:
@@ -70,7 +67,7 @@ class CacheTee:
             return False
         if rec.md5 and self._md5.hexdigest() != rec.etag.strip('"').lower():
             metrics.INTEGRITY_FAILURES.inc()
-            log.warning("the store's ETag does not match the uploaded bytes; not cached")
+            log.cache.warning("the store's ETag does not match the uploaded bytes; not cached")
             await self.discard()
             return False
         if self.inline:

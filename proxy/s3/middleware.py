@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
-from proxy import errors, metrics
+from proxy import errors, log, metrics
 from proxy.s3 import xml
-
-access_log = logging.getLogger("proxy.access")
-log = logging.getLogger("proxy.server")
+from proxy.s3.responses import request_ids
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.BaseRequest, Handler], Awaitable[web.StreamResponse]]
 
 
 def error_response(request: web.BaseRequest, exc: errors.S3Error) -> web.Response:
-    rid = request.get("request_id", "")
-    headers = {"x-amz-request-id": rid, "x-amz-id-2": rid}
+    headers = request_ids(request)
+    rid = headers["x-amz-request-id"]
     if exc.status == 304:
         return web.Response(status=304, headers={**headers, **exc.fields})
     if exc.status == 503:
@@ -40,14 +38,12 @@ def error_response(request: web.BaseRequest, exc: errors.S3Error) -> web.Respons
     return resp
 
 
-def make_middleware(
-    max_concurrency: int, access: bool
-) -> Callable[..., Awaitable[web.StreamResponse]]:
+def make_middleware(max_concurrency: int, access: bool) -> Middleware:
     in_flight = 0
     ids = itertools.count(1)
     prefix = f"{os.getpid():X}"
-    request_counters: dict[tuple[str, int], Any] = {}
-    durations: dict[str, Any] = {}
+    request_counters: dict[tuple[str, int], Counter] = {}
+    durations: dict[str, Histogram] = {}
 
     async def s3_middleware(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
@@ -69,7 +65,7 @@ def make_middleware(
         except web.HTTPException as exc:
             resp = error_response(request, _from_http(exc))
         except Exception:
-            log.exception("unhandled error, request %s", rid)
+            log.server.exception("unhandled error, request %s", rid)
             resp = error_response(request, errors.InternalError())
         finally:
             in_flight -= 1
@@ -86,7 +82,7 @@ def make_middleware(
             duration = durations[op] = metrics.REQUEST_DURATION.labels(op)
         duration.observe(elapsed)
         if access:
-            access_log.info(
+            log.access.info(
                 "%s %s %s %d %s %.1fms",
                 request.remote,
                 request.method,

@@ -4,30 +4,24 @@ one stage writes the next stage reads hot. Writes and deletes invalidate cached 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 
 from proxy import errors
-from proxy.cache.parts import PartStaging
-from proxy.cache.record import object_id
-from proxy.cache.store import CacheStore, record_for
+from proxy.cache.store import CacheStore
 from proxy.cache.tee import CacheTee
-from proxy.model import RETURNED_CHECKSUMS, ObjectMeta, PartInfo, UploadInfo
+from proxy.core.metadata import oid_of, record_of
+from proxy.core.reads import Reads
+from proxy.model import RETURNED_CHECKSUMS, ByteRange, ObjectMeta, PartInfo, UploadInfo
 from proxy.routing import Mount
-from proxy.service import ObjectService
 
-log = logging.getLogger("proxy.cache")
 TEE_FRACTION = 0.25  # objects larger than this share of the cache are not copied in
 
 
-class WriteService:
-    def __init__(self, cache: CacheStore, reads: ObjectService) -> None:
+class Writes:
+    def __init__(self, cache: CacheStore, reads: Reads) -> None:
         self.cache = cache
         self.reads = reads
-        self.parts = PartStaging(cache)
-
-    def _oid(self, mount: Mount, key: str) -> bytes:
-        return object_id(mount.backend.name, mount.bucket, key)
+        self.parts = cache.uploads
 
     @staticmethod
     def _writable(mount: Mount) -> None:
@@ -48,7 +42,7 @@ class WriteService:
         """``checksums``: filled by the payload decoder once the body is verified (algorithm ->
         base64); kept with the cached copy so a GET with x-amz-checksum-mode can return them."""
         self._writable(mount)
-        oid = self._oid(mount, key)
+        oid = oid_of(mount, key)
         self.reads.invalidate(oid)
         tee = None
         if mount.cacheable and size <= self.cache.cfg.max_size * TEE_FRACTION:
@@ -64,7 +58,7 @@ class WriteService:
             await self.cache.drop(oid)  # the store may hold either version now
             raise
         self.reads.invalidate(oid)
-        rec = record_for(meta, mount.backend.name, mount.bucket, key)
+        rec = record_of(mount, key, meta)
         for alg, value in (checksums or {}).items():
             if alg in RETURNED_CHECKSUMS:
                 rec.headers[f"x-amz-checksum-{alg}"] = value
@@ -74,7 +68,7 @@ class WriteService:
 
     async def delete(self, mount: Mount, key: str) -> None:
         self._writable(mount)
-        oid = self._oid(mount, key)
+        oid = oid_of(mount, key)
         self.reads.invalidate(oid)
         try:
             await mount.backend.delete(mount.bucket, key)
@@ -93,7 +87,7 @@ class WriteService:
     ) -> ObjectMeta:
         """Server-side in the store when both sides live there; else streamed through."""
         self._writable(dst)
-        oid = self._oid(dst, dst_key)
+        oid = oid_of(dst, dst_key)
         self.reads.invalidate(oid)
         try:
             if src.backend is dst.backend:
@@ -156,7 +150,7 @@ class WriteService:
         self._writable(mount)
         if not mount.cacheable or size > self.cache.cfg.max_size * TEE_FRACTION:
             return await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
-        oid = self._oid(mount, key)
+        oid = oid_of(mount, key)
         body, tmp = await self.parts.tee(oid, upload_id, number, body)
         try:
             etag = await mount.backend.upload_part(mount.bucket, key, upload_id, number, body, size)
@@ -166,11 +160,28 @@ class WriteService:
         await self.parts.keep(tmp, number)
         return etag
 
+    async def upload_part_copy(
+        self,
+        src: Mount,
+        src_key: str,
+        rng: ByteRange | None,
+        mount: Mount,
+        key: str,
+        upload_id: str,
+        number: int,
+    ) -> tuple[str, ObjectMeta]:
+        """A part copied from (a range of) another object, read through the cache; returns the
+        part's ETag and the source's metadata."""
+        read = await self.reads.read(src, src_key, rng, {})
+        body = self.reads.bytes_of(read, src, src_key)
+        etag = await self.upload_part(mount, key, upload_id, number, body, read.length)
+        return etag, read.meta
+
     async def complete_multipart(
         self, mount: Mount, key: str, upload_id: str, parts: list[tuple[int, str]]
     ) -> ObjectMeta:
         self._writable(mount)
-        oid = self._oid(mount, key)
+        oid = oid_of(mount, key)
         self.reads.invalidate(oid)
         try:
             meta = await mount.backend.complete_multipart(mount.bucket, key, upload_id, parts)
@@ -178,8 +189,8 @@ class WriteService:
             await self.cache.drop(oid)
             self.reads.invalidate(oid)
         if mount.cacheable and meta.size <= self.cache.cfg.max_size * TEE_FRACTION:
-            rec = record_for(meta, mount.backend.name, mount.bucket, key)
-            if not await self.parts.publish(oid, upload_id, [n for n, _ in parts], rec):
+            rec = record_of(mount, key, meta)
+            if not await self.cache.publish_upload(oid, rec, upload_id, [n for n, _ in parts]):
                 await self.cache.drop(oid)
         else:
             await self.parts.discard(oid, upload_id)
@@ -188,10 +199,13 @@ class WriteService:
     async def abort_multipart(self, mount: Mount, key: str, upload_id: str) -> None:
         self._writable(mount)
         await mount.backend.abort_multipart(mount.bucket, key, upload_id)
-        await self.parts.discard(self._oid(mount, key), upload_id)
+        await self.parts.discard(oid_of(mount, key), upload_id)
 
     async def list_parts(self, mount: Mount, key: str, upload_id: str) -> list[PartInfo]:
         return await mount.backend.list_parts(mount.bucket, key, upload_id)
 
     async def list_uploads(self, mount: Mount, prefix: str) -> list[UploadInfo]:
-        return await mount.backend.list_uploads(mount.bucket, mount.prefix + prefix)
+        """Uploads under way, their keys as the client named them (the mount's prefix cut)."""
+        p = mount.prefix
+        uploads = await mount.backend.list_uploads(mount.bucket, p + prefix)
+        return [UploadInfo(u.key[len(p) :], u.upload_id, u.initiated) for u in uploads]

@@ -1,77 +1,28 @@
-"""S3 operations over the service: one aiohttp handler dispatches by method and target."""
+"""S3 read operations: HeadBucket, GetBucketLocation/Versioning, ListBuckets, ListObjects (v1,
+v2), HeadObject and GetObject, whose cached chunks go out with sendfile."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 from collections.abc import Mapping
 from email.utils import formatdate
-from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
-from proxy import errors, metrics
-from proxy.config import AuthConfig
+from proxy import errors, log, metrics
+from proxy.core.body import FileSlice
+from proxy.core.conditions import check_conditions
+from proxy.core.listing import Listing
+from proxy.core.reads import Reads
 from proxy.model import ObjectMeta
-from proxy.routing import Mount, Router
+from proxy.routing import Mount
 from proxy.s3 import parse, xml
-from proxy.s3.auth import Authenticator, is_write
-from proxy.s3.writes import S3WriteHandlers
-from proxy.service import FileSlice, ObjectService
+from proxy.s3.responses import request_ids, xml_response
 
-log = logging.getLogger("proxy.server")
 FILE_BLOCK = 1024 * 1024
-
-_BUCKET_SUBRESOURCES_NOT_BUILT = {
-    "acl",
-    "policy",
-    "cors",
-    "lifecycle",
-    "tagging",
-    "website",
-    "logging",
-    "notification",
-    "replication",
-    "encryption",
-    "object-lock",
-    "uploads",
-    "versions",
-    "requestPayment",
-    "accelerate",
-    "analytics",
-    "inventory",
-    "metrics",
-    "intelligent-tiering",
-    "ownershipControls",
-    "publicAccessBlock",
-    "policyStatus",
-}
-_OBJECT_SUBRESOURCES_NOT_BUILT = {
-    "acl",
-    "tagging",
-    "attributes",
-    "torrent",
-    "retention",
-    "legal-hold",
-    "uploads",
-    "uploadId",
-    "restore",
-    "select",
-    "partNumber",
-    "versionId",
-}
-
-
-_WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
-_OBJECT_OPS = {
-    "GET": "GetObject",
-    "HEAD": "HeadObject",
-    "PUT": "PutObject",
-    "DELETE": "DeleteObject",
-    "POST": "PostObject",
-}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -79,98 +30,37 @@ def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
-class S3Handlers:
-    def __init__(
-        self,
-        service: ObjectService,
-        router: Router,
-        domains: tuple[str, ...],
-        region: str = "us-east-1",
-        auth: Authenticator | None = None,
-    ) -> None:
-        self.auth = auth or Authenticator(AuthConfig(), region)  # default: anonymous, no users
-        self.service = service
-        self.router = router
-        self.domains = domains
+class S3ReadHandlers:
+    """``sendfile``: serve cached chunks with loop.sendfile (else, or where the loop cannot,
+    by pread and write)."""
+
+    def __init__(self, *, reads: Reads, listing: Listing, region: str, sendfile: bool) -> None:
+        self.reads = reads
+        self.listing = listing
         self.region = region
-        self.native_sendfile = True
-        self.writes: S3WriteHandlers | None = None  # None: a read-only proxy
+        self.native_sendfile = sendfile
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        auth = request["auth"] = self.auth.authenticate(request)
-        raw = request.raw_path
-        target = parse.parse_target(raw, request.host or "", self.domains)
-        qs = raw.partition("?")[2]
-        query = auth.operation_query(parse.parse_query(qs)) if qs else {}
-        method = request.method
-        if target.bucket is None:
-            if method == "GET":
-                request["op"] = "ListBuckets"
-                return await self.list_buckets(request)
-            raise errors.MethodNotAllowed()
-        auth.require(target.bucket, is_write(method))  # before the bucket is resolved
-        mount = self.router.resolve(target.bucket)
-        if target.key is None:
-            return await self._bucket_op(request, method, mount, query)
-        return await self._object_op(request, method, mount, target.key, query)
+    # -- buckets ------------------------------------------------------------------------------
+    async def head_bucket(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return web.Response(headers={"x-amz-bucket-region": self.region, **request_ids(request)})
 
-    async def _bucket_op(
-        self, request: web.BaseRequest, method: str, mount: Mount, query: dict[str, str]
-    ) -> web.StreamResponse:
-        if self.writes is not None and (method in _WRITE_METHODS or "uploads" in query):
-            return await self.writes.bucket_op(request, method, mount, query)
-        if method == "HEAD":
-            request["op"] = "HeadBucket"
-            if not await self.service.bucket_exists(mount):
-                raise errors.NoSuchBucket(resource=mount.name)
-            return web.Response(headers={"x-amz-bucket-region": self.region, **_rid(request)})
-        if method != "GET":
-            request["op"] = {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
-                method, "UnknownBucketOperation"
-            )
-            raise errors.NotImplementedS3(f"{method} on a bucket is not supported yet.")
-        if "location" in query:
-            request["op"] = "GetBucketLocation"
-            await self._require_bucket(mount)
-            return _xml(request, xml.location(self.region))
-        if "versioning" in query:
-            request["op"] = "GetBucketVersioning"
-            await self._require_bucket(mount)
-            return _xml(request, xml.versioning())
-        unsupported = _BUCKET_SUBRESOURCES_NOT_BUILT.intersection(query)
-        if unsupported:
-            request["op"] = "GetBucket" + sorted(unsupported)[0].title()
-            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
-        if query.get("list-type") == "2":
-            request["op"] = "ListObjectsV2"
-            return await self.list_v2(request, mount, query)
-        request["op"] = "ListObjects"
-        return await self.list_v1(request, mount, query)
+    async def get_location(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return xml_response(request, xml.location(self.region))
+
+    async def get_versioning(self, request: web.BaseRequest, mount: Mount) -> web.StreamResponse:
+        await self._require_bucket(mount)
+        return xml_response(request, xml.versioning())
 
     async def _require_bucket(self, mount: Mount) -> None:
-        if not await self.service.bucket_exists(mount):
+        if not await self.listing.bucket_exists(mount):
             raise errors.NoSuchBucket(resource=mount.name)
-
-    async def _object_op(
-        self, request: web.BaseRequest, method: str, mount: Mount, key: str, query: dict[str, str]
-    ) -> web.StreamResponse:
-        if self.writes is not None and (method in _WRITE_METHODS or "uploadId" in query):
-            return await self.writes.object_op(request, method, mount, key, query)
-        request["op"] = _OBJECT_OPS.get(method, "UnknownObjectOperation")
-        if method not in ("GET", "HEAD"):
-            raise errors.NotImplementedS3(f"{request['op']} is not supported yet (read-only).")
-        unsupported = _OBJECT_SUBRESOURCES_NOT_BUILT.intersection(query)
-        if unsupported and not (query.get("versionId") == "null" and len(unsupported) == 1):
-            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
-        remote_key = mount.remote_key(key)
-        if method == "HEAD":
-            return await self.head_object(request, mount, remote_key, query)
-        return await self.get_object(request, mount, remote_key, query)
 
     # -- buckets ------------------------------------------------------------------------------
     async def list_buckets(self, request: web.BaseRequest) -> web.StreamResponse:
-        buckets = await self.service.list_buckets()
-        return _xml(request, xml.list_buckets(buckets))
+        buckets = await self.listing.list_buckets()
+        return xml_response(request, xml.list_buckets(buckets))
 
     async def list_v2(
         self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
@@ -180,11 +70,9 @@ class S3Handlers:
         max_keys = parse.parse_max_keys(q.get("max-keys"))
         token = q.get("continuation-token") or None
         start_after = q.get("start-after") or None
-        page = await self.service.list_objects(
-            mount, prefix, delimiter, max(max_keys, 1), token, start_after
+        page = await self.listing.list_objects(
+            mount, prefix, delimiter, max_keys, token, start_after
         )
-        if max_keys == 0:
-            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
         body = xml.list_objects_v2(
             mount.name,
             page,
@@ -196,7 +84,7 @@ class S3Handlers:
             url=url,
             fetch_owner=q.get("fetch-owner") == "true",
         )
-        return _xml(request, body)
+        return xml_response(request, body)
 
     async def list_v1(
         self, request: web.BaseRequest, mount: Mount, q: dict[str, str]
@@ -205,11 +93,9 @@ class S3Handlers:
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = parse.parse_max_keys(q.get("max-keys"))
         marker = q.get("marker", "")
-        page = await self.service.list_objects(
-            mount, prefix, delimiter, max(max_keys, 1), None, marker or None
+        page = await self.listing.list_objects(
+            mount, prefix, delimiter, max_keys, None, marker or None
         )
-        if max_keys == 0:
-            page = type(page)(entries=[], prefixes=[], truncated=False, next_token=None)
         body = xml.list_objects_v1(
             mount.name,
             page,
@@ -219,15 +105,15 @@ class S3Handlers:
             marker=marker,
             url=url,
         )
-        return _xml(request, body)
+        return xml_response(request, body)
 
     # -- objects ------------------------------------------------------------------------------
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        meta = await self.service.head(mount, key)
+        meta = await self.reads.head(mount, key)
         try:
-            parse.check_conditions(request.headers, meta.etag, meta.last_modified)
+            check_conditions(request.headers, meta.etag, meta.last_modified)
         except errors.NotModified as exc:
             exc.fields.update(_validators(meta))
             raise
@@ -250,9 +136,9 @@ class S3Handlers:
     ) -> web.StreamResponse:
         rng = parse.parse_range(request.headers.get("Range"))
         try:
-            read = await self.service.read(mount, key, rng, request.headers)
+            read = await self.reads.read(mount, key, rng, request.headers)
         except errors.NotModified as exc:
-            meta = await self.service.head(mount, key)
+            meta = await self.reads.head(mount, key)
             exc.fields.update(_validators(meta))
             raise
         request["source"] = read.source
@@ -277,7 +163,7 @@ class S3Handlers:
                     sent += len(part)
         except (errors.ProxyError, OSError, ValueError) as exc:
             # Headers are gone: the only honest signal left is a short body.
-            log.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
+            log.server.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
             _abort(request)
             return resp
         finally:
@@ -299,7 +185,7 @@ class S3Handlers:
             f = await loop.run_in_executor(None, open, part.path, "rb")
         except FileNotFoundError:
             sent = 0
-            async for piece in self.service.refill_missing(mount, key, part, meta):
+            async for piece in self.reads.refill_missing(mount, key, part, meta):
                 await resp.write(piece)
                 sent += len(piece)
             return sent
@@ -326,7 +212,7 @@ class S3Handlers:
             f.close()
 
 
-def _served(source: str) -> Any:
+def _served(source: str) -> Counter:
     return metrics.SERVED_FROM_CACHE if source == "cache" else metrics.SERVED_FROM_BACKEND
 
 
@@ -334,15 +220,6 @@ def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
-
-
-def _rid(request: web.BaseRequest) -> dict[str, str]:
-    rid = request.get("request_id", "")
-    return {"x-amz-request-id": rid, "x-amz-id-2": rid}
-
-
-def _xml(request: web.BaseRequest, body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="application/xml", headers=_rid(request))
 
 
 def _encoding(q: Mapping[str, str]) -> bool:

@@ -5,145 +5,19 @@ https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import unquote
-from xml.etree.ElementTree import Element
 
-import defusedxml.ElementTree as SafeXML
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from proxy import errors
+from proxy.core.writes import Writes
 from proxy.model import RETURNED_CHECKSUMS
 from proxy.routing import Mount, Router
-from proxy.s3 import parse, xml
-from proxy.writethrough import WriteService
+from proxy.s3 import inputs, parse, xml
+from proxy.s3.responses import request_ids, xml_response
 
-MAX_XML_BODY = 1024 * 1024
 MAX_DELETE_KEYS = 1000
-READ_SIZE = 256 * 1024
-_META_PREFIX = "x-amz-meta-"
-_STORED_HEADERS = (
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "x-amz-storage-class",
-)
-
-
-def _rid(request: web.BaseRequest) -> dict[str, str]:
-    rid = request.get("request_id", "")
-    return {"x-amz-request-id": rid, "x-amz-id-2": rid}
-
-
-def _xml(
-    request: web.BaseRequest,
-    body: bytes,
-    status: int = 200,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=body,
-        content_type="application/xml",
-        headers={**_rid(request), **(headers or {})},
-    )
-
-
-def _user_metadata(request: web.BaseRequest) -> dict[str, str]:
-    return {
-        k[len(_META_PREFIX) :].lower(): v
-        for k, v in request.headers.items()
-        if k.lower().startswith(_META_PREFIX)
-    }
-
-
-def _stored_headers(request: web.BaseRequest) -> dict[str, str]:
-    out = {h: request.headers[h] for h in _STORED_HEADERS if h in request.headers}
-    encoding = out.get("Content-Encoding")
-    if encoding is not None:  # aws-chunked is transport framing, never the object's encoding
-        kept = [e.strip() for e in encoding.split(",") if e.strip() and e.strip() != "aws-chunked"]
-        if kept:
-            out["Content-Encoding"] = ", ".join(kept)
-        else:
-            del out["Content-Encoding"]
-    return out
-
-
-def _content_type(request: web.BaseRequest) -> str:
-    return request.headers.get("Content-Type") or "binary/octet-stream"
-
-
-def _payload_size(request: web.BaseRequest) -> int:
-    decoded = request.headers.get("x-amz-decoded-content-length")
-    raw = decoded if decoded is not None else request.headers.get("Content-Length")
-    if raw is None or not raw.isascii() or not raw.isdigit():
-        raise errors.MissingContentLength()
-    return int(raw)
-
-
-def payload(request: web.BaseRequest) -> AsyncIterator[bytes]:
-    """The object bytes of a request body, de-framed (aws-chunked) and verified as the
-    authentication layer's PayloadSpec describes (dispatch sets ``request["auth"]`` first)."""
-    from proxy.s3.payload import payload as decoded
-
-    return _continued(request, decoded(request, request["auth"].payload))
-
-
-async def _continued(request: web.BaseRequest, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``body``, after telling a client that waits (Expect: 100-continue) to send it: only
-    when the body is first read, so a refusal before that never asks for the body. Without
-    it boto3 and the aws cli stall a second on every upload. aiohttp's low-level server
-    leaves this to the application.
-    https://www.rfc-editor.org/rfc/rfc9110#section-10.1.1
-    """
-    if (
-        request.version >= HttpVersion11
-        and request.headers.get("Expect", "").lower() == "100-continue"
-        and not request.get("continue_sent")
-    ):
-        request["continue_sent"] = True
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # as aiohttp's own expect handler: no body sent yet
-    try:
-        async for piece in body:
-            yield piece
-    finally:
-        close = getattr(body, "aclose", None)
-        if close is not None:
-            await close()
-
-
-async def _read_xml(request: web.BaseRequest) -> Element:
-    if (request.content_length or 0) > MAX_XML_BODY:
-        raise errors.MalformedXML("The XML body is too large.")
-    _payload_size(request)  # MissingContentLength, as before the body is read
-    body = b""
-    async for piece in payload(request):
-        body += piece
-        if len(body) > MAX_XML_BODY:
-            raise errors.MalformedXML("The XML body is too large.")
-    try:
-        root: Element = SafeXML.fromstring(body)
-    except Exception:  # defusedxml raises several kinds; all mean the same to the client
-        raise errors.MalformedXML() from None
-    return root
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _children(node: Element, name: str) -> list[Element]:
-    return [c for c in node if _local(c.tag) == name]
-
-
-def _text(node: Element, name: str) -> str | None:
-    for c in node:
-        if _local(c.tag) == name:
-            return c.text or ""
-    return None
 
 
 def _plain_delete(request: web.BaseRequest, query: Mapping[str, str]) -> None:
@@ -158,10 +32,9 @@ def _plain_delete(request: web.BaseRequest, query: Mapping[str, str]) -> None:
 
 
 class S3WriteHandlers:
-    def __init__(self, writes: WriteService, router: Router, reads: Any) -> None:
+    def __init__(self, writes: Writes, router: Router) -> None:
         self.writes = writes
         self.router = router
-        self.reads = reads
 
     # -- buckets ------------------------------------------------------------------------------
     async def bucket_op(
@@ -171,17 +44,15 @@ class S3WriteHandlers:
             request["op"] = "ListMultipartUploads"
             prefix = query.get("prefix", "")
             uploads = await self.writes.list_uploads(mount, prefix)
-            p = mount.prefix
-            shown = [type(u)(u.key[len(p) :], u.upload_id, u.initiated) for u in uploads]
-            return _xml(request, xml.list_uploads(mount.name, prefix, shown))
+            return xml_response(request, xml.list_uploads(mount.name, prefix, uploads))
         if method == "PUT" and not query:
             request["op"] = "CreateBucket"
             await self.writes.create_bucket(mount)
-            return web.Response(headers={**_rid(request), "Location": f"/{mount.name}"})
+            return web.Response(headers={**request_ids(request), "Location": f"/{mount.name}"})
         if method == "DELETE" and not query:
             request["op"] = "DeleteBucket"
             await self.writes.delete_bucket(mount)
-            return web.Response(status=204, headers=_rid(request))
+            return web.Response(status=204, headers=request_ids(request))
         if method == "POST" and "delete" in query:
             request["op"] = "DeleteObjects"
             return await self.delete_objects(request, mount)
@@ -189,17 +60,17 @@ class S3WriteHandlers:
         raise errors.NotImplementedS3(f"{method} on a bucket with these parameters.")
 
     async def delete_objects(self, request: web.BaseRequest, mount: Mount) -> web.Response:
-        root = await _read_xml(request)
-        if _local(root.tag) != "Delete":
+        root = await inputs.read_xml(request)
+        if inputs.local(root.tag) != "Delete":
             raise errors.MalformedXML()
-        objects = _children(root, "Object")
+        objects = inputs.children(root, "Object")
         if not objects or len(objects) > MAX_DELETE_KEYS:
             raise errors.MalformedXML("Delete takes between 1 and 1000 keys.")
-        quiet = (_text(root, "Quiet") or "").strip().lower() == "true"
+        quiet = (inputs.text(root, "Quiet") or "").strip().lower() == "true"
         deleted: list[str] = []
         failed: list[tuple[str, str, str]] = []
         for obj in objects:
-            key = _text(obj, "Key")
+            key = inputs.text(obj, "Key")
             if not key:
                 raise errors.MalformedXML("Each Object needs a Key.")
             try:
@@ -207,7 +78,7 @@ class S3WriteHandlers:
                 deleted.append(key)
             except errors.S3Error as exc:
                 failed.append((key, exc.code, exc.message))
-        return _xml(request, xml.delete_result(deleted, failed, quiet))
+        return xml_response(request, xml.delete_result(deleted, failed, quiet))
 
     # -- objects ------------------------------------------------------------------------------
     async def object_op(
@@ -238,43 +109,43 @@ class S3WriteHandlers:
                 request["op"] = "DeleteObject"
                 _plain_delete(request, query)
                 await self.writes.delete(mount, remote)
-            return web.Response(status=204, headers=_rid(request))
+            return web.Response(status=204, headers=request_ids(request))
         if method == "POST" and "uploads" in query:
             request["op"] = "CreateMultipartUpload"
             uid = await self.writes.create_multipart(
                 mount,
                 remote,
-                _content_type(request),
-                _user_metadata(request),
-                _stored_headers(request),
+                inputs.content_type(request),
+                inputs.user_metadata(request),
+                inputs.stored_headers(request),
             )
-            return _xml(request, xml.initiate_multipart(mount.name, key, uid))
+            return xml_response(request, xml.initiate_multipart(mount.name, key, uid))
         if method == "POST" and upload_id is not None:
             request["op"] = "CompleteMultipartUpload"
             return await self.complete(request, mount, key, remote, upload_id)
         if method == "GET" and upload_id is not None:
             request["op"] = "ListParts"
             parts = await self.writes.list_parts(mount, remote, upload_id)
-            return _xml(request, xml.list_parts(mount.name, key, upload_id, parts))
+            return xml_response(request, xml.list_parts(mount.name, key, upload_id, parts))
         request["op"] = "UnknownObjectOperation"
         raise errors.NotImplementedS3(f"{method} on an object with these parameters.")
 
     async def put_object(
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse:
-        size = _payload_size(request)
+        size = inputs.payload_size(request)
         spec = getattr(request.get("auth"), "payload", None)
         meta = await self.writes.put(
             mount,
             key,
-            payload(request),
+            inputs.payload(request),
             size,
-            _content_type(request),
-            _user_metadata(request),
-            _stored_headers(request),
+            inputs.content_type(request),
+            inputs.user_metadata(request),
+            inputs.stored_headers(request),
             checksums=spec.computed_checksums if spec is not None else None,
         )
-        headers = {**_rid(request), "ETag": meta.etag}
+        headers = {**request_ids(request), "ETag": meta.etag}
         if spec is not None:
             for alg, value in spec.computed_checksums.items():
                 if alg in RETURNED_CHECKSUMS:
@@ -308,10 +179,12 @@ class S3WriteHandlers:
                 "This copy request is illegal because it is trying to copy an object to itself "
                 "without changing the object's metadata."
             )
-        content_type = _content_type(request) if directive == "REPLACE" else None
-        metadata = _user_metadata(request) if directive == "REPLACE" else None
+        content_type = inputs.content_type(request) if directive == "REPLACE" else None
+        metadata = inputs.user_metadata(request) if directive == "REPLACE" else None
         meta = await self.writes.copy(src, src_key, mount, key, content_type, metadata)
-        return _xml(request, xml.copy_result("CopyObjectResult", meta.etag, meta.last_modified))
+        return xml_response(
+            request, xml.copy_result("CopyObjectResult", meta.etag, meta.last_modified)
+        )
 
     def _part_number(self, query: Mapping[str, str]) -> int:
         raw = query.get("partNumber", "")
@@ -328,9 +201,11 @@ class S3WriteHandlers:
         query: Mapping[str, str],
     ) -> web.StreamResponse:
         number = self._part_number(query)
-        size = _payload_size(request)
-        etag = await self.writes.upload_part(mount, key, upload_id, number, payload(request), size)
-        return web.Response(headers={**_rid(request), "ETag": etag})
+        size = inputs.payload_size(request)
+        etag = await self.writes.upload_part(
+            mount, key, upload_id, number, inputs.payload(request), size
+        )
+        return web.Response(headers={**request_ids(request), "ETag": etag})
 
     async def upload_part_copy(
         self,
@@ -343,21 +218,20 @@ class S3WriteHandlers:
         number = self._part_number(query)
         src, src_key = self._copy_source(request)
         rng = parse.parse_range(request.headers.get("x-amz-copy-source-range"))
-        read = await self.reads.read(src, src_key, rng, {})
-        etag = await self.writes.upload_part(
-            mount, key, upload_id, number, self.reads.bytes_of(read, src, src_key), read.length
+        etag, meta = await self.writes.upload_part_copy(
+            src, src_key, rng, mount, key, upload_id, number
         )
-        return _xml(request, xml.copy_result("CopyPartResult", etag, read.meta.last_modified))
+        return xml_response(request, xml.copy_result("CopyPartResult", etag, meta.last_modified))
 
     async def complete(
         self, request: web.BaseRequest, mount: Mount, key: str, remote: str, upload_id: str
     ) -> web.StreamResponse:
-        root = await _read_xml(request)
-        if _local(root.tag) != "CompleteMultipartUpload":
+        root = await inputs.read_xml(request)
+        if inputs.local(root.tag) != "CompleteMultipartUpload":
             raise errors.MalformedXML()
         parts: list[tuple[int, str]] = []
-        for part in _children(root, "Part"):
-            number, etag = _text(part, "PartNumber"), _text(part, "ETag")
+        for part in inputs.children(root, "Part"):
+            number, etag = inputs.text(part, "PartNumber"), inputs.text(part, "ETag")
             if not number or not number.strip().isdigit() or etag is None:
                 raise errors.MalformedXML("Each Part needs a PartNumber and an ETag.")
             parts.append((int(number), etag.strip()))
@@ -369,4 +243,4 @@ class S3WriteHandlers:
             raise errors.InvalidPartOrder()
         meta = await self.writes.complete_multipart(mount, remote, upload_id, parts)
         location = f"/{mount.name}/{key}"
-        return _xml(request, xml.complete_multipart(location, mount.name, key, meta.etag))
+        return xml_response(request, xml.complete_multipart(location, mount.name, key, meta.etag))

@@ -1,0 +1,320 @@
+"""One store fetch per chunk, shared by every reader that wants it, across tasks and processes.
+
+A ``Fill`` is one chunk's fetch: it runs as its own task (a reader that goes away never
+cancels it) into a buffer sized from the response headers, so readers get zero-copy slices as
+bytes arrive. ``Fills`` keeps the in-process table of fills under way, bounds them
+(``max_fills``), takes the cross-process lock for the chunk (another worker may be filling it:
+wait, then serve its copy), verifies the bytes (length; MD5 where the ETag is one) and persists
+them to the cache once every reader has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from proxy import errors, log, metrics
+from proxy.cache.locks import FillLocks
+from proxy.cache.store import CacheStore
+from proxy.config import CacheConfig
+from proxy.core.metadata import fresh, record_of
+from proxy.model import ObjectMeta
+from proxy.routing import Mount
+
+LOCK_POLL_START = 0.002
+LOCK_POLL_MAX = 0.05
+FILL_SLOT_WAIT = 10.0
+CLOSE_PERSIST_WAIT = 5.0
+MD5_ON_LOOP_MAX = 64 * 1024
+WRITTEN_MAX = 10_000
+
+
+class Fill:
+    def __init__(self, oid: bytes, index: int) -> None:
+        self.oid = oid
+        self.index = index
+        self.meta: ObjectMeta | None = None
+        self.start = 0  # object offset of buf[0]
+        self.buf = bytearray()
+        self.filled = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.from_cache = False
+        self._changed = asyncio.Event()
+        self._meta_ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
+
+    # -- the filler's side --------------------------------------------------------------------
+    def begin(self, meta: ObjectMeta, start: int, length: int) -> None:
+        self.meta, self.start = meta, start
+        self.buf = bytearray(length)
+        self._meta_ready.set()
+
+    def append(self, piece: bytes) -> None:
+        end = self.filled + len(piece)
+        if end > len(self.buf):
+            raise ValueError("the store sent more bytes than it announced")
+        self.buf[self.filled : end] = piece
+        self.filled = end
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.error = True, error
+        self._meta_ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    # -- readers' side ----------------------------------------------------------------------
+    async def wait_meta(self) -> ObjectMeta:
+        await self._meta_ready.wait()
+        if self.meta is None:
+            assert self.error is not None
+            raise self.error
+        return self.meta
+
+    async def read(self, first: int, last: int) -> AsyncIterator[memoryview]:
+        """Object bytes first..last (inclusive) as they arrive."""
+        await self.wait_meta()
+        pos = first - self.start
+        end = last - self.start + 1
+        if pos < 0 or end > len(self.buf):
+            raise ValueError("range outside this chunk")
+        view = memoryview(self.buf)
+        while pos < end:
+            if self.filled > pos:
+                upto = min(self.filled, end)
+                yield view[pos:upto]
+                pos = upto
+                continue
+            if self.done:
+                raise self.error or ConnectionError("the fill ended short")
+            await self._changed.wait()
+        if self.error is not None and pos < end:
+            raise self.error
+
+
+class Fills:
+    def __init__(self, cache: CacheStore, cfg: CacheConfig) -> None:
+        self.cache = cache
+        self.cfg = cfg
+        self.cs = cfg.chunk_size
+        self._fills: dict[tuple[bytes, int], Fill] = {}
+        self._slots = asyncio.Semaphore(cfg.max_fills)
+        self._written: dict[bytes, float] = {}  # oid -> monotonic time of its last write
+
+    @property
+    def _locks(self) -> FillLocks:
+        assert self.cache.locks is not None, "cache not open"
+        return self.cache.locks
+
+    def get(
+        self, mount: Mount, key: str, oid: bytes, index: int, expect: ObjectMeta | None
+    ) -> Fill:
+        """The fill of chunk ``index`` under way (joined), or a new one. ``expect``: the
+        version the reader already knows; None for a cold read, which learns it from the fill."""
+        slot = (oid, index)
+        fill = self._fills.get(slot)
+        if fill is not None and (
+            expect is None or fill.meta is None or fill.meta.etag == expect.etag
+        ):
+            metrics.COALESCED.inc()
+            return fill
+        fill = Fill(oid, index)
+        self._fills[slot] = fill
+        fill.task = asyncio.create_task(self._run(fill, mount, key, expect))
+
+        def forget(_: object) -> None:
+            if self._fills.get(slot) is fill:
+                del self._fills[slot]
+
+        fill.task.add_done_callback(forget)
+        return fill
+
+    def invalidate(self, oid: bytes) -> None:
+        """A write or delete of this object is under way or done: fills begun before now
+        must not commit their (older) bytes, and new reads must not join them."""
+        now = time.monotonic()
+        if len(self._written) > WRITTEN_MAX:
+            self._written = {o: t for o, t in self._written.items() if now - t < 600}
+        self._written[oid] = now
+        for slot in [s for s in self._fills if s[0] == oid]:
+            del self._fills[slot]
+
+    async def wait_idle(self) -> None:
+        """Wait until no fill is under way: each has committed its bytes or given up."""
+        while self._fills:
+            tasks = [f.task for f in list(self._fills.values()) if f.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        # A fill whose bytes are all in has only its commit left: let it finish (briefly), or its
+        # chunk file would be published without an index entry (an orphan until the next fsck).
+        persisting = [f.task for f in self._fills.values() if f.task and f.done]
+        if persisting:
+            await asyncio.wait(persisting, timeout=CLOSE_PERSIST_WAIT)
+        pending = [f.task for f in self._fills.values() if f.task]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None) -> None:
+        try:
+            async with asyncio.timeout(FILL_SLOT_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            metrics.SLOWDOWNS.inc()
+            fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
+            return
+        metrics.INFLIGHT_FILLS.inc()
+        locked = False
+        try:
+            locked = await self._lock_or_cached(fill, mount, expect)
+            if locked:
+                await self._fetch(fill, mount, key, expect)
+        except errors.S3Error as exc:
+            fill.finish(exc)
+        except errors.ObjectChanged as exc:
+            fill.finish(exc)
+        except asyncio.CancelledError:
+            fill.finish(errors.ServiceUnavailable("The proxy is shutting down."))
+            raise
+        except Exception as exc:
+            log.cache.exception("fill failed")
+            fill.finish(errors.InternalError(f"fill failed: {type(exc).__name__}"))
+        finally:
+            if locked:
+                self._locks.release(fill.oid, fill.index)
+            metrics.INFLIGHT_FILLS.dec()
+            self._slots.release()
+
+    async def _lock_or_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
+        """Take the cross-process lock for this chunk; if another worker filled it meanwhile,
+        serve this fill from the cache instead and return False."""
+        locks = self._locks
+        delay = LOCK_POLL_START
+        while True:
+            if locks.try_acquire(fill.oid, fill.index):
+                if await self._load_cached(fill, mount, expect):
+                    locks.release(fill.oid, fill.index)
+                    return False
+                return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LOCK_POLL_MAX)
+
+    async def _load_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
+        rec, inline = self.cache.lookup(fill.oid)
+        if rec is None or (expect is not None and rec.etag != expect.etag):
+            return False
+        if expect is None and not fresh(rec, mount, time.time()):
+            return False
+        meta = rec.to_meta()
+        if rec.inline and inline is not None:
+            fill.begin(meta, 0, len(inline))
+            fill.append(inline)
+        elif rec.has_chunk(fill.index):
+            start = fill.index * self.cs
+            length = min(self.cs, rec.size - start)
+            path = self.cache.chunk_path(fill.oid, rec, fill.index)
+            try:
+                data = await asyncio.to_thread(_read_file, path, length)
+            except OSError:
+                return False
+            fill.begin(meta, start, length)
+            fill.append(data)
+        else:
+            return False
+        fill.from_cache = True
+        fill.finish()
+        return True
+
+    async def _fetch(self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None) -> None:
+        start = fill.index * self.cs
+        end = start + self.cs - 1
+        if_match = expect.etag if expect is not None else None
+        try:
+            result = await mount.backend.get(mount.bucket, key, start, end, if_match)
+        except errors.InvalidRange:
+            if fill.index != 0 or expect is not None:
+                raise
+            result = await mount.backend.get(mount.bucket, key, None, None)  # an empty object
+        except errors.PreconditionFailed:
+            if if_match is None:
+                raise
+            raise errors.ObjectChanged(f"{key} changed in the store") from None
+        try:
+            meta = result.meta
+            if expect is not None and (meta.etag != expect.etag or meta.size != expect.size):
+                raise errors.ObjectChanged(f"{key} changed in the store")
+            length = max(0, min(self.cs, meta.size - start))
+            fill.begin(meta, start, length)
+            skip = start - result.start  # a store that ignored the Range sends from byte 0
+            if skip < 0:
+                raise errors.BackendUnavailable("The store answered a different range.")
+            md5 = hashlib.md5(usedforsecurity=False) if _verifiable(meta, length) else None
+            async for piece in result.body:
+                if skip:
+                    cut = min(skip, len(piece))
+                    piece, skip = piece[cut:], skip - cut
+                room = length - fill.filled
+                if len(piece) > room:
+                    piece = piece[:room]
+                if piece:
+                    if md5 is not None and length <= MD5_ON_LOOP_MAX:
+                        md5.update(piece)
+                    fill.append(piece)
+                if fill.filled >= length:
+                    break
+        finally:
+            await result.aclose()
+        if fill.filled != length:
+            metrics.INTEGRITY_FAILURES.inc()
+            metrics.FILLS.labels("short").inc()
+            raise errors.BackendUnavailable("The store sent fewer bytes than the object holds.")
+        if md5 is not None:
+            if length > MD5_ON_LOOP_MAX:
+                md5 = await asyncio.to_thread(hashlib.md5, fill.buf, usedforsecurity=False)
+            if md5.hexdigest() != meta.etag.strip('"').lower():
+                metrics.INTEGRITY_FAILURES.inc()
+                metrics.FILLS.labels("bad_checksum").inc()
+                log.cache.warning("MD5 of %s does not match its ETag; served but not cached", key)
+                fill.finish()
+                return
+        fill.finish()  # readers have every byte; persisting follows
+        await self._persist(fill, mount, key, meta, length)
+
+    async def _persist(
+        self, fill: Fill, mount: Mount, key: str, meta: ObjectMeta, length: int
+    ) -> None:
+        if self._written.get(fill.oid, -1.0) >= fill.started:
+            metrics.FILLS.labels("superseded").inc()  # a write landed meanwhile: keep it
+            return
+        rec = record_of(mount, key, meta)
+        view = memoryview(fill.buf)
+        if fill.index == 0 and meta.size <= self.cfg.inline_max:
+            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]))
+        else:
+            ok = await self.cache.commit_chunk(fill.oid, rec, fill.index, view[:length])
+        metrics.FILLS.labels("cached" if ok else "not_cached").inc()
+
+
+def _verifiable(meta: ObjectMeta, length: int) -> bool:
+    """The chunk is the whole object and its ETag is the MD5 of the bytes."""
+    return meta.etag_is_md5 and length == meta.size
+
+
+def _read_file(path: Path, length: int) -> bytes:
+    """Blocking."""
+    with open(path, "rb") as f:
+        data = f.read(length + 1)
+    if len(data) != length:
+        raise OSError(f"cached chunk {path.name} has the wrong size")
+    return data

@@ -1,0 +1,179 @@
+"""Read-through, the read planner: answer from the cache, fill it from the store on a miss.
+
+A GET walks: the index (record fresh? revalidate after metadata_ttl) -> the conditional
+headers -> the chunks the range needs -> cached chunks as file slices (sendfile) or inline
+bytes, missing chunks from a shared Fill. A cold read of an object no larger than one chunk is
+one ranged store GET: its response carries the metadata, so no HEAD goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from proxy import errors, metrics
+from proxy.cache.record import Record
+from proxy.cache.store import CacheStore
+from proxy.config import CacheConfig
+from proxy.core.body import NO_PARTS, FileSlice, ObjectRead, Part, read_slice
+from proxy.core.conditions import check_conditions
+from proxy.core.fills import Fill, Fills
+from proxy.core.metadata import Metadata, fresh, oid_of
+from proxy.model import ByteRange, ObjectMeta
+from proxy.routing import Mount
+
+READ_AHEAD = 2
+
+
+class Reads:
+    def __init__(self, cache: CacheStore, cfg: CacheConfig, fills: Fills) -> None:
+        self.cache = cache
+        self.cs = cfg.chunk_size
+        self.fills = fills
+        self.metadata = Metadata(cache, cfg)
+
+    async def close(self) -> None:
+        await self.fills.close()
+        await self.metadata.close()
+
+    async def head(self, mount: Mount, key: str) -> ObjectMeta:
+        return await self.metadata.head(mount, key)
+
+    def invalidate(self, oid: bytes) -> None:
+        """A write or delete of this object is under way or done: no fill or revalidation
+        begun before now may speak for it."""
+        self.fills.invalidate(oid)
+        self.metadata.forget(oid)
+
+    async def read(
+        self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
+    ) -> ObjectRead:
+        """Resolve metadata, conditionals and range; the body streams from ``parts``."""
+        if not mount.cacheable:
+            return await self._pass_through(mount, key, rng, headers)
+        oid = oid_of(mount, key)
+        rec, inline = self.cache.lookup(oid)
+        if rec is not None and not fresh(rec, mount, time.time()):
+            rec, inline = await self.metadata.current(mount, key, oid)
+        first_fill: Fill | None = None
+        if rec is None:
+            metrics.CACHE_MISSES.inc()
+            start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
+            first_fill = self.fills.get(mount, key, oid, start_chunk, None)
+            meta = await first_fill.wait_meta()
+        else:
+            meta = self.metadata.meta_of(rec)
+        check_conditions(headers, meta.etag, meta.last_modified)
+        if rng is not None:
+            first, last = rng.resolve(meta.size)
+        else:
+            first, last = 0, meta.size - 1
+        if rec is not None:
+            if rec.inline and inline is not None:
+                metrics.CACHE_HITS.inc()
+                self.cache.note_hit(oid, rec, time.time())
+                # bytes, not a memoryview: aiohttp and uvloop write bytes faster
+                part = inline if last - first + 1 == len(inline) else inline[first : last + 1]
+                return ObjectRead(meta, first, last, rng is not None, "cache", NO_PARTS, part)
+            needed = range(first // self.cs, last // self.cs + 1) if meta.size else range(0)
+            if all(rec.has_chunk(i) for i in needed):
+                metrics.CACHE_HITS.inc()
+                self.cache.note_hit(oid, rec, time.time())
+                source = "cache"
+            else:
+                metrics.CACHE_MISSES.inc()
+                source = "backend"
+        else:
+            source = "backend"
+        parts = self._parts(mount, key, oid, rec, meta, first, last, first_fill)
+        return ObjectRead(meta, first, last, rng is not None, source, parts)
+
+    async def _parts(
+        self,
+        mount: Mount,
+        key: str,
+        oid: bytes,
+        rec: Record | None,
+        meta: ObjectMeta,
+        first: int,
+        last: int,
+        first_fill: Fill | None,
+    ) -> AsyncIterator[Part]:
+        if meta.size == 0:
+            return
+        gen = rec.gen if rec is not None else None
+        chunks = list(range(first // self.cs, last // self.cs + 1))
+        fills: dict[int, Fill] = {}
+        if first_fill is not None:
+            fills[first_fill.index] = first_fill
+        for n, i in enumerate(chunks):
+            lo = max(first, i * self.cs)
+            hi = min(last, (i + 1) * self.cs - 1)
+            for j in chunks[n + 1 : n + 1 + READ_AHEAD]:
+                if j not in fills and not (rec is not None and rec.has_chunk(j)):
+                    fills[j] = self.fills.get(mount, key, oid, j, meta)
+            if i not in fills and rec is not None and rec.has_chunk(i) and gen is not None:
+                path = self.cache.chunk_path(oid, rec, i)
+                yield FileSlice(path, lo - i * self.cs, hi - lo + 1, oid, gen, i)
+                continue
+            fill = fills.get(i) or self.fills.get(mount, key, oid, i, meta)
+            fills[i] = fill
+            got = await fill.wait_meta()
+            if got.etag != meta.etag or got.size != meta.size:
+                raise errors.ObjectChanged(f"{key} changed in the store during the read")
+            async for piece in fill.read(lo, hi):
+                yield piece
+
+    async def _pass_through(
+        self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
+    ) -> ObjectRead:
+        """A bucket with caching off: one store read, streamed, nothing kept."""
+        start, end = (rng.first, rng.last) if rng is not None else (None, None)
+        if rng is not None and rng.first is None:  # a suffix range needs the size first
+            meta = await mount.backend.head(mount.bucket, key)
+            start, end = rng.resolve(meta.size)
+        result = await mount.backend.get(mount.bucket, key, start, end)
+        try:
+            check_conditions(headers, result.meta.etag, result.meta.last_modified)
+            if rng is not None:
+                rng.resolve(result.meta.size)  # the S3 answer for an unsatisfiable range
+        except BaseException:
+            await result.aclose()
+            raise
+        first, last = (result.start, result.end) if rng is not None else (0, result.meta.size - 1)
+
+        async def parts() -> AsyncIterator[Part]:
+            try:
+                async for piece in result.body:
+                    yield piece
+            finally:
+                await result.aclose()
+
+        return ObjectRead(result.meta, first, last, rng is not None, "backend", parts())
+
+    async def refill_missing(
+        self, mount: Mount, key: str, part: FileSlice, meta: ObjectMeta
+    ) -> AsyncIterator[memoryview]:
+        """A cached chunk file vanished under us: forget it and read that slice from the store."""
+        await self.cache.forget_chunk(part.oid, part.gen, part.index)
+        fill = self.fills.get(mount, key, part.oid, part.index, meta)
+        base = part.index * self.cs
+        async for piece in fill.read(base + part.offset, base + part.offset + part.length - 1):
+            yield piece
+
+    async def bytes_of(self, read: ObjectRead, mount: Mount, key: str) -> AsyncIterator[bytes]:
+        """A read's body as plain bytes (for copies between stores)."""
+        if read.body is not None:
+            yield read.body
+            return
+        async for part in read.parts:
+            if isinstance(part, FileSlice):
+                data = await asyncio.to_thread(read_slice, part)
+                if data is None:
+                    async for piece in self.refill_missing(mount, key, part, read.meta):
+                        yield bytes(piece)
+                    continue
+                yield data
+            else:
+                yield bytes(part)

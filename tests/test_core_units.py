@@ -1,0 +1,319 @@
+"""The read/write core in-process, no subprocess: fills, read planning, write-through.
+
+Each test builds the core as the composition root does (proxy/app.py, S3Server.start): a real
+CacheStore on ``tmp_path`` and a real fs backend (``proxy.backends.create``), wrapped in
+``CountingStore``, which counts the store GETs and can hold them at a gate so that a test
+decides when the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy import backends, errors
+from proxy.cache.store import CacheStore
+from proxy.config import BackendConfig, CacheConfig
+from proxy.core.body import FileSlice, ObjectRead, read_slice
+from proxy.core.fills import Fills
+from proxy.core.metadata import oid_of
+from proxy.core.reads import Reads
+from proxy.core.writes import Writes
+from proxy.model import ByteRange, GetResult
+from proxy.routing import Mount
+
+CHUNK = 4096
+INLINE_MAX = 1024
+BUCKET = "data"
+
+
+class CountingStore:
+    """A backend that counts ``get`` calls and, while ``gate`` is clear, holds them before the
+    store answers; everything else goes to the wrapped backend."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gets = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get(
+        self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
+    ) -> GetResult:
+        self.gets += 1
+        await self.gate.wait()
+        result: GetResult = await self.inner.get(bucket, key, start, end, if_match)
+        return result
+
+
+@dataclass
+class Core:
+    cache: CacheStore
+    store: CountingStore
+    mount: Mount
+    reads: Reads
+    writes: Writes
+    root: Path
+
+    def put_file(self, key: str, data: bytes) -> None:
+        """Put an object straight into the store, behind the proxy's back."""
+        (self.root / BUCKET / key).write_bytes(data)
+
+    def record(self, key: str) -> Any:
+        return self.cache.lookup(oid_of(self.mount, key))[0]
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Core]:
+    root = tmp_path / "store"
+    (root / BUCKET).mkdir(parents=True)
+    cfg = CacheConfig(
+        dir=tmp_path / "cache",
+        max_size=64 * 1024**2,
+        chunk_size=CHUNK,
+        inline_max=INLINE_MAX,
+        metadata_ttl=None,
+        max_fills=8,
+        index_map_size=64 * 1024**2,
+    )
+    cache = CacheStore(cfg)
+    await cache.open()
+    fs = backends.create(BackendConfig(name="fs", type="fs", root=root), cache.root / "staging")
+    await fs.start()
+    store = CountingStore(fs)
+    mount = Mount(name=BUCKET, backend=store, bucket=BUCKET, prefix="", metadata_ttl=None)
+    reads = Reads(cache, cfg, Fills(cache, cfg))
+    yield Core(cache, store, mount, reads, Writes(cache, reads), root)
+    await reads.close()
+    await cache.close()
+    await fs.close()
+
+
+def _data(size: int) -> bytes:
+    return bytes(i * 7 % 251 for i in range(size))
+
+
+async def _collect(read: ObjectRead) -> tuple[bytes, list[str]]:
+    """The read's body and the kind of each part: "inline", "file" or "memory"."""
+    if read.body is not None:
+        return read.body, ["inline"]
+    out, kinds = bytearray(), []
+    async for part in read.parts:
+        if isinstance(part, FileSlice):
+            data = await asyncio.to_thread(read_slice, part)
+            assert data is not None
+            out += data
+            kinds.append("file")
+        else:
+            out += part
+            kinds.append("memory")
+    return bytes(out), kinds
+
+
+async def _read(core: Core, key: str, rng: ByteRange | None = None) -> tuple[ObjectRead, bytes]:
+    read = await core.reads.read(core.mount, key, rng, {})
+    body, _ = await _collect(read)
+    return read, body
+
+
+# -- fills: one store GET per cold chunk ---------------------------------------------------------
+@pytest.mark.parametrize("size", [100, CHUNK * 3 // 2], ids=["inline", "chunked"])
+async def test_concurrent_cold_reads_make_one_store_get(core: Core, size: int) -> None:
+    data = _data(size)
+    core.put_file("obj", data)
+    core.store.gate.clear()  # every reader arrives before the store answers
+    readers = [asyncio.create_task(_read(core, "obj", ByteRange(0, 99))) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert core.store.gets == 1
+    core.store.gate.set()
+    results = await asyncio.gather(*readers)
+    assert core.store.gets == 1
+    for read, body in results:
+        assert body == data[:100]
+        assert (read.first, read.last, read.partial) == (0, 99, True)
+    await core.reads.fills.wait_idle()
+    rec = core.record("obj")
+    assert rec is not None and (rec.inline or rec.has_chunk(0))
+
+
+async def test_a_reader_that_cancels_does_not_cancel_the_fill(core: Core) -> None:
+    data = _data(CHUNK)
+    core.put_file("obj", data)
+    core.store.gate.clear()
+    first = asyncio.create_task(_read(core, "obj"))  # starts the fill, then goes away
+    await asyncio.sleep(0.02)
+    others = [asyncio.create_task(_read(core, "obj")) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    core.store.gate.set()
+    for _, body in await asyncio.gather(*others):
+        assert body == data
+    assert core.store.gets == 1
+    await core.reads.fills.wait_idle()
+    rec = core.record("obj")
+    assert rec is not None and rec.has_chunk(0)  # committed although its first reader left
+
+
+async def test_fill_errors_reach_every_reader(core: Core) -> None:
+    core.store.gate.clear()
+    readers = [asyncio.create_task(_read(core, "missing")) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    core.store.gate.set()
+    results = await asyncio.gather(*readers, return_exceptions=True)
+    assert all(isinstance(r, errors.NoSuchKey) for r in results)
+    assert core.store.gets == 1
+
+
+# -- read planning: range -> parts -----------------------------------------------------------------
+async def test_inline_object_hit_is_one_body(core: Core) -> None:
+    data = _data(500)
+    core.put_file("small", data)
+    read, body = await _read(core, "small")
+    assert (read.source, body) == ("backend", data)
+    await core.reads.fills.wait_idle()
+    assert core.record("small").inline
+
+    read = await core.reads.read(core.mount, "small", None, {})
+    assert (read.source, read.body, read.partial) == ("cache", data, False)
+    read = await core.reads.read(core.mount, "small", ByteRange(10, 19), {})
+    assert (read.body, read.first, read.last, read.partial) == (data[10:20], 10, 19, True)
+    read = await core.reads.read(core.mount, "small", ByteRange(None, 5), {})  # suffix
+    assert (read.body, read.first, read.last) == (data[-5:], 495, 499)
+    read = await core.reads.read(core.mount, "small", ByteRange(490, None), {})  # open
+    assert (read.body, read.first, read.last) == (data[490:], 490, 499)
+    assert core.store.gets == 1
+
+
+async def test_single_chunk_object(core: Core) -> None:
+    data = _data(CHUNK - 10)  # above inline_max: one chunk file
+    core.put_file("one", data)
+    read, body = await _read(core, "one", ByteRange(100, 199))
+    assert (read.source, body, read.length) == ("backend", data[100:200], 100)
+    await core.reads.fills.wait_idle()
+    rec = core.record("one")
+    assert not rec.inline and rec.has_chunk(0)
+
+    read = await core.reads.read(core.mount, "one", ByteRange(None, 50), {})
+    body, kinds = await _collect(read)
+    assert (read.source, body, kinds) == ("cache", data[-50:], ["file"])
+    assert core.store.gets == 1
+
+
+@pytest.mark.parametrize(
+    ("rng", "first", "last", "chunks", "fetched"),
+    [
+        (None, 0, CHUNK * 5 // 2 - 1, [0, 1, 2], [0, 1, 2]),
+        (ByteRange(CHUNK - 1, CHUNK), CHUNK - 1, CHUNK, [0, 1], [0, 1]),  # across a boundary
+        (ByteRange(CHUNK + 5, None), CHUNK + 5, CHUNK * 5 // 2 - 1, [1, 2], [1, 2]),  # open
+        # a cold suffix range learns the size from chunk 0's GET, which is kept too
+        (ByteRange(None, CHUNK // 4), CHUNK * 9 // 4, CHUNK * 5 // 2 - 1, [2], [0, 2]),
+    ],
+    ids=["whole", "boundary", "open", "suffix"],
+)
+async def test_multi_chunk_ranges(
+    core: Core,
+    rng: ByteRange | None,
+    first: int,
+    last: int,
+    chunks: list[int],
+    fetched: list[int],
+) -> None:
+    data = _data(CHUNK * 5 // 2)
+    core.put_file("big", data)
+    read, body = await _read(core, "big", rng)
+    assert (read.first, read.last, read.source) == (first, last, "backend")
+    assert body == data[first : last + 1]
+    assert core.store.gets == len(fetched)  # one GET per chunk
+    await core.reads.fills.wait_idle()
+    rec = core.record("big")
+    assert [i for i in range(3) if rec.has_chunk(i)] == fetched
+
+    read = await core.reads.read(core.mount, "big", rng, {})
+    body, kinds = await _collect(read)
+    assert (read.source, body) == ("cache", data[first : last + 1])
+    assert kinds == ["file"] * len(chunks)  # one slice per chunk the range touches
+    assert core.store.gets == len(fetched)
+
+
+async def test_partly_cached_object_mixes_files_and_fills(core: Core) -> None:
+    data = _data(CHUNK * 3)
+    core.put_file("mixed", data)
+    await _read(core, "mixed", ByteRange(CHUNK, CHUNK + 1))  # caches chunk 1 only
+    await core.reads.fills.wait_idle()
+    assert core.store.gets == 1
+
+    read = await core.reads.read(core.mount, "mixed", None, {})
+    assert read.source == "backend"
+    body, kinds = await _collect(read)
+    assert body == data
+    assert kinds[0] == "memory" and "file" in kinds and kinds[-1] == "memory"
+    assert core.store.gets == 3  # chunks 0 and 2 only
+    await core.reads.fills.wait_idle()
+    assert all(core.record("mixed").has_chunk(i) for i in range(3))
+
+
+async def test_empty_object(core: Core) -> None:
+    core.put_file("empty", b"")
+    read, body = await _read(core, "empty")
+    assert (body, read.length, read.meta.size) == (b"", 0, 0)
+
+
+async def test_unsatisfiable_range(core: Core) -> None:
+    core.put_file("obj", _data(100))
+    with pytest.raises(errors.InvalidRange):
+        await core.reads.read(core.mount, "obj", ByteRange(500, None), {})
+
+
+async def test_conditionals_are_checked_against_the_cached_version(core: Core) -> None:
+    core.put_file("obj", _data(100))
+    read, _ = await _read(core, "obj")
+    await core.reads.fills.wait_idle()
+    etag = read.meta.etag
+    with pytest.raises(errors.NotModified):
+        await core.reads.read(core.mount, "obj", None, {"If-None-Match": etag})
+    with pytest.raises(errors.PreconditionFailed):
+        await core.reads.read(core.mount, "obj", None, {"If-Match": '"other"'})
+    assert core.store.gets == 1
+
+
+# -- write-through --------------------------------------------------------------------------------
+def _chunks(data: bytes, size: int = 1000) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    for piece in _chunks(data):
+        yield piece
+
+
+@pytest.mark.parametrize("size", [300, CHUNK * 2 + 7], ids=["inline", "chunked"])
+async def test_put_then_read_is_a_hit(core: Core, size: int) -> None:
+    data = _data(size)
+    meta = await core.writes.put(core.mount, "new", _body(data), size, "text/plain", {}, {})
+    assert meta.size == size
+    read = await core.reads.read(core.mount, "new", None, {})
+    body, _ = await _collect(read)
+    assert (read.source, body, read.meta.etag) == ("cache", data, meta.etag)
+    assert core.store.gets == 0
+
+
+async def test_overwrite_replaces_the_cached_copy(core: Core) -> None:
+    core.put_file("obj", _data(100))
+    await _read(core, "obj")
+    await core.reads.fills.wait_idle()
+    new = b"fresh bytes"
+    await core.writes.put(core.mount, "obj", _body(new), len(new), "text/plain", {}, {})
+    read, body = await _read(core, "obj")
+    assert (read.source, body) == ("cache", new)
+    assert core.store.gets == 1
