@@ -55,11 +55,15 @@ class Retry:
 
     def delay(self, failed: int) -> float:
         low, high = self.jitter
-        return self.base * 2.0**failed * (low + (high - low) * random.random())
+        factor = low if low == high else low + (high - low) * random.random()
+        return self.base * 2.0**failed * factor
 
 
 def server_error(failure: errors.S3Error) -> bool:
     return failure.status >= 500
+
+
+_ONCE = Retry(attempts=1, when=server_error, base=0.0)
 
 
 class StoreCalls:
@@ -96,6 +100,7 @@ class StoreCalls:
         untouched and uncounted). ``mapper``: for the library's errors (every caller of a store
         with ``library_errors`` gives one). ``check``: turns an answer into a failure (after it was
         timed), or None to accept it. ``target`` (a path) goes into the warning."""
+        policy = retry or _ONCE
         failed = 0
         while True:
             self.count(operation)
@@ -121,13 +126,13 @@ class StoreCalls:
                     return result
                 failure, cause = refused, None
             self.fault(operation, failure.code)
-            last = retry is None or failed + 1 >= retry.attempts or not retry.when(failure)
-            if failure.status >= 500 and (last or (retry is not None and retry.warn_every)):
+            last = failed + 1 >= policy.attempts or not policy.when(failure)
+            if failure.status >= 500 and (last or policy.warn_every):
                 what = operation if target is None else f"{operation} {target}"
                 log.backend.warning(
                     "backend %s %s failed: %s", self.name, what, failure if cause is None else cause
                 )
-            if last or retry is None:
+            if last:
                 raise failure from cause
-            await asyncio.sleep(retry.delay(failed))
+            await asyncio.sleep(policy.delay(failed))
             failed += 1
