@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.backends import paging
-from proxy.backends.azure_codec import (
+from proxy.backends.azure.codec import (
     account_name_of,
     block_id,
     exact_blocks,
@@ -19,7 +18,8 @@ from proxy.backends.azure_codec import (
     parse_block_id,
     to_azure_metadata,
 )
-from proxy.backends.gcs_codec import etag_of, meta_of, timestamp
+from proxy.backends.gcs.codec import etag_of, meta_of, timestamp
+from proxy.backends.kit import paging
 from proxy.model import ListEntry
 
 

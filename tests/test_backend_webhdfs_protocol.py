@@ -19,7 +19,7 @@ import pytest
 
 from proxy import errors
 from proxy.backends.webhdfs import WebHdfsBackend
-from proxy.backends.webhdfs_order import signed_key
+from proxy.backends.webhdfs.order import signed_key
 from proxy.config import BackendConfig, from_mapping
 from proxy.errors import ConfigError
 from tests.fake_webhdfs import FakeWebHdfs

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxy import errors
-from proxy.backends.multipart import MIN_PART_SIZE
+from proxy.backends.kit.multipart import MIN_PART_SIZE
 from proxy.backends.webhdfs import WebHdfsBackend
 from proxy.config import BackendConfig
 from proxy.model import GetResult, ObjectMeta

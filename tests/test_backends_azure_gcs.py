@@ -32,7 +32,7 @@ from azure.storage.blob import (
 from boto3.s3.transfer import TransferConfig
 
 from proxy import backends, errors
-from proxy.backends.multipart import MIN_PART_SIZE
+from proxy.backends.kit.multipart import MIN_PART_SIZE
 from proxy.config import BackendConfig
 from tests.emulators import AzureEndpoint, GcsEndpoint
 from tests.proxyproc import ProxyProcess

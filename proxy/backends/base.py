@@ -1,35 +1,30 @@
-"""The interface every backing store implements, and the values it returns.
+"""The interface every backing store implements, and the factory that builds one.
 
 Backends raise only proxy.errors.S3Error subclasses (NoSuchKey, NoSuchBucket, InvalidRange,
-PreconditionFailed, BackendUnavailable, ...), mapped once at their boundary.
+PreconditionFailed, BackendUnavailable, ...), mapped once at their boundary (kit/calls.py).
+
+The interface comes in halves (Lifecycle, Reads, Writes, Uploads) because each store is built
+of parts that implement one half each (kit/front.py puts them together).
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
+from proxy.config import BackendConfig
 from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta, PartInfo, UploadInfo
 
 
-def identity_etag(*identity: object) -> str:
-    """An entity-tag from an object's identity (path, size, mtime...), not its bytes, for stores
-    that have none. The "-1" keeps it from looking like an MD5: clients check 32-hex ETags
-    against the bytes they sent (s3cmd retries every upload, rclone check reports differences)
-    and skip ETags with a dash, as they do for multipart uploads."""
-    ident = "\x00".join(map(str, identity)).encode("utf-8", "surrogatepass")
-    return '"' + hashlib.blake2b(ident, digest_size=16).hexdigest() + '-1"'
-
-
-class Backend(Protocol):
-    name: str
-    kind: str
-
+class Lifecycle(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
+
+class Reads(Protocol):
     async def head(self, bucket: str, key: str) -> ObjectMeta: ...
 
     async def get(
@@ -53,7 +48,8 @@ class Backend(Protocol):
 
     async def list_buckets(self) -> list[BucketInfo]: ...
 
-    # -- writes ------------------------------------------------------------------------------
+
+class Writes(Protocol):
     # Bodies stream: ``body`` yields the object's bytes (already de-framed and verified by the
     # S3 layer) and ``size`` is their exact total. Nothing is held whole in memory.
 
@@ -92,8 +88,11 @@ class Backend(Protocol):
         """Raises BucketNotEmpty when it holds objects, NoSuchBucket when absent."""
         ...
 
-    # Multipart upload. Stores without a native equivalent inherit StagedMultipart
-    # (proxy/backends/multipart.py), which stages parts on local disk and puts on complete.
+
+class Uploads(Protocol):
+    """Multipart upload. Stores without a native equivalent use kit.multipart.StagedUploads,
+    which stages parts on local disk and puts on complete."""
+
     async def create_multipart(
         self,
         bucket: str,
@@ -124,3 +123,40 @@ class Backend(Protocol):
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]: ...
 
     async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]: ...
+
+
+class Backend(Lifecycle, Reads, Writes, Uploads, Protocol):
+    name: str
+    kind: str
+
+
+class _Store(Backend, Protocol):
+    """What the factory builds: a Backend with a staging directory of its own."""
+
+    staging: Path
+
+
+class _StoreType(Protocol):
+    def __call__(self, cfg: BackendConfig) -> _Store: ...
+
+
+# type -> (module, class). A store's module, and its SDK, load only when a backend of its
+# type is configured: each worker process would otherwise carry every SDK (tens of MB).
+_STORES = {
+    "s3": ("proxy.backends.s3", "S3Backend"),
+    "fs": ("proxy.backends.fs", "FsBackend"),
+    "azure": ("proxy.backends.azure", "AzureBackend"),
+    "gcs": ("proxy.backends.gcs", "GcsBackend"),
+    "webhdfs": ("proxy.backends.webhdfs", "WebHdfsBackend"),
+}
+
+
+def create(cfg: BackendConfig, staging: Path) -> Backend:
+    """``staging``: a private directory for stores that stage multipart parts locally."""
+    if cfg.type not in _STORES:
+        raise ValueError(f"unknown backend type {cfg.type!r}")
+    module, name = _STORES[cfg.type]
+    store_type: _StoreType = getattr(importlib.import_module(module), name)
+    backend = store_type(cfg)
+    backend.staging = staging / cfg.name
+    return backend

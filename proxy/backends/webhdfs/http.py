@@ -1,6 +1,6 @@
 """The WebHDFS REST protocol as the webhdfs backend speaks it: URLs, authentication, the
-NameNode -> DataNode redirect, retries of reads, and the one place where HDFS's errors become
-S3 errors (with the per-call metrics).
+NameNode -> DataNode redirect, and the one place where HDFS's errors become S3 errors; calls
+are counted, timed and (reads) retried by kit.calls.
 
 https://hadoop.apache.org/docs/stable/hadoop-project-dist/hadoop-hdfs/WebHDFS.html
 HttpFS serves the same API; its data requests redirect to itself (``data=true``) instead of to
@@ -9,19 +9,16 @@ a DataNode, which the same redirect-following handles.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
-from proxy import errors, log, metrics
+from proxy import errors
+from proxy.backends.kit.calls import Retry, StoreCalls, StoreRefused, server_error
 from proxy.config import BackendConfig
 
 # https://hadoop.apache.org/docs/stable/hadoop-project-dist/hadoop-hdfs/WebHDFS.html#FileSystem_URIs_vs_HTTP_URLs
@@ -66,28 +63,27 @@ _BAD_NAME = frozenset(
 NOT_EMPTY = "PathIsNotEmptyDirectoryException"
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteError:
-    """A WebHDFS error body: ``{"RemoteException": {"exception", "javaClassName", "message"}}``."""
-
-    status: int
-    exception: str
-    message: str
+class RemoteError(StoreRefused):
+    """A WebHDFS error answer; its body is ``{"RemoteException": {"exception",
+    "javaClassName", "message"}}`` (``name`` is its exception)."""
 
     @classmethod
     def parse(cls, status: int, body: bytes) -> RemoteError:
         try:
             doc = json.loads(body)
             remote = doc["RemoteException"]
-            return cls(status, str(remote.get("exception", "")), str(remote.get("message", "")))
+            return cls(status, str(remote.get("message", "")), str(remote.get("exception", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
-            return cls(status, "", body[:200].decode("utf-8", "replace"))
+            return cls(status, body[:200].decode("utf-8", "replace"))
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.name}: {self.message}"
 
 
 def map_error(err: RemoteError, missing: Callable[[], errors.S3Error]) -> errors.S3Error:
     """HDFS's error as an S3 error; by exception name first (HttpFS and gateways differ in
     statuses), then by the documented status table (400, 401, 403, 404, 500)."""
-    name, status = err.exception, err.status
+    name, status = err.name, err.status
     if name == "FileNotFoundException" or (status == 404 and not name):
         return missing()
     if name in _DENIED or status == 401 or (status == 403 and not name):
@@ -114,8 +110,15 @@ class WebHdfsHttp:
 
     def __init__(self, cfg: BackendConfig) -> None:
         assert cfg.url is not None
-        self.name = cfg.name
         self._cfg = cfg
+        self.calls = StoreCalls(cfg.name, (RemoteError,), who="HDFS")
+        self._retry = Retry(
+            attempts=cfg.retries + 1,
+            when=server_error,
+            base=0.05,
+            jitter=(1.0, 2.0),
+            warn_every=True,
+        )
         self._base = cfg.url.rstrip("/")
         self._auth: list[tuple[str, str]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -166,31 +169,14 @@ class WebHdfsHttp:
         with the same method; ``body`` is sent only on such a second hop, as the two-step
         CREATE prescribes. GETs are retried on connection errors and 5xx, up to ``retries``.
         """
-        attempts = self._cfg.retries + 1 if method == "GET" and body is None else 1
-        for attempt in range(attempts):
-            metrics.BACKEND_REQUESTS.labels(self.name, op).inc()
-            started = time.perf_counter()
-            try:
-                resp = await self._exchange(method, self.url(path, op, params), body, size, expect)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                mapped: errors.S3Error = errors.BackendUnavailable(
-                    f"HDFS could not be reached: {type(exc).__name__}."
-                )
-                cause: BaseException = exc
-            except _Remote as exc:
-                mapped = map_error(exc.err, missing)
-                cause = exc
-            else:
-                metrics.BACKEND_LATENCY.labels(self.name, op).observe(time.perf_counter() - started)
-                return resp
-            metrics.BACKEND_ERRORS.labels(self.name, op, mapped.code).inc()
-            if mapped.status >= 500:
-                log.backend.warning("backend %s %s %s failed: %s", self.name, op, path, cause)
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(0.05 * 2**attempt * (1 + random.random()))
-                    continue
-            raise mapped from cause
-        raise AssertionError("unreachable")
+        url = self.url(path, op, params)
+        return await self.calls.call(
+            op,
+            lambda: self._exchange(method, url, body, size, expect),
+            lambda exc: _mapped(exc, missing),
+            retry=self._retry if method == "GET" and body is None else None,
+            target=path,
+        )
 
     async def json(
         self,
@@ -207,7 +193,7 @@ class WebHdfsHttp:
         try:
             return await resp.json(content_type=None)
         except (ValueError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            metrics.BACKEND_ERRORS.labels(self.name, op, "BadResponse").inc()
+            self.calls.fault(op, "BadResponse")
             raise errors.BackendUnavailable(f"HDFS sent an unreadable {op} answer.") from exc
         finally:
             resp.release()
@@ -237,7 +223,7 @@ class WebHdfsHttp:
                 resp.release()
                 target = url.join(URL(location, encoded=True))
                 if target.scheme not in ("http", "https") or send is not None:
-                    raise _Remote(RemoteError(502, "", f"unexpected redirect to {location}"))
+                    raise RemoteError(502, f"unexpected redirect to {location}")
                 url, send = target, body
                 continue
             if resp.status in expect and (body is None or send is not None):
@@ -245,19 +231,18 @@ class WebHdfsHttp:
             data = await resp.content.read(_ERROR_BODY_MAX)
             resp.release()
             if resp.status in expect:  # a body to send, but the server never asked for it
-                raise _Remote(RemoteError(502, "", "no redirect before the upload"))
-            raise _Remote(RemoteError.parse(resp.status, data))
-        raise _Remote(RemoteError(502, "", "too many redirects"))
+                raise RemoteError(502, "no redirect before the upload")
+            raise RemoteError.parse(resp.status, data)
+        raise RemoteError(502, "too many redirects")
 
 
-class _Remote(Exception):
-    def __init__(self, err: RemoteError) -> None:
-        super().__init__(f"{err.status} {err.exception}: {err.message}")
-        self.err = err
+def _mapped(exc: Exception, missing: Callable[[], errors.S3Error]) -> errors.S3Error:
+    assert isinstance(exc, RemoteError)
+    return map_error(exc, missing)
 
 
 def remote_exception(exc: BaseException) -> str:
     """The HDFS exception name behind a mapped error ("" if it was not an HDFS answer), for
     the few callers that tell cases apart (e.g. a non-empty directory)."""
     cause = exc.__cause__
-    return cause.err.exception if isinstance(cause, _Remote) else ""
+    return cause.name if isinstance(cause, RemoteError) else ""

@@ -1,6 +1,6 @@
 """Between S3's shapes and the GCS JSON API's: object resources, errors, upload framing.
 
-Pure functions (no I/O) for gcs.py.
+Pure functions (no I/O) for the GCS store's modules.
 
 https://cloud.google.com/storage/docs/json_api/v1/objects
 """

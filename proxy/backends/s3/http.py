@@ -4,16 +4,13 @@ aiobotocore spends ~2 ms of CPU per call on request building, hooks and response
 cold read of a small object is dominated by that. These two hot calls build the request
 directly (path- or virtual-hosted-style), sign it with botocore's S3SigV4Auth (the same
 canonicalisation every AWS SDK uses), and read the headers themselves. Everything else stays on
-aiobotocore.
+aiobotocore (link.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -22,52 +19,27 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from yarl import URL
 
-from proxy import errors, log, metrics
+from proxy import errors
+from proxy.backends.kit.body import metered, response_pieces
+from proxy.backends.kit.calls import Retry, StoreCalls
+from proxy.backends.s3.codec import map_answer, meta_from_headers
 from proxy.config import BackendConfig
 from proxy.model import GetResult, ObjectMeta
 
-_READ_SIZE = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
-_PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
-_META = "x-amz-meta-"
-_PASSTHROUGH = (
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-    "x-amz-storage-class",
-    "x-amz-version-id",
-)
-_RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 
-def meta_from_headers(headers: Any, size: int) -> ObjectMeta:
-    etag = headers.get("ETag", '""')
-    try:
-        last_modified = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
-    except (KeyError, TypeError, ValueError, IndexError):
-        last_modified = time.time()
-    return ObjectMeta(
-        size=size,
-        etag=etag,
-        last_modified=last_modified,
-        content_type=headers.get("Content-Type", "application/octet-stream"),
-        metadata={
-            k[len(_META) :].lower(): v for k, v in headers.items() if k.lower().startswith(_META)
-        },
-        headers={h: headers[h] for h in _PASSTHROUGH if h in headers},
-        etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag))
-        and headers.get("x-amz-server-side-encryption") != "aws:kms",
-    )
+def _busy(failure: errors.S3Error) -> bool:
+    return isinstance(failure, errors.ServiceUnavailable)
 
 
 class S3HttpReader:
-    def __init__(self, cfg: BackendConfig, credentials: Any) -> None:
-        self.name = cfg.name
+    def __init__(self, cfg: BackendConfig) -> None:
         self._cfg = cfg
-        self._credentials = credentials  # botocore/aiobotocore Credentials, refreshable or not
+        self._calls = StoreCalls(cfg.name)
+        self._retry = Retry(attempts=cfg.retries + 1, when=_busy, base=0.1)
+        self._credentials: Any = None  # botocore/aiobotocore Credentials, refreshable or not
         endpoint = cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com"
         parts = urlsplit(endpoint)
         self._scheme, self._host = parts.scheme, parts.netloc
@@ -75,7 +47,8 @@ class S3HttpReader:
         self._virtual = cfg.addressing_style == "virtual"
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
+    async def start(self, credentials: Any) -> None:
+        self._credentials = credentials
         connector = aiohttp.TCPConnector(limit=self._cfg.max_connections, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(
             sock_connect=self._cfg.connect_timeout, sock_read=self._cfg.read_timeout
@@ -110,36 +83,18 @@ class S3HttpReader:
     async def _send(
         self, method: str, operation: str, bucket: str, key: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        assert self._session is not None, "backend not started"
+        session = self._session
+        assert session is not None, "backend not started"
         url = self._url(bucket, key)
-        attempt = 0
-        while True:
-            metrics.BACKEND_REQUESTS.labels(self.name, operation).inc()
-            started = time.perf_counter()
-            try:
-                signed = await self._signed(method, url, headers)
-                resp = await self._session.request(method, URL(url, encoded=True), headers=signed)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                failure: errors.S3Error = errors.BackendUnavailable(
-                    f"The store could not be reached: {type(exc).__name__}."
-                )
-                cause: BaseException = exc
-            else:
-                metrics.BACKEND_LATENCY.labels(self.name, operation).observe(
-                    time.perf_counter() - started
-                )
-                if resp.status < 300:
-                    return resp
-                failure = await self._error(resp, bucket, key)
-                cause = failure
-            metrics.BACKEND_ERRORS.labels(self.name, operation, failure.code).inc()
-            retryable = isinstance(failure, errors.ServiceUnavailable)
-            if not retryable or attempt >= self._cfg.retries:
-                if failure.status >= 500:
-                    log.backend.warning("backend %s %s failed: %s", self.name, operation, cause)
-                raise failure from (cause if cause is not failure else None)
-            attempt += 1
-            await asyncio.sleep(0.05 * 2**attempt)
+
+        async def send() -> aiohttp.ClientResponse:
+            signed = await self._signed(method, url, headers)
+            return await session.request(method, URL(url, encoded=True), headers=signed)
+
+        async def check(resp: aiohttp.ClientResponse) -> errors.S3Error | None:
+            return None if resp.status < 300 else await self._error(resp, bucket, key)
+
+        return await self._calls.call(operation, send, retry=self._retry, check=check)
 
     async def _error(self, resp: aiohttp.ClientResponse, bucket: str, key: str) -> errors.S3Error:
         try:
@@ -150,25 +105,7 @@ class S3HttpReader:
             resp.release()
         m = _CODE.search(body)
         code = m.group(1).decode(errors="replace") if m else ""
-        status = resp.status
-        if code == "NoSuchBucket":
-            return errors.NoSuchBucket(resource=bucket)
-        if status == 404:
-            return errors.NoSuchKey(key=key)
-        if status == 416 or code == "InvalidRange":
-            return errors.InvalidRange()
-        if status == 412:
-            return errors.PreconditionFailed()
-        if status == 403:
-            return errors.AccessDenied(f"The store refused the proxy's credentials ({code}).")
-        if status == 503 or code == "SlowDown":
-            return errors.SlowDown("The store asked us to slow down.")
-        if status >= 500:
-            return errors.BackendUnavailable(f"The store answered {status}.")
-        known = errors.by_code(code)
-        if known is not None and 400 <= known.status < 500:
-            return known()
-        return errors.InvalidRequest(f"The store refused the request: {code or status}.")
+        return map_answer(resp.status, code, bucket, key)
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         resp = await self._send("HEAD", "HeadObject", bucket, key, {})
@@ -202,19 +139,6 @@ class S3HttpReader:
             meta=meta_from_headers(resp.headers, size),
             start=first,
             end=first + length - 1,
-            body=self._stream(resp),
+            body=metered(self._calls, response_pieces(resp)),
             release=release,
         )
-
-    async def _stream(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                piece = await resp.content.read(_READ_SIZE)
-                if not piece:
-                    resp.release()
-                    return
-                metrics.BACKEND_BYTES.labels(self.name).inc(len(piece))
-                yield piece
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            metrics.BACKEND_ERRORS.labels(self.name, "GetObject", "BodyRead").inc()
-            raise errors.BackendUnavailable("The store connection broke mid-body.") from exc

@@ -1,6 +1,6 @@
 """Between S3's shapes and Azure Blob's: errors, metadata names, content settings, block ids.
 
-Pure functions (no I/O), shared by azure.py and azure_multipart.py.
+Pure functions (no I/O), shared by the Azure store's modules.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The write half of the fs backend: atomic file writes (temp file, fsync, rename).
 
 The directory has no place for user metadata or a content type: they are not kept (a GET
-guesses the type from the name). Multipart parts are staged locally (StagedMultipart).
+guesses the type from the name). Multipart parts are staged locally (kit.multipart).
 """
 
 from __future__ import annotations
@@ -11,47 +11,18 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 
-from proxy import errors, metrics
-from proxy.backends.multipart import StagedMultipart
+from proxy import errors
+from proxy.backends.fs.reads import FsReads
+from proxy.backends.fs.root import FsRoot
+from proxy.backends.kit.keys import EMPTY_MD5_ETAG, TMP_PREFIX
 from proxy.model import ObjectMeta
 
-TMP_PREFIX = ".slipstream-tmp-"  # listings skip these
 
-
-class FsWrites(StagedMultipart):
-    name: str
-    root: Path
-
-    def _bucket_dir(self, bucket: str) -> Path:
-        raise NotImplementedError
-
-    def _path(self, bucket: str, key: str) -> Path:
-        raise NotImplementedError
-
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
-        raise NotImplementedError
-
-    def _target(self, bucket: str, key: str) -> Path:
-        """Blocking. The file a key names; refuses keys that cannot be a file in the bucket."""
-        from proxy.backends.fs import safe_segments
-
-        base = self._bucket_dir(bucket)
-        parts = safe_segments(key)
-        if parts is None:
-            raise errors.InvalidArgument(
-                "This key cannot be stored in a directory-backed bucket "
-                "(empty, '.' or '..' segments, NUL or backslash).",
-                key=key,
-            )
-        path = base.joinpath(*parts)
-        real_parent = os.path.realpath(path.parent)
-        if not (real_parent + os.sep).startswith(os.path.realpath(base) + os.sep) and (
-            real_parent != os.path.realpath(base)
-        ):
-            raise errors.InvalidArgument("The key leaves the bucket.", key=key)
-        return path
+class FsWrites:
+    def __init__(self, root: FsRoot, reads: FsReads) -> None:
+        self._root = root
+        self._reads = reads
 
     async def put(
         self,
@@ -63,18 +34,18 @@ class FsWrites(StagedMultipart):
         metadata: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> ObjectMeta:
-        metrics.BACKEND_REQUESTS.labels(self.name, "PutObject").inc()
+        self._root.calls.count("PutObject")
         if key.endswith("/") and size == 0:  # a "folder" marker: make the directory
             await asyncio.to_thread(self._mkdir_marker, bucket, key)
             async for _ in body:
                 pass
             return ObjectMeta(
                 size=0,
-                etag='"d41d8cd98f00b204e9800998ecf8427e"',
+                etag=EMPTY_MD5_ETAG,
                 last_modified=0.0,
                 content_type=content_type,
             )
-        path = await asyncio.to_thread(self._target, bucket, key)
+        path = await asyncio.to_thread(self._root.target, bucket, key)
         tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}"
 
         def open_tmp() -> int:
@@ -99,23 +70,23 @@ class FsWrites(StagedMultipart):
             await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             os.close(fd)
-            await asyncio.to_thread(_unlink, tmp)
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
             raise
         os.close(fd)
         await asyncio.to_thread(os.replace, tmp, path)
-        return await self.head(bucket, key)
+        return await self._reads.head(bucket, key)
 
     def _mkdir_marker(self, bucket: str, key: str) -> None:
-        base = self._bucket_dir(bucket)
-        self._target(bucket, key.rstrip("/") or ".")
+        base = self._root.bucket_dir(bucket)
+        self._root.target(bucket, key.rstrip("/") or ".")
         (base / key.rstrip("/")).mkdir(parents=True, exist_ok=True)
 
     async def delete(self, bucket: str, key: str) -> None:
-        metrics.BACKEND_REQUESTS.labels(self.name, "DeleteObject").inc()
+        self._root.calls.count("DeleteObject")
 
         def remove() -> None:
             try:
-                path = self._path(bucket, key)
+                path = self._root.path(bucket, key)
             except errors.NoSuchKey:
                 return
             try:
@@ -135,26 +106,26 @@ class FsWrites(StagedMultipart):
         content_type: str | None,
         metadata: Mapping[str, str] | None,
     ) -> ObjectMeta:
-        metrics.BACKEND_REQUESTS.labels(self.name, "CopyObject").inc()
+        self._root.calls.count("CopyObject")
 
         def do_copy() -> None:
-            src = self._path(src_bucket, src_key)
+            src = self._root.path(src_bucket, src_key)
             if not src.is_file():
                 raise errors.NoSuchKey(key=src_key)
-            dst = self._target(bucket, key)
+            dst = self._root.target(bucket, key)
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{dst.name}"
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
 
         await asyncio.to_thread(do_copy)
-        return await self.head(bucket, key)
+        return await self._reads.head(bucket, key)
 
     async def create_bucket(self, bucket: str) -> None:
-        metrics.BACKEND_REQUESTS.labels(self.name, "CreateBucket").inc()
+        self._root.calls.count("CreateBucket")
 
         def make() -> None:
-            path = self.root / bucket
+            path = self._root.root / bucket
             if path.is_dir():
                 raise errors.BucketAlreadyOwnedByYou(bucketName=bucket)
             path.mkdir(parents=True)
@@ -162,10 +133,10 @@ class FsWrites(StagedMultipart):
         await asyncio.to_thread(make)
 
     async def delete_bucket(self, bucket: str) -> None:
-        metrics.BACKEND_REQUESTS.labels(self.name, "DeleteBucket").inc()
+        self._root.calls.count("DeleteBucket")
 
         def remove() -> None:
-            path = self._bucket_dir(bucket)
+            path = self._root.bucket_dir(bucket)
             for _, _, files in os.walk(path):
                 if files:
                     raise errors.BucketNotEmpty(bucketName=bucket)
@@ -178,10 +149,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass

@@ -1,7 +1,7 @@
 """ListObjectsV2 over an HDFS directory tree: S3 key order, delimiters and an opaque
 continuation token, paging through LISTSTATUS_BATCH so that no listing is ever held whole.
 
-Each directory is read in S3 order by webhdfs_order.DirStream. Without a delimiter the walk
+Each directory is read in S3 order by order.DirStream. Without a delimiter the walk
 descends into directories as their keys come; with "/" a directory comes out as itself
 (``dir/``) and becomes a CommonPrefix; other delimiters roll keys up as S3 does (as the fs
 backend does). The token carries the last key returned and, for each directory being walked,
@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy import errors
-from proxy.backends.fs import safe_segments
-from proxy.backends.webhdfs_http import WebHdfsHttp
-from proxy.backends.webhdfs_order import Child, DirStream
-from proxy.backends.webhdfs_paths import TMP_PREFIX, hdfs_etag
+from proxy.backends.kit.keys import TMP_PREFIX, safe_segments
+from proxy.backends.kit.rollup import PageRoll
+from proxy.backends.webhdfs.http import WebHdfsHttp
+from proxy.backends.webhdfs.order import Child, DirStream
+from proxy.backends.webhdfs.paths import hdfs_etag
 from proxy.model import ListEntry, ListPage
 
 
@@ -133,33 +134,21 @@ async def list_page(
 ) -> ListPage:
     after, states = decode_token(token) if token else (start_after or "", {})
     walk = TreeWalk(http, base, bucket, prefix, delimiter, after, states)
-    entries: list[ListEntry] = []
-    prefixes: list[str] = []
-    last_prefix: str | None = None
-    last_item = after
-    next_token: str | None = None
+    page = PageRoll(prefix, delimiter, max_keys, after, last_item=after)
     items = walk.items()
     try:
         async for key, child in items:
-            if delimiter:
-                cut = key.find(delimiter, len(prefix))
-                if cut >= 0:
-                    common = key[: cut + len(delimiter)]
-                    if common == last_prefix or common <= after:
-                        continue
-                    if len(entries) + len(prefixes) >= max_keys:
-                        next_token = encode_token(last_item, walk.snapshot())
-                        break
-                    prefixes.append(common)
-                    last_prefix = last_item = common
-                    continue
+            common = page.common_prefix(key)
+            if common is not None:
+                if not page.add_prefix(common):
+                    break
+                continue
             if child.is_dir:
                 continue  # delimiter "/" hands out directories; an empty one holds no keys
-            if len(entries) + len(prefixes) >= max_keys:
-                next_token = encode_token(last_item, walk.snapshot())
+            if not page.room():
                 break
             path = f"{base}/{key}"
-            entries.append(
+            page.add(
                 ListEntry(
                     key=key,
                     size=child.size,
@@ -167,12 +156,8 @@ async def list_page(
                     last_modified=child.mtime_ms / 1000.0,
                 )
             )
-            last_item = key
+        # the walk stands at the first item left out: a continuation resumes there
+        next_token = encode_token(page.last_item, walk.snapshot()) if page.truncated else None
     finally:
         await items.aclose()
-    return ListPage(
-        entries=entries,
-        prefixes=prefixes,
-        truncated=next_token is not None,
-        next_token=next_token,
-    )
+    return page.page(next_token)

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from proxy import errors
 from proxy.model import ObjectMeta, PartInfo, UploadInfo
@@ -25,8 +25,9 @@ MAX_PART_NUMBER = 10_000
 _READ = 1024 * 1024
 
 
-class StagedMultipart:
-    """Mixin: the class provides ``put`` and sets ``staging`` (a directory) before use."""
+class Stager(Protocol):
+    """The store a StagedUploads serves: its staging directory (set by the factory after the
+    store is built) and the put that completion streams the parts into."""
 
     staging: Path
 
@@ -39,19 +40,25 @@ class StagedMultipart:
         content_type: str,
         metadata: Mapping[str, str],
         headers: Mapping[str, str],
-    ) -> ObjectMeta:
-        raise NotImplementedError
+    ) -> ObjectMeta: ...
 
-    def _upload_dir(self, upload_id: str) -> Path:
+
+class StagedUploads:
+    """The multipart half of a store without native multipart upload."""
+
+    def __init__(self, store: Stager) -> None:
+        self._store = store
+
+    def upload_dir(self, upload_id: str) -> Path:
         if not upload_id.isalnum() or len(upload_id) != 32:
             raise errors.NoSuchUpload()
-        return self.staging / upload_id
+        return self._store.staging / upload_id
 
-    def _manifest(self, upload_id: str, bucket: str, key: str) -> dict[str, Any]:
+    def manifest(self, upload_id: str, bucket: str, key: str) -> dict[str, Any]:
         """Blocking."""
         try:
             doc: dict[str, Any] = json.loads(
-                (self._upload_dir(upload_id) / "upload.json").read_text()
+                (self.upload_dir(upload_id) / "upload.json").read_text()
             )
         except (OSError, ValueError):
             raise errors.NoSuchUpload() from None
@@ -78,7 +85,7 @@ class StagedMultipart:
         }
 
         def create() -> None:
-            d = self.staging / upload_id
+            d = self._store.staging / upload_id
             d.mkdir(parents=True)
             (d / "upload.json").write_text(json.dumps(doc))
 
@@ -96,8 +103,8 @@ class StagedMultipart:
     ) -> str:
         if not 1 <= number <= MAX_PART_NUMBER:
             raise errors.InvalidArgument("Part number must be an integer between 1 and 10000.")
-        await asyncio.to_thread(self._manifest, upload_id, bucket, key)
-        d = self._upload_dir(upload_id)
+        await asyncio.to_thread(self.manifest, upload_id, bucket, key)
+        d = self.upload_dir(upload_id)
         tmp = d / f"part-{number:05d}.{secrets.token_hex(4)}.tmp"
         md5 = hashlib.md5(usedforsecurity=False)
         f = await asyncio.to_thread(open, tmp, "wb")
@@ -110,11 +117,11 @@ class StagedMultipart:
             await asyncio.to_thread(f.flush)
         except BaseException:
             f.close()
-            await asyncio.to_thread(_unlink, tmp)
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
             raise
         f.close()
         if written != size:
-            await asyncio.to_thread(_unlink, tmp)
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
             raise errors.IncompleteBody()
         etag = f'"{md5.hexdigest()}"'
         final = d / f"part-{number:05d}"
@@ -124,9 +131,9 @@ class StagedMultipart:
 
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
         def scan() -> list[PartInfo]:
-            self._manifest(upload_id, bucket, key)
+            self.manifest(upload_id, bucket, key)
             out = []
-            d = self._upload_dir(upload_id)
+            d = self.upload_dir(upload_id)
             for p in sorted(d.glob("part-?????")):
                 st = p.stat()
                 etag = (d / f"{p.name}.etag").read_text()
@@ -138,7 +145,7 @@ class StagedMultipart:
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
     ) -> ObjectMeta:
-        doc = await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        doc = await asyncio.to_thread(self.manifest, upload_id, bucket, key)
         staged = {p.number: p for p in await self.list_parts(bucket, key, upload_id)}
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")
@@ -151,10 +158,10 @@ class StagedMultipart:
                 raise errors.InvalidPart(partNumber=str(n))
             if i < len(parts) - 1 and part.size < MIN_PART_SIZE:
                 raise errors.EntityTooSmall(partNumber=str(n))
-        d = self._upload_dir(upload_id)
+        d = self.upload_dir(upload_id)
         files = [d / f"part-{n:05d}" for n, _ in parts]
         size = sum(staged[n].size for n, _ in parts)
-        meta = await self.put(
+        meta = await self._store.put(
             bucket,
             key,
             _stream_files(files),
@@ -167,15 +174,15 @@ class StagedMultipart:
         return meta
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await asyncio.to_thread(self._manifest, upload_id, bucket, key)
-        await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload_id), True)
+        await asyncio.to_thread(self.manifest, upload_id, bucket, key)
+        await asyncio.to_thread(shutil.rmtree, self.upload_dir(upload_id), True)
 
     async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
         def scan() -> list[UploadInfo]:
             out: list[UploadInfo] = []
-            if not self.staging.is_dir():
+            if not self._store.staging.is_dir():
                 return out
-            for d in self.staging.iterdir():
+            for d in self._store.staging.iterdir():
                 try:
                     doc = json.loads((d / "upload.json").read_text())
                 except (OSError, ValueError):
@@ -198,10 +205,3 @@ async def _stream_files(files: list[Path]) -> AsyncIterator[bytes]:
                 yield block
         finally:
             f.close()
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass

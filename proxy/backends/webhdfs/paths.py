@@ -10,11 +10,8 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
-from proxy.backends.base import identity_etag
-from proxy.backends.fs import safe_segments
+from proxy.backends.kit.keys import identity_etag, safe_segments
 from proxy.model import ObjectMeta
-
-TMP_PREFIX = ".slipstream-tmp-"  # uploads in progress (written, then renamed); never listed
 
 
 def bucket_base(bucket: str) -> str | None:

@@ -5,7 +5,7 @@ A part may exceed one block, so it becomes blocks ``0..n`` of one *attempt* (a f
 upload_part call); the last block's id carries the part's MD5. Completion picks, for each
 (part number, ETag) the client names, the attempt whose MD5 matches, exactly as S3 checks
 ETags. Only the upload's manifest (content type, metadata) lives in the local staging
-directory, as in StagedMultipart, which also supplies create/abort/list_uploads.
+directory, kept by kit.multipart.StagedUploads, which also serves create/abort/list_uploads.
 
 Caveats of staging on the target blob: committing any other write to the same blob name (a
 PutObject, another upload's completion) discards the uncommitted blocks of uploads still in
@@ -23,15 +23,14 @@ import functools
 import hashlib
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from azure.storage.blob import BlobBlock
-from azure.storage.blob.aio import BlobClient
 
 from proxy import errors
-from proxy.backends.azure_codec import (
+from proxy.backends.azure.codec import (
     BLOCK_SIZE,
     block_id,
     content_settings,
@@ -39,10 +38,10 @@ from proxy.backends.azure_codec import (
     parse_block_id,
     to_azure_metadata,
 )
-from proxy.backends.multipart import MAX_PART_NUMBER, MIN_PART_SIZE, StagedMultipart
-from proxy.model import ObjectMeta, PartInfo
-
-T = TypeVar("T")
+from proxy.backends.azure.link import AzureLink
+from proxy.backends.azure.reads import AzureReads
+from proxy.backends.kit.multipart import MAX_PART_NUMBER, MIN_PART_SIZE, StagedUploads
+from proxy.model import ObjectMeta, PartInfo, UploadInfo
 
 _EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
 
@@ -68,19 +67,27 @@ class _Attempt:
         return [self.blocks[i][0] for i in sorted(self.blocks)]
 
 
-class AzureMultipart(StagedMultipart):
-    """Mixin for AzureBackend, which provides ``_blob``, ``_call`` and ``head``."""
+class AzureUploads:
+    def __init__(self, link: AzureLink, reads: AzureReads, staged: StagedUploads) -> None:
+        self._link = link
+        self._reads = reads
+        self._manifests = staged
 
-    def _blob(self, bucket: str, key: str) -> BlobClient:
-        raise NotImplementedError
+    async def create_multipart(
+        self,
+        bucket: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> str:
+        return await self._manifests.create_multipart(bucket, key, content_type, metadata, headers)
 
-    async def _call(
-        self, operation: str, bucket: str, key: str | None, fn: Callable[[], Awaitable[T]]
-    ) -> T:
-        raise NotImplementedError
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._manifests.abort_multipart(bucket, key, upload_id)
 
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
-        raise NotImplementedError
+    async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
+        return await self._manifests.list_uploads(bucket, prefix)
 
     async def upload_part(
         self,
@@ -93,8 +100,8 @@ class AzureMultipart(StagedMultipart):
     ) -> str:
         if not 1 <= number <= MAX_PART_NUMBER:
             raise errors.InvalidArgument("Part number must be an integer between 1 and 10000.")
-        await asyncio.to_thread(self._manifest, upload_id, bucket, key)
-        blob = self._blob(bucket, key)
+        await asyncio.to_thread(self._manifests.manifest, upload_id, bucket, key)
+        blob = self._link.blob(bucket, key)
         attempt = secrets.token_hex(3)[:5]
         md5 = hashlib.md5(usedforsecurity=False)
         done = index = 0
@@ -105,15 +112,15 @@ class AzureMultipart(StagedMultipart):
                 upload_id, number, attempt, index, md5.hexdigest() if done == size else None
             )
             stage = functools.partial(blob.stage_block, bid, block, length=len(block))
-            await self._call("UploadPart", bucket, key, stage)
+            await self._link.call("UploadPart", bucket, key, stage)
             index += 1
         return f'"{md5.hexdigest()}"'
 
     async def _staged(self, bucket: str, key: str, upload_id: str) -> dict[int, list[_Attempt]]:
         """This upload's complete attempts per part number, in the store's listing order."""
-        blob = self._blob(bucket, key)
+        blob = self._link.blob(bucket, key)
         try:
-            _, uncommitted = await self._call(
+            _, uncommitted = await self._link.call(
                 "ListParts", bucket, key, lambda: blob.get_block_list("uncommitted")
             )
         except errors.NoSuchKey:
@@ -135,7 +142,7 @@ class AzureMultipart(StagedMultipart):
         return out
 
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
-        doc = await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        doc = await asyncio.to_thread(self._manifests.manifest, upload_id, bucket, key)
         staged = await self._staged(bucket, key, upload_id)
         return [
             PartInfo(n, f'"{staged[n][-1].md5}"', staged[n][-1].size, float(doc["initiated"]))
@@ -145,7 +152,9 @@ class AzureMultipart(StagedMultipart):
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
     ) -> ObjectMeta:
-        doc: dict[str, Any] = await asyncio.to_thread(self._manifest, upload_id, bucket, key)
+        doc: dict[str, Any] = await asyncio.to_thread(
+            self._manifests.manifest, upload_id, bucket, key
+        )
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")
         numbers = [n for n, _ in parts]
@@ -162,7 +171,7 @@ class AzureMultipart(StagedMultipart):
             if i < len(parts) - 1 and size < MIN_PART_SIZE:
                 raise errors.EntityTooSmall(partNumber=str(n))
             ids += match.ids if match is not None else []
-        blob = self._blob(bucket, key)
+        blob = self._link.blob(bucket, key)
         settings = content_settings(doc["content_type"], doc["headers"])
         commit = functools.partial(
             blob.commit_block_list,
@@ -170,6 +179,6 @@ class AzureMultipart(StagedMultipart):
             content_settings=settings,
             metadata=to_azure_metadata(doc["metadata"]),
         )
-        await self._call("CompleteMultipartUpload", bucket, key, commit)
-        await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload_id), True)
-        return await self.head(bucket, key)
+        await self._link.call("CompleteMultipartUpload", bucket, key, commit)
+        await asyncio.to_thread(shutil.rmtree, self._manifests.upload_dir(upload_id), True)
+        return await self._reads.head(bucket, key)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import errors
-from proxy.backends.webhdfs_http import WebHdfsHttp
+from proxy.backends.webhdfs.http import WebHdfsHttp
 
 _FLIP = bytes(b ^ 0x80 for b in range(256))  # signed-byte order as unsigned-byte order
 # Above every name that starts with non-ASCII letters, in HDFS's order, and below every ASCII

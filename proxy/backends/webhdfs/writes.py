@@ -6,7 +6,7 @@ second request) into a temporary name beside the target, then RENAMEs it into pl
 a failed upload never clobbers the old one. WebHDFS's documented RENAME cannot overwrite, so
 an existing file is DELETEd just before the rename. HDFS keeps no content type or user
 metadata: they are not stored (a GET guesses the type from the name). Multipart uploads are
-staged on local disk and streamed into one put on completion (StagedMultipart), not CONCATed:
+staged on local disk and streamed into one put on completion (kit.multipart), not CONCATed:
 CONCAT wants same-directory sources with full blocks, which S3 part sizes do not give.
 
 https://hadoop.apache.org/docs/stable/hadoop-project-dist/hadoop-hdfs/WebHDFS.html#Create_and_Write_to_a_File
@@ -17,15 +17,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 from proxy import errors
-from proxy.backends.multipart import StagedMultipart
-from proxy.backends.webhdfs_http import NOT_EMPTY, WebHdfsHttp, remote_exception
-from proxy.backends.webhdfs_paths import TMP_PREFIX, bucket_base, object_path
-from proxy.model import GetResult, ObjectMeta
-
-_EMPTY_MD5 = '"d41d8cd98f00b204e9800998ecf8427e"'
+from proxy.backends.kit.keys import EMPTY_MD5_ETAG, TMP_PREFIX
+from proxy.backends.webhdfs.http import NOT_EMPTY, WebHdfsHttp, remote_exception
+from proxy.backends.webhdfs.paths import bucket_base, object_path
+from proxy.backends.webhdfs.reads import WebHdfsReads
+from proxy.model import ObjectMeta
 
 
 class _Exact:
@@ -52,34 +50,21 @@ class _Exact:
             raise
 
 
-class WebHdfsWrites(StagedMultipart):
-    name: str
-    http: WebHdfsHttp
-
-    def _base(self, bucket: str) -> str:
-        raise NotImplementedError
-
-    async def _status(self, path: str, key: str) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
-        raise NotImplementedError
-
-    async def get(
-        self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
-    ) -> GetResult:
-        raise NotImplementedError
+class WebHdfsWrites:
+    def __init__(self, http: WebHdfsHttp, reads: WebHdfsReads) -> None:
+        self._http = http
+        self._reads = reads
 
     async def _require_bucket(self, bucket: str) -> str:
-        base = self._base(bucket)
-        status = await self._status(base, "")
+        base = self._reads.base(bucket)
+        status = await self._reads.status(base, "")
         if status is None or status["type"] != "DIRECTORY":
             raise errors.NoSuchBucket(resource=bucket)
         return base
 
     async def _boolean(self, method: str, path: str, op: str, **params: str | bool) -> bool:
         """MKDIRS, RENAME, DELETE: ``{"boolean": true|false}``."""
-        doc = await self.http.json(method, path, op, missing=errors.NoSuchKey, params=params)
+        doc = await self._http.json(method, path, op, missing=errors.NoSuchKey, params=params)
         return isinstance(doc, dict) and doc.get("boolean") is True
 
     async def put(
@@ -102,7 +87,7 @@ class WebHdfsWrites(StagedMultipart):
             if not await self._boolean("PUT", path, "MKDIRS"):
                 raise errors.BackendUnavailable("HDFS would not make the directory.")
             return ObjectMeta(
-                size=0, etag=_EMPTY_MD5, last_modified=time.time(), content_type=content_type
+                size=0, etag=EMPTY_MD5_ETAG, last_modified=time.time(), content_type=content_type
             )
         path = object_path(base, key)
         if path is None:
@@ -110,7 +95,7 @@ class WebHdfsWrites(StagedMultipart):
         tmp = f"{path.rpartition('/')[0]}/{TMP_PREFIX}{secrets.token_hex(8)}"
         exact = _Exact(body, size)
         try:
-            resp = await self.http.call(
+            resp = await self._http.call(
                 "PUT",
                 tmp,
                 "CREATE",
@@ -127,10 +112,10 @@ class WebHdfsWrites(StagedMultipart):
             if exact.failure is not None and exc is not exact.failure:
                 raise exact.failure from None
             raise
-        return await self.head(bucket, key)
+        return await self._reads.head(bucket, key)
 
     async def _replace(self, tmp: str, path: str, key: str) -> None:
-        status = await self._status(path, key)
+        status = await self._reads.status(path, key)
         if status is not None and status["type"] != "FILE":
             raise errors.InvalidArgument("This key is already a directory.", key=key)
         if status is not None:
@@ -146,12 +131,12 @@ class WebHdfsWrites(StagedMultipart):
             pass  # best effort: listings skip leftovers (TMP_PREFIX)
 
     async def delete(self, bucket: str, key: str) -> None:
-        base = self._base(bucket)
+        base = self._reads.base(bucket)
         marker = key.endswith("/")
         path = object_path(base, key[:-1] if marker else key)
         if path is None:
             return
-        status = await self._status(path, key)
+        status = await self._reads.status(path, key)
         if status is None:
             await self._require_bucket(bucket)
             return
@@ -173,7 +158,7 @@ class WebHdfsWrites(StagedMultipart):
         metadata: Mapping[str, str] | None,
     ) -> ObjectMeta:
         """OPEN streamed into CREATE (WebHDFS has no server-side copy)."""
-        source = await self.get(src_bucket, src_key, None, None)
+        source = await self._reads.get(src_bucket, src_key, None, None)
         try:
             return await self.put(
                 bucket,
@@ -191,7 +176,7 @@ class WebHdfsWrites(StagedMultipart):
         base = bucket_base(bucket)
         if not base:
             raise errors.InvalidBucketName(bucketName=bucket)
-        status = await self._status(base, "")
+        status = await self._reads.status(base, "")
         if status is not None:
             if status["type"] == "DIRECTORY":
                 raise errors.BucketAlreadyOwnedByYou(bucketName=bucket)

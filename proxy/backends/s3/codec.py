@@ -1,0 +1,137 @@
+"""Between S3's shapes as the store answers them and ours: errors (botocore's, and the plain
+HTTP answers of http.py), object headers, and the parameters of writes. Pure functions."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from proxy import errors
+from proxy.model import ObjectMeta
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
+_META = "x-amz-meta-"
+_PASSTHROUGH = (
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+    "x-amz-version-id",
+)
+PASS_HEADERS = {
+    "Cache-Control": "CacheControl",
+    "Content-Disposition": "ContentDisposition",
+    "Content-Encoding": "ContentEncoding",
+    "Content-Language": "ContentLanguage",
+    "x-amz-storage-class": "StorageClass",
+}
+
+
+def map_client_error(exc: Exception, bucket: str, key: str | None) -> errors.S3Error:
+    """The S3 error for one of botocore's (``key=None``: a bucket operation)."""
+    if not isinstance(exc, ClientError):  # botocore's own: endpoint, credentials, retries
+        return errors.BackendUnavailable(f"The store could not be reached: {type(exc).__name__}.")
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code == "NoSuchBucket":
+        return errors.NoSuchBucket(resource=bucket)
+    if code == "NoSuchUpload":  # a 404 that is not about the key
+        return errors.NoSuchUpload()
+    if code in _NOT_FOUND_CODES or status == 404:
+        return errors.NoSuchKey(key=key or "") if key is not None else errors.NoSuchBucket()
+    if code == "InvalidRange" or status == 416:
+        return errors.InvalidRange()
+    if code == "PreconditionFailed" or status == 412:
+        return errors.PreconditionFailed()
+    if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        return errors.AccessDenied(f"The store refused the proxy's credentials ({code}).")
+    if code == "SlowDown" or status == 503:
+        return errors.SlowDown("The store asked us to slow down.")
+    known = errors.by_code(code)
+    if known is not None and 400 <= known.status < 500:
+        return known(str(err.get("Message") or known.message))
+    if status >= 500 or not status:
+        return errors.BackendUnavailable(f"The store answered {status or code}.")
+    return errors.InvalidRequest(f"The store refused the request: {code}.")
+
+
+def map_answer(status: int, code: str, bucket: str, key: str) -> errors.S3Error:
+    """The S3 error for an object request's error answer (its status and the <Code> of its
+    body, "" for a HEAD)."""
+    if code == "NoSuchBucket":
+        return errors.NoSuchBucket(resource=bucket)
+    if status == 404:
+        return errors.NoSuchKey(key=key)
+    if status == 416 or code == "InvalidRange":
+        return errors.InvalidRange()
+    if status == 412:
+        return errors.PreconditionFailed()
+    if status == 403:
+        return errors.AccessDenied(f"The store refused the proxy's credentials ({code}).")
+    if status == 503 or code == "SlowDown":
+        return errors.SlowDown("The store asked us to slow down.")
+    if status >= 500:
+        return errors.BackendUnavailable(f"The store answered {status}.")
+    known = errors.by_code(code)
+    if known is not None and 400 <= known.status < 500:
+        return known()
+    return errors.InvalidRequest(f"The store refused the request: {code or status}.")
+
+
+def meta_from_headers(headers: Any, size: int) -> ObjectMeta:
+    etag = headers.get("ETag", '""')
+    try:
+        last_modified = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        last_modified = time.time()
+    return ObjectMeta(
+        size=size,
+        etag=etag,
+        last_modified=last_modified,
+        content_type=headers.get("Content-Type", "application/octet-stream"),
+        metadata={
+            k[len(_META) :].lower(): v for k, v in headers.items() if k.lower().startswith(_META)
+        },
+        headers={h: headers[h] for h in _PASSTHROUGH if h in headers},
+        etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag))
+        and headers.get("x-amz-server-side-encryption") != "aws:kms",
+    )
+
+
+def write_params(
+    content_type: str | None, metadata: Mapping[str, str] | None, headers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """botocore parameters for a write's content type, metadata and stored headers."""
+    params: dict[str, Any] = {}
+    if content_type:
+        params["ContentType"] = content_type
+    if metadata is not None:
+        params["Metadata"] = dict(metadata)
+    for header, param in PASS_HEADERS.items():
+        if headers and headers.get(header):
+            params[param] = headers[header]
+    return params
+
+
+def kept_headers(headers: Mapping[str, str], resp: Mapping[str, Any]) -> dict[str, str]:
+    """The stored headers a GET of the new object answers with (as meta_from_headers)."""
+    kept = {h: v for h, v in headers.items() if h in PASS_HEADERS and v}
+    if kept.get("x-amz-storage-class", "").upper() == "STANDARD":
+        del kept["x-amz-storage-class"]  # S3 sends no storage class for STANDARD
+    if resp.get("VersionId"):
+        kept["x-amz-version-id"] = str(resp["VersionId"])
+    return kept
+
+
+def is_md5(etag: str) -> bool:
+    bare = etag.strip('"')
+    return len(bare) == 32 and all(c in "0123456789abcdefABCDEF" for c in bare)
