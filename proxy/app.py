@@ -17,6 +17,7 @@ import time
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from proxy import backends as backend_factory
@@ -267,12 +268,7 @@ async def serve_workers(cfg: Config) -> None:
 
 
 def _run_loop(main: Any) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(main)
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep a plain fallback
-        asyncio.run(main)
+    uvloop.run(main)
 
 
 def run(cfg: Config) -> None:
