@@ -37,6 +37,7 @@ class CacheConfig:
     metadata_ttl: float | None = 60.0  # None: never revalidate (immutable data)
     stale_if_error: float = 300.0  # serve a stale entry this long past its TTL if the store fails
     max_fills: int = 64  # concurrent store fetches per worker; beyond this: 503 SlowDown
+    fill_memory: int = 512 * 1024**2  # chunk buffers of fills per worker; beyond it fills wait
     index_map_size: int = 2 * 1024**3
 
 
@@ -235,6 +236,7 @@ def _cache(data: Any) -> CacheConfig:
         metadata_ttl=r.duration("metadata_ttl", d.metadata_ttl, allow_never=True),
         stale_if_error=r.duration("stale_if_error", d.stale_if_error) or 0.0,
         max_fills=r.integer("max_fills", d.max_fills, minimum=1),
+        fill_memory=r.size("fill_memory", d.fill_memory),
         index_map_size=r.size("index_map_size", d.index_map_size),
     )
     r.finish()
@@ -246,6 +248,8 @@ def _cache(data: Any) -> CacheConfig:
         raise ConfigError("cache.inline_max: must not exceed 16MiB (values live inside LMDB)")
     if cfg.max_size < cfg.chunk_size:
         raise ConfigError("cache.max_size: must be at least one chunk (cache.chunk_size)")
+    if cfg.fill_memory < cfg.chunk_size:
+        raise ConfigError("cache.fill_memory: must be at least one chunk (cache.chunk_size)")
     return cfg
 
 

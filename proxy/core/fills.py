@@ -3,9 +3,14 @@
 A ``Fill`` is one chunk's fetch: it runs as its own task (a reader that goes away never
 cancels it) into a buffer sized from the response headers, so readers get zero-copy slices as
 bytes arrive. ``Fills`` keeps the in-process table of fills under way, bounds them
-(``max_fills``), takes the cross-process lock for the chunk (another worker may be filling it:
-wait, then serve its copy), verifies the bytes (length; MD5 where the ETag is one) and persists
-them to the cache once every reader has them.
+(``max_fills``) and their memory (``cache.fill_memory``: a buffer's bytes are claimed before the
+fetch and given back when the buffer is freed, see ``budget.py``), takes the cross-process lock
+for the chunk (another worker may be filling it: wait, then serve its copy), verifies the bytes
+(length; MD5 where the ETag is one) and persists them to the cache once every reader has them.
+
+A verified fill (the chunk is the whole object and its ETag an MD5) holds back its last byte
+until the check passes: a reader never gets a whole object that failed it, and a failed check
+ends every read with an error (a short body), never a clean answer.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from proxy import errors, log, metrics
 from proxy.cache.locks import FillLocks
 from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
+from proxy.core.budget import Claim, MemoryBudget
 from proxy.core.metadata import fresh, record_of
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
@@ -27,19 +34,31 @@ from proxy.routing import Mount
 LOCK_POLL_START = 0.002
 LOCK_POLL_MAX = 0.05
 FILL_SLOT_WAIT = 10.0
+FILL_MEMORY_WAIT = 10.0  # then the reader streams its slice from the store, uncached
+PIECE_MAX = 1024 * 1024  # a reader's slices of a buffer, so a socket pins no more of it
 CLOSE_PERSIST_WAIT = 5.0
 MD5_ON_LOOP_MAX = 64 * 1024
 WRITTEN_MAX = 10_000
 
 
+class NoFillMemory(errors.SlowDown):
+    """Fill memory stayed spent for FILL_MEMORY_WAIT: read this chunk without caching it."""
+
+
+class FillBuffer(bytearray):
+    """A chunk's buffer; a bytearray that can be watched (weakref) until it is freed."""
+
+
 class Fill:
-    def __init__(self, oid: bytes, index: int) -> None:
+    def __init__(self, oid: bytes, index: int, claim: Claim) -> None:
         self.oid = oid
         self.index = index
+        self.claim = claim  # the memory for the buffer; given back when the buffer is freed
         self.meta: ObjectMeta | None = None
         self.start = 0  # object offset of buf[0]
-        self.buf = bytearray()
+        self.buf: bytearray = FillBuffer()
         self.filled = 0
+        self.hold = 0  # bytes at the end readers get only once the fill is verified
         self.done = False
         self.error: BaseException | None = None
         self.from_cache = False
@@ -49,9 +68,13 @@ class Fill:
         self.started = time.monotonic()
 
     # -- the filler's side --------------------------------------------------------------------
-    def begin(self, meta: ObjectMeta, start: int, length: int) -> None:
+    def begin(self, meta: ObjectMeta, start: int, length: int, verified: bool = False) -> None:
+        """``verified``: the bytes are checked once all are in; hold the last one back."""
         self.meta, self.start = meta, start
-        self.buf = bytearray(length)
+        self.claim.shrink(length)
+        self.buf = buf = FillBuffer(length)
+        weakref.finalize(buf, self.claim.release)
+        self.hold = 1 if verified and length else 0
         self._meta_ready.set()
 
     def append(self, piece: bytes) -> None:
@@ -68,6 +91,11 @@ class Fill:
         self.done, self.error = True, error
         self._meta_ready.set()
         self._wake()
+
+    @property
+    def verified(self) -> bool:
+        """Every byte is in and passed its checks."""
+        return self.done and self.error is None
 
     def _wake(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -89,17 +117,17 @@ class Fill:
         if pos < 0 or end > len(self.buf):
             raise ValueError("range outside this chunk")
         view = memoryview(self.buf)
+        size = len(self.buf)
         while pos < end:
-            if self.filled > pos:
-                upto = min(self.filled, end)
+            ready = self.filled if self.verified else min(self.filled, size - self.hold)
+            if ready > pos:
+                upto = min(ready, end, pos + PIECE_MAX)
                 yield view[pos:upto]
                 pos = upto
                 continue
             if self.done:
                 raise self.error or ConnectionError("the fill ended short")
             await self._changed.wait()
-        if self.error is not None and pos < end:
-            raise self.error
 
 
 class Fills:
@@ -109,6 +137,7 @@ class Fills:
         self.cs = cfg.chunk_size
         self._fills: dict[tuple[bytes, int], Fill] = {}
         self._slots = asyncio.Semaphore(cfg.max_fills)
+        self.memory = MemoryBudget(cfg.fill_memory)
         self._written: dict[bytes, float] = {}  # oid -> monotonic time of its last write
 
     @property
@@ -119,16 +148,49 @@ class Fills:
     def get(
         self, mount: Mount, key: str, oid: bytes, index: int, expect: ObjectMeta | None
     ) -> Fill:
-        """The fill of chunk ``index`` under way (joined), or a new one. ``expect``: the
-        version the reader already knows; None for a cold read, which learns it from the fill."""
-        slot = (oid, index)
-        fill = self._fills.get(slot)
+        """The fill of chunk ``index`` under way (joined), or a new one, which waits its turn
+        for fill memory. ``expect``: the version the reader already knows; None for a cold
+        read, which learns it from the fill."""
+        fill = self._joined(oid, index, expect)
+        if fill is None:
+            fill = self._start(mount, key, oid, index, expect, self.memory.claim)
+        assert fill is not None
+        return fill
+
+    def get_ahead(
+        self, mount: Mount, key: str, oid: bytes, index: int, expect: ObjectMeta
+    ) -> Fill | None:
+        """A read-ahead fill: joined, or started if its memory is free now; else None (and
+        one that waits for memory is not joined: a reader holds nothing that waits)."""
+        fill = self._joined(oid, index, expect)
+        if fill is not None:
+            return fill if fill.claim.granted else None
+        return self._start(mount, key, oid, index, expect, self.memory.claim_now)
+
+    def _joined(self, oid: bytes, index: int, expect: ObjectMeta | None) -> Fill | None:
+        fill = self._fills.get((oid, index))
         if fill is not None and (
             expect is None or fill.meta is None or fill.meta.etag == expect.etag
         ):
             metrics.COALESCED.inc()
             return fill
-        fill = Fill(oid, index)
+        return None
+
+    def _start(
+        self,
+        mount: Mount,
+        key: str,
+        oid: bytes,
+        index: int,
+        expect: ObjectMeta | None,
+        claim_of: Callable[[int], Claim | None],
+    ) -> Fill | None:
+        bound = self.cs if expect is None else max(0, min(self.cs, expect.size - index * self.cs))
+        claim = claim_of(bound)
+        if claim is None:
+            return None
+        slot = (oid, index)
+        fill = Fill(oid, index, claim)
         self._fills[slot] = fill
         fill.task = asyncio.create_task(self._run(fill, mount, key, expect))
 
@@ -168,12 +230,35 @@ class Fills:
 
     async def _run(self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None) -> None:
         try:
-            async with asyncio.timeout(FILL_SLOT_WAIT):
-                await self._slots.acquire()
-        except TimeoutError:
-            metrics.SLOWDOWNS.inc()
-            fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
-            return
+            try:
+                async with asyncio.timeout(FILL_MEMORY_WAIT):
+                    await fill.claim.wait()
+            except TimeoutError:
+                fill.claim.release()
+                metrics.FILLS.labels("no_memory").inc()
+                fill.finish(NoFillMemory("Fill memory is spent; this read goes uncached."))
+                return
+            try:
+                async with asyncio.timeout(FILL_SLOT_WAIT):
+                    await self._slots.acquire()
+            except TimeoutError:
+                metrics.SLOWDOWNS.inc()
+                fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
+                return
+            try:
+                await self._run_in_slot(fill, mount, key, expect)
+            finally:
+                self._slots.release()
+        except asyncio.CancelledError:
+            fill.finish(errors.ServiceUnavailable("The proxy is shutting down."))
+            raise
+        finally:
+            if fill.meta is None:  # no buffer was made: the claim goes back now
+                fill.claim.release()
+
+    async def _run_in_slot(
+        self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None
+    ) -> None:
         metrics.INFLIGHT_FILLS.inc()
         locked = False
         try:
@@ -185,7 +270,6 @@ class Fills:
         except errors.ObjectChanged as exc:
             fill.finish(exc)
         except asyncio.CancelledError:
-            fill.finish(errors.ServiceUnavailable("The proxy is shutting down."))
             raise
         except Exception as exc:
             log.cache.exception("fill failed")
@@ -194,7 +278,6 @@ class Fills:
             if locked:
                 self._locks.release(fill.oid, fill.index)
             metrics.INFLIGHT_FILLS.dec()
-            self._slots.release()
 
     async def _lock_or_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
         """Take the cross-process lock for this chunk; if another worker filled it meanwhile,
@@ -255,11 +338,11 @@ class Fills:
             if expect is not None and (meta.etag != expect.etag or meta.size != expect.size):
                 raise errors.ObjectChanged(f"{key} changed in the store")
             length = max(0, min(self.cs, meta.size - start))
-            fill.begin(meta, start, length)
+            md5 = hashlib.md5(usedforsecurity=False) if _verifiable(meta, length) else None
+            fill.begin(meta, start, length, verified=md5 is not None)
             skip = start - result.start  # a store that ignored the Range sends from byte 0
             if skip < 0:
                 raise errors.BackendUnavailable("The store answered a different range.")
-            md5 = hashlib.md5(usedforsecurity=False) if _verifiable(meta, length) else None
             async for piece in result.body:
                 if skip:
                     cut = min(skip, len(piece))
@@ -285,8 +368,8 @@ class Fills:
             if md5.hexdigest() != meta.etag.strip('"').lower():
                 metrics.INTEGRITY_FAILURES.inc()
                 metrics.FILLS.labels("bad_checksum").inc()
-                log.cache.warning("MD5 of %s does not match its ETag; served but not cached", key)
-                fill.finish()
+                log.cache.warning("MD5 of %s does not match its ETag; read cut short", key)
+                fill.finish(errors.BackendUnavailable("The store's bytes fail their MD5 check."))
                 return
         fill.finish()  # readers have every byte; persisting follows
         await self._persist(fill, mount, key, meta, length)

@@ -18,7 +18,7 @@ from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
 from proxy.core.body import NO_PARTS, FileSlice, ObjectRead, Part, read_slice
 from proxy.core.conditions import check_conditions
-from proxy.core.fills import Fill, Fills
+from proxy.core.fills import Fill, Fills, NoFillMemory
 from proxy.core.metadata import Metadata, fresh, oid_of
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
@@ -61,7 +61,10 @@ class Reads:
             metrics.CACHE_MISSES.inc()
             start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
             first_fill = self.fills.get(mount, key, oid, start_chunk, None)
-            meta = await first_fill.wait_meta()
+            try:
+                meta = await first_fill.wait_meta()
+            except NoFillMemory:
+                return await self._pass_through(mount, key, rng, headers)
         else:
             meta = self.metadata.meta_of(rec)
         check_conditions(headers, meta.etag, meta.last_modified)
@@ -100,35 +103,85 @@ class Reads:
         last: int,
         first_fill: Fill | None,
     ) -> AsyncIterator[Part]:
+        """The body, chunk by chunk. It holds the fills of its current chunk and of at most
+        READ_AHEAD chunks after it (started only while fill memory is free), and lets go of
+        each chunk once its bytes are passed on: a read's memory is a window."""
         if meta.size == 0:
             return
         gen = rec.gen if rec is not None else None
-        chunks = list(range(first // self.cs, last // self.cs + 1))
+        chunks = range(first // self.cs, last // self.cs + 1)
         fills: dict[int, Fill] = {}
         if first_fill is not None:
             fills[first_fill.index] = first_fill
+            del first_fill
         for n, i in enumerate(chunks):
             lo = max(first, i * self.cs)
             hi = min(last, (i + 1) * self.cs - 1)
+            cached = i not in fills and rec is not None and rec.has_chunk(i) and gen is not None
+            if not cached and i not in fills:
+                fills[i] = self.fills.get(mount, key, oid, i, meta)
             for j in chunks[n + 1 : n + 1 + READ_AHEAD]:
-                if j not in fills and not (rec is not None and rec.has_chunk(j)):
-                    fills[j] = self.fills.get(mount, key, oid, j, meta)
-            if i not in fills and rec is not None and rec.has_chunk(i) and gen is not None:
+                if j in fills or (rec is not None and rec.has_chunk(j)):
+                    continue
+                ahead = self.fills.get_ahead(mount, key, oid, j, meta)
+                if ahead is None:
+                    break  # no memory now: the next chunks start when this reader gets there
+                fills[j] = ahead
+            if cached:
+                assert rec is not None and gen is not None
                 path = self.cache.chunk_path(oid, rec, i)
                 yield FileSlice(path, lo - i * self.cs, hi - lo + 1, oid, gen, i)
                 continue
-            fill = fills.get(i) or self.fills.get(mount, key, oid, i, meta)
-            fills[i] = fill
-            got = await fill.wait_meta()
-            if got.etag != meta.etag or got.size != meta.size:
-                raise errors.ObjectChanged(f"{key} changed in the store during the read")
-            async for piece in fill.read(lo, hi):
+            piece: Part = b""
+            async for piece in self._from_fill(mount, key, meta, fills.pop(i), lo, hi):
                 yield piece
+            piece = b""  # a slice keeps the whole chunk buffer alive
+
+    async def _from_fill(
+        self, mount: Mount, key: str, meta: ObjectMeta, fill: Fill, lo: int, hi: int
+    ) -> AsyncIterator[memoryview | bytes]:
+        """Bytes lo..hi of ``fill``'s chunk; from the store uncached if it got no memory."""
+        try:
+            got = await fill.wait_meta()
+        except NoFillMemory:
+            del fill
+            async for piece in self._uncached(mount, key, meta, lo, hi):
+                yield piece
+            return
+        if got.etag != meta.etag or got.size != meta.size:
+            raise errors.ObjectChanged(f"{key} changed in the store during the read")
+        async for view in fill.read(lo, hi):
+            yield view
+
+    async def _uncached(
+        self, mount: Mount, key: str, meta: ObjectMeta, lo: int, hi: int
+    ) -> AsyncIterator[bytes]:
+        """Fill memory stayed spent: bytes lo..hi straight from the store, not cached."""
+        metrics.FILLS.labels("uncached").inc()
+        try:
+            result = await mount.backend.get(mount.bucket, key, lo, hi, meta.etag)
+        except errors.PreconditionFailed:
+            raise errors.ObjectChanged(f"{key} changed in the store during the read") from None
+        try:
+            if result.meta.etag != meta.etag or result.start != lo:
+                raise errors.ObjectChanged(f"{key} changed in the store during the read")
+            left = hi - lo + 1
+            async for piece in result.body:
+                piece = piece[:left]
+                left -= len(piece)
+                yield piece
+                if not left:
+                    break
+            if left:
+                raise errors.BackendUnavailable("The store sent fewer bytes than it announced.")
+        finally:
+            await result.aclose()
 
     async def _pass_through(
         self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
     ) -> ObjectRead:
-        """A bucket with caching off: one store read, streamed, nothing kept."""
+        """One store read, streamed, nothing kept: a bucket with caching off, or a cold read
+        while fill memory stays spent."""
         start, end = (rng.first, rng.last) if rng is not None else (None, None)
         if rng is not None and rng.first is None:  # a suffix range needs the size first
             meta = await mount.backend.head(mount.bucket, key)
@@ -154,12 +207,12 @@ class Reads:
 
     async def refill_missing(
         self, mount: Mount, key: str, part: FileSlice, meta: ObjectMeta
-    ) -> AsyncIterator[memoryview]:
+    ) -> AsyncIterator[memoryview | bytes]:
         """A cached chunk file vanished under us: forget it and read that slice from the store."""
         await self.cache.forget_chunk(part.oid, part.gen, part.index)
         fill = self.fills.get(mount, key, part.oid, part.index, meta)
-        base = part.index * self.cs
-        async for piece in fill.read(base + part.offset, base + part.offset + part.length - 1):
+        lo = part.index * self.cs + part.offset
+        async for piece in self._from_fill(mount, key, meta, fill, lo, lo + part.length - 1):
             yield piece
 
     async def bytes_of(self, read: ObjectRead, mount: Mount, key: str) -> AsyncIterator[bytes]:
@@ -176,4 +229,6 @@ class Reads:
                     continue
                 yield data
             else:
-                yield bytes(part)
+                data = bytes(part)
+                del part  # a slice keeps the whole chunk buffer alive
+                yield data

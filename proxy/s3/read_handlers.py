@@ -161,6 +161,7 @@ class S3ReadHandlers:
                 else:
                     await resp.write(part)
                     sent += len(part)
+                del part  # a slice of a fill keeps its whole chunk buffer alive
         except (errors.ProxyError, OSError, ValueError) as exc:
             # Headers are gone: the only honest signal left is a short body.
             log.server.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)
