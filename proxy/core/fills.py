@@ -368,7 +368,7 @@ class Fills:
             if md5.hexdigest() != meta.etag.strip('"').lower():
                 metrics.INTEGRITY_FAILURES.inc()
                 metrics.FILLS.labels("bad_checksum").inc()
-                log.cache.warning("MD5 of %s does not match its ETag; read cut short", key)
+                log.cache.warning("MD5 of %r does not match its ETag; read cut short", key)
                 fill.finish(errors.BackendUnavailable("The store's bytes fail their MD5 check."))
                 return
         fill.finish()  # readers have every byte; persisting follows
