@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import backends
+from proxy import backends, config
 from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core import fills as fills_module
@@ -19,6 +19,7 @@ from proxy.core.budget import MemoryBudget
 from proxy.core.fills import Fills
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
+from proxy.errors import ConfigError
 from proxy.model import ByteRange
 from proxy.routing import Mount
 
@@ -163,3 +164,14 @@ async def test_budget_is_first_come_first_served() -> None:
     c = budget.claim(90)
     c.release()  # given up while queued
     assert budget.used == 20 and budget.claim_now(80) is not None
+
+
+def test_fill_memory_is_validated_and_documented() -> None:
+    assert config.from_mapping({}, "t", {}).cache.fill_memory == 512 * 1024**2
+    env = {"SLIPSTREAM_CACHE__FILL_MEMORY": "64MiB"}
+    assert config.from_mapping({}, "t", env).cache.fill_memory == 64 * 1024**2
+    for bad, why in (("4MiB", "at least one chunk"), ("lots", "size")):
+        with pytest.raises(ConfigError, match=f"cache.fill_memory: .*{why}"):
+            config.from_mapping({"cache": {"fill_memory": bad}}, "t", {})
+    example = Path(__file__).parent.parent / "config" / "slipstream.example.yaml"
+    assert "fill_memory: 512MiB" in example.read_text()

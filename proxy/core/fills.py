@@ -73,7 +73,8 @@ class Fill:
         self.meta, self.start = meta, start
         self.claim.shrink(length)
         self.buf = buf = FillBuffer(length)
-        weakref.finalize(buf, self.claim.release)
+        freed = weakref.finalize(buf, _release_on, asyncio.get_running_loop(), self.claim)
+        freed.atexit = False
         self.hold = 1 if verified and length else 0
         self._meta_ready.set()
 
@@ -387,6 +388,19 @@ class Fills:
         else:
             ok = await self.cache.commit_chunk(fill.oid, rec, fill.index, view[:length])
         metrics.FILLS.labels("cached" if ok else "not_cached").inc()
+
+
+def _release_on(loop: asyncio.AbstractEventLoop, claim: Claim) -> None:
+    """A buffer was freed: give its claim back on its loop (the garbage collector may run in
+    any thread)."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        claim.release()
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(claim.release)
 
 
 def _verifiable(meta: ObjectMeta, length: int) -> bool:
