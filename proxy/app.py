@@ -7,6 +7,7 @@ spawns the workers; each binds the S3 port with SO_REUSEPORT and opens the share
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -25,6 +26,7 @@ from proxy import listen, log
 from proxy.admin import CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
+from proxy.cache.staging import StagingSweeper
 from proxy.cache.store import CacheStore
 from proxy.config import Config
 from proxy.core.fills import Fills
@@ -54,6 +56,8 @@ class S3Server:
         self.reads: Reads | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
         self._dispatch: Handler | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._body_idle = cfg.server.body_idle_timeout
 
     async def start(self) -> None:
         for name, bcfg in self.cfg.backends.items():
@@ -76,12 +80,17 @@ class S3Server:
             domains=self.cfg.server.domains,
         )
         self._dispatch = dispatcher.dispatch
+        self._sweeper = asyncio.create_task(StagingSweeper(self.cache.root, self.cfg.cache).run())
         # Everything built so far (botocore's service models, the SDK clients) lives as long as
         # the process: keep it out of the cyclic GC's full collections, which would otherwise
         # walk it every time and show up as latency spikes.
         gc.freeze()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self.reads is not None:
             await self.reads.close()
         await self.cache.close()
@@ -90,6 +99,7 @@ class S3Server:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._dispatch is not None, "start() first"
+        request["body_idle_timeout"] = self._body_idle  # read by s3/payload.py
         return await self._middleware(request, self._dispatch)
 
     def runner(self) -> web.ServerRunner:

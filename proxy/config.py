@@ -39,6 +39,9 @@ class CacheConfig:
     max_fills: int = 64  # concurrent store fetches per worker; beyond this: 503 SlowDown
     fill_memory: int = 512 * 1024**2  # chunk buffers of fills per worker; beyond it fills wait
     index_map_size: int = 2 * 1024**3
+    # multipart staging (parts of stores without native multipart, parts copied for the
+    # cache) untouched this long is removed, as S3's AbortIncompleteMultipartUpload would
+    upload_staging_ttl: float = 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +117,7 @@ class ServerConfig:
     max_headers: int = 100
     max_concurrency: int = 4096
     shutdown_timeout: float = 20.0
+    body_idle_timeout: float = 60.0  # a request body that sends nothing this long: RequestTimeout
     domains: tuple[str, ...] = ("localhost",)  # virtual-hosted style: BUCKET.<domain>
     sendfile: bool = True
 
@@ -238,6 +242,7 @@ def _cache(data: Any) -> CacheConfig:
         max_fills=r.integer("max_fills", d.max_fills, minimum=1),
         fill_memory=r.size("fill_memory", d.fill_memory),
         index_map_size=r.size("index_map_size", d.index_map_size),
+        upload_staging_ttl=r.duration("upload_staging_ttl", d.upload_staging_ttl) or 0.0,
     )
     r.finish()
     if cfg.chunk_size < 64 * 1024:
@@ -250,6 +255,8 @@ def _cache(data: Any) -> CacheConfig:
         raise ConfigError("cache.max_size: must be at least one chunk (cache.chunk_size)")
     if cfg.fill_memory < cfg.chunk_size:
         raise ConfigError("cache.fill_memory: must be at least one chunk (cache.chunk_size)")
+    if cfg.upload_staging_ttl < 1:
+        raise ConfigError("cache.upload_staging_ttl: must be at least 1s")
     return cfg
 
 
@@ -493,10 +500,13 @@ def _build(data: dict[str, Any], source: str) -> Config:
         max_headers=sr.integer("max_headers", sd.max_headers, minimum=8),
         max_concurrency=sr.integer("max_concurrency", sd.max_concurrency, minimum=1),
         shutdown_timeout=sr.duration("shutdown_timeout", sd.shutdown_timeout) or 0.0,
+        body_idle_timeout=sr.duration("body_idle_timeout", sd.body_idle_timeout) or 0.0,
         domains=_domains(sr.take("domains", list(sd.domains))),
         sendfile=bool(sr.flag("sendfile", sd.sendfile)),
     )
     sr.finish()
+    if server.body_idle_timeout <= 0:
+        raise ConfigError("server.body_idle_timeout: must be more than 0s")
 
     auth = _auth(r.take("auth"))
     tls = _tls(r.take("tls"))

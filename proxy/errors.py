@@ -41,6 +41,25 @@ class InvalidRange(S3Error):
     code, status, message = "InvalidRange", 416, "The requested range is not satisfiable."
 
 
+class InvalidCopyRange(S3Error):
+    """x-amz-copy-source-range beyond the source: 400, where a GET's InvalidRange is 416."""
+
+    code, status = "InvalidRange", 400
+    message = "The specified copy source range is not valid for the source object."
+
+
+class InvalidPartNumber(S3Error):
+    code, status, message = "InvalidPartNumber", 416, "The requested partnumber is not satisfiable"
+
+
+class RequestTimeout(S3Error):
+    code, status = "RequestTimeout", 400
+    message = (
+        "Your socket connection to the server was not read from or written to within "
+        "the timeout period. Idle connections will be closed."
+    )
+
+
 class PreconditionFailed(S3Error):
     code, status = "PreconditionFailed", 412
     message = "At least one of the pre-conditions you specified did not hold."

@@ -66,6 +66,18 @@ EVICTED_BYTES = Counter("slipstream_evicted_bytes_total", "Bytes evicted from th
 INTEGRITY_FAILURES = Counter(
     "slipstream_integrity_failures_total", "Fills rejected by size or checksum verification"
 )
+UPLOAD_STAGING_BYTES = Gauge(
+    "slipstream_upload_staging_bytes",
+    "Bytes of multipart uploads staged on the cache's disk, by kind: parts staged for a store "
+    "without native multipart (store) or copied for the cache (cache)",
+    ["kind"],
+    multiprocess_mode="max",
+)
+UPLOAD_STAGING_SWEPT = Counter(
+    "slipstream_upload_staging_swept_total",
+    "Upload staging directories removed: untouched for cache.upload_staging_ttl, or copies "
+    "beyond cache.max_size",
+)
 CACHE_WRITE_ERRORS = Counter(
     "slipstream_cache_write_errors_total",
     "Cache writes that failed (disk or index full)",

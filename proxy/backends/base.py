@@ -49,6 +49,16 @@ class Reads(Protocol):
     async def list_buckets(self) -> list[BucketInfo]: ...
 
 
+class Parts(Protocol):
+    """The parts of an object a native multipart upload made (S3 stores): GetObject and
+    HeadObject with ``partNumber``."""
+
+    async def part_range(self, bucket: str, key: str, number: int) -> tuple[int, int] | None:
+        """The inclusive byte range of part ``number`` of a multipart object (its ETag ends in
+        ``-N``, N >= ``number``); None for a store that keeps no parts."""
+        ...
+
+
 class Writes(Protocol):
     # Bodies stream: ``body`` yields the object's bytes (already de-framed and verified by the
     # S3 layer) and ``size`` is their exact total. Nothing is held whole in memory.
@@ -125,7 +135,7 @@ class Uploads(Protocol):
     async def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]: ...
 
 
-class Backend(Lifecycle, Reads, Writes, Uploads, Protocol):
+class Backend(Lifecycle, Reads, Parts, Writes, Uploads, Protocol):
     name: str
     kind: str
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from proxy import log, metrics
@@ -126,6 +127,59 @@ class PartStaging:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
         return removed
+
+
+@dataclass(frozen=True, slots=True)
+class StagedDir:
+    path: str
+    touched: float  # the newest mtime of the directory and its files
+    size: int
+
+
+def staged_dirs(root: Path) -> list[StagedDir]:
+    """Blocking. One entry per upload directory under ``root`` (none if it is missing)."""
+    out: list[StagedDir] = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            touched, size = entry.stat(follow_symlinks=False).st_mtime, 0
+            for f in os.scandir(entry.path):
+                st = f.stat(follow_symlinks=False)
+                touched, size = max(touched, st.st_mtime), size + st.st_size
+        except FileNotFoundError:  # completed or aborted meanwhile
+            continue
+        out.append(StagedDir(entry.path, touched, size))
+    return out
+
+
+def sweep_staging(
+    dirs: list[StagedDir], now: float, ttl: float, max_bytes: int | None
+) -> tuple[int, int]:
+    """Blocking. Removes the upload directories untouched for ``ttl`` seconds, then, while
+    the rest hold more than ``max_bytes`` (None: no bound), the least recently touched.
+    Returns (directories removed, bytes left)."""
+    removed = 0
+    kept = []
+    for d in dirs:
+        if now - d.touched > ttl:
+            shutil.rmtree(d.path, ignore_errors=True)
+            removed += 1
+        else:
+            kept.append(d)
+    left = sum(d.size for d in kept)
+    if max_bytes is not None:
+        for d in sorted(kept, key=lambda d: d.touched):
+            if left <= max_bytes:
+                break
+            shutil.rmtree(d.path, ignore_errors=True)
+            removed += 1
+            left -= d.size
+    return removed, left
 
 
 def _unlink(path: Path) -> None:

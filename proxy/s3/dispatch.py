@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import errors
+from proxy.model import valid_bucket_name
 from proxy.routing import Mount, Router
 from proxy.s3 import parse
 from proxy.s3.auth import Authenticator, is_write
@@ -50,7 +51,6 @@ _OBJECT_SUBRESOURCES_NOT_BUILT = {
     "uploadId",
     "restore",
     "select",
-    "partNumber",
     "versionId",
 }
 
@@ -88,7 +88,13 @@ class S3Dispatcher:
                 return await self.reads.list_buckets(request)
             raise errors.MethodNotAllowed()
         auth.require(target.bucket, is_write(method))  # before the bucket is resolved
-        mount = self.router.resolve(target.bucket)
+        try:
+            mount = self.router.resolve(target.bucket)
+        except errors.NoSuchBucket:
+            if method == "PUT" and target.key is None and not valid_bucket_name(target.bucket):
+                request["op"] = "CreateBucket"
+                raise errors.InvalidBucketName(bucketName=target.bucket) from None
+            raise
         if target.key is None:
             return await self._bucket_op(request, method, mount, query)
         return await self._object_op(request, method, mount, target.key, query)

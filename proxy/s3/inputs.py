@@ -20,6 +20,7 @@ _STORED_HEADERS = (
     "Content-Disposition",
     "Content-Encoding",
     "Content-Language",
+    "Expires",
     "x-amz-storage-class",
 )
 

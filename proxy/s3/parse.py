@@ -87,6 +87,37 @@ def parse_range(header: str | None) -> ByteRange | None:
     return ByteRange(int(first), int(last) if last else None)
 
 
+_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)", re.ASCII)
+
+
+def parse_copy_range(header: str | None) -> tuple[int, int] | None:
+    """x-amz-copy-source-range: exactly ``bytes=first-last`` (first <= last), else
+    InvalidArgument; None when absent. Whether it fits the source is the caller's check.
+
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_UploadPartCopy.html
+    """
+    if header is None:
+        return None
+    m = _COPY_RANGE.fullmatch(header.strip())
+    if not m or int(m.group(2)) < int(m.group(1)):
+        raise errors.InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy",
+            argumentName="x-amz-copy-source-range",
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_part_number(raw: str) -> int:
+    """A partNumber query value: an integer 1..10000, else InvalidArgument."""
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise errors.InvalidArgument(
+            "Part number must be an integer between 1 and 10000, inclusive",
+            argumentName="partNumber",
+        )
+    return int(raw)
+
+
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",

@@ -21,6 +21,7 @@ Hashing runs on the event loop, one piece (at most what one socket read gave) at
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -49,7 +50,7 @@ async def payload(request: web.BaseRequest, spec: PayloadSpec) -> AsyncGenerator
     """The decoded body, verified; see the module docstring for when errors are raised."""
     sums = _digests(spec)
     state = _State()
-    reader = _Reader(request.content)
+    reader = _Reader(request.content, request.get("body_idle_timeout"))
     source = _aws_chunked(reader, spec, state) if spec.chunked else reader.plain()
     held: bytes | None = None
     async with aclosing(source) as pieces:
@@ -107,13 +108,19 @@ def _digests(spec: PayloadSpec) -> dict[str, checksums.Checksum]:
 class _Reader:
     """A small buffer over the request's StreamReader: bounded lines and bounded reads."""
 
-    def __init__(self, content: StreamReader) -> None:
+    def __init__(self, content: StreamReader, idle: float | None = None) -> None:
+        """``idle``: seconds a read may wait for the client's next bytes (server.
+        body_idle_timeout); aiohttp's server bounds only the request head, not the body."""
         self._content = content
         self._buf = bytearray()
+        self._idle = idle
 
     async def _read(self) -> bytes:
         try:
-            return await self._content.readany()
+            async with asyncio.timeout(self._idle):
+                return await self._content.readany()
+        except TimeoutError:
+            raise errors.RequestTimeout() from None
         except (HttpProcessingError, ConnectionError) as exc:
             raise errors.IncompleteBody() from exc
 

@@ -16,8 +16,9 @@ from proxy import errors, log, metrics
 from proxy.core.body import FileSlice
 from proxy.core.conditions import check_conditions
 from proxy.core.listing import Listing
+from proxy.core.partnumber import PartRanges, PartSpan
 from proxy.core.reads import Reads
-from proxy.model import ObjectMeta
+from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
 from proxy.s3 import parse, xml
 from proxy.s3.responses import request_ids, xml_response
@@ -36,6 +37,7 @@ class S3ReadHandlers:
 
     def __init__(self, *, reads: Reads, listing: Listing, region: str, sendfile: bool) -> None:
         self.reads = reads
+        self.part_ranges = PartRanges(reads)
         self.listing = listing
         self.region = region
         self.native_sendfile = sendfile
@@ -68,10 +70,10 @@ class S3ReadHandlers:
         url = _encoding(q)
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = parse.parse_max_keys(q.get("max-keys"))
-        token = q.get("continuation-token") or None
+        token = q.get("continuation-token")
         start_after = q.get("start-after") or None
         page = await self.listing.list_objects(
-            mount, prefix, delimiter, max_keys, token, start_after
+            mount, prefix, delimiter, max_keys, token or None, start_after
         )
         body = xml.list_objects_v2(
             mount.name,
@@ -108,20 +110,38 @@ class S3ReadHandlers:
         return xml_response(request, body)
 
     # -- objects ------------------------------------------------------------------------------
+    async def _part(self, request: web.BaseRequest, mount: Mount, key: str, raw: str) -> PartSpan:
+        """``?partNumber=``: the part's span (a Range beside it is refused, as S3 does)."""
+        number = parse.parse_part_number(raw)
+        if request.headers.get("Range"):
+            raise errors.InvalidRequest(
+                "Cannot specify both Range header and partNumber query parameter."
+            )
+        return await self.part_ranges.span(mount, key, number)
+
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        meta = await self.reads.head(mount, key)
+        part = None
+        if "partNumber" in query:
+            part = await self._part(request, mount, key, query["partNumber"])
+            meta = part.meta
+        else:
+            meta = await self.reads.head(mount, key)
         try:
             check_conditions(request.headers, meta.etag, meta.last_modified)
         except errors.NotModified as exc:
             exc.fields.update(_validators(meta))
             raise
         rng = parse.parse_range(request.headers.get("Range"))
-        headers = _object_headers(request, meta, query, whole=rng is None)
+        headers = _object_headers(request, meta, query, whole=rng is None and part is None)
         status = 200
         length = meta.size
-        if rng is not None:
+        if part is not None:
+            _part_headers(headers, part)
+            if meta.size:
+                status, length = 206, part.last - part.first + 1
+        elif rng is not None:
             first, last = rng.resolve(meta.size)
             status, length = 206, last - first + 1
             headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
@@ -134,15 +154,24 @@ class S3ReadHandlers:
     async def get_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        rng = parse.parse_range(request.headers.get("Range"))
+        span = None
+        if "partNumber" in query:
+            span = await self._part(request, mount, key, query["partNumber"])
+            rng = ByteRange(span.first, span.last) if span.meta.size else None
+        else:
+            rng = parse.parse_range(request.headers.get("Range"))
         try:
             read = await self.reads.read(mount, key, rng, request.headers)
         except errors.NotModified as exc:
             meta = await self.reads.head(mount, key)
             exc.fields.update(_validators(meta))
             raise
+        if span is not None and read.meta.etag != span.meta.etag:
+            raise errors.ObjectChanged(f"{key} changed while its part was looked up")
         request["source"] = read.source
         headers = _object_headers(request, read.meta, query, whole=not read.partial)
+        if span is not None:
+            _part_headers(headers, span)
         status = 200
         if read.partial:
             status = 206
@@ -232,6 +261,14 @@ def _encoding(q: Mapping[str, str]) -> bool:
             argumentValue=str(enc),
         )
     return enc == "url"
+
+
+def _part_headers(headers: dict[str, str], part: PartSpan) -> None:
+    """A part is answered as a range of the object (206), with the object's part count."""
+    if part.count is not None:
+        headers["x-amz-mp-parts-count"] = str(part.count)
+    if part.meta.size:
+        headers["Content-Range"] = f"bytes {part.first}-{part.last}/{part.meta.size}"
 
 
 def _validators(meta: ObjectMeta) -> dict[str, str]:

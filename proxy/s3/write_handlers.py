@@ -11,13 +11,20 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from proxy import errors
+from proxy.core.conditions import check_conditions
 from proxy.core.writes import Writes
-from proxy.model import RETURNED_CHECKSUMS
+from proxy.model import RETURNED_CHECKSUMS, ByteRange, ObjectMeta
 from proxy.routing import Mount, Router
 from proxy.s3 import inputs, parse, xml
 from proxy.s3.responses import request_ids, xml_response
 
 MAX_DELETE_KEYS = 1000
+_COPY_CONDITIONS = {
+    "x-amz-copy-source-if-match": "If-Match",
+    "x-amz-copy-source-if-none-match": "If-None-Match",
+    "x-amz-copy-source-if-modified-since": "If-Modified-Since",
+    "x-amz-copy-source-if-unmodified-since": "If-Unmodified-Since",
+}
 
 
 def _plain_delete(request: web.BaseRequest, query: Mapping[str, str]) -> None:
@@ -179,6 +186,7 @@ class S3WriteHandlers:
                 "This copy request is illegal because it is trying to copy an object to itself "
                 "without changing the object's metadata."
             )
+        await self._copy_conditions(request, src, src_key)
         content_type = inputs.content_type(request) if directive == "REPLACE" else None
         metadata = inputs.user_metadata(request) if directive == "REPLACE" else None
         meta = await self.writes.copy(src, src_key, mount, key, content_type, metadata)
@@ -187,10 +195,30 @@ class S3WriteHandlers:
         )
 
     def _part_number(self, query: Mapping[str, str]) -> int:
-        raw = query.get("partNumber", "")
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-            raise errors.InvalidArgument("Part number must be an integer between 1 and 10000.")
-        return int(raw)
+        return parse.parse_part_number(query.get("partNumber", ""))
+
+    async def _copy_conditions(
+        self, request: web.BaseRequest, src: Mount, src_key: str
+    ) -> ObjectMeta | None:
+        """The x-amz-copy-source-if-* headers checked against the source as the proxy serves
+        it (its metadata, fresh within metadata_ttl): 412 PreconditionFailed when one fails.
+        Returns the source's metadata when it was looked up.
+
+        https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html
+        """
+        conditions = {
+            plain: request.headers[header]
+            for header, plain in _COPY_CONDITIONS.items()
+            if header in request.headers
+        }
+        if not conditions:
+            return None
+        meta = await self.writes.reads.head(src, src_key)
+        try:
+            check_conditions(conditions, meta.etag, meta.last_modified)
+        except errors.NotModified:  # a copy has no 304: any failed condition is a 412
+            raise errors.PreconditionFailed() from None
+        return meta
 
     async def upload_part(
         self,
@@ -217,7 +245,17 @@ class S3WriteHandlers:
     ) -> web.StreamResponse:
         number = self._part_number(query)
         src, src_key = self._copy_source(request)
-        rng = parse.parse_range(request.headers.get("x-amz-copy-source-range"))
+        span = parse.parse_copy_range(request.headers.get("x-amz-copy-source-range"))
+        meta = await self._copy_conditions(request, src, src_key)
+        rng = None
+        if span is not None:
+            if meta is None:
+                meta = await self.writes.reads.head(src, src_key)
+            if span[1] >= meta.size:
+                raise errors.InvalidCopyRange(
+                    rangeRequested=f"bytes={span[0]}-{span[1]}", actualObjectSize=str(meta.size)
+                )
+            rng = ByteRange(*span)
         etag, meta = await self.writes.upload_part_copy(
             src, src_key, rng, mount, key, upload_id, number
         )
@@ -238,8 +276,10 @@ class S3WriteHandlers:
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")
         numbers = [n for n, _ in parts]
-        if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
-            # checked here, before the store: stores disagree on what they report first
+        if any(a > b for a, b in zip(numbers, numbers[1:], strict=False)):
+            # checked here, before the store: stores disagree on what they report first. A
+            # number listed twice (a part re-sent while its first upload ran) is the store's
+            # call: S3 stores differ on it.
             raise errors.InvalidPartOrder()
         meta = await self.writes.complete_multipart(mount, remote, upload_id, parts)
         location = f"/{mount.name}/{key}"

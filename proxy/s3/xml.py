@@ -89,7 +89,7 @@ def list_objects_v2(
     if url:
         parts.append(_t("EncodingType", "url"))
     parts.append(_t("KeyCount", len(page.entries) + len(page.prefixes)))
-    if token:
+    if token is not None:  # an empty token sent is an empty token echoed
         parts.append(_t("ContinuationToken", token))
     if start_after:
         parts.append(_t("StartAfter", _enc(start_after, url)))
@@ -111,10 +111,13 @@ def list_objects_v1(
     marker: str,
     url: bool,
 ) -> bytes:
+    # v1 with encoding-type=url: S3 encodes Delimiter, Marker, NextMarker, Key and
+    # CommonPrefixes, not Prefix (which clients therefore do not decode); v2 also Prefix and
+    # StartAfter. https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjects.html
     parts = [
         f'{HEAD}<ListBucketResult xmlns="{NS}">',
         _t("Name", bucket),
-        _t("Prefix", _enc(prefix, url)),
+        _t("Prefix", prefix),
         _t("Marker", _enc(marker, url)),
         _t("MaxKeys", max_keys),
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from proxy.backends.base import Lifecycle, Reads, Uploads, Writes
+from proxy.backends.base import Lifecycle, Parts, Reads, Uploads, Writes
 from proxy.model import BucketInfo, GetResult, ListPage, ObjectMeta, PartInfo, UploadInfo
 
 
@@ -16,14 +16,23 @@ class StoreFront:
     staging: Path  # for multipart staging (kit/multipart.py); the factory sets it
 
     def __init__(
-        self, name: str, link: Lifecycle, reads: Reads, writes: Writes, uploads: Uploads
+        self,
+        name: str,
+        link: Lifecycle,
+        reads: Reads,
+        writes: Writes,
+        uploads: Uploads,
+        parts: Parts | None = None,
     ) -> None:
+        """``parts``: where the store keeps the parts of a multipart upload (else None: an
+        upload is one piece once complete)."""
         self.name = name
         self.staging = Path()
         self._link = link
         self._reads = reads
         self._writes = writes
         self._uploads = uploads
+        self._parts = parts
 
     async def start(self) -> None:
         await self._link.start()
@@ -50,6 +59,9 @@ class StoreFront:
         start_after: str | None,
     ) -> ListPage:
         return await self._reads.list_page(bucket, prefix, delimiter, max_keys, token, start_after)
+
+    async def part_range(self, bucket: str, key: str, number: int) -> tuple[int, int] | None:
+        return None if self._parts is None else await self._parts.part_range(bucket, key, number)
 
     async def bucket_exists(self, bucket: str) -> bool:
         return await self._reads.bucket_exists(bucket)

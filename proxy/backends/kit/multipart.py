@@ -150,13 +150,17 @@ class StagedUploads:
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")
         numbers = [n for n, _ in parts]
-        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+        if numbers != sorted(numbers):
             raise errors.InvalidPartOrder()
-        for i, (n, etag) in enumerate(parts):
+        for n, etag in parts:
             part = staged.get(n)
             if part is None or part.etag.strip('"') != etag.strip('"'):
                 raise errors.InvalidPart(partNumber=str(n))
-            if i < len(parts) - 1 and part.size < MIN_PART_SIZE:
+        # A number listed twice (a part re-sent while its first upload ran) names the one part
+        # staged under it: it goes in once, as SeaweedFS does.
+        parts = [p for i, p in enumerate(parts) if i == 0 or p[0] != parts[i - 1][0]]
+        for i, (n, _) in enumerate(parts):
+            if i < len(parts) - 1 and staged[n].size < MIN_PART_SIZE:
                 raise errors.EntityTooSmall(partNumber=str(n))
         d = self.upload_dir(upload_id)
         files = [d / f"part-{n:05d}" for n, _ in parts]

@@ -17,4 +17,5 @@ class S3Backend(StoreFront):
     def __init__(self, cfg: BackendConfig) -> None:
         link = S3Link(cfg)
         reads = S3Reads(link)
-        super().__init__(cfg.name, link, reads, S3Writes(link, reads), S3Uploads(link, reads))
+        uploads = S3Uploads(link, reads)
+        super().__init__(cfg.name, link, reads, S3Writes(link, reads), uploads, parts=reads)

@@ -3,10 +3,11 @@ HTTP answers of http.py), object headers, and the parameters of writes. Pure fun
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -119,7 +120,22 @@ def write_params(
     for header, param in PASS_HEADERS.items():
         if headers and headers.get(header):
             params[param] = headers[header]
+    expires = _expires(headers.get("Expires")) if headers else None
+    if expires is not None:
+        params["Expires"] = expires
     return params
+
+
+def _expires(value: str | None) -> datetime.datetime | None:
+    """An Expires header as the aware datetime botocore sends; None when it is no HTTP date
+    (then it is not stored)."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def kept_headers(headers: Mapping[str, str], resp: Mapping[str, Any]) -> dict[str, str]:
@@ -127,6 +143,9 @@ def kept_headers(headers: Mapping[str, str], resp: Mapping[str, Any]) -> dict[st
     kept = {h: v for h, v in headers.items() if h in PASS_HEADERS and v}
     if kept.get("x-amz-storage-class", "").upper() == "STANDARD":
         del kept["x-amz-storage-class"]  # S3 sends no storage class for STANDARD
+    expires = _expires(headers.get("Expires"))
+    if expires is not None:  # as the store answers it: the IMF-fixdate of the stored instant
+        kept["Expires"] = format_datetime(expires.astimezone(datetime.UTC), usegmt=True)
     if resp.get("VersionId"):
         kept["x-amz-version-id"] = str(resp["VersionId"])
     return kept

@@ -81,11 +81,17 @@ class S3HttpReader:
         return dict(request.headers.items())
 
     async def _send(
-        self, method: str, operation: str, bucket: str, key: str, headers: dict[str, str]
+        self,
+        method: str,
+        operation: str,
+        bucket: str,
+        key: str,
+        headers: dict[str, str],
+        query: str = "",
     ) -> aiohttp.ClientResponse:
         session = self._session
         assert session is not None, "backend not started"
-        url = self._url(bucket, key)
+        url = self._url(bucket, key) + (f"?{query}" if query else "")
 
         async def send() -> aiohttp.ClientResponse:
             signed = await self._signed(method, url, headers)
@@ -111,6 +117,24 @@ class S3HttpReader:
         resp = await self._send("HEAD", "HeadObject", bucket, key, {})
         resp.release()
         return meta_from_headers(resp.headers, int(resp.headers.get("Content-Length", 0)))
+
+    async def part_range(self, bucket: str, key: str, number: int) -> tuple[int, int]:
+        """HEAD ?partNumber=: S3 answers the part's Content-Range. A store that answers only
+        the part's length (moto) gets one HEAD per earlier part to find where it starts."""
+
+        async def head_part(n: int) -> tuple[int, re.Match[str] | None]:
+            resp = await self._send("HEAD", "HeadObject", bucket, key, {}, f"partNumber={n}")
+            resp.release()
+            length = int(resp.headers.get("Content-Length", 0))
+            return length, _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+
+        length, m = await head_part(number)
+        if m is not None:
+            return int(m.group(1)), int(m.group(2))
+        first = 0
+        for n in range(1, number):
+            first += (await head_part(n))[0]
+        return first, first + length - 1
 
     async def get(
         self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None

@@ -21,6 +21,9 @@ class S3Reads:
     ) -> GetResult:
         return await self._link.http.get(bucket, key, start, end, if_match)
 
+    async def part_range(self, bucket: str, key: str, number: int) -> tuple[int, int]:
+        return await self._link.http.part_range(bucket, key, number)
+
     async def list_page(
         self,
         bucket: str,
