@@ -33,9 +33,10 @@ WRITTEN_MAX = 10_000
 
 
 class Fill:
-    def __init__(self, oid: bytes, index: int) -> None:
+    def __init__(self, oid: bytes, index: int, seen: int) -> None:
         self.oid = oid
         self.index = index
+        self.seen = seen  # the index's write mark before the store was asked (write_mark)
         self.meta: ObjectMeta | None = None
         self.start = 0  # object offset of buf[0]
         self.buf = bytearray()
@@ -128,7 +129,7 @@ class Fills:
         ):
             metrics.COALESCED.inc()
             return fill
-        fill = Fill(oid, index)
+        fill = Fill(oid, index, self.cache.write_mark())
         self._fills[slot] = fill
         fill.task = asyncio.create_task(self._run(fill, mount, key, expect))
 
@@ -300,9 +301,11 @@ class Fills:
         rec = record_of(mount, key, meta)
         view = memoryview(fill.buf)
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
-            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]))
+            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]), seen=fill.seen)
         else:
-            ok = await self.cache.commit_chunk(fill.oid, rec, fill.index, view[:length])
+            ok = await self.cache.commit_chunk(
+                fill.oid, rec, fill.index, view[:length], seen=fill.seen
+            )
         metrics.FILLS.labels("cached" if ok else "not_cached").inc()
 
 
