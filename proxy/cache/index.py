@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 _U64 = struct.Struct(">Q")
 GHOST_LIMIT = 200_000
+WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
 
 
@@ -99,6 +100,33 @@ class Txn:
             self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
             self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
+
+    # -- write marks: a write wins over any read that started before it --------------------
+    def mark_written(self, oid: bytes) -> None:
+        """A write of ``oid`` (a PUT, a DELETE, a completed upload) commits in this txn: a read
+        that noted an older write mark (Index.write_mark) no longer speaks for the object."""
+        seq = self.counter(b"wseq") + 1
+        packed = _U64.pack(seq)
+        self.txn.put(b"wseq", packed, db=self.index.meta)
+        old = self.txn.get(oid, db=self.index.written)
+        if old is not None:
+            self.txn.delete(b"W" + old, db=self.index.queues)
+        self.txn.put(oid, packed, db=self.index.written)
+        self.txn.put(b"W" + packed, oid, db=self.index.queues)
+        if self.txn.stat(self.index.written)["entries"] > WRITTEN_LIMIT:
+            cur = self.txn.cursor(db=self.index.queues)
+            if cur.set_range(b"W") and cur.key()[:1] == b"W":
+                floor, victim = bytes(cur.key()[1:]), bytes(cur.value())
+                cur.delete()
+                self.txn.delete(victim, db=self.index.written)
+                self.txn.put(b"wfloor", floor, db=self.index.meta)
+
+    def written_since(self, oid: bytes, seen: int) -> bool:
+        """Whether a write of ``oid`` committed after the write mark ``seen`` was read (for an
+        object whose own mark was trimmed: whether any trimmed one may have)."""
+        raw = self.txn.get(oid, db=self.index.written)
+        mark = _U64.unpack(raw)[0] if raw is not None else self.counter(b"wfloor")
+        return mark > seen
 
     def _trim_ghosts(self) -> None:
         if self.txn.stat(self.index.ghost)["entries"] <= GHOST_LIMIT:
@@ -186,6 +214,7 @@ class Index:
         self.queues = self.env.open_db(b"queues")
         self.ghost = self.env.open_db(b"ghost")
         self.meta = self.env.open_db(b"meta")
+        self.written = self.env.open_db(b"written")  # oid -> the write mark of its last write
         self.max_bytes = max_bytes
         self.low_water = int(max_bytes * 0.95)
         self.env.reader_check()
@@ -220,6 +249,15 @@ class Index:
             return rec, (txn.get(oid, db=self.data) if rec.inline else None)
         finally:
             txn.abort()
+
+    def write_mark(self) -> int:
+        """The mark of the last write committed by any process (Txn.mark_written)."""
+        txn = self.env.begin(db=self.meta)
+        try:
+            raw = txn.get(b"wseq")
+        finally:
+            txn.abort()
+        return _U64.unpack(raw)[0] if raw is not None else 0
 
     def totals(self) -> tuple[int, int]:
         """(bytes, objects) held now."""

@@ -91,11 +91,21 @@ class CacheStore:
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
 
-    # -- writes -----------------------------------------------------------------------------
-    async def put_meta(self, oid: bytes, new: Record) -> Record:
-        """Record what a HEAD or revalidation learnt; a changed version drops the old bytes."""
+    def write_mark(self) -> int:
+        """Note this before asking the store: the ``seen`` of what the answer is committed with.
+        Whatever a read learnt is dropped if a write of the object committed after this (in any
+        process); a write's copy is dropped if another write committed meanwhile, as nobody
+        knows which of them the store kept."""
+        return self._idx.write_mark()
 
-        def op(t: Txn) -> Record:
+    # -- writes -----------------------------------------------------------------------------
+    async def put_meta(self, oid: bytes, new: Record, *, seen: int) -> Record | None:
+        """Record what a HEAD or revalidation learnt; a changed version drops the old bytes.
+        None (nothing changed) when a write committed since ``seen``: the answer is older."""
+
+        def op(t: Txn) -> Record | None:
+            if t.written_since(oid, seen):
+                return None
             cur = t.get(oid)
             if cur is not None and cur.etag == new.etag and cur.size == new.size:
                 cur.validated = max(cur.validated, new.validated)
@@ -106,26 +116,38 @@ class CacheStore:
             t.insert(oid, new)
             return new
 
-        result: Record = await self._idx.submit(op)
+        result: Record | None = await self._idx.submit(op)
         return result
 
-    async def commit_inline(self, oid: bytes, new: Record, data: bytes) -> bool:
-        def op(t: Txn) -> None:
+    async def commit_inline(
+        self, oid: bytes, new: Record, data: bytes, *, seen: int, write: bool = False
+    ) -> bool:
+        """Keep a small object inside the index. ``write``: the store just confirmed a write of
+        exactly ``new`` (its metadata too, whatever the old record held); else a read's fill.
+        False if not cached (see write_mark for ``seen``)."""
+
+        def op(t: Txn) -> bool:
             cur = t.get(oid)
+            if not _write_wins(t, oid, cur, seen, write):
+                return False
             if cur is not None:
                 if cur.etag == new.etag and cur.size == new.size:
-                    if cur.inline:
-                        return
+                    if cur.inline and not write:
+                        return True
                     new.freq, new.hits = cur.freq, cur.hits
                 t.remove(oid, cur)
             new.inline, new.stored, new.chunks = True, len(data), 0
             t.txn.put(oid, data, db=t.index.data)
             t.insert(oid, new)
+            return True
 
-        return await self._try_submit(op)
+        return await self._try_commit(op)
 
-    async def commit_chunk(self, oid: bytes, new: Record, index: int, data: memoryview) -> bool:
-        """Publish one chunk file, then mark it present. False if it could not be cached."""
+    async def commit_chunk(
+        self, oid: bytes, new: Record, index: int, data: memoryview, *, seen: int
+    ) -> bool:
+        """Publish one chunk file a fill read, then mark it present. False if it could not be
+        cached (see write_mark for ``seen``)."""
         try:
             await asyncio.to_thread(self.blobs.write, oid, new.gen, index, data)
         except OSError as exc:
@@ -135,8 +157,10 @@ class CacheStore:
             return False
         size = len(data)
 
-        def op(t: Txn) -> None:
+        def op(t: Txn) -> bool:  # whether the index holds the chunk (its file is kept)
             cur = t.get(oid)
+            if t.written_since(oid, seen):  # a write's record of the same version keeps it
+                return cur is not None and cur.gen == new.gen and cur.has_chunk(index)
             if cur is not None and not (cur.etag == new.etag and cur.size == new.size):
                 t.remove(oid, cur)
                 cur = None
@@ -148,17 +172,19 @@ class CacheStore:
                 cur.chunks |= 1 << index
                 cur.validated = max(cur.validated, new.validated)
                 t.grow(oid, cur, size)
+            return True
 
-        ok = await self._try_submit(op)
+        ok = await self._try_commit(op)
         if not ok:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok
 
     async def commit_files(
-        self, oid: bytes, new: Record, files: list[tuple[int, Path, int]]
+        self, oid: bytes, new: Record, files: list[tuple[int, Path, int]], *, seen: int
     ) -> bool:
         """Publish a whole object from fsynced temp files (a write-through copy): rename each
-        into place, then index every chunk in one transaction, replacing any older version."""
+        into place, then index every chunk in one transaction, replacing any older version.
+        False if not cached (another write committed since ``seen``: see write_mark)."""
         try:
             for index, tmp, _ in files:
                 final = self.blobs.path(oid, new.gen, index)
@@ -168,36 +194,49 @@ class CacheStore:
             log.cache.warning("cannot publish a write-through copy: %s", exc.strerror)
             return False
 
-        def op(t: Txn) -> None:
+        placed = {(oid, new.gen, index) for index, _, _ in files}
+
+        def op(t: Txn) -> bool:
             cur = t.get(oid)
+            if not _write_wins(t, oid, cur, seen, True):
+                t.batch.unlink += [u for u in placed if u not in t.batch.unlink]
+                return False
             if cur is not None:
                 t.remove(oid, cur)
                 if cur.gen == new.gen:  # same version rewritten: keep the files just placed
-                    placed = {(oid, new.gen, index) for index, _, _ in files}
                     t.batch.unlink = [u for u in t.batch.unlink if u not in placed]
             new.inline, new.chunks, new.stored = False, 0, 0
             for index, _, _ in files:
                 new.chunks |= 1 << index
             t.insert(oid, new)
             t.grow(oid, new, sum(length for _, _, length in files))
+            return True
 
-        return await self._try_submit(op)
+        return await self._try_commit(op)
 
     async def publish_upload(
-        self, oid: bytes, new: Record, upload_id: str, numbers: list[int]
+        self, oid: bytes, new: Record, upload_id: str, numbers: list[int], *, seen: int
     ) -> bool:
         """A completed multipart upload's staged parts (``numbers``, in order) become the
         cached copy of ``new``; the staging goes either way. True if cached."""
         files = await self.uploads.rechunk(oid, upload_id, numbers, new.size)
-        ok = files is not None and await self.commit_files(oid, new, files)
+        ok = files is not None and await self.commit_files(oid, new, files, seen=seen)
         await self.uploads.discard(oid, upload_id)
         return ok
 
-    async def drop(self, oid: bytes) -> None:
+    async def drop(self, oid: bytes, *, seen: int | None = None) -> None:
+        """Forget the object. A write's drop (``seen`` None) also moves the object's write
+        mark; a read's (the store said NoSuchKey) is skipped if a write committed since
+        ``seen``."""
+
         def op(t: Txn) -> None:
+            if seen is not None and t.written_since(oid, seen):
+                return
             cur = t.get(oid)
             if cur is not None:
                 t.remove(oid, cur)
+            if seen is None:
+                t.mark_written(oid)
 
         await self._submit(op)
 
@@ -223,6 +262,14 @@ class CacheStore:
             metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
             return False
         return True
+
+    async def _try_commit(self, op: object) -> bool:
+        """As _try_submit, for an op that answers whether it committed what it was given."""
+        try:
+            return bool(await self._submit(op))
+        except errors.IndexFull as exc:
+            metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
+            return False
 
     async def _flush_hits_forever(self) -> None:
         while True:
@@ -290,6 +337,18 @@ class CacheStore:
 
         idx.run_sync(repair)
         return stats
+
+
+def _write_wins(t: Txn, oid: bytes, cur: Record | None, seen: int, write: bool) -> bool:
+    """Whether a commit noted at ``seen`` may replace ``cur``: no write committed since. A
+    write moves the object's mark; one that finds another write committed meanwhile drops
+    ``cur`` too, as which of them the store kept is unknown."""
+    stale = t.written_since(oid, seen)
+    if write:
+        t.mark_written(oid)
+        if stale and cur is not None:
+            t.remove(oid, cur)
+    return not stale
 
 
 def _publish(tmp: Path, final: Path) -> None:

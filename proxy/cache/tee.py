@@ -60,8 +60,10 @@ class CacheTee:
         await asyncio.to_thread(_write_file, path, data)
         self._files.append((index, path, len(data)))
 
-    async def publish(self, oid: bytes, rec: Record) -> bool:
-        """The store confirmed ``rec`` (its ETag): put the copy in the cache. True if cached."""
+    async def publish(self, oid: bytes, rec: Record, seen: int) -> bool:
+        """The store confirmed ``rec`` (its ETag, metadata and headers): put the copy in the
+        cache, replacing whatever record it had. ``seen``: the write mark noted before the
+        write began (CacheStore.write_mark). True if cached."""
         if self.failed or self._seen != self.size:
             await self.discard()
             return False
@@ -71,11 +73,11 @@ class CacheTee:
             await self.discard()
             return False
         if self.inline:
-            return await self.cache.commit_inline(oid, rec, bytes(self._buf))
+            return await self.cache.commit_inline(oid, rec, bytes(self._buf), seen=seen, write=True)
         if self._buf:
             await self._spill(bytes(self._buf))
             self._buf = bytearray()
-        ok = await self.cache.commit_files(oid, rec, self._files)
+        ok = await self.cache.commit_files(oid, rec, self._files, seen=seen)
         self._files = []
         return ok
 

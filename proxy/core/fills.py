@@ -50,10 +50,11 @@ class FillBuffer(bytearray):
 
 
 class Fill:
-    def __init__(self, oid: bytes, index: int, claim: Claim) -> None:
+    def __init__(self, oid: bytes, index: int, claim: Claim, seen: int) -> None:
         self.oid = oid
         self.index = index
         self.claim = claim  # the memory for the buffer; given back when the buffer is freed
+        self.seen = seen  # the index's write mark before the store was asked (write_mark)
         self.meta: ObjectMeta | None = None
         self.start = 0  # object offset of buf[0]
         self.buf: bytearray = FillBuffer()
@@ -191,7 +192,7 @@ class Fills:
         if claim is None:
             return None
         slot = (oid, index)
-        fill = Fill(oid, index, claim)
+        fill = Fill(oid, index, claim, self.cache.write_mark())
         self._fills[slot] = fill
         fill.task = asyncio.create_task(self._run(fill, mount, key, expect))
 
@@ -384,9 +385,11 @@ class Fills:
         rec = record_of(mount, key, meta)
         view = memoryview(fill.buf)
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
-            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]))
+            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]), seen=fill.seen)
         else:
-            ok = await self.cache.commit_chunk(fill.oid, rec, fill.index, view[:length])
+            ok = await self.cache.commit_chunk(
+                fill.oid, rec, fill.index, view[:length], seen=fill.seen
+            )
         metrics.FILLS.labels("cached" if ok else "not_cached").inc()
 
 

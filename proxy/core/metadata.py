@@ -39,7 +39,7 @@ class Metadata:
     def __init__(self, cache: CacheStore, cfg: CacheConfig) -> None:
         self.cache = cache
         self.cfg = cfg
-        self._revalidations: dict[bytes, asyncio.Task[Record]] = {}
+        self._revalidations: dict[bytes, asyncio.Task[Record | None]] = {}
         self._metas: dict[int, tuple[Record, ObjectMeta]] = {}
         self._background: set[asyncio.Task[object]] = set()
 
@@ -69,17 +69,20 @@ class Metadata:
         if task is None:
             task = asyncio.create_task(self._revalidate(mount, key, oid, rec))
             self._revalidations[oid] = task
-            task.add_done_callback(lambda _: self._revalidations.pop(oid, None))
+            task.add_done_callback(lambda _: self._forget_task(oid, task))
         new = await asyncio.shield(task)
-        if new.etag != rec.etag or new.size != rec.size:
-            return None, None  # changed in the store: the old bytes are gone
+        if new is None or new.etag != rec.etag or new.size != rec.size:
+            return None, None  # changed in the store (the old bytes are gone), or written
         return new, inline
 
-    async def _revalidate(self, mount: Mount, key: str, oid: bytes, rec: Record) -> Record:
+    async def _revalidate(self, mount: Mount, key: str, oid: bytes, rec: Record) -> Record | None:
+        """The record as the store confirmed it; None if a write committed meanwhile (the
+        store's answer may be older than it, so nothing is recorded)."""
+        seen = self.cache.write_mark()
         try:
             meta = await mount.backend.head(mount.bucket, key)
         except errors.NoSuchKey:
-            await self.cache.drop(oid)
+            await self.cache.drop(oid, seen=seen)
             raise
         except (errors.ServiceUnavailable, errors.SlowDown):
             ttl = mount.metadata_ttl or 0.0
@@ -91,7 +94,7 @@ class Metadata:
                 )
                 return rec
             raise
-        return await self.cache.put_meta(oid, record_of(mount, key, meta))
+        return await self.cache.put_meta(oid, record_of(mount, key, meta), seen=seen)
 
     async def head(self, mount: Mount, key: str) -> ObjectMeta:
         if not mount.cacheable:
@@ -100,19 +103,29 @@ class Metadata:
         rec, _ = await self.current(mount, key, oid)
         if rec is not None:
             return self.meta_of(rec)
+        seen = self.cache.write_mark()
         meta = await mount.backend.head(mount.bucket, key)
-        self._spawn(self.cache.put_meta(oid, record_of(mount, key, meta)))
+        self._spawn(self.cache.put_meta(oid, record_of(mount, key, meta), seen=seen))
         return meta
 
     def forget(self, oid: bytes) -> None:
         """A write changed the object: a revalidation under way no longer speaks for it."""
         self._revalidations.pop(oid, None)
 
+    def _forget_task(self, oid: bytes, task: asyncio.Task[Record | None]) -> None:
+        if self._revalidations.get(oid) is task:  # not a newer one, begun after a write
+            del self._revalidations[oid]
+
     def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
+
+    async def wait_idle(self) -> None:
+        """Wait until the background index updates started so far are done."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def close(self) -> None:
         pending = list(self._background)

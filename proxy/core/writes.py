@@ -44,6 +44,7 @@ class Writes:
         self._writable(mount)
         oid = oid_of(mount, key)
         self.reads.invalidate(oid)
+        seen = self.cache.write_mark()
         tee = None
         if mount.cacheable and size <= self.cache.cfg.max_size * TEE_FRACTION:
             tee = CacheTee(self.cache, size)
@@ -62,7 +63,7 @@ class Writes:
         for alg, value in (checksums or {}).items():
             if alg in RETURNED_CHECKSUMS:
                 rec.headers[f"x-amz-checksum-{alg}"] = value
-        if tee is None or not await tee.publish(oid, rec):
+        if tee is None or not await tee.publish(oid, rec, seen):
             await self.cache.drop(oid)
         return meta
 
@@ -183,17 +184,22 @@ class Writes:
         self._writable(mount)
         oid = oid_of(mount, key)
         self.reads.invalidate(oid)
+        seen = self.cache.write_mark()
         try:
             meta = await mount.backend.complete_multipart(mount.bucket, key, upload_id, parts)
-        finally:
+        except BaseException:
             await self.cache.drop(oid)
+            raise
+        finally:
             self.reads.invalidate(oid)
+        numbers = [n for n, _ in parts]
         if mount.cacheable and meta.size <= self.cache.cfg.max_size * TEE_FRACTION:
             rec = record_of(mount, key, meta)
-            if not await self.cache.publish_upload(oid, rec, upload_id, [n for n, _ in parts]):
+            if not await self.cache.publish_upload(oid, rec, upload_id, numbers, seen=seen):
                 await self.cache.drop(oid)
         else:
             await self.parts.discard(oid, upload_id)
+            await self.cache.drop(oid)
         return meta
 
     async def abort_multipart(self, mount: Mount, key: str, upload_id: str) -> None:

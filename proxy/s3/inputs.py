@@ -4,6 +4,7 @@ and the headers kept with an object."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from xml.etree.ElementTree import Element
 
@@ -26,11 +27,28 @@ _STORED_HEADERS = (
 
 
 def user_metadata(request: web.BaseRequest) -> dict[str, str]:
-    return {
-        k[len(_META_PREFIX) :].lower(): v
-        for k, v in request.headers.items()
-        if k.lower().startswith(_META_PREFIX)
-    }
+    """The x-amz-meta-* headers, names lower-cased. A value that is not US-ASCII is stored
+    RFC 2047 encoded (``=?UTF-8?B?...?=``), the form S3 answers with, so every store keeps it
+    and every client reads back what S3 would send.
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html#UserMetadata
+    """
+    out: dict[str, str] = {}
+    for k, v in request.headers.items():
+        if k.lower().startswith(_META_PREFIX):
+            if not k.isascii():
+                raise errors.InvalidArgument("User metadata names must be US-ASCII.")
+            out[k[len(_META_PREFIX) :].lower()] = v if v.isascii() else _rfc2047(v)
+    return out
+
+
+def _rfc2047(value: str) -> str:
+    """``value`` (aiohttp decodes header bytes as UTF-8, surrogate-escaping the rest) as one
+    RFC 2047 encoded-word; bytes that are not UTF-8 cannot be named in any charset: a 400."""
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument("User metadata values must be UTF-8.") from None
+    return f"=?UTF-8?B?{base64.b64encode(raw).decode()}?="
 
 
 def stored_headers(request: web.BaseRequest) -> dict[str, str]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 from proxy import errors
 from proxy.model import ObjectMeta
@@ -38,6 +38,8 @@ PASS_HEADERS = {
 
 def map_client_error(exc: Exception, bucket: str, key: str | None) -> errors.S3Error:
     """The S3 error for one of botocore's (``key=None``: a bucket operation)."""
+    if isinstance(exc, ParamValidationError):  # refused before sending: the request's fault
+        return errors.InvalidArgument("A parameter of the request is not valid for the store.")
     if not isinstance(exc, ClientError):  # botocore's own: endpoint, credentials, retries
         return errors.BackendUnavailable(f"The store could not be reached: {type(exc).__name__}.")
     err = exc.response.get("Error", {})
