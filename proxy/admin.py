@@ -1,10 +1,19 @@
-"""The admin listener: /metrics, /healthz, /readyz, /admin/v1/cache."""
+"""The admin listener: /metrics, /healthz, /readyz, /admin/v1/cache.
+
+Reads stay open (Prometheus and probes need no credentials). A route that changes state
+is wrapped in ``state_changing``: it answers 401 unless the request carries
+``Authorization: Bearer <admin token>`` (compared in constant time). The token is required
+when the listener is not on loopback (config refuses to start without it); on loopback with
+no token configured, state-changing routes are open to local processes.
+"""
 
 from __future__ import annotations
 
+import functools
+import hmac
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import (
@@ -21,6 +30,44 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class AdminAuth:
+    """The bearer token state-changing admin routes require; None: none needed (loopback)."""
+
+    token: str | None = field(default=None, repr=False)
+
+    def check(self, request: web.Request) -> None:
+        """Raise 401 unless ``request`` carries the token (always passes without one)."""
+        if self.token is None:
+            return
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = self.token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise web.HTTPUnauthorized(
+                text='{"error": "this admin route needs Authorization: Bearer <admin token>"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="slipstream-admin"'},
+            )
+
+
+ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
+
+
+def state_changing(handler: Handler) -> Handler:
+    """Wrap an admin route that changes state (jobs, prefetch, pins, cache drops): it runs
+    only for a request carrying the admin token (see AdminAuth)."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        request.app[ADMIN_AUTH].check(request)
+        return await handler(request)
+
+    return guarded
 
 
 @dataclass
@@ -82,7 +129,10 @@ def metrics_registry(cache: CacheCollector) -> CollectorRegistry:
 
 
 def build_admin_app(
-    health: Health, registry: CollectorRegistry, cache_stats: Callable[[], dict[str, int]]
+    health: Health,
+    registry: CollectorRegistry,
+    cache_stats: Callable[[], dict[str, int]],
+    auth: AdminAuth,
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         body = generate_latest(registry)
@@ -103,6 +153,7 @@ def build_admin_app(
         return web.json_response(cache_stats())
 
     app = web.Application()
+    app[ADMIN_AUTH] = auth
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

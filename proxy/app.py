@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proxy import backends as backend_factory
 from proxy import listen, log
-from proxy.admin import CacheCollector, Health, build_admin_app, metrics_registry
+from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
@@ -126,7 +126,9 @@ def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
         return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size}
 
     return web.AppRunner(
-        build_admin_app(health, registry, stats), handle_signals=False, access_log=None
+        build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token())),
+        handle_signals=False,
+        access_log=None,
     )
 
 

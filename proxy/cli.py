@@ -32,6 +32,7 @@ def _load(config: Path | None) -> Config:
                 backend.secret(name)
         for user in cfg.auth.users:
             user.secret()  # a client's missing secret fails now too (read again at start)
+        cfg.admin.token()  # and the admin token's
         return cfg
     except ConfigError as exc:
         click.echo(f"slipstream: invalid configuration: {exc}", err=True)
@@ -90,8 +91,11 @@ def check_config(config: Path | None) -> None:
         click.echo(f"  backend {b.name}: {b.type} {where}")
     for m in cfg.buckets.values():
         click.echo(f"  bucket {m.name} -> {m.backend}:{m.bucket or m.name}/{m.prefix}")
-    anonymous = cfg.auth.anonymous is True or (cfg.auth.anonymous is None and not cfg.auth.users)
-    click.echo(f"  auth region={cfg.auth.region} anonymous={'yes' if anonymous else 'no'}")
+    grants = cfg.auth.anonymous_grants()
+    anonymous = ", ".join(f"{b}: {level}" for b, level in (grants or {}).items()) or "no"
+    click.echo(f"  auth region={cfg.auth.region} anonymous={anonymous}")
+    token = cfg.admin.token_env or cfg.admin.token_file
+    click.echo(f"  admin token {'from ' + str(token) if token else 'none (loopback only)'}")
     for u in cfg.auth.users:
         allow = ", ".join(f"{b}: {level}" for b, level in u.allow.items()) or "nothing"
         click.echo(

@@ -144,11 +144,49 @@ class UserConfig:
         return value
 
 
+# read-only by convention (a MappingProxyType cannot be pickled for the worker processes)
+OPEN_ACCESS: Mapping[str, AccessLevel] = {"*": "read-write"}
+READ_EVERYWHERE: Mapping[str, AccessLevel] = {"*": "read"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuthConfig:
-    anonymous: bool | None = None  # None: anonymous when no users are configured (loopback only)
+    """``anonymous``: None (unset) lets unsigned requests read and write everything while no
+    users are configured (a loopback listener only) and nothing otherwise; True is read on every
+    bucket; a mapping grants per bucket (bucket or "*" -> read | read-write); False: nothing."""
+
+    anonymous: bool | Mapping[str, AccessLevel] | None = None
     users: tuple[UserConfig, ...] = ()
     region: str = "us-east-1"  # the region clients sign for (SigV4 credential scope)
+
+    def anonymous_grants(self) -> Mapping[str, AccessLevel] | None:
+        """What an unsigned request may touch, or None when unsigned requests are refused."""
+        if self.anonymous is None:
+            return None if self.users else OPEN_ACCESS
+        if self.anonymous is True:
+            return READ_EVERYWHERE
+        if self.anonymous is False:
+            return None
+        return self.anonymous
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    """The admin listener's bearer token for routes that change state: required when
+    ``admin_listen`` is not a loopback address. Read at start, kept only in memory."""
+
+    token_env: str | None = None
+    token_file: Path | None = None
+
+    def token(self) -> str | None:
+        """Read the token now (raises ConfigError naming the field when it is missing)."""
+        if not self.token_env and not self.token_file:
+            return None
+        where = "admin.token_env" if self.token_env else "admin.token_file"
+        value = read_secret(self.token_env, self.token_file, where)
+        if not value:
+            raise ConfigError(f"{where}: the token is empty")
+        return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +218,7 @@ class Config:
     buckets: Mapping[str, MountConfig] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
@@ -377,7 +416,12 @@ _REGION_RE = re.compile(r"[a-z0-9][a-z0-9\-]{0,62}")
 
 def _auth(data: Any) -> AuthConfig:
     r = FieldReader(data, "auth")
-    anonymous = r.flag("anonymous", None)
+    raw_anonymous = r.take("anonymous", None)
+    anonymous: bool | Mapping[str, AccessLevel] | None
+    if raw_anonymous is None or isinstance(raw_anonymous, bool | str):
+        anonymous = FieldReader({"anonymous": raw_anonymous}, "auth").flag("anonymous", None)
+    else:
+        anonymous = _grants(raw_anonymous, "auth.anonymous")
     region = r.text("region", "us-east-1") or ""
     raw_users = r.take("users", None)
     r.finish()
@@ -393,7 +437,7 @@ def _auth(data: Any) -> AuthConfig:
         if any(u.access_key == user.access_key for u in users):
             raise ConfigError(f"auth.users[{n}].access_key: {user.access_key!r} appears twice")
         users.append(user)
-    if anonymous is False and not users:
+    if (anonymous is False or anonymous == {}) and not users:
         raise ConfigError("auth.anonymous: false with no auth.users lets nobody in")
     return AuthConfig(anonymous=anonymous, users=tuple(users), region=region)
 
@@ -419,20 +463,43 @@ def _user(data: Any, where: str) -> UserConfig:
         raise ConfigError(
             f"{where}.secret_key_env: give exactly one of secret_key_env and secret_key_file"
         )
-    ar = FieldReader(raw_allow, f"{where}.allow")
-    allow: dict[str, AccessLevel] = {}
-    for bucket in list(ar.data):
-        name = str(bucket)
-        if name != "*" and not valid_bucket_name(name, min_length=2):
-            raise ConfigError(f"{where}.allow.{name}: not a bucket name or '*'")
-        allow[name] = ar.choice(bucket, None, ("read", "read-write"))
-    ar.finish()
     return UserConfig(
         access_key=access_key,
         secret_key_env=env,
         secret_key_file=Path(path) if path else None,
-        allow=allow,
+        allow=_grants(raw_allow, f"{where}.allow"),
     )
+
+
+def _grants(data: Any, where: str) -> dict[str, AccessLevel]:
+    """bucket name (or "*") -> read | read-write, each name and level validated."""
+    ar = FieldReader(data, where)
+    allow: dict[str, AccessLevel] = {}
+    for bucket in list(ar.data):
+        name = str(bucket)
+        if name != "*" and not valid_bucket_name(name, min_length=2):
+            raise ConfigError(f"{where}.{name}: not a bucket name or '*'")
+        allow[name] = ar.choice(bucket, None, ("read", "read-write"))
+    ar.finish()
+    return allow
+
+
+def _admin(data: Any, admin_listen: str) -> AdminConfig:
+    r = FieldReader(data, "admin")
+    env = r.text("token_env")
+    path = r.text("token_file")
+    r.finish()
+    if env and path:
+        raise ConfigError("admin.token_env: give one of token_env and token_file, not both")
+    admin = AdminConfig(token_env=env or None, token_file=Path(path) if path else None)
+    host, _ = split_host_port(admin_listen, "admin_listen")
+    if not is_loopback(host) and not (env or path):
+        raise ConfigError(
+            f"admin.token_env: admin_listen {admin_listen} is not a loopback address; set "
+            "admin.token_env (or admin.token_file) to the bearer token its state-changing "
+            "routes require, or listen on 127.0.0.1"
+        )
+    return admin
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -509,6 +576,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         raise ConfigError("server.body_idle_timeout: must be more than 0s")
 
     auth = _auth(r.take("auth"))
+    admin = _admin(r.take("admin"), admin_listen)
     tls = _tls(r.take("tls"))
 
     lr = FieldReader(r.take("log"), "log")
@@ -522,7 +590,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     r.finish()
 
     host, _ = split_host_port(listen, "listen")
-    if not is_loopback(host) and not auth.users and auth.anonymous is not True:
+    if not is_loopback(host) and not auth.users and not auth.anonymous:
         raise ConfigError(
             f"auth.users: listen {listen} is not a loopback address and no client credentials "
             "are configured; add auth.users, or set auth.anonymous: true to serve anyone who "
@@ -537,6 +605,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         buckets=buckets,
         server=server,
         auth=auth,
+        admin=admin,
         tls=tls,
         log=log,
         source=source,

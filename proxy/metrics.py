@@ -9,6 +9,81 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# Label values come from these fixed sets, never from a request (a scraper keeps every series).
+# An operation not listed is counted as "Unknown"; a status not listed as its class ("4xx").
+OPERATIONS = frozenset(
+    {
+        "Unknown",
+        # buckets
+        "ListBuckets",
+        "HeadBucket",
+        "CreateBucket",
+        "DeleteBucket",
+        "GetBucketLocation",
+        "GetBucketVersioning",
+        "ListObjects",
+        "ListObjectsV2",
+        "ListMultipartUploads",
+        "DeleteObjects",
+        "UnknownBucketOperation",
+        # bucket subresources answered NotImplemented
+        "GetBucketAcl",
+        "GetBucketPolicy",
+        "GetBucketCors",
+        "GetBucketLifecycle",
+        "GetBucketTagging",
+        "GetBucketWebsite",
+        "GetBucketLogging",
+        "GetBucketNotification",
+        "GetBucketReplication",
+        "GetBucketEncryption",
+        "GetBucketObjectLock",
+        "GetBucketVersions",
+        "GetBucketRequestPayment",
+        "GetBucketAccelerate",
+        "GetBucketAnalytics",
+        "GetBucketInventory",
+        "GetBucketMetrics",
+        "GetBucketIntelligentTiering",
+        "GetBucketOwnershipControls",
+        "GetBucketPublicAccessBlock",
+        "GetBucketPolicyStatus",
+        # objects
+        "GetObject",
+        "HeadObject",
+        "PutObject",
+        "CopyObject",
+        "DeleteObject",
+        "DeleteObjectTagging",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+        "UnknownObjectOperation",
+    }
+)
+STATUSES = frozenset(
+    {
+        *(str(s) for s in (200, 204, 206, 304, 400, 403, 404, 405, 409, 411, 412, 413, 416)),
+        *(str(s) for s in (500, 501, 503)),
+        *(f"{c}xx" for c in range(1, 6)),
+    }
+)
+
+
+def operation_label(op: object) -> str:
+    """``op`` when it is a known operation name, else "Unknown"."""
+    return op if isinstance(op, str) and op in OPERATIONS else "Unknown"
+
+
+def status_label(status: int) -> str:
+    """The status code when it is in STATUSES, else its class ("4xx")."""
+    code = str(status)
+    return code if code in STATUSES else f"{min(max(status // 100, 1), 5)}xx"
+
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 REQUESTS = Counter(

@@ -340,7 +340,9 @@ def test_anonymous_modes(secret_env: str) -> None:
     assert closed.authenticate(mocked(signed)).principal is not ANONYMOUS
 
     mixed = Authenticator(AuthConfig(anonymous=True, users=users(secret_env)))
-    assert mixed.authenticate(mocked(unsigned)).principal is ANONYMOUS
+    anonymous = mixed.authenticate(mocked(unsigned)).principal  # read on every bucket only
+    assert anonymous is not None and anonymous.may("data", False)
+    assert not anonymous.may("data", True)
     assert mixed.authenticate(mocked(signed)).principal is not ANONYMOUS
     assert code_of(lambda: mixed.authenticate(mocked(wrong))) == "SignatureDoesNotMatch"
 

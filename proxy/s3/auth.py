@@ -19,7 +19,7 @@ from typing import Literal
 from aiohttp import web
 
 from proxy import errors
-from proxy.config import AccessLevel, AuthConfig
+from proxy.config import OPEN_ACCESS, AccessLevel, AuthConfig
 from proxy.s3 import checksums, sigv2, sigv4
 from proxy.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
 
@@ -60,7 +60,7 @@ class Principal:
         return level == "read-write" or (level == "read" and not write)
 
 
-ANONYMOUS = Principal("anonymous", {"*": "read-write"})
+ANONYMOUS = Principal("anonymous", OPEN_ACCESS)  # no users configured: open (loopback only)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,9 +134,13 @@ class AuthResult:
             if k not in PRESIGN_PARAMS and k not in sigv2.QUERY_PARAMS
         }
 
+    def allows(self, bucket: str, write: bool) -> bool:
+        """The principal may read (or write) ``bucket``."""
+        return self.principal is not None and self.principal.may(bucket, write)
+
     def require(self, bucket: str, write: bool) -> None:
         """AccessDenied unless the principal may read (or write) ``bucket``."""
-        if self.principal is None or not self.principal.may(bucket, write):
+        if not self.allows(bucket, write):
             raise errors.AccessDenied(resource=bucket)
 
 
@@ -160,9 +164,13 @@ class Authenticator:
                 user.secret().encode(),
                 Principal(user.access_key, dict(user.allow)),
             )
-        self.anonymous = cfg.anonymous is True or (cfg.anonymous is None and not self._users)
+        grants = cfg.anonymous_grants()
+        self.anonymous = grants is not None
+        self._anonymous = (
+            ANONYMOUS if grants is OPEN_ACCESS else Principal("anonymous", dict(grants or {}))
+        )
         self._open_reads = self.anonymous and not self._users
-        self._anonymous_read = AuthResult(ANONYMOUS, _NO_BODY)
+        self._anonymous_read = AuthResult(self._anonymous, _NO_BODY)
         self._keys: dict[tuple[str, str], bytes] = {}
 
     def authenticate(self, request: web.BaseRequest) -> AuthResult:
@@ -180,7 +188,7 @@ class Authenticator:
         if authorization is None and not presigned:
             if not self.anonymous:
                 raise errors.AccessDenied("Anonymous access is not allowed; sign your requests.")
-            return AuthResult(ANONYMOUS, self._payload_spec(request, None, None, False))
+            return AuthResult(self._anonymous, self._payload_spec(request, None, None, False))
         if authorization is not None and presigned:
             raise errors.InvalidArgument(
                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
@@ -188,7 +196,7 @@ class Authenticator:
             )
         if not self._users:  # nothing to verify against: signatures are ignored (anonymous)
             spec = self._payload_spec(request, None, None, presigned)
-            return AuthResult(ANONYMOUS, spec, presigned)
+            return AuthResult(self._anonymous, spec, presigned)
         if authorization is not None and authorization.startswith("AWS "):
             return self._authenticate_v2(request, sigv2.parse_header(authorization))
         if authorization is None and not presigned_v4:
@@ -209,6 +217,7 @@ class Authenticator:
         self._check_scope(signed)
         key = self._signing_key(signed.access_key, secret, signed.date)
         sigv4.verify(request, signed, key, self.region)
+        sigv4.require_signed_amz_headers(request.headers, signed)
         spec = self._payload_spec(request, signed, key, signed.presigned)
         return AuthResult(principal, spec, signed.presigned)
 
@@ -238,6 +247,13 @@ class Authenticator:
                     MaxAllowedSkewMilliseconds=str(MAX_SKEW * 1000),
                 )
         sigv2.verify(request, signed, secret)
+        if signed.expires is not None and signed.expires - now > sigv4.MAX_EXPIRES:
+            # the week SigV4 allows, here too (checked once the URL is known to be genuine)
+            raise errors.AccessDenied(
+                "Expires must be less than a week (604800 seconds) in the future",
+                Expires=sigv4.iso(signed.expires),
+                ServerTime=sigv4.iso(now),
+            )
         presigned = signed.expires is not None
         return AuthResult(principal, self._payload_spec(request, None, None, True), presigned)
 

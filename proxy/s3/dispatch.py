@@ -16,29 +16,30 @@ from proxy.s3.auth import Authenticator, is_write
 from proxy.s3.read_handlers import S3ReadHandlers
 from proxy.s3.write_handlers import S3WriteHandlers
 
+# subresource -> the operation it names (a metric label: names from this fixed table only)
 _BUCKET_SUBRESOURCES_NOT_BUILT = {
-    "acl",
-    "policy",
-    "cors",
-    "lifecycle",
-    "tagging",
-    "website",
-    "logging",
-    "notification",
-    "replication",
-    "encryption",
-    "object-lock",
-    "uploads",
-    "versions",
-    "requestPayment",
-    "accelerate",
-    "analytics",
-    "inventory",
-    "metrics",
-    "intelligent-tiering",
-    "ownershipControls",
-    "publicAccessBlock",
-    "policyStatus",
+    "acl": "GetBucketAcl",
+    "policy": "GetBucketPolicy",
+    "cors": "GetBucketCors",
+    "lifecycle": "GetBucketLifecycle",
+    "tagging": "GetBucketTagging",
+    "website": "GetBucketWebsite",
+    "logging": "GetBucketLogging",
+    "notification": "GetBucketNotification",
+    "replication": "GetBucketReplication",
+    "encryption": "GetBucketEncryption",
+    "object-lock": "GetBucketObjectLock",
+    "uploads": "ListMultipartUploads",
+    "versions": "GetBucketVersions",
+    "requestPayment": "GetBucketRequestPayment",
+    "accelerate": "GetBucketAccelerate",
+    "analytics": "GetBucketAnalytics",
+    "inventory": "GetBucketInventory",
+    "metrics": "GetBucketMetrics",
+    "intelligent-tiering": "GetBucketIntelligentTiering",
+    "ownershipControls": "GetBucketOwnershipControls",
+    "publicAccessBlock": "GetBucketPublicAccessBlock",
+    "policyStatus": "GetBucketPolicyStatus",
 }
 _OBJECT_SUBRESOURCES_NOT_BUILT = {
     "acl",
@@ -116,10 +117,10 @@ class S3Dispatcher:
         if "versioning" in query:
             request["op"] = "GetBucketVersioning"
             return await self.reads.get_versioning(request, mount)
-        unsupported = _BUCKET_SUBRESOURCES_NOT_BUILT.intersection(query)
+        unsupported = sorted(_BUCKET_SUBRESOURCES_NOT_BUILT.keys() & query.keys())
         if unsupported:
-            request["op"] = "GetBucket" + sorted(unsupported)[0].title()
-            raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
+            request["op"] = _BUCKET_SUBRESOURCES_NOT_BUILT[unsupported[0]]
+            raise errors.NotImplementedS3(f"?{unsupported[0]} is not supported.")
         if query.get("list-type") == "2":
             request["op"] = "ListObjectsV2"
             return await self.reads.list_v2(request, mount, query)

@@ -42,7 +42,7 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
     in_flight = 0
     ids = itertools.count(1)
     prefix = f"{os.getpid():X}"
-    request_counters: dict[tuple[str, int], Counter] = {}
+    request_counters: dict[tuple[str, str], Counter] = {}
     durations: dict[str, Histogram] = {}
 
     async def s3_middleware(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
@@ -69,13 +69,12 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
             resp = error_response(request, errors.InternalError())
         finally:
             in_flight -= 1
-        op = request.get("op", "Unknown")
+        op = metrics.operation_label(request.get("op"))  # labels from fixed sets only
         elapsed = time.perf_counter() - started
-        counter = request_counters.get((op, resp.status))
+        status = metrics.status_label(resp.status)
+        counter = request_counters.get((op, status))
         if counter is None:
-            counter = request_counters[(op, resp.status)] = metrics.REQUESTS.labels(
-                op, str(resp.status)
-            )
+            counter = request_counters[(op, status)] = metrics.REQUESTS.labels(op, status)
         counter.inc()
         duration = durations.get(op)
         if duration is None:
@@ -86,7 +85,7 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
                 "%s %s %s %d %s %.1fms",
                 request.remote,
                 request.method,
-                request.path,
+                _printable(request.path),
                 resp.status,
                 op,
                 elapsed * 1000,
@@ -100,6 +99,11 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
         return resp
 
     return s3_middleware
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a client's path never breaks a log line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _from_http(exc: web.HTTPException) -> errors.S3Error:

@@ -61,7 +61,8 @@ class S3ReadHandlers:
 
     # -- buckets ------------------------------------------------------------------------------
     async def list_buckets(self, request: web.BaseRequest) -> web.StreamResponse:
-        buckets = await self.listing.list_buckets()
+        auth = request["auth"]  # only the buckets the caller may read
+        buckets = [b for b in await self.listing.list_buckets() if auth.allows(b.name, False)]
         return xml_response(request, xml.list_buckets(buckets))
 
     async def list_v2(

@@ -91,6 +91,34 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     )
 
 
+# Sent unsigned without harm: the payload hash is part of the canonical request (header auth)
+# or not checked (UNSIGNED-PAYLOAD); a presigned URL carries its date and token in the query.
+_MAY_BE_UNSIGNED = frozenset(("x-amz-content-sha256",))
+_MAY_BE_UNSIGNED_PRESIGNED = _MAY_BE_UNSIGNED | {"x-amz-date", "x-amz-security-token"}
+
+
+def require_signed_amz_headers(headers: Mapping[str, str], signed: Signed) -> None:
+    """AccessDenied, as S3 answers, when the request carries an x-amz-* header the client did
+    not sign: such a header could change what the request does (x-amz-copy-source turns a
+    presigned PUT into a copy). https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
+    """
+    exempt = _MAY_BE_UNSIGNED_PRESIGNED if signed.presigned else _MAY_BE_UNSIGNED
+    unsigned = sorted(
+        {
+            name.lower()
+            for name in headers
+            if name.lower().startswith("x-amz-")
+            and name.lower() not in exempt
+            and name.lower() not in signed.signed_headers
+        }
+    )
+    if unsigned:
+        raise errors.AccessDenied(
+            "There were headers present in the request which were not signed",
+            HeadersNotSigned=", ".join(unsigned),
+        )
+
+
 class _SignedHeaders(dict[str, list[str]]):
     """The signed headers (lower-case name -> values), read by botocore as its HTTPHeaders:
     iteration, ``get_all`` and a case-insensitive ``in`` and ``[]``. A plain dict is several
@@ -170,10 +198,12 @@ def parse_header(value: str, timestamp: str | None) -> Signed:
 
 def parse_query(query: str) -> Signed:
     params: dict[str, str] = {}
+    signatures = 0
     for part in query.split("&"):
         name, _, value = part.partition("=")
         if name.startswith("X-Amz-"):
             params[name] = unquote(value)
+            signatures += name == "X-Amz-Signature"
     error = errors.AuthorizationQueryParametersError
     if params.get("X-Amz-Algorithm") != ALGORITHM:
         raise error('X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
@@ -192,6 +222,9 @@ def parse_query(query: str) -> Signed:
         raise error(
             "X-Amz-Expires must be a number of seconds from 1 to 604800 (a week)",
         )
+    if signatures > 1 or not HEX64.fullmatch(params["X-Amz-Signature"]):
+        # a tampered signature (given twice, or not 64 hex digits) is a wrong one, as S3 says
+        raise errors.SignatureDoesNotMatch(SignatureProvided=params["X-Amz-Signature"][:128])
     return _signed(
         params["X-Amz-Credential"],
         params["X-Amz-SignedHeaders"],

@@ -32,7 +32,8 @@ def _plain_delete(request: web.BaseRequest, query: Mapping[str, str]) -> None:
     refuse it rather than delete the object."""
     extra = sorted(query.keys() - {"x-id", "versionId"})
     if extra:
-        request["op"] = "DeleteObject" + extra[0][:1].upper() + extra[0][1:]
+        # a fixed name: the query is the client's and never becomes a metric label
+        request["op"] = "DeleteObjectTagging" if extra[0] == "tagging" else "Unknown"
         raise errors.NotImplementedS3(f"DELETE ?{extra[0]} is not supported.")
     if query.get("versionId", "null") != "null":
         raise errors.NotImplementedS3("Deleting a specific version is not supported.")
@@ -167,11 +168,12 @@ class S3WriteHandlers:
             raise errors.InvalidArgument("x-amz-copy-source must be BUCKET/KEY.")
         if "?" in raw and "versionId=" in raw and "versionId=null" not in raw:
             raise errors.NotImplementedS3("Copying a specific version is not supported.")
-        src = self.router.resolve(bucket)
         auth = request.get("auth")
         principal = getattr(auth, "principal", None)
         if principal is not None and not principal.may(bucket, False):
-            raise errors.AccessDenied(f"No read access to bucket {bucket}.")
+            # before the bucket is resolved: a refusal must not tell whether it exists
+            raise errors.AccessDenied("Access Denied")
+        src = self.router.resolve(bucket)
         return src, src.remote_key(key)
 
     async def copy_object(
