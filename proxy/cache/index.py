@@ -92,9 +92,7 @@ class Txn:
         self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
         self.add(b"objects", -1)
-        for i in range(rec.chunks.bit_length()):
-            if rec.chunks >> i & 1:
-                self.batch.unlink.append((oid, rec.gen, i))
+        self.batch.unlink.extend((oid, rec.gen, i) for i in rec.present_chunks())
         if to_ghost:
             seq = self.next_seq()
             self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)

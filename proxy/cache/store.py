@@ -326,11 +326,7 @@ class CacheStore:
                         t.remove(oid, rec)
                         stats["missing"] += 1
                     continue
-                lost = [
-                    i
-                    for i in range(rec.chunks.bit_length())
-                    if rec.has_chunk(i) and (oid, rec.gen, i) not in on_disk
-                ]
+                lost = [i for i in rec.present_chunks() if (oid, rec.gen, i) not in on_disk]
                 if lost:
                     t.remove(oid, rec)  # its other chunk files go too; refetched on demand
                     stats["missing"] += 1
