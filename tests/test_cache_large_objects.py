@@ -14,24 +14,16 @@ from pathlib import Path
 from proxy.cache.record import Record
 from tests.conftest import ProxyFactory
 from tests.faultkit import audit_cache, scrape, wait_until
+from tests.test_cache_index import record
 
 MIB = 1024**2
 GIB = 1024**3
 
 
 def _record(size: int, chunks: int = 0) -> Record:
-    return Record(
-        key="big.bin",
-        backend="local",
-        bucket="data",
-        etag='"e"',
-        size=size,
-        mtime=1.0,
-        ctype="application/octet-stream",
-        validated=2.0,
-        gen="abc",
-        chunks=chunks,
-    )
+    rec = record(size)
+    rec.chunks = chunks
+    return rec
 
 
 def test_bitmap_of_many_chunks_round_trips() -> None:
