@@ -442,8 +442,8 @@ def _user(data: Any, where: str) -> UserConfig:
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     for env_name, value in environ.items():
-        if not env_name.startswith(ENV_PREFIX):
-            continue
+        if not env_name.startswith(ENV_PREFIX) or env_name == f"{ENV_PREFIX}CONFIG":
+            continue  # SLIPSTREAM_CONFIG names the file (cli.py), not a field
         parts = [p.lower() for p in env_name[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
