@@ -18,6 +18,7 @@ import yaml
 
 from proxy.config_values import (
     FieldReader,
+    SizeOrShare,
     is_loopback,
     read_secret,
     split_host_port,
@@ -32,6 +33,9 @@ ENV_PREFIX = "SLIPSTREAM_"
 class CacheConfig:
     dir: Path = Path("./.slipstream/cache")
     max_size: int = 10 * 1024**3
+    # kept free on the volume under ``dir`` by evicting: the cache holds at most
+    # min(max_size, what the volume can hold beyond this)
+    min_free: SizeOrShare = SizeOrShare(percent=5.0)
     chunk_size: int = 8 * 1024**2
     inline_max: int = 256 * 1024
     metadata_ttl: float | None = 60.0  # None: never revalidate (immutable data)
@@ -274,6 +278,7 @@ def _cache(data: Any) -> CacheConfig:
     cfg = CacheConfig(
         dir=Path(r.text("dir", str(d.dir)) or d.dir),
         max_size=r.size("max_size", d.max_size),
+        min_free=r.size_or_share("min_free", d.min_free),
         chunk_size=r.size("chunk_size", d.chunk_size),
         inline_max=r.size("inline_max", d.inline_max),
         metadata_ttl=r.duration("metadata_ttl", d.metadata_ttl, allow_never=True),
@@ -504,8 +509,8 @@ def _admin(data: Any, admin_listen: str) -> AdminConfig:
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     for env_name, value in environ.items():
-        if not env_name.startswith(ENV_PREFIX):
-            continue
+        if not env_name.startswith(ENV_PREFIX) or env_name == f"{ENV_PREFIX}CONFIG":
+            continue  # SLIPSTREAM_CONFIG names the file (cli.py), not a field
         parts = [p.lower() for p in env_name[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue

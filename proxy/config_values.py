@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,36 @@ def parse_size(value: Any, where: str) -> int:
     if size < 0:
         raise ConfigError(f"{where}: must not be negative")
     return size
+
+
+@dataclass(frozen=True, kw_only=True)
+class SizeOrShare:
+    """A size in bytes, or a percentage of a whole known only at run time (a volume's size)."""
+
+    size: int = 0
+    percent: float | None = None
+
+    def of(self, whole: int) -> int:
+        return int(whole * self.percent / 100) if self.percent is not None else self.size
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else f"{self.size} bytes"
+
+
+def parse_size_or_share(value: Any, where: str) -> SizeOrShare:
+    """A size like ``2GiB`` or a percentage like ``5%`` (below 100)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", value) if isinstance(value, str) else None
+    if m is None:
+        try:
+            return SizeOrShare(size=parse_size(value, where))
+        except ConfigError:
+            raise ConfigError(
+                f"{where}: expected a size like 2GiB or a percentage like 5%, got {value!r}"
+            ) from None
+    percent = float(m.group(1))
+    if percent >= 100:
+        raise ConfigError(f"{where}: a percentage must be below 100%, got {value!r}")
+    return SizeOrShare(percent=percent)
 
 
 def parse_duration(value: Any, where: str, *, allow_never: bool = False) -> float | None:
@@ -151,6 +182,10 @@ class FieldReader:
 
     def size(self, name: str, default: int) -> int:
         return parse_size(self.take(name, default), self.path(name))
+
+    def size_or_share(self, name: str, default: SizeOrShare) -> SizeOrShare:
+        value = self.take(name, None)
+        return default if value is None else parse_size_or_share(value, self.path(name))
 
     def duration(self, name: str, default: Any, *, allow_never: bool = False) -> float | None:
         return parse_duration(self.take(name, default), self.path(name), allow_never=allow_never)

@@ -1,8 +1,10 @@
-"""Shared fixtures: real S3 servers on loopback and boto3 clients for them."""
+"""Shared fixtures: real S3 servers on loopback and boto3 clients for them; and, in CI, no
+silent skips."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import os
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,45 @@ from tests.servers import MotoServer, S3Endpoint, SeaweedFS, make_s3_client
 
 S3ClientFactory = Callable[..., Any]
 ProxyFactory = Callable[..., ProxyProcess]
+
+
+# -- no silent skips in CI ----------------------------------------------------------------------
+# A test skips where a tool it drives is missing (node for Azurite, mount, s3cmd, rclone, s3fs).
+# scripts/setup installs them all, so in CI (CI set, or SLIPSTREAM_NO_SKIP=1 as scripts/test
+# sets) a skip is a failure, unless the test is marked @pytest.mark.may_skip("why"): a
+# capability that a CI machine can truly lack, said in the reason.
+
+
+# Read once and taken out of the environment: the proxies the tests start would take any
+# SLIPSTREAM_ variable for a config field.
+NO_SKIP = os.environ.pop("SLIPSTREAM_NO_SKIP", "") == "1" or bool(os.environ.get("CI"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "may_skip(reason): the test may skip even in CI (where skips fail); reason says why "
+        "the capability it needs can be absent on a CI machine",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not (report.skipped and NO_SKIP) or hasattr(report, "wasxfail"):
+        return
+    allowance = item.get_closest_marker("may_skip")
+    if allowance is not None and allowance.args and str(allowance.args[0]).strip():
+        return  # without a reason it allows nothing
+    _, _, why = report.longrepr if isinstance(report.longrepr, tuple) else ("", 0, "")
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped in CI ({why or 'no reason given'}); install what it needs "
+        "(scripts/setup test), or mark it @pytest.mark.may_skip('why it can be absent')"
+    )
 
 
 @pytest.fixture(scope="session")

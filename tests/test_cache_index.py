@@ -237,6 +237,29 @@ async def test_full_map_fails_the_write_and_frees_room(tmp_path: Path) -> None:
         index.close()
 
 
+async def test_writes_keep_succeeding_after_the_map_fills(tmp_path: Path) -> None:
+    """A map filled gradually by inline values: older entries are evicted ahead, so no write
+    fails (LMDB needs free pages even to delete, so a map let fill up could not recover)."""
+    index = Index(tmp_path / "index", MIB, UNLIMITED)
+    index.start()
+    failed: list[int] = []
+    try:
+        for n in range(600):  # about 2.3 times what the map holds
+            try:
+                await index.submit(insert(oid(n), 3000, data=b"x" * 3000))
+            except errors.IndexFull:
+                failed.append(n)
+        assert failed == []
+        held = all_records(index)
+        assert 100 < len(held) < 600, len(held)
+        assert oid(599) in held and oid(0) not in held, "the oldest go first"
+        assert_totals_consistent(index)
+        used, _ = index.map_usage()
+        assert used <= MIB
+    finally:
+        index.close()
+
+
 # -- eviction over the LMDB queues ----------------------------------------------------------
 
 

@@ -371,6 +371,7 @@ def _unmount(mnt: Path) -> None:
             subprocess.run(cmd, capture_output=True, timeout=30, check=False)
 
 
+@pytest.mark.may_skip("FUSE needs /dev/fuse and mount rights, which a container often lacks")
 def test_s3fs_fuse_mount(t: T, tmp_path: Path) -> None:
     s3fs_bin = _need("s3fs")
     if not os.path.exists("/dev/fuse"):

@@ -21,6 +21,7 @@ import lmdb
 from proxy import errors, log
 from proxy.cache import eviction
 from proxy.cache.record import Record
+from proxy.cache.space import Throttled, Volume, disk_full
 
 T = TypeVar("T")
 
@@ -28,6 +29,12 @@ _U64 = struct.Struct(">Q")
 GHOST_LIMIT = 200_000
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
+LOW_WATER = 0.95  # over budget, evict down to this share of it
+# LMDB needs free pages even to delete (copy-on-write), so a full map could never be emptied:
+# past the high-water mark of pages in use a commit evicts ahead, down to about the low one.
+MAP_HIGH_WATER = 0.85
+MAP_LOW_WATER = 0.75
+_index_full = Throttled(log.cache)
 
 
 @dataclass(slots=True)
@@ -37,6 +44,7 @@ class Batch:
     unlink: list[tuple[bytes, str, int]] = field(default_factory=list)
     evicted_objects: int = 0
     evicted_bytes: int = 0
+    file_bytes: int = 0  # the bytes of the chunk files in ``unlink``
 
 
 Op = Callable[["Txn"], Any]
@@ -92,9 +100,9 @@ class Txn:
         self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
         self.add(b"objects", -1)
-        for i in range(rec.chunks.bit_length()):
-            if rec.chunks >> i & 1:
-                self.batch.unlink.append((oid, rec.gen, i))
+        self.batch.unlink.extend((oid, rec.gen, i) for i in rec.present_chunks())
+        if not rec.inline:
+            self.batch.file_bytes += rec.stored
         if to_ghost:
             seq = self.next_seq()
             self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
@@ -196,7 +204,12 @@ class _LmdbQueues:
 
 
 class Index:
-    def __init__(self, path: Path, map_size: int, max_bytes: int) -> None:
+    """``volume``, when given, also bounds what the cache holds: what it holds now plus the
+    room the volume has beyond its reserve (cache.min_free)."""
+
+    def __init__(
+        self, path: Path, map_size: int, max_bytes: int, volume: Volume | None = None
+    ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
@@ -215,8 +228,12 @@ class Index:
         self.ghost = self.env.open_db(b"ghost")
         self.meta = self.env.open_db(b"meta")
         self.written = self.env.open_db(b"written")  # oid -> the write mark of its last write
+        main = self.env.open_db(None)
+        trees = (main, self.objects, self.data, self.queues, self.ghost, self.meta, self.written)
+        self._trees = trees
+        self.map_size: int = self.env.info()["map_size"]
         self.max_bytes = max_bytes
-        self.low_water = int(max_bytes * 0.95)
+        self.volume = volume
         self.env.reader_check()
         self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -283,6 +300,15 @@ class Index:
         self._ops.put((op, fut))
         return fut
 
+    def make_room(self, nbytes: int) -> asyncio.Future[Any]:
+        """Evict chunk files until the volume has room for ``nbytes`` beyond its reserve."""
+
+        def op(t: Txn) -> None:
+            if self.volume is not None:
+                self._free_files(t, nbytes - self.volume.spare())
+
+        return self.submit(op)
+
     def run_sync(self, op: Op) -> Any:
         """Run one op in its own transaction on this thread (start-up and tools only)."""
         batch = Batch()
@@ -325,17 +351,22 @@ class Index:
                     results.append((fut, op(t), None))
                 self._evict_if_needed(t)
         except lmdb.MapFullError:
-            log.cache.warning("cache index is full (map_size); these writes are dropped")
-            results = [(fut, None, errors.IndexFull()) for _, fut in items]
-            batch = Batch()
             self._evict_some()
+            if len(items) > 1:  # room was made: what fits alone still goes in
+                for item in items:
+                    self._commit([item])
+                return
+            _index_full.warning("cache index is full (map_size); a write is dropped")
+            results = [(items[0][1], None, errors.IndexFull())]
+            batch = Batch()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
             if _disk_full(exc):
-                log.cache.warning(
+                disk_full.warning(
                     "the disk under the cache index is full; these writes are dropped"
                 )
                 results = [(fut, None, errors.IndexFull("disk_full")) for _, fut in items]
                 batch = Batch()
+                self._evict_some()  # pages freed inside the index file are reused
             elif len(items) > 1:
                 for item in items:
                     self._commit([item])
@@ -351,9 +382,49 @@ class Index:
             fut.get_loop().call_soon_threadsafe(_settle, fut, value, failure)
 
     def _evict_if_needed(self, t: Txn) -> None:
-        total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
-        if total > self.max_bytes:
-            eviction.evict_until(_LmdbQueues(t), self.max_bytes, self.low_water)
+        """Keep the budget: max_size; the reserve on the volume (evicting chunk files, which
+        give their room back at once); and the map's high-water mark, where the map is what
+        the index file may span: map_size, or less where the volume ends first. Blocking
+        (statvfs)."""
+        if self._held(t) > self.max_bytes:
+            low = int(self.max_bytes * LOW_WATER)
+            eviction.evict_until(_LmdbQueues(t), self.max_bytes, low)
+        map_limit = self.map_size
+        if self.volume is not None:
+            spare = self.volume.spare()
+            if spare < 0:
+                self._free_files(t, -spare + int(self._held(t) * (1 - LOW_WATER)))
+            # the file never shrinks: short of room, it stops growing
+            map_limit = min(map_limit, self._pages(t.txn)[1] + max(0, spare))
+        used = self._pages(t.txn, *self._trees)[0]
+        if used > map_limit * MAP_HIGH_WATER:
+            held = self._held(t)
+            target = int(held * max(0, map_limit) * MAP_LOW_WATER / used)
+            eviction.evict_until(_LmdbQueues(t), held, target)
+
+    def _free_files(self, t: Txn, nbytes: int) -> None:
+        """Evict in S3-FIFO order until chunk files of ``nbytes`` go with this transaction
+        (values held inside LMDB give no room back to the volume), or none are left."""
+        queues = _LmdbQueues(t)
+        while t.batch.file_bytes < nbytes:
+            held = self._held(t)
+            if held <= self._pages(t.txn, self.data)[0]:
+                return  # what is left is (about) all inline values
+            if not eviction.evict_until(queues, held, held - (nbytes - t.batch.file_bytes)):
+                return  # all pinned
+
+    @staticmethod
+    def _held(t: Txn) -> int:
+        return t.counter(b"bytes:S") + t.counter(b"bytes:M")
+
+    def _pages(self, txn: lmdb.Transaction, *trees: Any) -> tuple[int, int]:
+        """(bytes of the pages ``trees`` use, bytes the index file spans) as ``txn`` sees."""
+        pages = 0
+        for tree in trees:
+            st = txn.stat(tree)
+            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        psize = txn.stat(self.meta)["psize"]
+        return pages * psize, (self.env.info()["last_pgno"] + 1) * psize
 
     def _evict_some(self) -> None:
         """Free index space after MapFull: evict a tenth of the bytes, in its own txn."""
@@ -364,8 +435,8 @@ class Index:
                 total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
                 eviction.evict_until(_LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
             self.on_commit(batch)
-        except lmdb.Error:
-            log.cache.exception("could not free index space")
+        except lmdb.Error as exc:
+            _index_full.warning("could not free index space: %s", exc)
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,7 +41,7 @@ class Record:
     md5: bool = False
     gen: str = ""
     inline: bool = False
-    chunks: int = 0  # bitmap of chunk files present
+    chunks: int = 0  # bitmap of chunk files present (bit i: chunk i); stored as bytes
     stored: int = 0  # bytes this entry holds in the cache
     queue: str = "S"
     qseq: int = 0
@@ -85,13 +87,33 @@ class Record:
     def has_chunk(self, index: int) -> bool:
         return bool(self.chunks >> index & 1)
 
+    def present_chunks(self) -> Iterator[int]:
+        """The index of every chunk file present, in order (one pass over the bitmap)."""
+        for offset, byte in enumerate(_bitmap_bytes(self.chunks)):
+            while byte:
+                low = byte & -byte
+                yield offset * 8 + low.bit_length() - 1
+                byte ^= low
+
     def chunk_count(self, chunk_size: int) -> int:
         return max(1, -(-self.size // chunk_size))
 
     def dumps(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        doc = asdict(self)
+        doc["chunks"] = base64.b64encode(_bitmap_bytes(self.chunks)).decode()
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes | memoryview) -> Record:
         doc: dict[str, Any] = json.loads(bytes(raw))
+        chunks = doc.get("chunks", 0)
+        if isinstance(chunks, str):
+            doc["chunks"] = int.from_bytes(base64.b64decode(chunks), "little")
+        # else: a record written before the bitmap became bytes holds it as a JSON integer
         return cls(**doc)
+
+
+def _bitmap_bytes(bits: int) -> bytes:
+    """The bitmap as little-endian bytes: a JSON integer past 4300 digits (about 14,000
+    chunks) is refused by Python's parser, a base64 string of these bytes is not."""
+    return bits.to_bytes((bits.bit_length() + 7) // 8, "little")

@@ -15,11 +15,13 @@ from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.record import Record
+from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.model import ObjectMeta
 
 HIT_FLUSH_INTERVAL = 1.0
 ATIME_REFRESH = 600.0
+MAKE_ROOM_TRIES = 3  # evictions (S3-FIFO order) to make room for one chunk file
 
 
 class CacheStore:
@@ -37,7 +39,15 @@ class CacheStore:
     def open_sync(self) -> None:
         """Blocking: create directories, open LMDB. Run before serving, off the loop."""
         self.blobs.prepare()
-        self.index = Index(self.root / "index", self.cfg.index_map_size, self.cfg.max_size)
+        volume = Volume(self.root, self.cfg.min_free)
+        if volume.spare() < 0:
+            log.cache.warning(
+                "the volume under the cache has less free than cache.min_free (%s of %d bytes);"
+                " nothing is cached until there is room",
+                self.cfg.min_free,
+                volume.size,
+            )
+        self.index = Index(self.root / "index", self.cfg.index_map_size, self.cfg.max_size, volume)
         self.index.on_commit = self._after_commit
         self.locks = FillLocks(self.root / "locks")
 
@@ -149,11 +159,14 @@ class CacheStore:
         """Publish one chunk file a fill read, then mark it present. False if it could not be
         cached (see write_mark for ``seen``)."""
         try:
-            await asyncio.to_thread(self.blobs.write, oid, new.gen, index, data)
+            await self._write_chunk(oid, new.gen, index, data)
         except OSError as exc:
-            reason = "disk_full" if exc.errno == errno.ENOSPC else "disk_error"
-            metrics.CACHE_WRITE_ERRORS.labels(reason).inc()
-            log.cache.warning("cannot cache a chunk (%s): %s", reason, exc.strerror)
+            if exc.errno == errno.ENOSPC:
+                metrics.CACHE_WRITE_ERRORS.labels("disk_full").inc()
+                disk_full.warning("cannot cache a chunk (disk_full): %s", exc.strerror)
+            else:
+                metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
+                log.cache.warning("cannot cache a chunk (disk_error): %s", exc.strerror)
             return False
         size = len(data)
 
@@ -179,6 +192,31 @@ class CacheStore:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok
 
+    async def _write_chunk(self, oid: bytes, gen: str, index: int, data: memoryview) -> None:
+        """Write one chunk file where the volume has room for it beyond its reserve, evicting
+        to make that room first (also after a write met a full disk)."""
+        for attempt in range(MAKE_ROOM_TRIES + 1):
+            short = await asyncio.to_thread(self._write_if_room, oid, gen, index, data)
+            if short <= 0:
+                return
+            if attempt < MAKE_ROOM_TRIES:
+                await self._idx.make_room(short)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def _write_if_room(self, oid: bytes, gen: str, index: int, data: memoryview) -> int:
+        """Blocking: write the chunk file and return 0, or return the bytes to free first."""
+        volume = self._idx.volume
+        short = len(data) - volume.spare() if volume is not None else 0
+        if short > 0:
+            return short
+        try:
+            self.blobs.write(oid, gen, index, data)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            return len(data)  # others wrote meanwhile, or the disk lies about its free space
+        return 0
+
     async def commit_files(
         self, oid: bytes, new: Record, files: list[tuple[int, Path, int]], *, seen: int
     ) -> bool:
@@ -191,7 +229,8 @@ class CacheStore:
                 await asyncio.to_thread(_publish, tmp, final)
         except OSError as exc:
             metrics.CACHE_WRITE_ERRORS.labels("disk_error").inc()
-            log.cache.warning("cannot publish a write-through copy: %s", exc.strerror)
+            warn = disk_full.warning if exc.errno == errno.ENOSPC else log.cache.warning
+            warn("cannot publish a write-through copy: %s", exc.strerror)
             return False
 
         placed = {(oid, new.gen, index) for index, _, _ in files}
@@ -326,11 +365,7 @@ class CacheStore:
                         t.remove(oid, rec)
                         stats["missing"] += 1
                     continue
-                lost = [
-                    i
-                    for i in range(rec.chunks.bit_length())
-                    if rec.has_chunk(i) and (oid, rec.gen, i) not in on_disk
-                ]
+                lost = [i for i in rec.present_chunks() if (oid, rec.gen, i) not in on_disk]
                 if lost:
                     t.remove(oid, rec)  # its other chunk files go too; refetched on demand
                     stats["missing"] += 1
