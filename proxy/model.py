@@ -16,6 +16,17 @@ from proxy import errors
 # x-amz-checksum-mode (uploads may be verified with more: proxy/s3/checksums.ALGORITHMS).
 RETURNED_CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
+# The headers S3 keeps with an object and returns on GET/HEAD (besides Content-Type and the
+# x-amz-meta-* user metadata).
+STORED_HEADERS = (
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+)
+
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{0,61}[a-z0-9]", re.ASCII)
 
 

@@ -50,11 +50,20 @@ class S3Endpoint:
     region: str = REGION
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (the OS picks it; racy by nature)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free right now (the OS picks it; racy by nature), and never one this
+    process handed out before: the OS may offer a just-closed port again, and two listeners of
+    one proxy (S3 and admin) given the same port stop it at start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_http(url: str, timeout: float = 30.0, *, status: int | None = None) -> int:

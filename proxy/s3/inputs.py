@@ -12,18 +12,11 @@ import defusedxml.ElementTree as SafeXML
 from aiohttp import HttpVersion11, web
 
 from proxy import errors
+from proxy.model import STORED_HEADERS
 from proxy.s3.payload import payload as decoded_payload
 
 MAX_XML_BODY = 1024 * 1024
 _META_PREFIX = "x-amz-meta-"
-_STORED_HEADERS = (
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-    "x-amz-storage-class",
-)
 
 
 def user_metadata(request: web.BaseRequest) -> dict[str, str]:
@@ -52,7 +45,7 @@ def _rfc2047(value: str) -> str:
 
 
 def stored_headers(request: web.BaseRequest) -> dict[str, str]:
-    out = {h: request.headers[h] for h in _STORED_HEADERS if h in request.headers}
+    out = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
     encoding = out.get("Content-Encoding")
     if encoding is not None:  # aws-chunked is transport framing, never the object's encoding
         kept = [e.strip() for e in encoding.split(",") if e.strip() and e.strip() != "aws-chunked"]

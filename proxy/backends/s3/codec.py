@@ -13,20 +13,12 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from proxy import errors
-from proxy.model import ObjectMeta
+from proxy.model import STORED_HEADERS, ObjectMeta
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
 _META = "x-amz-meta-"
-_PASSTHROUGH = (
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-    "x-amz-storage-class",
-    "x-amz-version-id",
-)
+_PASSTHROUGH = (*STORED_HEADERS, "x-amz-version-id")
 PASS_HEADERS = {
     "Cache-Control": "CacheControl",
     "Content-Disposition": "ContentDisposition",
