@@ -1,4 +1,4 @@
-"""The admin listener: /metrics, /healthz, /readyz, /admin/v1/cache.
+"""The admin listener: /metrics, /healthz, /readyz, /admin/v1/cache, /admin/v1/warm and jobs.
 
 Reads stay open (Prometheus and probes need no credentials). A route that changes state
 is wrapped in ``state_changing``: it answers 401 unless the request carries
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,14 +25,17 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy import __version__
+from proxy import __version__, errors, metrics
+from proxy.jobs.registry import Jobs, JobsUnavailable
+from proxy.jobs.spec import SpecError, parse_warm
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+MAX_WARM_BODY = 64 * 1024 * 1024  # a warm job's keys list of a million names fits
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -118,10 +122,31 @@ class CacheCollector(Collector):
         yield info
 
 
+class _WorkersCollector(Collector):
+    """The workers' metrics from the multiprocess files, less the job metrics: jobs run in
+    this process (see JobHost in app.py), whose own values ``_JobsCollector`` exports."""
+
+    def __init__(self) -> None:
+        self._inner = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        self._skip = {m._name for m in metrics.JOB_METRICS}
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():  # type: ignore[no-untyped-call]
+            if family.name not in self._skip:
+                yield family
+
+
+class _JobsCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        for m in metrics.JOB_METRICS:
+            yield from m.collect()
+
+
 def metrics_registry(cache: CacheCollector) -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_WorkersCollector())
+        registry.register(_JobsCollector())
     else:
         registry = REGISTRY
     registry.register(cache)
@@ -133,6 +158,7 @@ def build_admin_app(
     registry: CollectorRegistry,
     cache_stats: Callable[[], dict[str, int]],
     auth: AdminAuth,
+    jobs: Jobs | None = None,
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         body = generate_latest(registry)
@@ -152,10 +178,64 @@ def build_admin_app(
     async def cache_info(_: web.Request) -> web.Response:
         return web.json_response(cache_stats())
 
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_WARM_BODY)
     app[ADMIN_AUTH] = auth
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/v1/cache", cache_info)
+    if jobs is not None:
+        add_job_routes(app, jobs)
     return app
+
+
+def _json_error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, str] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+def add_job_routes(app: web.Application, jobs: Jobs) -> None:
+    """POST /admin/v1/warm, GET /admin/v1/jobs[/{id}], DELETE /admin/v1/jobs/{id} (cancel)."""
+
+    @state_changing
+    async def warm(request: web.Request) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > MAX_WARM_BODY:
+            return _json_error(413, f"the body is over {MAX_WARM_BODY} bytes", "body")
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return _json_error(400, "body: expected a JSON object", "body")
+        try:
+            job = jobs.warm(parse_warm(body))
+        except SpecError as exc:
+            return _json_error(400, str(exc), exc.field)
+        except errors.NoSuchBucket:
+            return _json_error(404, "bucket: no such bucket is configured", "bucket")
+        except JobsUnavailable as exc:
+            return _json_error(503, str(exc))
+        return web.json_response({"id": job.id, "state": job.state}, status=202)
+
+    async def list_jobs(_: web.Request) -> web.Response:
+        return web.json_response({"jobs": [j.describe() for j in jobs.all()]})
+
+    async def get_job(request: web.Request) -> web.Response:
+        job = jobs.get(request.match_info["id"])
+        if job is None:
+            return _json_error(404, "no such job", "id")
+        return web.json_response(job.describe())
+
+    @state_changing
+    async def cancel_job(request: web.Request) -> web.StreamResponse:
+        job = jobs.get(request.match_info["id"])
+        if job is None:
+            return _json_error(404, "no such job", "id")
+        job.cancel()
+        await job.wait()
+        return web.json_response(job.describe())
+
+    app.router.add_post("/admin/v1/warm", warm)
+    app.router.add_get("/admin/v1/jobs", list_jobs)
+    app.router.add_get("/admin/v1/jobs/{id}", get_job)
+    app.router.add_delete("/admin/v1/jobs/{id}", cancel_job)

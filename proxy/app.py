@@ -2,6 +2,8 @@
 
 With ``workers > 1`` a supervisor process runs the admin listener and start-up repair, then
 spawns the workers; each binds the S3 port with SO_REUSEPORT and opens the shared LMDB index.
+Warm-up jobs run where the admin listener is: in the supervisor, on a core of its own
+(JobHost), so the job table and its API stay in one process whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from proxy.core.fills import Fills
 from proxy.core.listing import Listing
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
+from proxy.jobs.registry import Jobs
+from proxy.jobs.warm import JobCore
 from proxy.routing import Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
@@ -54,17 +58,15 @@ class S3Server:
         self.cache = cache
         self.stores: dict[str, Backend] = {}
         self.reads: Reads | None = None
+        self.router: Router | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
         self._dispatch: Handler | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._body_idle = cfg.server.body_idle_timeout
 
     async def start(self) -> None:
-        for name, bcfg in self.cfg.backends.items():
-            backend = backend_factory.create(bcfg, self.cache.root / "staging")
-            await backend.start()
-            self.stores[name] = backend
-        router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
+        self.stores = await _open_stores(self.cfg, self.cache)
+        self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
         dispatcher = S3Dispatcher(
@@ -97,6 +99,10 @@ class S3Server:
         for backend in self.stores.values():
             await backend.close()
 
+    def job_core(self) -> JobCore:
+        assert self.router is not None and self.reads is not None, "start() first"
+        return JobCore(self.router, self.reads)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._dispatch is not None, "start() first"
         request["body_idle_timeout"] = self._body_idle  # read by s3/payload.py
@@ -117,7 +123,41 @@ class S3Server:
         )
 
 
-def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
+async def _open_stores(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
+    stores: dict[str, Backend] = {}
+    for name, bcfg in cfg.backends.items():
+        backend = backend_factory.create(bcfg, cache.root / "staging")
+        await backend.start()
+        stores[name] = backend
+    return stores
+
+
+class JobHost:
+    """The core pieces jobs need in the supervisor (``workers > 1``), which serves no S3: the
+    backends, a Router, and Reads/Fills on the shared cache. Its fills coalesce with the
+    workers' through the cache's fcntl fill locks, as the workers' do with each other."""
+
+    def __init__(self, cfg: Config, cache: CacheStore) -> None:
+        self.cfg, self.cache = cfg, cache
+        self.stores: dict[str, Backend] = {}
+        self.reads: Reads | None = None
+
+    async def start(self) -> JobCore:
+        self.stores = await _open_stores(self.cfg, self.cache)
+        router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
+        await self.cache.open()
+        self.reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        return JobCore(router, self.reads)
+
+    async def close(self) -> None:
+        if self.reads is not None:
+            await self.reads.close()
+        await self.cache.close()
+        for backend in self.stores.values():
+            await backend.close()
+
+
+def _admin_runner(cfg: Config, health: Health, index: Index, jobs: Jobs) -> web.AppRunner:
     collector = CacheCollector(index.totals, index.map_usage, cfg.cache.max_size)
     registry = metrics_registry(collector)
 
@@ -126,7 +166,7 @@ def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
         return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size}
 
     return web.AppRunner(
-        build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token())),
+        build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs),
         handle_signals=False,
         access_log=None,
     )
@@ -169,19 +209,23 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
     await listen.start_site(site, "admin_listen", cfg.admin_listen)
 
 
-async def _prepare(cfg: Config) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
+async def _prepare(
+    cfg: Config,
+) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner, Jobs]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
-    SIGTERM or SIGINT, the open cache, and the admin runner."""
+    SIGTERM or SIGINT, the open cache, the admin runner, and the job table (no core attached
+    yet: jobs are refused until the caller attaches one)."""
     await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
-    admin = _admin_runner(cfg, health, cache.index)
+    jobs = Jobs()
+    admin = _admin_runner(cfg, health, cache.index, jobs)
     await admin.setup()
-    return health, stop, cache, admin
+    return health, stop, cache, admin, jobs
 
 
 def _log_serving(cfg: Config, processes: str) -> None:
@@ -196,11 +240,12 @@ def _log_serving(cfg: Config, processes: str) -> None:
 
 async def serve_single(cfg: Config) -> None:
     """One process: the S3 listener and the admin listener on one event loop."""
-    health, stop, cache, admin = await _prepare(cfg)
+    health, stop, cache, admin, jobs = await _prepare(cfg)
     app = S3Server(cfg, cache)
     try:
         await _start_admin(admin, cfg)
         await app.start()
+        jobs.attach(app.job_core())
         s3 = app.runner()
         await s3.setup()
         try:
@@ -217,6 +262,7 @@ async def serve_single(cfg: Config) -> None:
             )
             health.draining = True
         finally:
+            await jobs.close()
             await s3.cleanup()
     finally:
         await app.close()  # closes the cache too
@@ -259,23 +305,26 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
 
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    health, stop, cache, admin = await _prepare(cfg)
+    health, stop, cache, admin, jobs = await _prepare(cfg)
     assert cache.index is not None
     workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
+    host = JobHost(cfg, cache)
     try:
         await _start_admin(admin, cfg)
+        jobs.attach(await host.start())
         workers.start()
         health.started = True
         _log_serving(cfg, f"{cfg.workers} workers")
         await workers.watch(stop)
     finally:
         health.draining = True
+        await jobs.close()
         if len(workers):
             log.server.info("draining %d workers", len(workers))
             await workers.stop(cfg.server.shutdown_timeout + 5)
         await admin.cleanup()
-        cache.index.close()
+        await host.close()  # closes the cache too
     log.server.info("stopped")
 
 

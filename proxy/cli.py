@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from proxy import __version__, log
 from proxy.config import ENV_PREFIX, Config, load
 from proxy.errors import ConfigError, ListenError
+from proxy.jobs.client import (
+    DEFAULT_ADMIN,
+    AdminClient,
+    AdminError,
+    progress_line,
+    split_s3_url,
+    summary,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,3 +114,145 @@ def check_config(config: Path | None) -> None:
             f"  user {u.access_key} (secret from {u.secret_key_env or u.secret_key_file})"
             f" allow {allow}"
         )
+
+
+ENDED = ("done", "failed", "cancelled")
+
+
+def _admin_options(fn: Any) -> Any:
+    fn = click.option(
+        "--token-env",
+        metavar="NAME",
+        help="Environment variable holding the admin token (sent as a Bearer token).",
+    )(fn)
+    return click.option(
+        "--admin",
+        "admin_url",
+        default=DEFAULT_ADMIN,
+        show_default=True,
+        help="The proxy's admin listener.",
+    )(fn)
+
+
+def _client(admin_url: str, token_env: str | None) -> AdminClient:
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise click.UsageError(f"--token-env: the variable {token_env} is not set")
+    return AdminClient(admin_url, token)
+
+
+@main.command()
+@click.argument("url", metavar="s3://BUCKET/PREFIX")
+@click.option(
+    "--manifest",
+    type=click.File("r"),
+    help="Warm the keys in this file (one a line; PREFIX, if any, goes before each) "
+    "instead of every key under PREFIX. '-' reads standard input.",
+)
+@click.option("--wait", is_flag=True, help="Follow the job to its end, then print a summary.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Objects fetched at once.",
+)
+@click.option("--bandwidth", metavar="RATE", help="Cap on store reads, e.g. 500MB/s.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the job as JSON (at the end with --wait)."
+)
+@_admin_options
+def warm(
+    url: str,
+    manifest: Any,
+    wait: bool,
+    concurrency: int,
+    bandwidth: str | None,
+    as_json: bool,
+    admin_url: str,
+    token_env: str | None,
+) -> None:
+    """Warm the cache: fetch every object under s3://BUCKET/PREFIX (or the keys of a manifest)
+    that is not cached and fresh yet. The proxy runs the job; this command starts it, and with
+    --wait follows it. Exits non-zero if any object failed (with --wait).
+
+    \b
+    Example: slipstream warm s3://datasets/imagenet/train/ --wait --bandwidth 500MB/s
+    """
+    try:
+        bucket, prefix = split_s3_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    spec: dict[str, Any] = {"bucket": bucket, "concurrency": concurrency}
+    if manifest is not None:
+        spec["keys"] = [prefix + line.strip() for line in manifest if line.strip()]
+        if not spec["keys"]:
+            raise click.BadParameter("the manifest lists no keys", param_hint="--manifest")
+    else:
+        spec["prefix"] = prefix
+    if bandwidth:
+        spec["bandwidth"] = bandwidth
+    client = _client(admin_url, token_env)
+    try:
+        job_id = client.warm(spec)
+        if not wait:
+            job = client.job(job_id)
+            click.echo(json.dumps(job) if as_json else f"started job {job_id}")
+            return
+        job = _follow(client, job_id, quiet=as_json)
+    except AdminError as exc:
+        click.echo(f"slipstream warm: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(job) if as_json else summary(job))
+    if job["state"] != "done":
+        sys.exit(1)
+
+
+def _follow(client: AdminClient, job_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Poll the job to its end, drawing a progress line (on a TTY) or a line every 10 s."""
+    tty = sys.stderr.isatty()
+    last_line = 0.0
+    while True:
+        job = client.job(job_id)
+        ended = job["state"] in ENDED
+        if not quiet:
+            now = time.monotonic()
+            if tty:
+                click.echo("\r\033[K" + progress_line(job), nl=ended, err=True)
+            elif ended or now - last_line >= 10:
+                click.echo(progress_line(job), err=True)
+                last_line = now
+        if ended:
+            return job
+        time.sleep(0.5)
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--cancel", is_flag=True, help="Cancel JOB_ID.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_admin_options
+def jobs(
+    job_id: str | None, cancel: bool, as_json: bool, admin_url: str, token_env: str | None
+) -> None:
+    """List the proxy's jobs, or show (or --cancel) one."""
+    if cancel and not job_id:
+        raise click.UsageError("--cancel needs a JOB_ID")
+    client = _client(admin_url, token_env)
+    try:
+        if job_id:
+            job = client.cancel(job_id) if cancel else client.job(job_id)
+            click.echo(json.dumps(job) if as_json else summary(job))
+            return
+        listed = client.jobs()
+    except AdminError as exc:
+        click.echo(f"slipstream jobs: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(listed))
+        return
+    for job in listed:
+        where = f"s3://{job['bucket']}/" + (job["prefix"] or f"({job['keys']} keys)")
+        click.echo(f"{job['id']}  {where}  {progress_line(job)}")

@@ -10,6 +10,7 @@ access = logging.getLogger("proxy.access")
 cache = logging.getLogger("proxy.cache")
 backend = logging.getLogger("proxy.backend")
 server = logging.getLogger("proxy.server")
+jobs = logging.getLogger("proxy.jobs")
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -158,8 +158,26 @@ CACHE_WRITE_ERRORS = Counter(
     "Cache writes that failed (disk or index full)",
     ["reason"],
 )
+WARM_OBJECTS = Counter(
+    "slipstream_warm_objects_total",
+    "Objects warm-up jobs went through: fetched from the store, found cached, or failed twice",
+    ["result"],
+)
+WARM_BYTES = Counter("slipstream_warm_bytes_total", "Object bytes warm-up jobs went through")
+JOBS = Gauge(
+    "slipstream_jobs",
+    "Jobs in the job table, by state (queued, running, done, failed, cancelled)",
+    ["state"],
+    multiprocess_mode="livesum",
+)
 SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")
 
 
 SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")
 SERVED_FROM_BACKEND = BYTES_SERVED.labels("backend")
+# Jobs run in one process (the supervisor with several workers): the admin listener exports
+# these from that process's memory, not from the workers' multiprocess files.
+JOB_METRICS = (WARM_OBJECTS, WARM_BYTES, JOBS)
+WARM_FETCHED = WARM_OBJECTS.labels("fetched")
+WARM_CACHED = WARM_OBJECTS.labels("cached")
+WARM_FAILED = WARM_OBJECTS.labels("failed")

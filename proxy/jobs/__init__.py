@@ -1,0 +1,1 @@
+"""Background jobs the admin API starts: warm-up (preload) jobs today."""
