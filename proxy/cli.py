@@ -161,6 +161,12 @@ def _client(admin_url: str, token_env: str | None) -> AdminClient:
 )
 @click.option("--bandwidth", metavar="RATE", help="Cap on store reads, e.g. 500MB/s.")
 @click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Go on when the selection is larger than the cache's free room (by default the job "
+    "stops, before evicting anything, once the listing shows it cannot fit).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the job as JSON (at the end with --wait)."
 )
 @_admin_options
@@ -170,6 +176,7 @@ def warm(
     wait: bool,
     concurrency: int,
     bandwidth: str | None,
+    allow_partial: bool,
     as_json: bool,
     admin_url: str,
     token_env: str | None,
@@ -194,6 +201,8 @@ def warm(
         spec["prefix"] = prefix
     if bandwidth:
         spec["bandwidth"] = bandwidth
+    if allow_partial:
+        spec["allow_partial"] = True
     client = _client(admin_url, token_env)
     try:
         job_id = client.warm(spec)

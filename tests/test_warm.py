@@ -164,6 +164,7 @@ def test_bad_input_and_unknown_bucket(
         ({"bucket": bucket, "concurrency": 0}, "concurrency"),
         ({"bucket": bucket, "concurrency": "8"}, "concurrency"),
         ({"bucket": bucket, "bandwidth": "fast"}, "bandwidth"),
+        ({"bucket": bucket, "allow_partial": "yes"}, "allow_partial"),
         ({"bucket": bucket, "colour": "blue"}, "colour"),
         (["not", "an", "object"], "body"),
     ]
@@ -245,3 +246,27 @@ def test_cli_warm_wait_json_and_jobs(
     assert "cannot reach the admin listener" in unreachable.stderr
     bad = _cli("warm", "gs://x/y", "--admin", proxy.admin_url)
     assert bad.returncode == 2 and "s3://BUCKET/PREFIX" in bad.stderr
+
+
+def test_a_selection_larger_than_the_cache_stops_before_evicting(
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    # 24 x 150 KiB (3.6 MiB) against a 1 MiB cache
+    proxy = _proxy(proxy_factory, relay, seaweedfs, bucket, tmp_path, max_size="1MiB")
+    admin = AdminClient(proxy.admin_url)
+    job = _wait(admin, admin.warm({"bucket": bucket, "prefix": "ds/", "concurrency": 2}))
+    assert job["state"] == "failed" and "allow_partial" in job["error"], job
+    assert job["needed_bytes"] > 1024 * KIB
+    assert job["objects_done"] * SIZE <= 1024 * KIB
+    assert scrape(proxy.admin_url).get("slipstream_evictions_total") == 0
+
+    cli = _cli("warm", f"s3://{bucket}/ds/", "--allow-partial", "--wait", "--json",
+               "--admin", proxy.admin_url)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    partial = json.loads(cli.stdout)
+    assert (partial["state"], partial["objects_done"]) == ("done", N)
+    assert partial["allow_partial"] is True

@@ -12,7 +12,7 @@ from proxy.errors import ConfigError
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 MAX_KEYS = 1_000_000
-FIELDS = frozenset({"bucket", "prefix", "keys", "concurrency", "bandwidth"})
+FIELDS = frozenset({"bucket", "prefix", "keys", "concurrency", "bandwidth", "allow_partial"})
 
 
 class SpecError(ValueError):
@@ -30,6 +30,7 @@ class WarmSpec:
     keys: tuple[str, ...] | None = None  # ... or these keys
     concurrency: int = DEFAULT_CONCURRENCY
     bandwidth: int = 0  # bytes per second; 0: no cap
+    allow_partial: bool = False  # go on when the selection is larger than the cache's room
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class WarmSpec:
             "keys": len(self.keys) if self.keys is not None else None,
             "concurrency": self.concurrency,
             "bandwidth": self.bandwidth or None,
+            "allow_partial": self.allow_partial,
         }
 
 
@@ -85,10 +87,14 @@ def parse_warm(body: Any) -> WarmSpec:
     ):
         raise SpecError("concurrency", f"expected an integer from 1 to {MAX_CONCURRENCY}")
     bandwidth = body.get("bandwidth")
+    allow_partial = body.get("allow_partial", False)
+    if not isinstance(allow_partial, bool):
+        raise SpecError("allow_partial", "expected true or false")
     return WarmSpec(
         bucket=bucket,
         prefix=prefix if keys is None else None,
         keys=tuple(keys) if keys is not None else None,
         concurrency=concurrency,
         bandwidth=0 if bandwidth is None else parse_bandwidth(bandwidth),
+        allow_partial=allow_partial,
     )

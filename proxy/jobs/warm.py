@@ -5,6 +5,11 @@ coalesces with client reads of the same object (in this process and, through the
 in the others) and a fresh cached object costs no store request. A lister feeds a bounded
 queue that ``concurrency`` workers drain, so fetching starts with the listing's first page.
 A key that fails is retried once after the rest and, failing again, listed in ``failures``.
+
+Room: a prefix job adds up the listed sizes of the objects not cached yet; once they are more
+than the cache had free when the job started, it stops (unless ``allow_partial``) instead of
+evicting what it fetched itself. The job's fetches trail its listing, so it stops before its
+own fetches have used more than that room: nothing else is evicted for it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Literal
 
 from proxy import errors, log, metrics
 from proxy.core.body import FileSlice
+from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
@@ -45,9 +51,16 @@ class Progress:
     total_known: int = 0  # objects selected so far (final once listing_done)
     listing_done: bool = False
     failures: dict[str, str] = field(default_factory=dict)  # client key -> error
+    needed_bytes: int = 0  # listed sizes of the objects not cached when listed (prefix jobs)
+
+
+class NoRoom(Exception):
+    """The selection is larger than the cache's free room (and allow_partial is off)."""
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, NoRoom):
+        return str(exc)
     if isinstance(exc, errors.S3Error):
         return f"{exc.code}: {exc.message}"
     return type(exc).__name__
@@ -68,6 +81,9 @@ class WarmJob:
         self.finished: float | None = None
         self._throttle = TokenBucket(spec.bandwidth)
         self._task: asyncio.Task[None] | None = None
+        cache = core.reads.cache
+        self._max_size = cache.cfg.max_size
+        self._room = max(0, self._max_size - cache.totals()[0])
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:
@@ -148,10 +164,24 @@ class WarmJob:
             )
             for entry in page.entries:
                 if entry.key.startswith(m.prefix) and not entry.key.endswith("/"):
+                    self._note_size(entry.key, entry.size)
                     yield entry.key
             if not page.truncated or not page.next_token:
                 return
             token = page.next_token
+
+    def _note_size(self, key: str, size: int) -> None:
+        """Add a listed object to the bytes needed; NoRoom once they pass the room."""
+        rec, _ = self._core.reads.cache.lookup(oid_of(self._mount, key))
+        if rec is not None:
+            return
+        self.progress.needed_bytes += size
+        if self.progress.needed_bytes > self._room and not self.spec.allow_partial:
+            raise NoRoom(
+                f"the selection needs more than {self.progress.needed_bytes} bytes and the"
+                f" cache had {self._room} free (cache.max_size {self._max_size}); stopped"
+                " before evicting anything: warm a smaller selection, or allow_partial"
+            )
 
     async def _worker(self, queue: asyncio.Queue[str | None], retry: list[str]) -> None:
         while (key := await queue.get()) is not None:
@@ -166,12 +196,17 @@ class WarmJob:
             if read.body is not None:
                 size = len(read.body)
             else:
-                async for part in read.parts:
-                    n = part.length if isinstance(part, FileSlice) else len(part)
-                    size += n
-                    del part  # a slice keeps the whole chunk buffer alive
-                    if read.source != "cache":
-                        await self._throttle.take(n)
+                try:
+                    async for part in read.parts:
+                        n = part.length if isinstance(part, FileSlice) else len(part)
+                        size += n
+                        del part  # a slice keeps the whole chunk buffer alive
+                        if read.source != "cache":
+                            await self._throttle.take(n)
+                finally:  # a failed or cancelled read lets go of its fills now
+                    close = getattr(read.parts, "aclose", None)
+                    if close is not None:
+                        await close()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -211,6 +246,7 @@ class WarmJob:
             "fetched": p.fetched,
             "cached": p.cached,
             "total_known": p.total_known,
+            "needed_bytes": p.needed_bytes,
             "listing_done": p.listing_done,
             "failed": len(p.failures),
             "failures": [{"key": k, "error": e} for k, e in p.failures.items()],
