@@ -4,7 +4,8 @@ A proxy over moto serves some hits, misses and a store error; Debian's ``prometh
 admin /metrics every second; then every panel query of the dashboard goes through Prometheus's
 HTTP API and must return series. The per-bucket metrics behind those panels are checked first,
 from the proxy's own scrape: counts, bytes by source, stall, and the "*" label for a wildcard
-mapping's buckets.
+mapping's buckets; ``promtool check metrics`` lints the exposition and ``promtool check config``
+the scrape config. A third test shows what stall seconds count, over a slow store.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from tests.faultkit import new_bucket, payload, proxy_config, scrape, store_env
 from tests.proxyproc import REPO_ROOT
+from tests.relay import CountingRelay
 from tests.servers import S3Endpoint, die_with_parent, free_port
 
 DASHBOARD = REPO_ROOT / "config" / "grafana" / "slipstream.json"
@@ -222,6 +224,11 @@ def test_every_panel_query_returns_series_on_prometheus(
     assert m.get("slipstream_first_byte_seconds_count", result="hit") == 4
     assert m.get("slipstream_first_byte_seconds_count", result="miss") == 4
 
+    with urllib.request.urlopen(f"{proxy.admin_url}/metrics", timeout=10) as resp:
+        exposition = resp.read()
+    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
     prometheus = Prometheus(proxy.config["admin_listen"], workdir).start()
@@ -243,3 +250,36 @@ def test_every_panel_query_returns_series_on_prometheus(
         assert sorted(values) == sorted(["*", named])
     finally:
         prometheus.stop()
+
+
+def test_stall_counts_the_wait_for_store_bytes_and_nothing_for_hits(
+    moto_server: S3Endpoint, s3_client_factory: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A store 0.2 s away that sends 128 KiB/s per response: a miss's stall is at least the
+    store's latency and most of the GET's time (the body waits too, not only the first byte);
+    never more than the GET took; a hit adds none."""
+    store = s3_client_factory(moto_server)
+    bucket = new_bucket("stall")
+    store.create_bucket(Bucket=bucket)
+    body = payload(4 * CHUNK, seed=4)
+    store.put_object(Bucket=bucket, Key="obj", Body=body)
+    with CountingRelay(moto_server.url, latency=0.2, bandwidth=128 * 1024) as relay:
+        config = proxy_config(
+            relay.url, bucket, tmp_path / "cache", cache={"chunk_size": CHUNK, "inline_max": 4096}
+        )
+        proxy = proxy_factory(config, env=store_env(moto_server))
+        client = s3_client_factory(proxy.url)
+        started = time.perf_counter()
+        assert client.get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+        took = time.perf_counter() - started
+        stall = scrape(proxy.admin_url).get("slipstream_stall_seconds_total", bucket=bucket)
+        assert 0.2 <= stall <= took, (stall, took)
+        assert stall >= 0.6 * took, f"only {stall:.2f}s of a {took:.2f}s miss counted as stall"
+        deadline = time.monotonic() + 30
+        while scrape(proxy.admin_url).get("slipstream_fills_total", result="cached") < 4:
+            assert time.monotonic() < deadline, "the miss was never cached"
+            time.sleep(0.1)
+        assert client.get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+        m = scrape(proxy.admin_url)
+        assert m.get("slipstream_bucket_requests_total", bucket=bucket, result="hit") == 1
+        assert m.get("slipstream_stall_seconds_total", bucket=bucket) == stall
