@@ -174,6 +174,7 @@ class S3ReadHandlers:
         request["source"] = read.source
         stats = metrics.bucket(mount.name, mount.wildcard)
         hit = read.source == "cache"
+        first_byte = metrics.FIRST_BYTE_HIT if hit else metrics.FIRST_BYTE_MISS
         parts = (
             read.parts if hit else _stalls(read.parts, stats.stall, time.perf_counter() - started)
         )
@@ -186,16 +187,12 @@ class S3ReadHandlers:
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
             stats.served(read.source, len(read.body))
-            (metrics.FIRST_BYTE_HIT if hit else metrics.FIRST_BYTE_MISS).observe(
-                time.perf_counter() - started
-            )
+            first_byte.observe(time.perf_counter() - started)
             return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
         await resp.prepare(request)
-        (metrics.FIRST_BYTE_HIT if hit else metrics.FIRST_BYTE_MISS).observe(
-            time.perf_counter() - started
-        )
+        first_byte.observe(time.perf_counter() - started)
         sent = 0
         try:
             async for part in parts:
