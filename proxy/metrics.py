@@ -181,3 +181,76 @@ JOB_METRICS = (WARM_OBJECTS, WARM_BYTES, JOBS)
 WARM_FETCHED = WARM_OBJECTS.labels("fetched")
 WARM_CACHED = WARM_OBJECTS.labels("cached")
 WARM_FAILED = WARM_OBJECTS.labels("failed")
+
+# -- per bucket ---------------------------------------------------------------------------------
+# The bucket label is a configured client-facing bucket name; every bucket a "*" mapping serves
+# is counted as "*", so no client can make a label value.
+WILDCARD_LABEL = "*"
+
+BUCKET_REQUESTS = Counter(
+    "slipstream_bucket_requests_total",
+    "Object reads by configured bucket and result: hit (wholly from the cache) or miss",
+    ["bucket", "result"],
+)
+BUCKET_BYTES = Counter(
+    "slipstream_bucket_bytes_total",
+    "Object bytes sent to clients, by configured bucket and where they came from",
+    ["bucket", "source"],
+)
+STALL_SECONDS = Counter(
+    "slipstream_stall_seconds_total",
+    "Time GETs spent waiting on the store: until a read that needs the store has its object "
+    "(the miss's time to first byte), then each wait of its body for store bytes",
+    ["bucket"],
+)
+FIRST_BYTE = Histogram(
+    "slipstream_first_byte_seconds",
+    "Time from a GET's handler start to its response headers, by hit or miss",
+    ["result"],
+    buckets=_LATENCY_BUCKETS,
+)
+FIRST_BYTE_HIT = FIRST_BYTE.labels("hit")
+FIRST_BYTE_MISS = FIRST_BYTE.labels("miss")
+
+
+class BucketMetrics:
+    """The label children of one bucket, resolved once: a read costs a dict lookup and the
+    counter increments, nothing more."""
+
+    __slots__ = ("_hits", "_misses", "_cache_bytes", "_backend_bytes", "stall")
+
+    def __init__(self, label: str) -> None:
+        self._hits = BUCKET_REQUESTS.labels(label, "hit")
+        self._misses = BUCKET_REQUESTS.labels(label, "miss")
+        self._cache_bytes = BUCKET_BYTES.labels(label, "cache")
+        self._backend_bytes = BUCKET_BYTES.labels(label, "backend")
+        self.stall = STALL_SECONDS.labels(label)
+
+    def hit(self) -> None:
+        CACHE_HITS.inc()
+        self._hits.inc()
+
+    def miss(self) -> None:
+        CACHE_MISSES.inc()
+        self._misses.inc()
+
+    def served(self, source: str, n: int) -> None:
+        """``n`` object bytes sent from ``source`` ("cache", else the store)."""
+        if source == "cache":
+            SERVED_FROM_CACHE.inc(n)
+            self._cache_bytes.inc(n)
+        else:
+            SERVED_FROM_BACKEND.inc(n)
+            self._backend_bytes.inc(n)
+
+
+_buckets: dict[str, BucketMetrics] = {}
+
+
+def bucket(name: str, wildcard: bool) -> BucketMetrics:
+    """The metrics of the client-facing bucket ``name`` (``wildcard``: served by "*")."""
+    label = WILDCARD_LABEL if wildcard else name
+    found = _buckets.get(label)
+    if found is None:
+        found = _buckets[label] = BucketMetrics(label)
+    return found

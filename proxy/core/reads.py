@@ -53,12 +53,13 @@ class Reads:
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
         oid = oid_of(mount, key)
+        stats = metrics.bucket(mount.name, mount.wildcard)
         rec, inline = self.cache.lookup(oid)
         if rec is not None and not fresh(rec, mount, time.time()):
             rec, inline = await self.metadata.current(mount, key, oid)
         first_fill: Fill | None = None
         if rec is None:
-            metrics.CACHE_MISSES.inc()
+            stats.miss()
             start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
             first_fill = self.fills.get(mount, key, oid, start_chunk, None)
             try:
@@ -74,18 +75,18 @@ class Reads:
             first, last = 0, meta.size - 1
         if rec is not None:
             if rec.inline and inline is not None:
-                metrics.CACHE_HITS.inc()
+                stats.hit()
                 self.cache.note_hit(oid, rec, time.time())
                 # bytes, not a memoryview: aiohttp and uvloop write bytes faster
                 part = inline if last - first + 1 == len(inline) else inline[first : last + 1]
                 return ObjectRead(meta, first, last, rng is not None, "cache", NO_PARTS, part)
             needed = range(first // self.cs, last // self.cs + 1) if meta.size else range(0)
             if all(rec.has_chunk(i) for i in needed):
-                metrics.CACHE_HITS.inc()
+                stats.hit()
                 self.cache.note_hit(oid, rec, time.time())
                 source = "cache"
             else:
-                metrics.CACHE_MISSES.inc()
+                stats.miss()
                 source = "backend"
         else:
             source = "backend"

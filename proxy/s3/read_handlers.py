@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 
 from aiohttp import web
 from prometheus_client import Counter
 
 from proxy import errors, log, metrics
-from proxy.core.body import FileSlice
+from proxy.core.body import FileSlice, Part
 from proxy.core.conditions import check_conditions
 from proxy.core.listing import Listing
 from proxy.core.partnumber import PartRanges, PartSpan
@@ -155,6 +156,7 @@ class S3ReadHandlers:
     async def get_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
+        started = time.perf_counter()
         span = None
         if "partNumber" in query:
             span = await self._part(request, mount, key, query["partNumber"])
@@ -170,6 +172,12 @@ class S3ReadHandlers:
         if span is not None and read.meta.etag != span.meta.etag:
             raise errors.ObjectChanged(f"{key} changed while its part was looked up")
         request["source"] = read.source
+        stats = metrics.bucket(mount.name, mount.wildcard)
+        hit = read.source == "cache"
+        first_byte = metrics.FIRST_BYTE_HIT if hit else metrics.FIRST_BYTE_MISS
+        parts = (
+            read.parts if hit else _stalls(read.parts, stats.stall, time.perf_counter() - started)
+        )
         headers = _object_headers(request, read.meta, query, whole=not read.partial)
         if span is not None:
             _part_headers(headers, span)
@@ -178,14 +186,16 @@ class S3ReadHandlers:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            _served(read.source).inc(len(read.body))
+            stats.served(read.source, len(read.body))
+            first_byte.observe(time.perf_counter() - started)
             return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
         await resp.prepare(request)
+        first_byte.observe(time.perf_counter() - started)
         sent = 0
         try:
-            async for part in read.parts:
+            async for part in parts:
                 if isinstance(part, FileSlice):
                     sent += await self._send_file(request, resp, part, mount, key, read.meta)
                 else:
@@ -198,7 +208,7 @@ class S3ReadHandlers:
             _abort(request)
             return resp
         finally:
-            _served(read.source).inc(sent)
+            stats.served(read.source, sent)
         await resp.write_eof()
         return resp
 
@@ -243,8 +253,20 @@ class S3ReadHandlers:
             f.close()
 
 
-def _served(source: str) -> Counter:
-    return metrics.SERVED_FROM_CACHE if source == "cache" else metrics.SERVED_FROM_BACKEND
+async def _stalls(parts: AsyncIterator[Part], stall: Counter, waited: float) -> AsyncIterator[Part]:
+    """``parts``, counting into ``stall`` the time spent waiting for store bytes (``waited``
+    so far: the wait for the object). A cached slice costs no wait; the client's own pace
+    (time between yields) is not counted."""
+    mark = time.perf_counter()
+    try:
+        async for part in parts:
+            if not isinstance(part, FileSlice):
+                waited += time.perf_counter() - mark
+            yield part
+            del part
+            mark = time.perf_counter()
+    finally:
+        stall.inc(waited)
 
 
 def _abort(request: web.BaseRequest) -> None:
