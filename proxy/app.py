@@ -24,6 +24,7 @@ from aiohttp import web
 from proxy import backends as backend_factory
 from proxy import listen, log
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
+from proxy.admin_prefetch import add_prefetch_routes
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
@@ -31,6 +32,7 @@ from proxy.cache.store import CacheStore
 from proxy.config import Config
 from proxy.core.fills import Fills
 from proxy.core.listing import Listing
+from proxy.core.prefetch import Prefetcher
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.routing import Router
@@ -54,6 +56,7 @@ class S3Server:
         self.cache = cache
         self.stores: dict[str, Backend] = {}
         self.reads: Reads | None = None
+        self.router: Router | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
         self._dispatch: Handler | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -64,7 +67,7 @@ class S3Server:
             backend = backend_factory.create(bcfg, self.cache.root / "staging")
             await backend.start()
             self.stores[name] = backend
-        router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
+        self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
         dispatcher = S3Dispatcher(
@@ -117,7 +120,9 @@ class S3Server:
         )
 
 
-def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
+def _admin_runner(
+    cfg: Config, health: Health, index: Index, prefetcher: Prefetcher
+) -> web.AppRunner:
     collector = CacheCollector(index.totals, index.map_usage, cfg.cache.max_size)
     registry = metrics_registry(collector)
 
@@ -125,11 +130,9 @@ def _admin_runner(cfg: Config, health: Health, index: Index) -> web.AppRunner:
         used, objects = index.totals()
         return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size}
 
-    return web.AppRunner(
-        build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token())),
-        handle_signals=False,
-        access_log=None,
-    )
+    app = build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()))
+    add_prefetch_routes(app, prefetcher)
+    return web.AppRunner(app, handle_signals=False, access_log=None)
 
 
 def _repair(cache: CacheStore) -> None:
@@ -169,7 +172,9 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
     await listen.start_site(site, "admin_listen", cfg.admin_listen)
 
 
-async def _prepare(cfg: Config) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
+async def _prepare(
+    cfg: Config, prefetcher: Prefetcher
+) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
     SIGTERM or SIGINT, the open cache, and the admin runner."""
@@ -179,7 +184,7 @@ async def _prepare(cfg: Config) -> tuple[Health, asyncio.Event, CacheStore, web.
     cache = CacheStore(cfg.cache)
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
-    admin = _admin_runner(cfg, health, cache.index)
+    admin = _admin_runner(cfg, health, cache.index, prefetcher)
     await admin.setup()
     return health, stop, cache, admin
 
@@ -196,11 +201,14 @@ def _log_serving(cfg: Config, processes: str) -> None:
 
 async def serve_single(cfg: Config) -> None:
     """One process: the S3 listener and the admin listener on one event loop."""
-    health, stop, cache, admin = await _prepare(cfg)
+    prefetcher = Prefetcher()
+    health, stop, cache, admin = await _prepare(cfg, prefetcher)
     app = S3Server(cfg, cache)
     try:
         await _start_admin(admin, cfg)
         await app.start()
+        assert app.reads is not None and app.router is not None
+        prefetcher.attach(app.reads, app.router)
         s3 = app.runner()
         await s3.setup()
         try:
@@ -219,6 +227,7 @@ async def serve_single(cfg: Config) -> None:
         finally:
             await s3.cleanup()
     finally:
+        await prefetcher.close()
         await app.close()  # closes the cache too
         await admin.cleanup()
     log.server.info("stopped")
@@ -259,7 +268,10 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
 
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    health, stop, cache, admin = await _prepare(cfg)
+    prefetcher = Prefetcher()
+    # The reads arrive in the workers, so this process could not see how far they got.
+    prefetcher.unavailable = "training-aware prefetch needs workers: 1 (this proxy runs several)"
+    health, stop, cache, admin = await _prepare(cfg, prefetcher)
     assert cache.index is not None
     workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
     health.workers_ready = workers.ready

@@ -159,7 +159,16 @@ CACHE_WRITE_ERRORS = Counter(
     ["reason"],
 )
 SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")
+PREFETCH_OBJECTS = Counter(
+    "slipstream_prefetch_objects_total",
+    "Objects of training-aware prefetch: fetched ahead, then used (read) or wasted (passed over)",
+    ["result"],  # fetched, used, wasted, failed
+)
 
 
 SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")
 SERVED_FROM_BACKEND = BYTES_SERVED.labels("backend")
+PREFETCH_FETCHED = PREFETCH_OBJECTS.labels("fetched")
+PREFETCH_USED = PREFETCH_OBJECTS.labels("used")
+PREFETCH_WASTED = PREFETCH_OBJECTS.labels("wasted")
+PREFETCH_FAILED = PREFETCH_OBJECTS.labels("failed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from proxy import errors, metrics
 from proxy.cache.record import Record
@@ -32,6 +32,7 @@ class Reads:
         self.cs = cfg.chunk_size
         self.fills = fills
         self.metadata = Metadata(cache, cfg)
+        self.on_read: Callable[[str, str], None] | None = None  # (bucket, key): prefetch's hook
 
     async def close(self) -> None:
         await self.fills.close()
@@ -52,6 +53,8 @@ class Reads:
         """Resolve metadata, conditionals and range; the body streams from ``parts``."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
+        if self.on_read is not None:
+            self.on_read(mount.name, key)
         oid = oid_of(mount, key)
         rec, inline = self.cache.lookup(oid)
         if rec is not None and not fresh(rec, mount, time.time()):

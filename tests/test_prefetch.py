@@ -1,0 +1,168 @@
+"""Training-aware prefetch: a posted order is fetched just ahead of the reads, never more than
+``window`` keys ahead (counted at the store, behind a CountingRelay), and reads become hits."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import (
+    get_body,
+    new_bucket,
+    payload,
+    proxy_config,
+    scrape,
+    store_env,
+    wait_until,
+)
+from tests.proxyproc import ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
+
+N = 24
+WINDOW = 4
+SLACK = 1  # a fetch may start in the instant between a read and its count
+
+
+@pytest.fixture
+def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(seaweedfs.url, latency=0.01) as r:
+        yield r
+
+
+@pytest.fixture
+def bucket(seaweedfs: S3Endpoint, s3_client_factory: S3ClientFactory) -> str:
+    name = new_bucket("pref")
+    client = s3_client_factory(seaweedfs)
+    client.create_bucket(Bucket=name)
+    for i in range(N):
+        client.put_object(Bucket=name, Key=f"epoch/{i:03d}", Body=payload(4096 + i, seed=i))
+        client.put_object(Bucket=name, Key=f"other/{i:03d}", Body=payload(100, seed=i))
+    return name
+
+
+@pytest.fixture
+def proxy(
+    proxy_factory: ProxyFactory,
+    seaweedfs: S3Endpoint,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> ProxyProcess:
+    return proxy_factory(proxy_config(relay.url, bucket, tmp_path / "cache"), store_env(seaweedfs))
+
+
+def admin(proxy: ProxyProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{proxy.admin_url}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def gets(relay: CountingRelay, prefix: str) -> int:
+    return sum(n for (m, p), n in relay.counts.items() if m == "GET" and prefix in p)
+
+
+def progress(proxy: ProxyProcess, job: str) -> dict[str, Any]:
+    status, body = admin(proxy, "GET", f"/admin/v1/prefetch/{job}")
+    assert status == 200, body
+    return dict(body)
+
+
+def fetched_at_least(proxy: ProxyProcess, job: str, n: int) -> Callable[[], bool]:
+    return lambda: progress(proxy, job)["fetched"] >= n
+
+
+def test_prefetch_stays_within_window_and_reads_hit(
+    proxy: ProxyProcess, relay: CountingRelay, bucket: str
+) -> None:
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    relay.reset()
+    hits0 = scrape(proxy.admin_url).get("slipstream_cache_hits_total")
+    status, job = admin(
+        proxy, "POST", "/admin/v1/prefetch", {"bucket": bucket, "keys": keys, "window": WINDOW}
+    )
+    assert status == 201, job
+    assert job["keys"] == N and job["window"] == WINDOW
+    for i, key in enumerate(keys):
+        # i keys read so far: the prefetcher may hold positions up to i - 1 + WINDOW
+        ahead = min(N, i + WINDOW)
+        assert wait_until(fetched_at_least(proxy, job["id"], ahead)), progress(proxy, job["id"])
+        time.sleep(0.05)  # room to overshoot, were the window not kept
+        assert gets(relay, "/epoch/") <= i + WINDOW + SLACK, (i, relay.counts)
+        status, body = get_body(f"{proxy.url}/{bucket}/{key}")
+        assert status == 200 and body == payload(4096 + i, seed=i)
+    assert gets(relay, "/epoch/") == N  # each key fetched once: the reads were all hits
+    metrics = scrape(proxy.admin_url)
+    assert metrics.get("slipstream_cache_hits_total") - hits0 == N
+    assert metrics.get("slipstream_prefetch_objects_total", result="fetched") == N
+    assert metrics.get("slipstream_prefetch_objects_total", result="used") == N
+    assert metrics.get("slipstream_prefetch_objects_total", result="wasted") == 0
+    final = progress(proxy, job["id"])
+    assert final["state"] == "done" and final["used"] == N and final["read_position"] == N
+
+
+def test_read_out_of_order_and_reads_that_overtake(
+    proxy: ProxyProcess, relay: CountingRelay, bucket: str
+) -> None:
+    keys = [f"other/{i:03d}" for i in range(N)]
+    status, job = admin(
+        proxy, "POST", "/admin/v1/prefetch", {"bucket": bucket, "keys": keys, "window": 2}
+    )
+    assert status == 201, job
+    # a key far outside the window reads fine (a plain miss)
+    assert get_body(f"{proxy.url}/{bucket}/{keys[-1]}") == (200, payload(100, seed=N - 1))
+    # the reads jump ahead of the prefetcher: it skips to them instead of stalling behind
+    assert wait_until(lambda: progress(proxy, job["id"])["fetched"] >= 2)
+    assert get_body(f"{proxy.url}/{bucket}/{keys[3]}") == (200, payload(100, seed=3))
+    assert wait_until(lambda: progress(proxy, job["id"])["read_position"] == 4)
+    assert wait_until(lambda: progress(proxy, job["id"])["queued"] <= N - 6)
+
+
+def test_cancel_stops_fetching(proxy: ProxyProcess, relay: CountingRelay, bucket: str) -> None:
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    relay.reset()
+    status, job = admin(
+        proxy, "POST", "/admin/v1/prefetch", {"bucket": bucket, "keys": keys, "window": 3}
+    )
+    assert status == 201, job
+    assert wait_until(lambda: progress(proxy, job["id"])["fetched"] == 3)
+    time.sleep(0.3)
+    assert gets(relay, "/epoch/") == 3  # nobody reads: the window holds
+    status, body = admin(proxy, "DELETE", f"/admin/v1/prefetch/{job['id']}")
+    assert status == 200 and body["state"] == "cancelled"
+    for i in range(3):
+        assert get_body(f"{proxy.url}/{bucket}/{keys[i]}")[0] == 200
+    time.sleep(0.3)
+    assert gets(relay, "/epoch/") == 3  # the reads moved on, the cancelled job did not follow
+
+
+def test_bad_requests(proxy: ProxyProcess, bucket: str) -> None:
+    post = "/admin/v1/prefetch"
+    for body, needle in [
+        ({"bucket": bucket, "keys": ["a"], "window": 0}, "window"),
+        ({"bucket": bucket, "keys": "a"}, "keys"),
+        ({"bucket": bucket, "keys": ["a", 7]}, "keys"),
+        ({"bucket": bucket, "keys": ["x" * 2000]}, "keys"),
+        ({"bucket": "no-such-bucket", "keys": ["a"]}, "bucket"),
+        ([1, 2], "JSON object"),
+    ]:
+        status, answer = admin(proxy, "POST", post, body)
+        assert status == 400 and needle in answer["error"], (body, answer)
+    req = urllib.request.Request(f"{proxy.admin_url}{post}", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400
+    assert admin(proxy, "GET", "/admin/v1/prefetch/999")[0] == 404
+    assert admin(proxy, "DELETE", "/admin/v1/prefetch/999")[0] == 404
