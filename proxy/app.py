@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import multiprocessing
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import uvloop
 from aiohttp import web
 
 from proxy import backends as backend_factory
-from proxy import listen, log
+from proxy import listen, log, metrics
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.admin_prefetch import add_prefetch_routes
 from proxy.backends.base import Backend
@@ -35,6 +36,7 @@ from proxy.core.listing import Listing
 from proxy.core.prefetch import Prefetcher
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
+from proxy.readfeed import ReadFeed
 from proxy.routing import Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
@@ -63,10 +65,7 @@ class S3Server:
         self._body_idle = cfg.server.body_idle_timeout
 
     async def start(self) -> None:
-        for name, bcfg in self.cfg.backends.items():
-            backend = backend_factory.create(bcfg, self.cache.root / "staging")
-            await backend.start()
-            self.stores[name] = backend
+        self.stores = await _open_backends(self.cfg, self.cache)
         self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
@@ -120,11 +119,28 @@ class S3Server:
         )
 
 
+async def _open_backends(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
+    stores: dict[str, Backend] = {}
+    try:
+        for name, bcfg in cfg.backends.items():
+            backend = backend_factory.create(bcfg, cache.root / "staging")
+            await backend.start()
+            stores[name] = backend
+    except BaseException:
+        for started in stores.values():
+            await started.close()
+        raise
+    return stores
+
+
 def _admin_runner(
     cfg: Config, health: Health, index: Index, prefetcher: Prefetcher
 ) -> web.AppRunner:
     collector = CacheCollector(index.totals, index.map_usage, cfg.cache.max_size)
     registry = metrics_registry(collector)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the supervisor's own prefetcher counts in this process's memory, not in the files
+        registry.register(metrics.PREFETCH_OBJECTS)
 
     def stats() -> dict[str, int]:
         used, objects = index.totals()
@@ -173,7 +189,7 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
 
 
 async def _prepare(
-    cfg: Config, prefetcher: Prefetcher
+    cfg: Config, prefetcher: Prefetcher, cache: CacheStore | None = None
 ) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
@@ -181,7 +197,7 @@ async def _prepare(
     await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
-    cache = CacheStore(cfg.cache)
+    cache = cache or CacheStore(cfg.cache)
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
     admin = _admin_runner(cfg, health, cache.index, prefetcher)
@@ -236,17 +252,20 @@ async def serve_single(cfg: Config) -> None:
 # -- several worker processes -------------------------------------------------------------------
 
 
-def _worker_main(cfg: Config, ready: MpEvent) -> None:
+def _worker_main(arg: tuple[Config, ReadFeed], ready: MpEvent) -> None:
+    cfg, feed = arg
     log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
-    _run_loop(_worker(cfg, ready))
+    _run_loop(_worker(cfg, feed, ready))
 
 
-async def _worker(cfg: Config, ready: MpEvent) -> None:
+async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
     app = S3Server(cfg, cache)
     try:
         await app.start()
+        assert app.reads is not None
+        app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         s3 = app.runner()
         await s3.setup()
         try:
@@ -266,16 +285,62 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
         await app.close()
 
 
+class SupervisorPrefetch:
+    """The supervisor's prefetcher: its own backends and fills over the shared cache (fills
+    coalesce with the workers' through the chunk locks), following the workers' reads."""
+
+    def __init__(self, cfg: Config, cache: CacheStore) -> None:
+        self.cfg, self.cache = cfg, cache
+        self.prefetcher = Prefetcher()
+        self.feed = ReadFeed(multiprocessing.get_context("spawn"))
+        self.prefetcher.on_start = self._activate
+        self._stores: dict[str, Backend] = {}
+        self._reads: Reads | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._idler: asyncio.Task[None] | None = None
+
+    def _activate(self) -> None:
+        self.feed.active.value = 1
+
+    async def _idle_off(self) -> None:
+        while True:  # no job waits for reads: the workers stop reporting them
+            await asyncio.sleep(1.0)
+            if not self.prefetcher.busy():
+                self.feed.active.value = 0
+
+    async def start(self) -> None:
+        await self.cache.open()
+        self._stores = await _open_backends(self.cfg, self.cache)
+        router = Router(self.cfg.buckets, self._stores, self.cfg.cache)
+        self._reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        self.prefetcher.attach(self._reads, router)
+        self._transport = await self.feed.listen(self.prefetcher.note_read)
+        self._idler = asyncio.create_task(self._idle_off())
+
+    async def close(self) -> None:
+        if self._idler is not None:
+            self._idler.cancel()
+            await asyncio.gather(self._idler, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+        await self.prefetcher.close()
+        if self._reads is not None:
+            await self._reads.close()
+        await self.cache.close()
+        for backend in self._stores.values():
+            await backend.close()
+
+
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    prefetcher = Prefetcher()
-    # The reads arrive in the workers, so this process could not see how far they got.
-    prefetcher.unavailable = "training-aware prefetch needs workers: 1 (this proxy runs several)"
-    health, stop, cache, admin = await _prepare(cfg, prefetcher)
+    cache = CacheStore(cfg.cache)
+    pref = SupervisorPrefetch(cfg, cache)
+    health, stop, cache, admin = await _prepare(cfg, pref.prefetcher, cache)
     assert cache.index is not None
-    workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
+    workers = WorkerPool(_worker_main, (cfg, pref.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
     try:
+        await pref.start()
         await _start_admin(admin, cfg)
         workers.start()
         health.started = True
@@ -287,7 +352,7 @@ async def serve_workers(cfg: Config) -> None:
             log.server.info("draining %d workers", len(workers))
             await workers.stop(cfg.server.shutdown_timeout + 5)
         await admin.cleanup()
-        cache.index.close()
+        await pref.close()  # closes the cache too
     log.server.info("stopped")
 
 

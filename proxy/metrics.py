@@ -163,12 +163,8 @@ PREFETCH_OBJECTS = Counter(
     "slipstream_prefetch_objects_total",
     "Objects of training-aware prefetch: fetched ahead, then used (read) or wasted (passed over)",
     ["result"],  # fetched, used, wasted, failed
-)
+)  # no children made here: a worker of several must not report it (the supervisor does)
 
 
 SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")
 SERVED_FROM_BACKEND = BYTES_SERVED.labels("backend")
-PREFETCH_FETCHED = PREFETCH_OBJECTS.labels("fetched")
-PREFETCH_USED = PREFETCH_OBJECTS.labels("used")
-PREFETCH_WASTED = PREFETCH_OBJECTS.labels("wasted")
-PREFETCH_FAILED = PREFETCH_OBJECTS.labels("failed")

@@ -84,9 +84,19 @@ def fetched_at_least(proxy: ProxyProcess, job: str, n: int) -> Callable[[], bool
     return lambda: progress(proxy, job)["fetched"] >= n
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_prefetch_stays_within_window_and_reads_hit(
-    proxy: ProxyProcess, relay: CountingRelay, bucket: str
+    workers: int,
+    proxy_factory: ProxyFactory,
+    seaweedfs: S3Endpoint,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
 ) -> None:
+    """With 2 workers the prefetcher runs in the supervisor and learns the reads from them."""
+    proxy = proxy_factory(
+        proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers), store_env(seaweedfs)
+    )
     keys = [f"epoch/{i:03d}" for i in range(N)]
     relay.reset()
     hits0 = scrape(proxy.admin_url).get("slipstream_cache_hits_total")

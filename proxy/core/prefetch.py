@@ -7,8 +7,9 @@ report themselves through ``Prefetcher.note_read`` (the read path's hook); only 
 ahead and not yet read are looked up there, so a read costs one dict lookup per job of its
 bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size).
 
-With ``workers > 1`` the reads arrive in other processes; the prefetcher runs only where the
-reads are (one process, ``workers: 1``): see the README's "Prefetch".
+With ``workers > 1`` the prefetcher runs in the supervisor, over its own fills (coalesced with
+the workers' through the cache's chunk locks), and the workers report their reads to it
+through proxy/readfeed.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import itertools
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
@@ -101,14 +102,14 @@ class PrefetchJob:
             self._overtaken(key)
             return
         self.progress.used += 1
-        metrics.PREFETCH_USED.inc()
+        metrics.PREFETCH_OBJECTS.labels("used").inc()
         if pos > self.read_pos:
             self.read_pos = pos
             passed = [k for k, p in self._ahead.items() if p < pos]
             for k in passed:
                 del self._ahead[k]
             self.progress.wasted += len(passed)
-            metrics.PREFETCH_WASTED.inc(len(passed))
+            metrics.PREFETCH_OBJECTS.labels("wasted").inc(len(passed))
             self._moved.set()
 
     def _overtaken(self, key: str) -> None:
@@ -177,19 +178,23 @@ class PrefetchJob:
             got = await warm(self._reads, self.mount, key)
         except errors.S3Error as exc:
             self.progress.failed += 1
-            metrics.PREFETCH_FAILED.inc()
+            metrics.PREFETCH_OBJECTS.labels("failed").inc()
             log.cache.info("prefetch of a key failed: %s", exc.code)
             return
         except Exception:
             self.progress.failed += 1
-            metrics.PREFETCH_FAILED.inc()
+            metrics.PREFETCH_OBJECTS.labels("failed").inc()
             log.cache.exception("prefetch of a key failed")
             return
         if got:
             self.progress.fetched += 1
-            metrics.PREFETCH_FETCHED.inc()
+            metrics.PREFETCH_OBJECTS.labels("fetched").inc()
         else:
             self.progress.cached += 1
+
+    def busy(self) -> bool:
+        """Still fetching, or waiting for reads of what it fetched."""
+        return self.state == "running" or bool(self._ahead)
 
     def describe(self) -> dict[str, object]:
         p = self.progress
@@ -234,7 +239,7 @@ async def warm(reads: Reads, mount: Mount, key: str) -> bool:
 
 
 async def _settle(fill: Fill, cs: int, size: int) -> None:
-    """Wait until ``fill`` has all its bytes (raising its error, if any)."""
+    """Wait until ``fill`` has all its bytes (raising its error, if any) and is done."""
     await fill.wait_meta()
     lo = fill.index * cs
     hi = min(size, lo + cs) - 1
@@ -242,6 +247,8 @@ async def _settle(fill: Fill, cs: int, size: int) -> None:
         return
     async for _ in fill.read(lo, hi):
         pass
+    if fill.task is not None:  # and committed: another process's read then finds it cached
+        await asyncio.wait({fill.task})
 
 
 class Prefetcher:
@@ -255,6 +262,7 @@ class Prefetcher:
         self._by_bucket: dict[str, list[PrefetchJob]] = {}
         self._ids = itertools.count(1)
         self.unavailable = "the proxy is starting"
+        self.on_start: Callable[[], None] | None = None  # a job starts: reads matter now
 
     def attach(self, reads: Reads, router: Router) -> None:
         self._reads, self._router = reads, router
@@ -286,6 +294,8 @@ class Prefetcher:
         job.keys.extend(keys)
         job.progress.keys = len(job.keys)
         self._jobs[job.id] = job
+        if self.on_start is not None:
+            self.on_start()
         self._by_bucket.setdefault(mount.name, []).append(job)
         job.start()
         return job
@@ -300,6 +310,9 @@ class Prefetcher:
         job.progress.keys = len(job.keys)
         job.start()  # a job that had finished picks up the new keys
         return job
+
+    def busy(self) -> bool:
+        return any(job.busy() for job in self._jobs.values())
 
     def get(self, job_id: str) -> PrefetchJob:
         job = self._jobs.get(job_id)
