@@ -26,6 +26,7 @@ from tests.faultkit import (
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
+from tests.servers import make_s3_client as make_client
 
 N = 24
 WINDOW = 4
@@ -176,3 +177,84 @@ def test_bad_requests(proxy: ProxyProcess, bucket: str) -> None:
     assert err.value.code == 400
     assert admin(proxy, "GET", "/admin/v1/prefetch/999")[0] == 404
     assert admin(proxy, "DELETE", "/admin/v1/prefetch/999")[0] == 404
+
+
+def test_appended_parts_are_prefetched_in_order(
+    proxy: ProxyProcess, relay: CountingRelay, bucket: str
+) -> None:
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    relay.reset()
+    post = {"bucket": bucket, "keys": keys[:5], "window": 3}
+    status, job = admin(proxy, "POST", "/admin/v1/prefetch", post)
+    assert status == 201, job
+    status, job = admin(proxy, "POST", f"/admin/v1/prefetch/{job['id']}/keys", {"keys": keys[5:]})
+    assert status == 200 and job["keys"] == N, job
+    for i, key in enumerate(keys):
+        assert wait_until(fetched_at_least(proxy, job["id"], min(N, i + 3)))
+        assert get_body(f"{proxy.url}/{bucket}/{key}")[0] == 200
+    assert gets(relay, "/epoch/") == N
+    assert progress(proxy, job["id"])["used"] == N
+
+
+CS = 64 * 1024
+CHUNKS = 10
+
+
+def ranged(url: str, first: int, last: int) -> bytes:
+    req = urllib.request.Request(url, headers={"Range": f"bytes={first}-{last}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 206
+        return bytes(resp.read())
+
+
+@pytest.fixture
+def chunked_proxy(
+    proxy_factory: ProxyFactory, seaweedfs: S3Endpoint, relay: CountingRelay, tmp_path: Path
+) -> tuple[ProxyProcess, str]:
+    name = new_bucket("seq")
+    client = make_client(seaweedfs)
+    client.create_bucket(Bucket=name)
+    for key in ("shard-a", "shard-b"):
+        client.put_object(Bucket=name, Key=key, Body=payload(CHUNKS * CS, seed=7))
+    cache = {"chunk_size": "64KiB", "inline_max": "16KiB"}
+    cfg = proxy_config(relay.url, name, tmp_path / "cache", cache=cache)
+    return proxy_factory(cfg, store_env(seaweedfs)), name
+
+
+def test_sequential_ranged_reads_are_read_ahead(
+    chunked_proxy: tuple[ProxyProcess, str], relay: CountingRelay
+) -> None:
+    proxy, name = chunked_proxy
+    body = payload(CHUNKS * CS, seed=7)
+    url = f"{proxy.url}/{name}/shard-a"
+    relay.reset()
+    path = f"/{name}/shard-a"
+
+    def store_gets() -> int:
+        return relay.count_of("GET", path)
+
+    assert ranged(url, 0, CS - 1) == body[:CS]
+    assert ranged(url, CS, 2 * CS - 1) == body[CS : 2 * CS]
+    # chunk 0 then 1: a stream; chunks 2..5 (SEQ_AHEAD = 4) are fetched before they are asked
+    assert wait_until(lambda: store_gets() >= 6), relay.counts
+    time.sleep(0.3)
+    assert store_gets() == 6, relay.counts  # bounded: not the whole object
+    for i in range(2, CHUNKS):
+        assert ranged(url, i * CS, (i + 1) * CS - 1) == body[i * CS : (i + 1) * CS]
+        assert store_gets() <= i + 1 + 4, relay.counts
+    assert wait_until(lambda: store_gets() == CHUNKS)
+    time.sleep(0.2)
+    assert store_gets() == CHUNKS, relay.counts  # each chunk fetched once
+
+
+def test_random_ranged_reads_are_not_read_ahead(
+    chunked_proxy: tuple[ProxyProcess, str], relay: CountingRelay
+) -> None:
+    proxy, name = chunked_proxy
+    body = payload(CHUNKS * CS, seed=7)
+    url = f"{proxy.url}/{name}/shard-b"
+    relay.reset()
+    for i in (7, 2, 5):
+        assert ranged(url, i * CS, (i + 1) * CS - 1) == body[i * CS : (i + 1) * CS]
+    time.sleep(0.3)
+    assert relay.count_of("GET", f"/{name}/shard-b") == 3, relay.counts

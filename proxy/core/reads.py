@@ -20,6 +20,7 @@ from proxy.core.body import NO_PARTS, FileSlice, ObjectRead, Part, read_slice
 from proxy.core.conditions import check_conditions
 from proxy.core.fills import Fill, Fills, NoFillMemory
 from proxy.core.metadata import Metadata, fresh, oid_of
+from proxy.core.readahead import ReadAhead
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
 
@@ -32,6 +33,7 @@ class Reads:
         self.cs = cfg.chunk_size
         self.fills = fills
         self.metadata = Metadata(cache, cfg)
+        self.ahead = ReadAhead(fills, self.cs)  # sequential ranged reads of one object
         self.on_read: Callable[[str, str], None] | None = None  # (bucket, key): prefetch's hook
 
     async def close(self) -> None:
@@ -73,6 +75,7 @@ class Reads:
         check_conditions(headers, meta.etag, meta.last_modified)
         if rng is not None:
             first, last = rng.resolve(meta.size)
+            self.ahead.note(mount, key, oid, rec, meta, first, last)
         else:
             first, last = 0, meta.size - 1
         if rec is not None:
