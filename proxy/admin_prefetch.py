@@ -57,7 +57,7 @@ def add_prefetch_routes(app: web.Application, prefetcher: Prefetcher) -> None:
     async def create(request: web.Request) -> web.StreamResponse:
         try:
             body = await _json_body(request)
-            job = prefetcher.start(body.get("bucket"), body.get("keys"), body.get("window"))
+            job = await prefetcher.start(body.get("bucket"), body.get("keys"), body.get("window"))
         except PrefetchError as exc:
             return _error(400, str(exc))
         except PrefetchUnavailable as exc:
@@ -69,7 +69,7 @@ def add_prefetch_routes(app: web.Application, prefetcher: Prefetcher) -> None:
         job = job_or_404(request)
         try:
             body = await _json_body(request)
-            prefetcher.append(job.id, body.get("keys"))
+            await prefetcher.append(job.id, body.get("keys"))
         except PrefetchError as exc:
             return _error(400, str(exc))
         return web.json_response(job.describe())

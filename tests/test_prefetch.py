@@ -33,16 +33,23 @@ WINDOW = 4
 SLACK = 1  # a fetch may start in the instant between a read and its count
 
 
+@pytest.fixture(params=["seaweedfs", "moto"])
+def store(request: pytest.FixtureRequest) -> S3Endpoint:
+    name = "moto_server" if request.param == "moto" else "seaweedfs"
+    endpoint: S3Endpoint = request.getfixturevalue(name)
+    return endpoint
+
+
 @pytest.fixture
-def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
-    with CountingRelay(seaweedfs.url, latency=0.01) as r:
+def relay(store: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(store.url, latency=0.01) as r:
         yield r
 
 
 @pytest.fixture
-def bucket(seaweedfs: S3Endpoint, s3_client_factory: S3ClientFactory) -> str:
+def bucket(store: S3Endpoint, s3_client_factory: S3ClientFactory) -> str:
     name = new_bucket("pref")
-    client = s3_client_factory(seaweedfs)
+    client = s3_client_factory(store)
     client.create_bucket(Bucket=name)
     for i in range(N):
         client.put_object(Bucket=name, Key=f"epoch/{i:03d}", Body=payload(4096 + i, seed=i))
@@ -53,12 +60,12 @@ def bucket(seaweedfs: S3Endpoint, s3_client_factory: S3ClientFactory) -> str:
 @pytest.fixture
 def proxy(
     proxy_factory: ProxyFactory,
-    seaweedfs: S3Endpoint,
+    store: S3Endpoint,
     relay: CountingRelay,
     bucket: str,
     tmp_path: Path,
 ) -> ProxyProcess:
-    return proxy_factory(proxy_config(relay.url, bucket, tmp_path / "cache"), store_env(seaweedfs))
+    return proxy_factory(proxy_config(relay.url, bucket, tmp_path / "cache"), store_env(store))
 
 
 def admin(proxy: ProxyProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -89,14 +96,14 @@ def fetched_at_least(proxy: ProxyProcess, job: str, n: int) -> Callable[[], bool
 def test_prefetch_stays_within_window_and_reads_hit(
     workers: int,
     proxy_factory: ProxyFactory,
-    seaweedfs: S3Endpoint,
+    store: S3Endpoint,
     relay: CountingRelay,
     bucket: str,
     tmp_path: Path,
 ) -> None:
     """With 2 workers the prefetcher runs in the supervisor and learns the reads from them."""
     proxy = proxy_factory(
-        proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers), store_env(seaweedfs)
+        proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers), store_env(store)
     )
     keys = [f"epoch/{i:03d}" for i in range(N)]
     relay.reset()
@@ -209,16 +216,16 @@ def ranged(url: str, first: int, last: int) -> bytes:
 
 @pytest.fixture
 def chunked_proxy(
-    proxy_factory: ProxyFactory, seaweedfs: S3Endpoint, relay: CountingRelay, tmp_path: Path
+    proxy_factory: ProxyFactory, store: S3Endpoint, relay: CountingRelay, tmp_path: Path
 ) -> tuple[ProxyProcess, str]:
     name = new_bucket("seq")
-    client = make_client(seaweedfs)
+    client = make_client(store)
     client.create_bucket(Bucket=name)
     for key in ("shard-a", "shard-b"):
         client.put_object(Bucket=name, Key=key, Body=payload(CHUNKS * CS, seed=7))
     cache = {"chunk_size": "64KiB", "inline_max": "16KiB"}
     cfg = proxy_config(relay.url, name, tmp_path / "cache", cache=cache)
-    return proxy_factory(cfg, store_env(seaweedfs)), name
+    return proxy_factory(cfg, store_env(store)), name
 
 
 def test_sequential_ranged_reads_are_read_ahead(
@@ -258,3 +265,28 @@ def test_random_ranged_reads_are_not_read_ahead(
         assert ranged(url, i * CS, (i + 1) * CS - 1) == body[i * CS : (i + 1) * CS]
     time.sleep(0.3)
     assert relay.count_of("GET", f"/{name}/shard-b") == 3, relay.counts
+
+
+def test_prefetch_routes_need_the_admin_token(
+    proxy_factory: ProxyFactory,
+    store: S3Endpoint,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    cfg = proxy_config(relay.url, bucket, tmp_path / "cache")
+    cfg["admin"] = {"token_env": "PREFETCH_TEST_TOKEN"}
+    proxy = proxy_factory(cfg, {**store_env(store), "PREFETCH_TEST_TOKEN": "s3cret"})
+    order = json.dumps({"bucket": bucket, "keys": ["epoch/000"]}).encode()
+    url = f"{proxy.admin_url}/admin/v1/prefetch"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        req = urllib.request.Request(url, data=order, method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 401
+    req = urllib.request.Request(
+        url, data=order, method="POST", headers={"Authorization": "Bearer s3cret"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201
+    assert admin(proxy, "GET", "/admin/v1/prefetch")[0] == 200  # reads stay open

@@ -15,10 +15,11 @@ through proxy/readfeed.py.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
@@ -38,33 +39,47 @@ class PrefetchError(ValueError):
     """Bad input for a prefetch request; the message is for the client."""
 
 
+Part = tuple[bytes, "array[int]"]  # keys' UTF-8 back to back, and where each one ends
+
+
+def encode_keys(keys: object) -> Part:
+    """One part of an order, held compactly; a thread's work for a long list."""
+    if not isinstance(keys, list):
+        raise PrefetchError("keys: expected a list of keys")
+    blob, ends = bytearray(), array("Q")
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise PrefetchError("keys: each key must be a non-empty string")
+        raw = key.encode("utf-8", "surrogatepass")
+        if len(raw) > MAX_KEY_BYTES:
+            raise PrefetchError(f"keys: a key is longer than {MAX_KEY_BYTES} bytes")
+        blob += raw
+        ends.append(len(blob))
+    return bytes(blob), ends
+
+
 class KeyList:
-    """An ordered list of keys held compactly: one bytes blob plus an offset per key."""
+    """An ordered list of keys, in parts as they were posted (see ``encode_keys``)."""
 
     def __init__(self) -> None:
-        self._blob = bytearray()
-        self._ends = array("Q")
+        self._parts: list[Part] = []
+        self._starts: list[int] = []  # the position of each part's first key
+        self._len = 0
 
-    def extend(self, keys: Iterable[object]) -> None:
-        blob, ends = bytearray(), array("Q")
-        base = len(self._blob)
-        for key in keys:
-            if not isinstance(key, str) or not key:
-                raise PrefetchError("keys: each key must be a non-empty string")
-            raw = key.encode("utf-8", "surrogatepass")
-            if len(raw) > MAX_KEY_BYTES:
-                raise PrefetchError(f"keys: a key is longer than {MAX_KEY_BYTES} bytes")
-            blob += raw
-            ends.append(base + len(blob))
-        self._blob += blob
-        self._ends.extend(ends)
+    def add(self, part: Part) -> None:
+        self._parts.append(part)
+        self._starts.append(self._len)
+        self._len += len(part[1])
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._len
 
     def __getitem__(self, i: int) -> str:
-        start = self._ends[i - 1] if i else 0
-        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
+        n = bisect.bisect_right(self._starts, i) - 1
+        blob, ends = self._parts[n]
+        j = i - self._starts[n]
+        start = ends[j - 1] if j else 0
+        return blob[start : ends[j]].decode("utf-8", "surrogatepass")
 
 
 @dataclass
@@ -272,7 +287,7 @@ class Prefetcher:
         for job in self._by_bucket.get(bucket, ()):
             job.note_read(key)
 
-    def start(self, bucket: object, keys: object, window: object) -> PrefetchJob:
+    async def start(self, bucket: object, keys: object, window: object) -> PrefetchJob:
         if self._reads is None or self._router is None:
             raise PrefetchUnavailable(self.unavailable)
         if not isinstance(bucket, str) or not bucket:
@@ -281,17 +296,16 @@ class Prefetcher:
             window = DEFAULT_WINDOW
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
             raise PrefetchError(f"window: expected an integer from 1 to {MAX_WINDOW}")
-        if not isinstance(keys, list):
-            raise PrefetchError("keys: expected a list of keys")
         try:
             mount = self._router.resolve(bucket)
         except errors.NoSuchBucket:
             raise PrefetchError("bucket: no such bucket") from None
         if not mount.cacheable:
             raise PrefetchError("bucket: caching is off for this bucket")
+        part = await asyncio.to_thread(encode_keys, keys)
         self._make_room()
         job = PrefetchJob(str(next(self._ids)), mount, window, self._reads)
-        job.keys.extend(keys)
+        job.keys.add(part)
         job.progress.keys = len(job.keys)
         self._jobs[job.id] = job
         if self.on_start is not None:
@@ -300,13 +314,12 @@ class Prefetcher:
         job.start()
         return job
 
-    def append(self, job_id: str, keys: object) -> PrefetchJob:
+    async def append(self, job_id: str, keys: object) -> PrefetchJob:
+        part = await asyncio.to_thread(encode_keys, keys)
         job = self.get(job_id)
         if job.state == "cancelled":
             raise PrefetchError("the job was cancelled")
-        if not isinstance(keys, list):
-            raise PrefetchError("keys: expected a list of keys")
-        job.keys.extend(keys)
+        job.keys.add(part)
         job.progress.keys = len(job.keys)
         job.start()  # a job that had finished picks up the new keys
         return job
