@@ -58,14 +58,29 @@ def bucket(store: S3Endpoint, s3_client_factory: S3ClientFactory) -> str:
 
 
 @pytest.fixture
-def proxy(
+def start_proxy(
     proxy_factory: ProxyFactory,
     store: S3Endpoint,
     relay: CountingRelay,
     bucket: str,
     tmp_path: Path,
-) -> ProxyProcess:
-    return proxy_factory(proxy_config(relay.url, bucket, tmp_path / "cache"), store_env(store))
+) -> Callable[..., ProxyProcess]:
+    """``start_proxy(workers=1, token=None)``: a proxy of ``bucket`` through the relay."""
+
+    def start(workers: int = 1, token: str | None = None) -> ProxyProcess:
+        cfg = proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers)
+        env = store_env(store)
+        if token is not None:
+            cfg["admin"] = {"token_env": "PREFETCH_TEST_TOKEN"}
+            env["PREFETCH_TEST_TOKEN"] = token
+        return proxy_factory(cfg, env)
+
+    return start
+
+
+@pytest.fixture
+def proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    return start_proxy()
 
 
 def admin(proxy: ProxyProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -94,17 +109,10 @@ def fetched_at_least(proxy: ProxyProcess, job: str, n: int) -> Callable[[], bool
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_prefetch_stays_within_window_and_reads_hit(
-    workers: int,
-    proxy_factory: ProxyFactory,
-    store: S3Endpoint,
-    relay: CountingRelay,
-    bucket: str,
-    tmp_path: Path,
+    workers: int, start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, bucket: str
 ) -> None:
     """With 2 workers the prefetcher runs in the supervisor and learns the reads from them."""
-    proxy = proxy_factory(
-        proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers), store_env(store)
-    )
+    proxy = start_proxy(workers=workers)
     keys = [f"epoch/{i:03d}" for i in range(N)]
     relay.reset()
     hits0 = scrape(proxy.admin_url).get("slipstream_cache_hits_total")
@@ -268,15 +276,9 @@ def test_random_ranged_reads_are_not_read_ahead(
 
 
 def test_prefetch_routes_need_the_admin_token(
-    proxy_factory: ProxyFactory,
-    store: S3Endpoint,
-    relay: CountingRelay,
-    bucket: str,
-    tmp_path: Path,
+    start_proxy: Callable[..., ProxyProcess], bucket: str
 ) -> None:
-    cfg = proxy_config(relay.url, bucket, tmp_path / "cache")
-    cfg["admin"] = {"token_env": "PREFETCH_TEST_TOKEN"}
-    proxy = proxy_factory(cfg, {**store_env(store), "PREFETCH_TEST_TOKEN": "s3cret"})
+    proxy = start_proxy(token="s3cret")
     order = json.dumps({"bucket": bucket, "keys": ["epoch/000"]}).encode()
     url = f"{proxy.admin_url}/admin/v1/prefetch"
     for headers in ({}, {"Authorization": "Bearer wrong"}):
