@@ -1,6 +1,7 @@
 """The admin prefetch API (training-aware prefetch, see proxy/core/prefetch.py).
 
-POST   /admin/v1/prefetch             {"bucket": B, "keys": [...], "window": N} -> 201 job
+POST   /admin/v1/prefetch             {"bucket": B, "keys": [...], "window": N,
+                                       "window_bytes": M (optional)} -> 201 job
 POST   /admin/v1/prefetch/{id}/keys   {"keys": [...]}: append the next part of the order
 GET    /admin/v1/prefetch             every job's progress
 GET    /admin/v1/prefetch/{id}        one job's progress
@@ -57,7 +58,9 @@ def add_prefetch_routes(app: web.Application, prefetcher: Prefetcher) -> None:
     async def create(request: web.Request) -> web.StreamResponse:
         try:
             body = await _json_body(request)
-            job = await prefetcher.start(body.get("bucket"), body.get("keys"), body.get("window"))
+            job = await prefetcher.start(
+                body.get("bucket"), body.get("keys"), body.get("window"), body.get("window_bytes")
+            )
         except PrefetchError as exc:
             return _error(400, str(exc))
         except PrefetchUnavailable as exc:

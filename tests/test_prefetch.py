@@ -107,6 +107,21 @@ def fetched_at_least(proxy: ProxyProcess, job: str, n: int) -> Callable[[], bool
     return lambda: progress(proxy, job)["fetched"] >= n
 
 
+def read_slowly(
+    proxy: ProxyProcess, relay: CountingRelay, bucket: str, job: str, window: int
+) -> None:
+    """Read epoch/000.. in order, each once the prefetcher has had time to get ``window``
+    ahead of it; it must never get further (counted at the store) and every key is one GET."""
+    for i in range(N):
+        # i keys read so far: the prefetcher may hold positions up to i - 1 + window
+        assert wait_until(fetched_at_least(proxy, job, min(N, i + window))), progress(proxy, job)
+        time.sleep(0.05)  # room to overshoot, were the window not kept
+        assert gets(relay, "/epoch/") <= i + window + SLACK, (i, relay.counts)
+        status, body = get_body(f"{proxy.url}/{bucket}/epoch/{i:03d}")
+        assert status == 200 and body == payload(4096 + i, seed=i)
+    assert gets(relay, "/epoch/") == N  # each key fetched once: the reads were all hits
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_prefetch_stays_within_window_and_reads_hit(
     workers: int, start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, bucket: str
@@ -121,15 +136,7 @@ def test_prefetch_stays_within_window_and_reads_hit(
     )
     assert status == 201, job
     assert job["keys"] == N and job["window"] == WINDOW
-    for i, key in enumerate(keys):
-        # i keys read so far: the prefetcher may hold positions up to i - 1 + WINDOW
-        ahead = min(N, i + WINDOW)
-        assert wait_until(fetched_at_least(proxy, job["id"], ahead)), progress(proxy, job["id"])
-        time.sleep(0.05)  # room to overshoot, were the window not kept
-        assert gets(relay, "/epoch/") <= i + WINDOW + SLACK, (i, relay.counts)
-        status, body = get_body(f"{proxy.url}/{bucket}/{key}")
-        assert status == 200 and body == payload(4096 + i, seed=i)
-    assert gets(relay, "/epoch/") == N  # each key fetched once: the reads were all hits
+    read_slowly(proxy, relay, bucket, job["id"], WINDOW)
     metrics = scrape(proxy.admin_url)
     assert metrics.get("slipstream_cache_hits_total") - hits0 == N
     assert metrics.get("slipstream_prefetch_objects_total", result="fetched") == N
@@ -137,6 +144,16 @@ def test_prefetch_stays_within_window_and_reads_hit(
     assert metrics.get("slipstream_prefetch_objects_total", result="wasted") == 0
     final = progress(proxy, job["id"])
     assert final["state"] == "done" and final["used"] == N and final["read_position"] == N
+
+
+def test_window_in_bytes(proxy: ProxyProcess, relay: CountingRelay, bucket: str) -> None:
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    relay.reset()
+    order = {"bucket": bucket, "keys": keys, "window": 100, "window_bytes": 3 * 4096 + 200}
+    status, job = admin(proxy, "POST", "/admin/v1/prefetch", order)
+    assert status == 201, job
+    read_slowly(proxy, relay, bucket, job["id"], 3)  # ~4 KiB objects: 3 fit, never 4
+    assert progress(proxy, job["id"])["bytes_ahead"] == 0
 
 
 def test_read_out_of_order_and_reads_that_overtake(
@@ -178,6 +195,7 @@ def test_bad_requests(proxy: ProxyProcess, bucket: str) -> None:
     post = "/admin/v1/prefetch"
     for body, needle in [
         ({"bucket": bucket, "keys": ["a"], "window": 0}, "window"),
+        ({"bucket": bucket, "keys": ["a"], "window_bytes": "1GB"}, "window_bytes"),
         ({"bucket": bucket, "keys": "a"}, "keys"),
         ({"bucket": bucket, "keys": ["a", 7]}, "keys"),
         ({"bucket": bucket, "keys": ["x" * 2000]}, "keys"),

@@ -93,10 +93,13 @@ class Progress:
 
 
 class PrefetchJob:
-    def __init__(self, job_id: str, mount: Mount, window: int, reads: Reads) -> None:
+    def __init__(
+        self, job_id: str, mount: Mount, window: int, window_bytes: int | None, reads: Reads
+    ) -> None:
         self.id = job_id
         self.mount = mount
         self.window = window
+        self.window_bytes = window_bytes  # bytes fetched ahead and not yet read, at most
         self.keys = KeyList()
         self.progress = Progress()
         self.state = "running"
@@ -104,6 +107,9 @@ class PrefetchJob:
         self.next = 0  # the next position to fetch
         self._reads = reads
         self._ahead: dict[str, int] = {}  # remote key -> position: fetched, not yet read
+        self._sizes: dict[str, int] = {}  # of the keys in _ahead this job fetched
+        self._held = 0  # their sum
+        self._typical: int | None = None  # the size of the last object fetched
         self._upcoming: dict[str, int] = {}  # remote key -> position, for [next, horizon)
         self._horizon = 0
         self._moved = asyncio.Event()
@@ -112,7 +118,7 @@ class PrefetchJob:
 
     # -- the reads' side ----------------------------------------------------------------------
     def note_read(self, key: str) -> None:
-        pos = self._ahead.pop(key, None)
+        pos = self._drop(key)
         if pos is None:
             self._overtaken(key)
             return
@@ -122,10 +128,15 @@ class PrefetchJob:
             self.read_pos = pos
             passed = [k for k, p in self._ahead.items() if p < pos]
             for k in passed:
-                del self._ahead[k]
+                self._drop(k)
             self.progress.wasted += len(passed)
             metrics.PREFETCH_OBJECTS.labels("wasted").inc(len(passed))
-            self._moved.set()
+        self._moved.set()
+
+    def _drop(self, key: str) -> int | None:
+        pos = self._ahead.pop(key, None)
+        self._held -= self._sizes.pop(key, 0)
+        return pos
 
     def _overtaken(self, key: str) -> None:
         """The reads got ahead of the fetching (to a key not fetched yet): skip to them."""
@@ -166,14 +177,20 @@ class PrefetchJob:
         if self.state == "running":
             self.state = "cancelled"
 
-    def _room(self) -> bool:
-        return self.next < len(self.keys) and self.next <= self.read_pos + self.window
+    def _room(self, inflight: int) -> bool:
+        if self.next >= len(self.keys) or self.next > self.read_pos + self.window:
+            return False
+        if self.window_bytes is None or (inflight == 0 and self._held == 0):
+            return True  # one object at a time always moves on, whatever its size
+        if self._typical is None:
+            return inflight == 0
+        return self._held + (inflight + 1) * self._typical <= self.window_bytes
 
     async def _run(self) -> None:
         running: set[asyncio.Task[None]] = set()
         try:
             while self.next < len(self.keys) or running:
-                while self._room() and len(running) < min(CONCURRENCY, self.window):
+                while self._room(len(running)) and len(running) < min(CONCURRENCY, self.window):
                     running.add(asyncio.create_task(self._fetch(self._take())))
                 self._moved.clear()
                 waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._moved.wait())}
@@ -190,7 +207,7 @@ class PrefetchJob:
 
     async def _fetch(self, key: str) -> None:
         try:
-            got = await warm(self._reads, self.mount, key)
+            size = await warm(self._reads, self.mount, key)
         except errors.S3Error as exc:
             self.progress.failed += 1
             metrics.PREFETCH_OBJECTS.labels("failed").inc()
@@ -201,11 +218,15 @@ class PrefetchJob:
             metrics.PREFETCH_OBJECTS.labels("failed").inc()
             log.cache.exception("prefetch of a key failed")
             return
-        if got:
-            self.progress.fetched += 1
-            metrics.PREFETCH_OBJECTS.labels("fetched").inc()
-        else:
+        if size is None:
             self.progress.cached += 1
+            return
+        self.progress.fetched += 1
+        metrics.PREFETCH_OBJECTS.labels("fetched").inc()
+        self._typical = size
+        if key in self._ahead:  # not read yet: it counts against window_bytes until it is
+            self._sizes[key] = size
+            self._held += size
 
     def busy(self) -> bool:
         """Still fetching, or waiting for reads of what it fetched."""
@@ -218,6 +239,8 @@ class PrefetchJob:
             "bucket": self.mount.name,
             "state": self.state,
             "window": self.window,
+            "window_bytes": self.window_bytes,
+            "bytes_ahead": self._held,
             "keys": len(self.keys),
             "queued": max(0, len(self.keys) - self.next),
             "read_position": self.read_pos + 1,
@@ -229,9 +252,9 @@ class PrefetchJob:
         }
 
 
-async def warm(reads: Reads, mount: Mount, key: str) -> bool:
-    """Fill ``key`` through the core's fills (joining any under way); False when it was
-    already cached and fresh. Each chunk waits for fill memory like any fill."""
+async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
+    """Fill ``key`` through the core's fills (joining any under way); its size, or None when
+    it was already cached and fresh. Each chunk waits for fill memory like any fill."""
     oid = oid_of(mount, key)
     rec, _ = reads.cache.lookup(oid)
     if rec is not None and not fresh(rec, mount, time.time()):
@@ -240,7 +263,7 @@ async def warm(reads: Reads, mount: Mount, key: str) -> bool:
         meta = reads.metadata.meta_of(rec)
         chunks = range((meta.size + reads.cs - 1) // reads.cs)
         if rec.inline or all(rec.has_chunk(i) for i in chunks):
-            return False
+            return None
         missing = [i for i in chunks if not rec.has_chunk(i)]
         first: Fill = reads.fills.get(mount, key, oid, missing[0], meta)
     else:
@@ -250,7 +273,7 @@ async def warm(reads: Reads, mount: Mount, key: str) -> bool:
     await _settle(first, reads.cs, meta.size)
     for i in missing[1:]:
         await _settle(reads.fills.get(mount, key, oid, i, meta), reads.cs, meta.size)
-    return True
+    return meta.size
 
 
 async def _settle(fill: Fill, cs: int, size: int) -> None:
@@ -287,7 +310,9 @@ class Prefetcher:
         for job in self._by_bucket.get(bucket, ()):
             job.note_read(key)
 
-    async def start(self, bucket: object, keys: object, window: object) -> PrefetchJob:
+    async def start(
+        self, bucket: object, keys: object, window: object, window_bytes: object = None
+    ) -> PrefetchJob:
         if self._reads is None or self._router is None:
             raise PrefetchUnavailable(self.unavailable)
         if not isinstance(bucket, str) or not bucket:
@@ -296,6 +321,10 @@ class Prefetcher:
             window = DEFAULT_WINDOW
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
             raise PrefetchError(f"window: expected an integer from 1 to {MAX_WINDOW}")
+        if window_bytes is not None and (
+            isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1
+        ):
+            raise PrefetchError("window_bytes: expected a number of bytes >= 1")
         try:
             mount = self._router.resolve(bucket)
         except errors.NoSuchBucket:
@@ -304,7 +333,7 @@ class Prefetcher:
             raise PrefetchError("bucket: caching is off for this bucket")
         part = await asyncio.to_thread(encode_keys, keys)
         self._make_room()
-        job = PrefetchJob(str(next(self._ids)), mount, window, self._reads)
+        job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
         job.keys.add(part)
         job.progress.keys = len(job.keys)
         self._jobs[job.id] = job
