@@ -124,7 +124,7 @@ class CacheCollector(Collector):
 
 class _WorkersCollector(Collector):
     """The workers' metrics from the multiprocess files, less the job metrics: jobs run in
-    this process (see JobHost in app.py), whose own values ``_JobsCollector`` exports."""
+    this process (see SupervisorCore in app.py), whose own values ``_JobsCollector`` exports."""
 
     def __init__(self) -> None:
         self._inner = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]

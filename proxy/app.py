@@ -2,8 +2,8 @@
 
 With ``workers > 1`` a supervisor process runs the admin listener and start-up repair, then
 spawns the workers; each binds the S3 port with SO_REUSEPORT and opens the shared LMDB index.
-Warm-up jobs run where the admin listener is: in the supervisor, on a core of its own
-(JobHost), so the job table and its API stay in one process whatever the number of workers.
+Warm-up jobs and prefetch run where the admin listener is: in the supervisor, on a core of its
+own (SupervisorCore), so their tables and API stay in one process whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import multiprocessing
 import os
 import shutil
 import signal
@@ -24,8 +25,9 @@ import uvloop
 from aiohttp import web
 
 from proxy import backends as backend_factory
-from proxy import listen, log
+from proxy import listen, log, metrics
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
+from proxy.admin_prefetch import add_prefetch_routes
 from proxy.backends.base import Backend
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
@@ -33,10 +35,12 @@ from proxy.cache.store import CacheStore
 from proxy.config import Config
 from proxy.core.fills import Fills
 from proxy.core.listing import Listing
+from proxy.core.prefetch import Prefetcher
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.warm import JobCore
+from proxy.readfeed import ReadFeed
 from proxy.routing import Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
@@ -65,7 +69,7 @@ class S3Server:
         self._body_idle = cfg.server.body_idle_timeout
 
     async def start(self) -> None:
-        self.stores = await _open_stores(self.cfg, self.cache)
+        self.stores = await _open_backends(self.cfg, self.cache)
         self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
@@ -123,53 +127,36 @@ class S3Server:
         )
 
 
-async def _open_stores(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
+async def _open_backends(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
     stores: dict[str, Backend] = {}
-    for name, bcfg in cfg.backends.items():
-        backend = backend_factory.create(bcfg, cache.root / "staging")
-        await backend.start()
-        stores[name] = backend
+    try:
+        for name, bcfg in cfg.backends.items():
+            backend = backend_factory.create(bcfg, cache.root / "staging")
+            await backend.start()
+            stores[name] = backend
+    except BaseException:
+        for started in stores.values():
+            await started.close()
+        raise
     return stores
 
 
-class JobHost:
-    """The core pieces jobs need in the supervisor (``workers > 1``), which serves no S3: the
-    backends, a Router, and Reads/Fills on the shared cache. Its fills coalesce with the
-    workers' through the cache's fcntl fill locks, as the workers' do with each other."""
-
-    def __init__(self, cfg: Config, cache: CacheStore) -> None:
-        self.cfg, self.cache = cfg, cache
-        self.stores: dict[str, Backend] = {}
-        self.reads: Reads | None = None
-
-    async def start(self) -> JobCore:
-        self.stores = await _open_stores(self.cfg, self.cache)
-        router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
-        await self.cache.open()
-        self.reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
-        return JobCore(router, self.reads)
-
-    async def close(self) -> None:
-        if self.reads is not None:
-            await self.reads.close()
-        await self.cache.close()
-        for backend in self.stores.values():
-            await backend.close()
-
-
-def _admin_runner(cfg: Config, health: Health, index: Index, jobs: Jobs) -> web.AppRunner:
+def _admin_runner(
+    cfg: Config, health: Health, index: Index, jobs: Jobs, prefetcher: Prefetcher
+) -> web.AppRunner:
     collector = CacheCollector(index.totals, index.map_usage, cfg.cache.max_size)
     registry = metrics_registry(collector)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the supervisor's own prefetcher counts in this process's memory, not in the files
+        registry.register(metrics.PREFETCH_OBJECTS)
 
     def stats() -> dict[str, int]:
         used, objects = index.totals()
         return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size}
 
-    return web.AppRunner(
-        build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs),
-        handle_signals=False,
-        access_log=None,
-    )
+    app = build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs)
+    add_prefetch_routes(app, prefetcher)
+    return web.AppRunner(app, handle_signals=False, access_log=None)
 
 
 def _repair(cache: CacheStore) -> None:
@@ -210,7 +197,7 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
 
 
 async def _prepare(
-    cfg: Config,
+    cfg: Config, prefetcher: Prefetcher, cache: CacheStore | None = None
 ) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner, Jobs]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
@@ -219,11 +206,11 @@ async def _prepare(
     await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
-    cache = CacheStore(cfg.cache)
+    cache = cache or CacheStore(cfg.cache)
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
     jobs = Jobs()
-    admin = _admin_runner(cfg, health, cache.index, jobs)
+    admin = _admin_runner(cfg, health, cache.index, jobs, prefetcher)
     await admin.setup()
     return health, stop, cache, admin, jobs
 
@@ -240,12 +227,15 @@ def _log_serving(cfg: Config, processes: str) -> None:
 
 async def serve_single(cfg: Config) -> None:
     """One process: the S3 listener and the admin listener on one event loop."""
-    health, stop, cache, admin, jobs = await _prepare(cfg)
+    prefetcher = Prefetcher()
+    health, stop, cache, admin, jobs = await _prepare(cfg, prefetcher)
     app = S3Server(cfg, cache)
     try:
         await _start_admin(admin, cfg)
         await app.start()
         jobs.attach(app.job_core())
+        assert app.reads is not None and app.router is not None
+        prefetcher.attach(app.reads, app.router)
         s3 = app.runner()
         await s3.setup()
         try:
@@ -265,6 +255,7 @@ async def serve_single(cfg: Config) -> None:
             await jobs.close()
             await s3.cleanup()
     finally:
+        await prefetcher.close()
         await app.close()  # closes the cache too
         await admin.cleanup()
     log.server.info("stopped")
@@ -273,17 +264,20 @@ async def serve_single(cfg: Config) -> None:
 # -- several worker processes -------------------------------------------------------------------
 
 
-def _worker_main(cfg: Config, ready: MpEvent) -> None:
+def _worker_main(arg: tuple[Config, ReadFeed], ready: MpEvent) -> None:
+    cfg, feed = arg
     log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
-    _run_loop(_worker(cfg, ready))
+    _run_loop(_worker(cfg, feed, ready))
 
 
-async def _worker(cfg: Config, ready: MpEvent) -> None:
+async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache)
     app = S3Server(cfg, cache)
     try:
         await app.start()
+        assert app.reads is not None
+        app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         s3 = app.runner()
         await s3.setup()
         try:
@@ -303,16 +297,67 @@ async def _worker(cfg: Config, ready: MpEvent) -> None:
         await app.close()
 
 
+class SupervisorCore:
+    """The core pieces the supervisor (``workers > 1``, no S3 listener of its own) needs for
+    warm-up jobs and prefetch: its own backends, a Router, and Reads/Fills over the shared cache.
+    Its fills coalesce with the workers' through the cache's chunk locks, as the workers' do with
+    each other; the prefetcher follows the workers' reads through the read feed."""
+
+    def __init__(self, cfg: Config, cache: CacheStore) -> None:
+        self.cfg, self.cache = cfg, cache
+        self.prefetcher = Prefetcher()
+        self.feed = ReadFeed(multiprocessing.get_context("spawn"))
+        self.prefetcher.on_start = self._activate
+        self._stores: dict[str, Backend] = {}
+        self._reads: Reads | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._idler: asyncio.Task[None] | None = None
+
+    def _activate(self) -> None:
+        self.feed.active.value = 1
+
+    async def _idle_off(self) -> None:
+        while True:  # no job waits for reads: the workers stop reporting them
+            await asyncio.sleep(1.0)
+            if not self.prefetcher.busy():
+                self.feed.active.value = 0
+
+    async def start(self) -> JobCore:
+        """Open the pieces and start following reads; returns the core jobs run on."""
+        await self.cache.open()
+        self._stores = await _open_backends(self.cfg, self.cache)
+        router = Router(self.cfg.buckets, self._stores, self.cfg.cache)
+        self._reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        self.prefetcher.attach(self._reads, router)
+        self._transport = await self.feed.listen(self.prefetcher.note_read)
+        self._idler = asyncio.create_task(self._idle_off())
+        return JobCore(router, self._reads)
+
+    async def close(self) -> None:
+        if self._idler is not None:
+            self._idler.cancel()
+            await asyncio.gather(self._idler, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+        await self.prefetcher.close()
+        if self._reads is not None:
+            await self._reads.close()
+        await self.cache.close()
+        for backend in self._stores.values():
+            await backend.close()
+
+
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    health, stop, cache, admin, jobs = await _prepare(cfg)
+    cache = CacheStore(cfg.cache)
+    core = SupervisorCore(cfg, cache)
+    health, stop, cache, admin, jobs = await _prepare(cfg, core.prefetcher, cache)
     assert cache.index is not None
-    workers = WorkerPool(_worker_main, cfg, cfg.workers, cfg.listen)
+    workers = WorkerPool(_worker_main, (cfg, core.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
-    host = JobHost(cfg, cache)
     try:
+        jobs.attach(await core.start())
         await _start_admin(admin, cfg)
-        jobs.attach(await host.start())
         workers.start()
         health.started = True
         _log_serving(cfg, f"{cfg.workers} workers")
@@ -324,7 +369,7 @@ async def serve_workers(cfg: Config) -> None:
             log.server.info("draining %d workers", len(workers))
             await workers.stop(cfg.server.shutdown_timeout + 5)
         await admin.cleanup()
-        await host.close()  # closes the cache too
+        await core.close()  # closes the cache too
     log.server.info("stopped")
 
 

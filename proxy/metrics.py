@@ -171,6 +171,11 @@ JOBS = Gauge(
     multiprocess_mode="livesum",
 )
 SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")
+PREFETCH_OBJECTS = Counter(
+    "slipstream_prefetch_objects_total",
+    "Objects of training-aware prefetch: fetched ahead, then used (read) or wasted (passed over)",
+    ["result"],  # fetched, used, wasted, failed
+)  # no children made here: a worker of several must not report it (the supervisor does)
 
 
 SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from proxy import errors, metrics
 from proxy.cache.record import Record
@@ -20,6 +20,7 @@ from proxy.core.body import NO_PARTS, FileSlice, ObjectRead, Part, read_slice
 from proxy.core.conditions import check_conditions
 from proxy.core.fills import Fill, Fills, NoFillMemory
 from proxy.core.metadata import Metadata, fresh, oid_of
+from proxy.core.readahead import ReadAhead
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
 
@@ -32,6 +33,8 @@ class Reads:
         self.cs = cfg.chunk_size
         self.fills = fills
         self.metadata = Metadata(cache, cfg)
+        self.ahead = ReadAhead(fills, self.cs)  # sequential ranged reads of one object
+        self.on_read: Callable[[str, str], None] | None = None  # (bucket, key): prefetch's hook
 
     async def close(self) -> None:
         await self.fills.close()
@@ -52,6 +55,8 @@ class Reads:
         """Resolve metadata, conditionals and range; the body streams from ``parts``."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
+        if self.on_read is not None:
+            self.on_read(mount.name, key)
         oid = oid_of(mount, key)
         stats = metrics.bucket(mount.name, mount.wildcard)
         rec, inline = self.cache.lookup(oid)
@@ -71,6 +76,7 @@ class Reads:
         check_conditions(headers, meta.etag, meta.last_modified)
         if rng is not None:
             first, last = rng.resolve(meta.size)
+            self.ahead.note(mount, key, oid, rec, meta, first, last)
         else:
             first, last = 0, meta.size - 1
         if rec is not None:

@@ -1,0 +1,395 @@
+"""Training-aware prefetch: fetch the keys a client will read, in its order, just ahead of it.
+
+A client posts an epoch's order (``Prefetcher.start``); a ``PrefetchJob`` fills those keys
+through the core's fills (so a client read of a key being fetched joins that fill) while never
+running more than ``window`` keys ahead of the last key of the list the client has read. Reads
+report themselves through ``Prefetcher.note_read`` (the read path's hook); only the keys fetched
+ahead and not yet read are looked up there, so a read costs one dict lookup per job of its
+bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size).
+
+With ``workers > 1`` the prefetcher runs in the supervisor, over its own fills (coalesced with
+the workers' through the cache's chunk locks), and the workers report their reads to it
+through proxy/readfeed.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy import errors, log, metrics
+from proxy.core.fills import Fill
+from proxy.core.metadata import fresh, oid_of
+from proxy.core.reads import Reads
+from proxy.routing import Mount, Router
+
+MAX_KEY_BYTES = 1024
+MAX_WINDOW = 10_000
+DEFAULT_WINDOW = 32
+MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
+CONCURRENCY = 8  # keys fetched at once by one job (never more than its window)
+
+
+class PrefetchError(ValueError):
+    """Bad input for a prefetch request; the message is for the client."""
+
+
+Part = tuple[bytes, "array[int]"]  # keys' UTF-8 back to back, and where each one ends
+
+
+def encode_keys(keys: object) -> Part:
+    """One part of an order, held compactly; a thread's work for a long list."""
+    if not isinstance(keys, list):
+        raise PrefetchError("keys: expected a list of keys")
+    blob, ends = bytearray(), array("Q")
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise PrefetchError("keys: each key must be a non-empty string")
+        raw = key.encode("utf-8", "surrogatepass")
+        if len(raw) > MAX_KEY_BYTES:
+            raise PrefetchError(f"keys: a key is longer than {MAX_KEY_BYTES} bytes")
+        blob += raw
+        ends.append(len(blob))
+    return bytes(blob), ends
+
+
+class KeyList:
+    """An ordered list of keys, in parts as they were posted (see ``encode_keys``)."""
+
+    def __init__(self) -> None:
+        self._parts: list[Part] = []
+        self._starts: list[int] = []  # the position of each part's first key
+        self._len = 0
+
+    def add(self, part: Part) -> None:
+        self._parts.append(part)
+        self._starts.append(self._len)
+        self._len += len(part[1])
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> str:
+        n = bisect.bisect_right(self._starts, i) - 1
+        blob, ends = self._parts[n]
+        j = i - self._starts[n]
+        start = ends[j - 1] if j else 0
+        return blob[start : ends[j]].decode("utf-8", "surrogatepass")
+
+
+@dataclass
+class Progress:
+    keys: int = 0
+    fetched: int = 0  # filled from the store by this job
+    cached: int = 0  # already cached and fresh: nothing to fetch
+    failed: int = 0
+    used: int = 0  # read by a client after this job fetched (or was fetching) it
+    wasted: int = 0  # passed over by the reads without being read
+
+
+class PrefetchJob:
+    def __init__(
+        self, job_id: str, mount: Mount, window: int, window_bytes: int | None, reads: Reads
+    ) -> None:
+        self.id = job_id
+        self.mount = mount
+        self.window = window
+        self.window_bytes = window_bytes  # bytes fetched ahead and not yet read, at most
+        self.keys = KeyList()
+        self.progress = Progress()
+        self.state = "running"
+        self.read_pos = -1  # the furthest position in the list a client has read
+        self.next = 0  # the next position to fetch
+        self._reads = reads
+        self._ahead: dict[str, int] = {}  # remote key -> position: fetched, not yet read
+        self._sizes: dict[str, int] = {}  # of the keys in _ahead this job fetched
+        self._held = 0  # their sum
+        self._typical: int | None = None  # the size of the last object fetched
+        self._upcoming: dict[str, int] = {}  # remote key -> position, for [next, horizon)
+        self._horizon = 0
+        self._moved = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.created = time.time()
+
+    # -- the reads' side ----------------------------------------------------------------------
+    def note_read(self, key: str) -> None:
+        pos = self._drop(key)
+        if pos is None:
+            self._overtaken(key)
+            return
+        self.progress.used += 1
+        metrics.PREFETCH_OBJECTS.labels("used").inc()
+        if pos > self.read_pos:
+            self.read_pos = pos
+            passed = [k for k, p in self._ahead.items() if p < pos]
+            for k in passed:
+                self._drop(k)
+            self.progress.wasted += len(passed)
+            metrics.PREFETCH_OBJECTS.labels("wasted").inc(len(passed))
+        self._moved.set()
+
+    def _drop(self, key: str) -> int | None:
+        pos = self._ahead.pop(key, None)
+        self._held -= self._sizes.pop(key, 0)
+        return pos
+
+    def _overtaken(self, key: str) -> None:
+        """The reads got ahead of the fetching (to a key not fetched yet): skip to them."""
+        pos = self._upcoming.get(key)
+        if pos is None:
+            return
+        for k, p in list(self._upcoming.items()):
+            if p <= pos:
+                del self._upcoming[k]
+        self.read_pos = max(self.read_pos, pos)
+        self.next = max(self.next, pos + 1)
+        self._moved.set()
+
+    def _take(self) -> str:
+        """The next key to fetch (as a remote key); keeps ``_upcoming`` a window wide."""
+        pos, self.next = self.next, self.next + 1
+        key = self.mount.remote_key(self.keys[pos])
+        if self._upcoming.get(key) == pos:
+            del self._upcoming[key]
+        self._horizon = max(self._horizon, self.next)
+        end = min(len(self.keys), self.next + self.window)
+        while self._horizon < end:
+            self._upcoming[self.mount.remote_key(self.keys[self._horizon])] = self._horizon
+            self._horizon += 1
+        self._ahead[key] = pos
+        return key
+
+    # -- the fetching side --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self.state = "running"
+            self._task = asyncio.create_task(self._run())
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.state == "running":
+            self.state = "cancelled"
+
+    def _room(self, inflight: int) -> bool:
+        if self.next >= len(self.keys) or self.next > self.read_pos + self.window:
+            return False
+        if self.window_bytes is None or (inflight == 0 and self._held == 0):
+            return True  # one object at a time always moves on, whatever its size
+        if self._typical is None:
+            return inflight == 0
+        return self._held + (inflight + 1) * self._typical <= self.window_bytes
+
+    async def _run(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while self.next < len(self.keys) or running:
+                while self._room(len(running)) and len(running) < min(CONCURRENCY, self.window):
+                    running.add(asyncio.create_task(self._fetch(self._take())))
+                self._moved.clear()
+                waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._moved.wait())}
+                done, _ = await asyncio.wait(running | waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                running -= done
+            self.state = "done"
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    async def _fetch(self, key: str) -> None:
+        try:
+            size = await warm(self._reads, self.mount, key)
+        except errors.S3Error as exc:
+            self.progress.failed += 1
+            metrics.PREFETCH_OBJECTS.labels("failed").inc()
+            log.cache.info("prefetch of a key failed: %s", exc.code)
+            return
+        except Exception:
+            self.progress.failed += 1
+            metrics.PREFETCH_OBJECTS.labels("failed").inc()
+            log.cache.exception("prefetch of a key failed")
+            return
+        if size is None:
+            self.progress.cached += 1
+            return
+        self.progress.fetched += 1
+        metrics.PREFETCH_OBJECTS.labels("fetched").inc()
+        self._typical = size
+        if key in self._ahead:  # not read yet: it counts against window_bytes until it is
+            self._sizes[key] = size
+            self._held += size
+
+    def busy(self) -> bool:
+        """Still fetching, or waiting for reads of what it fetched."""
+        return self.state == "running" or bool(self._ahead)
+
+    def describe(self) -> dict[str, object]:
+        p = self.progress
+        return {
+            "id": self.id,
+            "bucket": self.mount.name,
+            "state": self.state,
+            "window": self.window,
+            "window_bytes": self.window_bytes,
+            "bytes_ahead": self._held,
+            "keys": len(self.keys),
+            "queued": max(0, len(self.keys) - self.next),
+            "read_position": self.read_pos + 1,
+            "fetched": p.fetched,
+            "cached": p.cached,
+            "failed": p.failed,
+            "used": p.used,
+            "wasted": p.wasted,
+        }
+
+
+async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
+    """Fill ``key`` through the core's fills (joining any under way); its size, or None when
+    it was already cached and fresh. Each chunk waits for fill memory like any fill."""
+    oid = oid_of(mount, key)
+    rec, _ = reads.cache.lookup(oid)
+    if rec is not None and not fresh(rec, mount, time.time()):
+        rec, _ = await reads.metadata.current(mount, key, oid)
+    if rec is not None:
+        meta = reads.metadata.meta_of(rec)
+        chunks = range((meta.size + reads.cs - 1) // reads.cs)
+        if rec.inline or all(rec.has_chunk(i) for i in chunks):
+            return None
+        missing = [i for i in chunks if not rec.has_chunk(i)]
+        first: Fill = reads.fills.get(mount, key, oid, missing[0], meta)
+    else:
+        first = reads.fills.get(mount, key, oid, 0, None)
+        meta = await first.wait_meta()
+        missing = list(range((meta.size + reads.cs - 1) // reads.cs))
+    await _settle(first, reads.cs, meta.size)
+    for i in missing[1:]:
+        await _settle(reads.fills.get(mount, key, oid, i, meta), reads.cs, meta.size)
+    return meta.size
+
+
+async def _settle(fill: Fill, cs: int, size: int) -> None:
+    """Wait until ``fill`` has all its bytes (raising its error, if any) and is done."""
+    await fill.wait_meta()
+    lo = fill.index * cs
+    hi = min(size, lo + cs) - 1
+    if hi < lo:
+        return
+    async for _ in fill.read(lo, hi):
+        pass
+    if fill.task is not None:  # and committed: another process's read then finds it cached
+        await asyncio.wait({fill.task})
+
+
+class Prefetcher:
+    """The jobs of this process. ``attach`` gives it the core once the core is up; until then
+    (and for good in a supervisor of several workers) it refuses new jobs."""
+
+    def __init__(self) -> None:
+        self._reads: Reads | None = None
+        self._router: Router | None = None
+        self._jobs: dict[str, PrefetchJob] = {}
+        self._by_bucket: dict[str, list[PrefetchJob]] = {}
+        self._ids = itertools.count(1)
+        self.unavailable = "the proxy is starting"
+        self.on_start: Callable[[], None] | None = None  # a job starts: reads matter now
+
+    def attach(self, reads: Reads, router: Router) -> None:
+        self._reads, self._router = reads, router
+        reads.on_read = self.note_read
+
+    def note_read(self, bucket: str, key: str) -> None:
+        for job in self._by_bucket.get(bucket, ()):
+            job.note_read(key)
+
+    async def start(
+        self, bucket: object, keys: object, window: object, window_bytes: object = None
+    ) -> PrefetchJob:
+        if self._reads is None or self._router is None:
+            raise PrefetchUnavailable(self.unavailable)
+        if not isinstance(bucket, str) or not bucket:
+            raise PrefetchError("bucket: expected a bucket name")
+        if window is None:
+            window = DEFAULT_WINDOW
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+            raise PrefetchError(f"window: expected an integer from 1 to {MAX_WINDOW}")
+        if window_bytes is not None and (
+            isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1
+        ):
+            raise PrefetchError("window_bytes: expected a number of bytes >= 1")
+        try:
+            mount = self._router.resolve(bucket)
+        except errors.NoSuchBucket:
+            raise PrefetchError("bucket: no such bucket") from None
+        if not mount.cacheable:
+            raise PrefetchError("bucket: caching is off for this bucket")
+        part = await asyncio.to_thread(encode_keys, keys)
+        self._make_room()
+        job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
+        job.keys.add(part)
+        job.progress.keys = len(job.keys)
+        self._jobs[job.id] = job
+        if self.on_start is not None:
+            self.on_start()
+        self._by_bucket.setdefault(mount.name, []).append(job)
+        job.start()
+        return job
+
+    async def append(self, job_id: str, keys: object) -> PrefetchJob:
+        part = await asyncio.to_thread(encode_keys, keys)
+        job = self.get(job_id)
+        if job.state == "cancelled":
+            raise PrefetchError("the job was cancelled")
+        job.keys.add(part)
+        job.progress.keys = len(job.keys)
+        job.start()  # a job that had finished picks up the new keys
+        return job
+
+    def busy(self) -> bool:
+        return any(job.busy() for job in self._jobs.values())
+
+    def get(self, job_id: str) -> PrefetchJob:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    def jobs(self) -> list[PrefetchJob]:
+        return list(self._jobs.values())
+
+    async def cancel(self, job_id: str) -> PrefetchJob:
+        job = self.get(job_id)
+        await job.cancel()
+        return job
+
+    def _make_room(self) -> None:
+        if len(self._jobs) < MAX_JOBS:
+            return
+        for job in self._jobs.values():
+            if job.state != "running":
+                self._forget(job)
+                return
+        raise PrefetchError(f"too many prefetch jobs running (at most {MAX_JOBS})")
+
+    def _forget(self, job: PrefetchJob) -> None:
+        del self._jobs[job.id]
+        siblings = self._by_bucket[job.mount.name]
+        siblings.remove(job)
+        if not siblings:
+            del self._by_bucket[job.mount.name]
+
+    async def close(self) -> None:
+        for job in list(self._jobs.values()):
+            await job.cancel()
+
+
+class PrefetchUnavailable(RuntimeError):
+    """This process cannot prefetch (starting, or a supervisor without the reads)."""

@@ -1,0 +1,64 @@
+"""Workers -> supervisor: which keys the clients read, while a prefetch job wants to know.
+
+With several workers the prefetcher runs in the supervisor, but the reads arrive in the
+workers. Each worker sends ``bucket/key`` of a read as one datagram on a Linux abstract unix
+socket, only while the shared ``active`` flag is set (a byte of shared memory: a read costs
+nothing when no prefetch job runs). Sends never block: a datagram that finds the queue full is
+dropped, and the prefetcher's window then only lags (it fetches less, never more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from multiprocessing.context import SpawnContext
+from typing import Any
+
+from proxy import log
+
+OnRead = Callable[[str, str], None]
+
+
+class ReadFeed:
+    def __init__(self, ctx: SpawnContext) -> None:
+        self.address = f"\0slipstream-reads-{os.getpid()}-{os.urandom(6).hex()}"
+        self.active: Any = ctx.Value("b", 0, lock=False)  # a c_byte in shared memory
+
+    # -- a worker's side ------------------------------------------------------------------------
+    def sender(self) -> OnRead:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        active, address = self.active, self.address
+
+        def send(bucket: str, key: str) -> None:
+            if not active.value:
+                return
+            try:
+                sock.sendto(f"{bucket}/{key}".encode("utf-8", "surrogatepass"), address)
+            except OSError:  # queue full or the supervisor gone: the window lags, no more
+                pass
+
+        return send
+
+    # -- the supervisor's side ------------------------------------------------------------------
+    async def listen(self, on_read: OnRead) -> asyncio.DatagramTransport:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self.address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024**2)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(on_read), sock=sock)
+        return transport
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, on_read: OnRead) -> None:
+        self._on_read = on_read
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        bucket, _, key = data.decode("utf-8", "surrogatepass").partition("/")
+        try:
+            self._on_read(bucket, key)
+        except Exception:
+            log.server.exception("prefetch read note failed")
