@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.config import AuthConfig, UserConfig
 from proxy.config import from_mapping as config_from_mapping
+from proxy.config_access import AuthConfig, UserConfig
 from proxy.errors import ConfigError
 from proxy.s3 import checksums
 from proxy.s3.auth import ANONYMOUS, Authenticator, AuthResult, Principal

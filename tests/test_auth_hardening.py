@@ -22,7 +22,8 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from proxy.admin import AdminAuth, build_admin_app, state_changing
-from proxy.config import AuthConfig, from_mapping
+from proxy.config import from_mapping
+from proxy.config_access import AuthConfig
 from proxy.errors import ConfigError
 from proxy.s3.auth import ANONYMOUS, Authenticator
 from tests.conformance import metric, raw_request, scrape

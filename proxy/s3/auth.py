@@ -19,7 +19,7 @@ from typing import Literal
 from aiohttp import web
 
 from proxy import errors
-from proxy.config import OPEN_ACCESS, AccessLevel, AuthConfig
+from proxy.config_access import OPEN_ACCESS, AccessLevel, AuthConfig
 from proxy.s3 import checksums, sigv2, sigv4
 from proxy.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
 
