@@ -15,71 +15,24 @@ through proxy/readfeed.py.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
 from proxy.core.fills import Fill
 from proxy.core.metadata import fresh, oid_of
+from proxy.core.prefetch_order import KeyList, Part, PrefetchError, encode_keys
 from proxy.core.reads import Reads
 from proxy.routing import Mount, Router
 
-MAX_KEY_BYTES = 1024
 MAX_WINDOW = 10_000
 DEFAULT_WINDOW = 32
+MAX_JOB_KEYS = 10_000_000  # in one order (each held as its UTF-8 and an 8-byte offset)
+MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
 CONCURRENCY = 8  # keys fetched at once by one job (never more than its window)
-
-
-class PrefetchError(ValueError):
-    """Bad input for a prefetch request; the message is for the client."""
-
-
-Part = tuple[bytes, "array[int]"]  # keys' UTF-8 back to back, and where each one ends
-
-
-def encode_keys(keys: object) -> Part:
-    """One part of an order, held compactly; a thread's work for a long list."""
-    if not isinstance(keys, list):
-        raise PrefetchError("keys: expected a list of keys")
-    blob, ends = bytearray(), array("Q")
-    for key in keys:
-        if not isinstance(key, str) or not key:
-            raise PrefetchError("keys: each key must be a non-empty string")
-        raw = key.encode("utf-8", "surrogatepass")
-        if len(raw) > MAX_KEY_BYTES:
-            raise PrefetchError(f"keys: a key is longer than {MAX_KEY_BYTES} bytes")
-        blob += raw
-        ends.append(len(blob))
-    return bytes(blob), ends
-
-
-class KeyList:
-    """An ordered list of keys, in parts as they were posted (see ``encode_keys``)."""
-
-    def __init__(self) -> None:
-        self._parts: list[Part] = []
-        self._starts: list[int] = []  # the position of each part's first key
-        self._len = 0
-
-    def add(self, part: Part) -> None:
-        self._parts.append(part)
-        self._starts.append(self._len)
-        self._len += len(part[1])
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, i: int) -> str:
-        n = bisect.bisect_right(self._starts, i) - 1
-        blob, ends = self._parts[n]
-        j = i - self._starts[n]
-        start = ends[j - 1] if j else 0
-        return blob[start : ends[j]].decode("utf-8", "surrogatepass")
 
 
 @dataclass
@@ -103,6 +56,7 @@ class PrefetchJob:
         self.keys = KeyList()
         self.progress = Progress()
         self.state = "running"
+        self.receiving = False  # the order is still arriving (a stream): wait for more keys
         self.read_pos = -1  # the furthest position in the list a client has read
         self.next = 0  # the next position to fetch
         self._reads = reads
@@ -165,6 +119,20 @@ class PrefetchJob:
         return key
 
     # -- the fetching side --------------------------------------------------------------------
+    def add(self, part: Part) -> None:
+        if len(self.keys) + len(part[1]) > MAX_JOB_KEYS:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_KEYS} keys")
+        if self.keys.size + len(part[0]) > MAX_JOB_BYTES:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_BYTES} bytes of keys")
+        self.keys.add(part)
+        self.progress.keys = len(self.keys)
+        self._moved.set()
+
+    def received(self) -> None:
+        """The stream of keys has ended: the job is done once it has fetched them."""
+        self.receiving = False
+        self._moved.set()
+
     def start(self) -> None:
         if self._task is None or self._task.done():
             self.state = "running"
@@ -189,7 +157,7 @@ class PrefetchJob:
     async def _run(self) -> None:
         running: set[asyncio.Task[None]] = set()
         try:
-            while self.next < len(self.keys) or running:
+            while self.next < len(self.keys) or running or self.receiving:
                 while self._room(len(running)) and len(running) < min(CONCURRENCY, self.window):
                     running.add(asyncio.create_task(self._fetch(self._take())))
                 self._moved.clear()
@@ -310,9 +278,8 @@ class Prefetcher:
         for job in self._by_bucket.get(bucket, ()):
             job.note_read(key)
 
-    async def start(
-        self, bucket: object, keys: object, window: object, window_bytes: object = None
-    ) -> PrefetchJob:
+    def open(self, bucket: object, window: object, window_bytes: object = None) -> PrefetchJob:
+        """A new job, running, with no keys yet and ``receiving`` them (see ``add``)."""
         if self._reads is None or self._router is None:
             raise PrefetchUnavailable(self.unavailable)
         if not isinstance(bucket, str) or not bucket:
@@ -331,11 +298,9 @@ class Prefetcher:
             raise PrefetchError("bucket: no such bucket") from None
         if not mount.cacheable:
             raise PrefetchError("bucket: caching is off for this bucket")
-        part = await asyncio.to_thread(encode_keys, keys)
         self._make_room()
         job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
-        job.keys.add(part)
-        job.progress.keys = len(job.keys)
+        job.receiving = True
         self._jobs[job.id] = job
         if self.on_start is not None:
             self.on_start()
@@ -343,14 +308,34 @@ class Prefetcher:
         job.start()
         return job
 
+    async def start(
+        self, bucket: object, keys: object, window: object, window_bytes: object = None
+    ) -> PrefetchJob:
+        """A job of one JSON list of keys."""
+        if self._reads is None:
+            raise PrefetchUnavailable(self.unavailable)
+        if not isinstance(keys, list):
+            raise PrefetchError("keys: expected a list of keys")
+        part = await asyncio.to_thread(encode_keys, keys)
+        if len(part[1]) > MAX_JOB_KEYS:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_KEYS} keys")
+        job = self.open(bucket, window, window_bytes)
+        job.add(part)
+        job.received()
+        return job
+
     async def append(self, job_id: str, keys: object) -> PrefetchJob:
         part = await asyncio.to_thread(encode_keys, keys)
+        job = self.extensible(job_id)
+        job.add(part)
+        job.start()  # a job that had finished picks up the new keys
+        return job
+
+    def extensible(self, job_id: str) -> PrefetchJob:
+        """The job ``job_id``, to append keys to (KeyError: none such)."""
         job = self.get(job_id)
         if job.state == "cancelled":
             raise PrefetchError("the job was cancelled")
-        job.keys.add(part)
-        job.progress.keys = len(job.keys)
-        job.start()  # a job that had finished picks up the new keys
         return job
 
     def busy(self) -> bool:
