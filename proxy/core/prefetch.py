@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from proxy import errors, log, metrics
 from proxy.core.fills import Fill
 from proxy.core.metadata import fresh, oid_of
-from proxy.core.prefetch_order import KeyList, Part, PrefetchError, encode_keys
+from proxy.core.prefetch_order import MAX_KEY_BYTES, KeyList, Part, PrefetchError, encode_keys
 from proxy.core.reads import Reads
 from proxy.routing import Mount, Router
 
@@ -33,6 +33,13 @@ MAX_JOB_KEYS = 10_000_000  # in one order (each held as its UTF-8 and an 8-byte 
 MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
 CONCURRENCY = 8  # keys fetched at once by one job (never more than its window)
+# Listing-driven prefetch (``prefetch: listing``): one job per bucket and listed prefix, the
+# most recently listed kept (the oldest cancelled to make room); each fetches up to a page of
+# a listing (1000) past the reads, and holds at most LISTING_QUEUE keys not fetched yet: a
+# page that would go over is dropped (so a client listing 10M keys queues 100k at most).
+LISTING_JOBS = 16
+LISTING_WINDOW = 1000
+LISTING_QUEUE = 100_000
 
 
 @dataclass
@@ -57,6 +64,7 @@ class PrefetchJob:
         self.progress = Progress()
         self.state = "running"
         self.receiving = False  # the order is still arriving (a stream): wait for more keys
+        self.origin = "order"  # or "listing": queued by the listings of a bucket's prefix
         self.read_pos = -1  # the furthest position in the list a client has read
         self.next = 0  # the next position to fetch
         self._reads = reads
@@ -205,6 +213,7 @@ class PrefetchJob:
         return {
             "id": self.id,
             "bucket": self.mount.name,
+            "origin": self.origin,
             "state": self.state,
             "window": self.window,
             "window_bytes": self.window_bytes,
@@ -218,6 +227,15 @@ class PrefetchJob:
             "used": p.used,
             "wasted": p.wasted,
         }
+
+
+def _object_key(key: str) -> bool:
+    """Not a directory marker, and short enough for an order."""
+    return (
+        bool(key)
+        and not key.endswith("/")
+        and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
+    )
 
 
 async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
@@ -266,6 +284,7 @@ class Prefetcher:
         self._router: Router | None = None
         self._jobs: dict[str, PrefetchJob] = {}
         self._by_bucket: dict[str, list[PrefetchJob]] = {}
+        self._listing: dict[tuple[str, str], PrefetchJob] = {}  # (bucket, prefix) -> its job
         self._ids = itertools.count(1)
         self.unavailable = "the proxy is starting"
         self.on_start: Callable[[], None] | None = None  # a job starts: reads matter now
@@ -299,14 +318,57 @@ class Prefetcher:
         if not mount.cacheable:
             raise PrefetchError("bucket: caching is off for this bucket")
         self._make_room()
-        job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
+        job = self._add(mount, window, window_bytes)
         job.receiving = True
+        job.start()
+        return job
+
+    def _add(self, mount: Mount, window: int, window_bytes: int | None) -> PrefetchJob:
+        assert self._reads is not None
+        job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
         self._jobs[job.id] = job
         if self.on_start is not None:
             self.on_start()
         self._by_bucket.setdefault(mount.name, []).append(job)
-        job.start()
         return job
+
+    def listed(self, bucket: str, prefix: str, keys: list[str]) -> None:
+        """A page of a listing of ``bucket`` (a ``prefetch: listing`` one): queue its objects
+        not cached yet, in listing order, on the job of this bucket and prefix."""
+        if self._reads is None or self._router is None:
+            return
+        try:
+            mount = self._router.resolve(bucket)
+        except errors.NoSuchBucket:
+            return
+        if not mount.prefetch_listed or not mount.cacheable:
+            return
+        cache = self._reads.cache
+        todo = [
+            k
+            for k in keys
+            if _object_key(k) and cache.lookup(oid_of(mount, mount.remote_key(k)))[0] is None
+        ]
+        if not todo:
+            return
+        job = self._listing.pop((bucket, prefix), None)
+        if job is None or job.state == "cancelled" or job.id not in self._jobs:
+            while len(self._listing) >= LISTING_JOBS:
+                oldest = self._listing.pop(next(iter(self._listing)))
+                asyncio.get_running_loop().create_task(self._drop(oldest))
+            job = self._add(mount, LISTING_WINDOW, None)
+            job.origin = "listing"
+        self._listing[(bucket, prefix)] = job  # the most recently listed last
+        if len(job.keys) - job.next + len(todo) > LISTING_QUEUE:
+            log.cache.info("listing prefetch: a page dropped, %d keys queued", LISTING_QUEUE)
+            return
+        job.add(encode_keys(todo))
+        job.start()
+
+    async def _drop(self, job: PrefetchJob) -> None:
+        await job.cancel()
+        if job.id in self._jobs:
+            self._forget(job)
 
     async def start(
         self, bucket: object, keys: object, window: object, window_bytes: object = None
@@ -356,10 +418,11 @@ class Prefetcher:
         return job
 
     def _make_room(self) -> None:
-        if len(self._jobs) < MAX_JOBS:
+        """Listing jobs have their own bound (LISTING_JOBS) and do not count here."""
+        if sum(job.origin == "order" for job in self._jobs.values()) < MAX_JOBS:
             return
         for job in self._jobs.values():
-            if job.state != "running":
+            if job.origin == "order" and job.state != "running":
                 self._forget(job)
                 return
         raise PrefetchError(f"too many prefetch jobs running (at most {MAX_JOBS})")
