@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.admin import state_changing
 from proxy.core.prefetch import Prefetcher, PrefetchJob, PrefetchUnavailable
@@ -34,6 +35,7 @@ from proxy.core.prefetch_order import PrefetchError, encode_lines
 MAX_JSON_BODY = 64 * 1024**2  # about a million keys of 50 bytes; more: NDJSON or parts
 NDJSON = "application/x-ndjson"
 BATCH = 1024**2  # NDJSON bytes encoded at once (in a thread)
+IDLE = 60.0  # seconds an NDJSON body may send nothing
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -70,7 +72,7 @@ async def _batches(request: web.Request, job: PrefetchJob) -> AsyncIterator[tupl
     """The body in runs of whole lines, each with its first line's number: about ``BATCH``
     bytes, or whatever has come once the job has fetched all it has (so it starts at once)."""
     tail, line = bytearray(), 1
-    async for piece in request.content.iter_any():
+    while piece := await _some(request):
         tail += piece
         if len(tail) < BATCH and job.next < len(job.keys):
             continue
@@ -85,6 +87,18 @@ async def _batches(request: web.Request, job: PrefetchJob) -> AsyncIterator[tupl
         line += run.count(b"\n")
     if tail:
         yield bytes(tail), line
+
+
+async def _some(request: web.Request) -> bytes:
+    """The next bytes of the body (b"" at its end); a client that stalls for IDLE seconds, or
+    whose body is cut, gets a PrefetchError (and a job it was creating is cancelled)."""
+    try:
+        async with asyncio.timeout(IDLE):
+            return await request.content.readany()
+    except TimeoutError:
+        raise PrefetchError(f"the body stalled: nothing for {IDLE:.0f}s") from None
+    except (HttpProcessingError, ConnectionError):
+        raise PrefetchError("the body ended early") from None
 
 
 async def _stream_into(request: web.Request, job: PrefetchJob) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -434,3 +435,22 @@ def test_each_rank_posts_its_share(proxy: ProxyProcess, relay: CountingRelay, bu
     for job in ids:
         p = progress(proxy, job)
         assert p["used"] == N // 2 and p["wasted"] == 0 and p["state"] == "done", p
+
+
+def test_a_cut_ndjson_body_cancels_its_job(proxy: ProxyProcess, bucket: str) -> None:
+    host, port = proxy.admin_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /admin/v1/prefetch?bucket={bucket}&window=1 HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            '1c\r\n"epoch/000"\n"epoch/001"\n"epo\r\n'.encode()
+        )
+
+        def opened() -> bool:
+            return bool(admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"])
+
+        assert wait_until(opened)
+    # the client went away mid-line: the job is cancelled, the proxy serves on
+    jobs = lambda: admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"]  # noqa: E731
+    assert wait_until(lambda: jobs()[0]["state"] == "cancelled"), jobs()
+    assert get_body(f"{proxy.url}/{bucket}/epoch/002")[0] == 200

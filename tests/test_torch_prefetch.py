@@ -111,6 +111,7 @@ def test_each_epoch_is_posted_and_read_ahead(
             indices.append(i)
         seen.append(indices)
         assert indices == list(sampler)  # the sampler's order, unchanged
+        assert job is not None
         done = job_progress(proxy, job["id"])
         assert done["used"] == N // 2, done
         new = set(indices) - set(seen[0]) if epoch else set(indices)

@@ -5,7 +5,13 @@ through the core's fills (so a client read of a key being fetched joins that fil
 running more than ``window`` keys ahead of the last key of the list the client has read. Reads
 report themselves through ``Prefetcher.note_read`` (the read path's hook); only the keys fetched
 ahead and not yet read are looked up there, so a read costs one dict lookup per job of its
-bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size).
+bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size),
+in parts as they were posted (proxy/core/prefetch_order.py); a streamed order (``open``, then
+``PrefetchJob.add`` part by part, then ``received``) is fetched while it still arrives.
+
+Listing-driven prefetch (``prefetch: listing`` buckets) is the same job fed by the listings:
+``Prefetcher.listed`` queues a page's objects not cached yet on the job of its bucket and
+prefix, within the LISTING_* bounds below.
 
 With ``workers > 1`` the prefetcher runs in the supervisor, over its own fills (coalesced with
 the workers' through the cache's chunk locks), and the workers report their reads to it
@@ -145,6 +151,13 @@ class PrefetchJob:
         if self._task is None or self._task.done():
             self.state = "running"
             self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        """Cancel without waiting (the task cancels its fetches as it ends)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.state == "running":
+            self.state = "cancelled"
 
     async def cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -352,10 +365,12 @@ class Prefetcher:
         if not todo:
             return
         job = self._listing.pop((bucket, prefix), None)
-        if job is None or job.state == "cancelled" or job.id not in self._jobs:
+        if job is not None and job.state == "cancelled":  # by the admin API
+            self._drop(job)
+            job = None
+        if job is None:
             while len(self._listing) >= LISTING_JOBS:
-                oldest = self._listing.pop(next(iter(self._listing)))
-                asyncio.get_running_loop().create_task(self._drop(oldest))
+                self._drop(self._listing.pop(next(iter(self._listing))))
             job = self._add(mount, LISTING_WINDOW, None)
             job.origin = "listing"
         self._listing[(bucket, prefix)] = job  # the most recently listed last
@@ -365,8 +380,8 @@ class Prefetcher:
         job.add(encode_keys(todo))
         job.start()
 
-    async def _drop(self, job: PrefetchJob) -> None:
-        await job.cancel()
+    def _drop(self, job: PrefetchJob) -> None:
+        job.stop()
         if job.id in self._jobs:
             self._forget(job)
 
