@@ -63,6 +63,7 @@ class S3Server:
         self.stores: dict[str, Backend] = {}
         self.reads: Reads | None = None
         self.router: Router | None = None
+        self.listing: Listing | None = None
         self._middleware = make_middleware(cfg.server.max_concurrency, cfg.log.access_log)
         self._dispatch: Handler | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -73,10 +74,11 @@ class S3Server:
         self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        self.listing = Listing(router)
         dispatcher = S3Dispatcher(
             reads=S3ReadHandlers(
                 reads=reads,
-                listing=Listing(router),
+                listing=self.listing,
                 region=self.cfg.auth.region,
                 sendfile=self.cfg.server.sendfile,
             ),
@@ -234,8 +236,9 @@ async def serve_single(cfg: Config) -> None:
         await _start_admin(admin, cfg)
         await app.start()
         jobs.attach(app.job_core())
-        assert app.reads is not None and app.router is not None
+        assert app.reads is not None and app.router is not None and app.listing is not None
         prefetcher.attach(app.reads, app.router)
+        app.listing.on_list = prefetcher.listed
         s3 = app.runner()
         await s3.setup()
         try:
@@ -276,8 +279,9 @@ async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
     app = S3Server(cfg, cache)
     try:
         await app.start()
-        assert app.reads is not None
+        assert app.reads is not None and app.listing is not None
         app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
+        app.listing.on_list = feed.list_sender()  # and prefetches what they list
         s3 = app.runner()
         await s3.setup()
         try:
@@ -329,7 +333,7 @@ class SupervisorCore:
         router = Router(self.cfg.buckets, self._stores, self.cfg.cache)
         self._reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
         self.prefetcher.attach(self._reads, router)
-        self._transport = await self.feed.listen(self.prefetcher.note_read)
+        self._transport = await self.feed.listen(self.prefetcher.note_read, self.prefetcher.listed)
         self._idler = asyncio.create_task(self._idle_off())
         return JobCore(router, self._reads)
 

@@ -112,6 +112,7 @@ class MountConfig:
     metadata_ttl: float | None | Literal["default"] = "default"
     read_only: bool = False  # writes answer AccessDenied
     cacheable: bool = True  # false: pass-through, nothing of this bucket is cached
+    prefetch: Literal["off", "listing"] = "off"  # listing: a listing queues its objects' fetch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,9 +334,12 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
         ttl = r.duration("metadata_ttl", None, allow_never=True)
     read_only = bool(r.flag("read_only", False))
     cacheable = bool(r.flag("cache", True))
+    prefetch = r.choice("prefetch", "off", ("off", "listing"))
     r.finish()
     if name == "*" and bucket:
         raise ConfigError(f"{where}.bucket: the '*' mapping uses the client's bucket name")
+    if prefetch == "listing" and not cacheable:
+        raise ConfigError(f"{where}.prefetch: listing needs a cached bucket (it has cache: false)")
     if prefix.startswith("/") or "\x00" in prefix or ".." in prefix.split("/"):
         raise ConfigError(f"{where}.prefix: must be relative, without '..' or NUL")
     return MountConfig(
@@ -346,6 +350,7 @@ def _mount(name: str, data: Any, backends: Mapping[str, BackendConfig]) -> Mount
         metadata_ttl=ttl,
         read_only=read_only,
         cacheable=cacheable,
+        prefetch=prefetch,
     )
 
 

@@ -21,6 +21,7 @@ class Mount:
     wildcard: bool = False
     read_only: bool = False
     cacheable: bool = True
+    prefetch_listed: bool = False  # a listing queues its objects for prefetch
 
     def remote_key(self, key: str) -> str:
         return self.prefix + key
@@ -52,6 +53,7 @@ class Router:
             wildcard=wildcard,
             read_only=m.read_only,
             cacheable=m.cacheable,
+            prefetch_listed=m.prefetch == "listing",
         )
 
     def resolve(self, bucket: str) -> Mount:

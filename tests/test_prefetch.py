@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -310,3 +312,145 @@ def test_prefetch_routes_need_the_admin_token(
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 201
     assert admin(proxy, "GET", "/admin/v1/prefetch")[0] == 200  # reads stay open
+
+
+# -- big orders: NDJSON streams, several ranks ---------------------------------------------------
+
+
+def post_ndjson(proxy: ProxyProcess, path: str, body: Any) -> tuple[int, Any]:
+    """POST an NDJSON body (bytes, or an iterable of byte pieces: sent chunked as they come)."""
+    req = urllib.request.Request(
+        f"{proxy.admin_url}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+BIG = 1_000_000
+
+
+@pytest.mark.parametrize("store", ["seaweedfs"], indirect=True)
+def test_a_million_key_ndjson_order_streams_in(
+    proxy: ProxyProcess, relay: CountingRelay, bucket: str
+) -> None:
+    """The first keys are prefetched while the rest of the order is still being sent, the
+    order is held compactly (the proxy's RSS grows by far less than a list of str would), and
+    the reads then hit."""
+    head = b"".join(json.dumps(f"epoch/{i:03d}").encode() + b"\n" for i in range(4))
+    head += b'{"key": "epoch/004"}\n'
+    first_sent = threading.Event()
+    go_on = threading.Event()
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        first_sent.set()
+        assert go_on.wait(60)
+        for start in range(0, BIG - 5, 50_000):
+            stop = min(BIG - 5, start + 50_000)
+            yield b"".join(b'"later/%07d"\n' % i for i in range(start, stop))
+
+    relay.reset()
+    before = rss(proxy.pid)
+    result: list[tuple[int, Any]] = []
+    sender = threading.Thread(
+        target=lambda: result.append(
+            post_ndjson(proxy, f"/admin/v1/prefetch?bucket={bucket}&window=5", pieces())
+        )
+    )
+    sender.start()
+    try:
+        assert first_sent.wait(30)
+
+        def started() -> bool:
+            jobs = admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"]
+            return bool(jobs) and jobs[-1]["fetched"] == 5
+
+        assert wait_until(started, timeout=30), admin(proxy, "GET", "/admin/v1/prefetch")
+        assert gets(relay, "/epoch/") == 5  # fetched before the order had been read
+        assert gets(relay, "/later/") == 0  # nobody reads: the window holds
+    finally:
+        go_on.set()
+        sender.join(180)
+    status, job = result[0]
+    assert status == 201 and job["keys"] == BIG, job
+    grown = rss(proxy.pid) - before
+    print(f"RSS growth for a {BIG}-key NDJSON order: {grown / 1024**2:.1f} MiB")
+    assert grown < 100 * 1024**2, grown
+    for i in range(5):
+        assert get_body(f"{proxy.url}/{bucket}/epoch/{i:03d}")[0] == 200
+    assert gets(relay, "/epoch/") == 5
+    assert progress(proxy, job["id"])["used"] == 5
+
+
+def test_ndjson_errors_name_the_line(proxy: ProxyProcess, bucket: str) -> None:
+    status, body = post_ndjson(
+        proxy, f"/admin/v1/prefetch?bucket={bucket}", b'"epoch/000"\n"epoch/001"\n7\n'
+    )
+    assert status == 400 and "line 3" in body["error"], body
+    jobs = admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"]
+    assert [j["state"] for j in jobs] == ["cancelled"]
+    status, body = post_ndjson(proxy, f"/admin/v1/prefetch?bucket={bucket}", b"{oops\n")
+    assert status == 400 and "line 1" in body["error"], body
+    status, body = post_ndjson(proxy, f"/admin/v1/prefetch?bucket={bucket}&window=x", b"")
+    assert status == 400 and "window" in body["error"], body
+    status, body = post_ndjson(proxy, "/admin/v1/prefetch", b'"a"\n')
+    assert status == 400 and "bucket" in body["error"], body
+    status, job = post_ndjson(proxy, f"/admin/v1/prefetch?bucket={bucket}&window=2", b'"a"\n')
+    assert status == 201 and job["keys"] == 1
+    status, job = post_ndjson(proxy, f"/admin/v1/prefetch/{job['id']}/keys", b'"b"\n{"key":"c"}')
+    assert status == 200 and job["keys"] == 3, job
+
+
+def test_each_rank_posts_its_share(proxy: ProxyProcess, relay: CountingRelay, bucket: str) -> None:
+    """Two jobs on one bucket (rank 0 the even positions, rank 1 the odd ones): each read is
+    credited to the job that holds its key, and both windows slide."""
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    relay.reset()
+    ids = []
+    for rank in range(2):
+        post = {"bucket": bucket, "keys": keys[rank::2], "window": 2}
+        status, job = admin(proxy, "POST", "/admin/v1/prefetch", post)
+        assert status == 201, job
+        ids.append(job["id"])
+    for i, key in enumerate(keys):
+        job = ids[i % 2]
+        assert wait_until(fetched_at_least(proxy, job, min(N // 2, i // 2 + 2))), progress(
+            proxy, job
+        )
+        assert get_body(f"{proxy.url}/{bucket}/{key}")[0] == 200
+    assert gets(relay, "/epoch/") == N
+    for job in ids:
+        p = progress(proxy, job)
+        assert p["used"] == N // 2 and p["wasted"] == 0 and p["state"] == "done", p
+
+
+def test_a_cut_ndjson_body_cancels_its_job(proxy: ProxyProcess, bucket: str) -> None:
+    host, port = proxy.admin_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /admin/v1/prefetch?bucket={bucket}&window=1 HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            '1c\r\n"epoch/000"\n"epoch/001"\n"epo\r\n'.encode()
+        )
+
+        def opened() -> bool:
+            return bool(admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"])
+
+        assert wait_until(opened)
+    # the client went away mid-line: the job is cancelled, the proxy serves on
+    jobs = lambda: admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"]  # noqa: E731
+    assert wait_until(lambda: jobs()[0]["state"] == "cancelled"), jobs()
+    assert get_body(f"{proxy.url}/{bucket}/epoch/002")[0] == 200

@@ -4,14 +4,18 @@ from the configured buckets and the wildcard store's own."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from proxy.model import BucketInfo, ListPage
 from proxy.routing import Mount, Router
+
+OnList = Callable[[str, str, list[str]], None]  # bucket, prefix, the page's keys
 
 
 class Listing:
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.on_list: OnList | None = None  # pages of ``prefetch: listing`` buckets go here
 
     async def list_objects(
         self,
@@ -24,6 +28,20 @@ class Listing:
     ) -> ListPage:
         """One page of keys under ``prefix``; ``max_keys`` 0: an empty page, once the store has
         answered (a missing bucket is still NoSuchBucket)."""
+        page = await self._page(mount, prefix, delimiter, max_keys, token, start_after)
+        if mount.prefetch_listed and self.on_list is not None and page.entries:
+            self.on_list(mount.name, prefix, [e.key for e in page.entries])
+        return page
+
+    async def _page(
+        self,
+        mount: Mount,
+        prefix: str,
+        delimiter: str,
+        max_keys: int,
+        token: str | None,
+        start_after: str | None,
+    ) -> ListPage:
         p = mount.prefix
         page = await mount.backend.list_page(
             mount.bucket,

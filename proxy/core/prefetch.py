@@ -5,7 +5,13 @@ through the core's fills (so a client read of a key being fetched joins that fil
 running more than ``window`` keys ahead of the last key of the list the client has read. Reads
 report themselves through ``Prefetcher.note_read`` (the read path's hook); only the keys fetched
 ahead and not yet read are looked up there, so a read costs one dict lookup per job of its
-bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size).
+bucket. The order is held as one UTF-8 blob and an offset array (about the keys' own size),
+in parts as they were posted (proxy/core/prefetch_order.py); a streamed order (``open``, then
+``PrefetchJob.add`` part by part, then ``received``) is fetched while it still arrives.
+
+Listing-driven prefetch (``prefetch: listing`` buckets) is the same job fed by the listings:
+``Prefetcher.listed`` queues a page's objects not cached yet on the job of its bucket and
+prefix, within the LISTING_* bounds below.
 
 With ``workers > 1`` the prefetcher runs in the supervisor, over its own fills (coalesced with
 the workers' through the cache's chunk locks), and the workers report their reads to it
@@ -15,71 +21,31 @@ through proxy/readfeed.py.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
 from proxy.core.fills import Fill
 from proxy.core.metadata import fresh, oid_of
+from proxy.core.prefetch_order import MAX_KEY_BYTES, KeyList, Part, PrefetchError, encode_keys
 from proxy.core.reads import Reads
 from proxy.routing import Mount, Router
 
-MAX_KEY_BYTES = 1024
 MAX_WINDOW = 10_000
 DEFAULT_WINDOW = 32
+MAX_JOB_KEYS = 10_000_000  # in one order (each held as its UTF-8 and an 8-byte offset)
+MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
 CONCURRENCY = 8  # keys fetched at once by one job (never more than its window)
-
-
-class PrefetchError(ValueError):
-    """Bad input for a prefetch request; the message is for the client."""
-
-
-Part = tuple[bytes, "array[int]"]  # keys' UTF-8 back to back, and where each one ends
-
-
-def encode_keys(keys: object) -> Part:
-    """One part of an order, held compactly; a thread's work for a long list."""
-    if not isinstance(keys, list):
-        raise PrefetchError("keys: expected a list of keys")
-    blob, ends = bytearray(), array("Q")
-    for key in keys:
-        if not isinstance(key, str) or not key:
-            raise PrefetchError("keys: each key must be a non-empty string")
-        raw = key.encode("utf-8", "surrogatepass")
-        if len(raw) > MAX_KEY_BYTES:
-            raise PrefetchError(f"keys: a key is longer than {MAX_KEY_BYTES} bytes")
-        blob += raw
-        ends.append(len(blob))
-    return bytes(blob), ends
-
-
-class KeyList:
-    """An ordered list of keys, in parts as they were posted (see ``encode_keys``)."""
-
-    def __init__(self) -> None:
-        self._parts: list[Part] = []
-        self._starts: list[int] = []  # the position of each part's first key
-        self._len = 0
-
-    def add(self, part: Part) -> None:
-        self._parts.append(part)
-        self._starts.append(self._len)
-        self._len += len(part[1])
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, i: int) -> str:
-        n = bisect.bisect_right(self._starts, i) - 1
-        blob, ends = self._parts[n]
-        j = i - self._starts[n]
-        start = ends[j - 1] if j else 0
-        return blob[start : ends[j]].decode("utf-8", "surrogatepass")
+# Listing-driven prefetch (``prefetch: listing``): one job per bucket and listed prefix, the
+# most recently listed kept (the oldest cancelled to make room); each fetches up to a page of
+# a listing (1000) past the reads, and holds at most LISTING_QUEUE keys not fetched yet: a
+# page that would go over is dropped (so a client listing 10M keys queues 100k at most).
+LISTING_JOBS = 16
+LISTING_WINDOW = 1000
+LISTING_QUEUE = 100_000
 
 
 @dataclass
@@ -103,6 +69,8 @@ class PrefetchJob:
         self.keys = KeyList()
         self.progress = Progress()
         self.state = "running"
+        self.receiving = False  # the order is still arriving (a stream): wait for more keys
+        self.origin = "order"  # or "listing": queued by the listings of a bucket's prefix
         self.read_pos = -1  # the furthest position in the list a client has read
         self.next = 0  # the next position to fetch
         self._reads = reads
@@ -165,10 +133,31 @@ class PrefetchJob:
         return key
 
     # -- the fetching side --------------------------------------------------------------------
+    def add(self, part: Part) -> None:
+        if len(self.keys) + len(part[1]) > MAX_JOB_KEYS:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_KEYS} keys")
+        if self.keys.size + len(part[0]) > MAX_JOB_BYTES:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_BYTES} bytes of keys")
+        self.keys.add(part)
+        self.progress.keys = len(self.keys)
+        self._moved.set()
+
+    def received(self) -> None:
+        """The stream of keys has ended: the job is done once it has fetched them."""
+        self.receiving = False
+        self._moved.set()
+
     def start(self) -> None:
         if self._task is None or self._task.done():
             self.state = "running"
             self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        """Cancel without waiting (the task cancels its fetches as it ends)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.state == "running":
+            self.state = "cancelled"
 
     async def cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -189,7 +178,7 @@ class PrefetchJob:
     async def _run(self) -> None:
         running: set[asyncio.Task[None]] = set()
         try:
-            while self.next < len(self.keys) or running:
+            while self.next < len(self.keys) or running or self.receiving:
                 while self._room(len(running)) and len(running) < min(CONCURRENCY, self.window):
                     running.add(asyncio.create_task(self._fetch(self._take())))
                 self._moved.clear()
@@ -237,6 +226,7 @@ class PrefetchJob:
         return {
             "id": self.id,
             "bucket": self.mount.name,
+            "origin": self.origin,
             "state": self.state,
             "window": self.window,
             "window_bytes": self.window_bytes,
@@ -250,6 +240,15 @@ class PrefetchJob:
             "used": p.used,
             "wasted": p.wasted,
         }
+
+
+def _object_key(key: str) -> bool:
+    """Not a directory marker, and short enough for an order."""
+    return (
+        bool(key)
+        and not key.endswith("/")
+        and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
+    )
 
 
 async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
@@ -298,6 +297,7 @@ class Prefetcher:
         self._router: Router | None = None
         self._jobs: dict[str, PrefetchJob] = {}
         self._by_bucket: dict[str, list[PrefetchJob]] = {}
+        self._listing: dict[tuple[str, str], PrefetchJob] = {}  # (bucket, prefix) -> its job
         self._ids = itertools.count(1)
         self.unavailable = "the proxy is starting"
         self.on_start: Callable[[], None] | None = None  # a job starts: reads matter now
@@ -310,9 +310,8 @@ class Prefetcher:
         for job in self._by_bucket.get(bucket, ()):
             job.note_read(key)
 
-    async def start(
-        self, bucket: object, keys: object, window: object, window_bytes: object = None
-    ) -> PrefetchJob:
+    def open(self, bucket: object, window: object, window_bytes: object = None) -> PrefetchJob:
+        """A new job, running, with no keys yet and ``receiving`` them (see ``add``)."""
         if self._reads is None or self._router is None:
             raise PrefetchUnavailable(self.unavailable)
         if not isinstance(bucket, str) or not bucket:
@@ -331,26 +330,89 @@ class Prefetcher:
             raise PrefetchError("bucket: no such bucket") from None
         if not mount.cacheable:
             raise PrefetchError("bucket: caching is off for this bucket")
-        part = await asyncio.to_thread(encode_keys, keys)
         self._make_room()
+        job = self._add(mount, window, window_bytes)
+        job.receiving = True
+        job.start()
+        return job
+
+    def _add(self, mount: Mount, window: int, window_bytes: int | None) -> PrefetchJob:
+        assert self._reads is not None
         job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
-        job.keys.add(part)
-        job.progress.keys = len(job.keys)
         self._jobs[job.id] = job
         if self.on_start is not None:
             self.on_start()
         self._by_bucket.setdefault(mount.name, []).append(job)
+        return job
+
+    def listed(self, bucket: str, prefix: str, keys: list[str]) -> None:
+        """A page of a listing of ``bucket`` (a ``prefetch: listing`` one): queue its objects
+        not cached yet, in listing order, on the job of this bucket and prefix."""
+        if self._reads is None or self._router is None:
+            return
+        try:
+            mount = self._router.resolve(bucket)
+        except errors.NoSuchBucket:
+            return
+        if not mount.prefetch_listed or not mount.cacheable:
+            return
+        cache = self._reads.cache
+        todo = [
+            k
+            for k in keys
+            if _object_key(k) and cache.lookup(oid_of(mount, mount.remote_key(k)))[0] is None
+        ]
+        if not todo:
+            return
+        job = self._listing.pop((bucket, prefix), None)
+        if job is not None and job.state == "cancelled":  # by the admin API
+            self._drop(job)
+            job = None
+        if job is None:
+            while len(self._listing) >= LISTING_JOBS:
+                self._drop(self._listing.pop(next(iter(self._listing))))
+            job = self._add(mount, LISTING_WINDOW, None)
+            job.origin = "listing"
+        self._listing[(bucket, prefix)] = job  # the most recently listed last
+        if len(job.keys) - job.next + len(todo) > LISTING_QUEUE:
+            log.cache.info("listing prefetch: a page dropped, %d keys queued", LISTING_QUEUE)
+            return
+        job.add(encode_keys(todo))
         job.start()
+
+    def _drop(self, job: PrefetchJob) -> None:
+        job.stop()
+        if job.id in self._jobs:
+            self._forget(job)
+
+    async def start(
+        self, bucket: object, keys: object, window: object, window_bytes: object = None
+    ) -> PrefetchJob:
+        """A job of one JSON list of keys."""
+        if self._reads is None:
+            raise PrefetchUnavailable(self.unavailable)
+        if not isinstance(keys, list):
+            raise PrefetchError("keys: expected a list of keys")
+        part = await asyncio.to_thread(encode_keys, keys)
+        if len(part[1]) > MAX_JOB_KEYS:
+            raise PrefetchError(f"keys: an order holds at most {MAX_JOB_KEYS} keys")
+        job = self.open(bucket, window, window_bytes)
+        job.add(part)
+        job.received()
         return job
 
     async def append(self, job_id: str, keys: object) -> PrefetchJob:
         part = await asyncio.to_thread(encode_keys, keys)
+        job = self.extensible(job_id)
+        job.add(part)
+        job.start()  # a job that had finished picks up the new keys
+        return job
+
+    def extensible(self, job_id: str) -> PrefetchJob:
+        """The job ``job_id``, to append keys to (KeyError: none such)."""
         job = self.get(job_id)
         if job.state == "cancelled":
             raise PrefetchError("the job was cancelled")
-        job.keys.add(part)
-        job.progress.keys = len(job.keys)
-        job.start()  # a job that had finished picks up the new keys
         return job
 
     def busy(self) -> bool:
@@ -371,10 +433,11 @@ class Prefetcher:
         return job
 
     def _make_room(self) -> None:
-        if len(self._jobs) < MAX_JOBS:
+        """Listing jobs have their own bound (LISTING_JOBS) and do not count here."""
+        if sum(job.origin == "order" for job in self._jobs.values()) < MAX_JOBS:
             return
         for job in self._jobs.values():
-            if job.state != "running":
+            if job.origin == "order" and job.state != "running":
                 self._forget(job)
                 return
         raise PrefetchError(f"too many prefetch jobs running (at most {MAX_JOBS})")

@@ -1,0 +1,1 @@
+"""Optional helpers for clients of Slipstream (standard library only; no proxy imports)."""

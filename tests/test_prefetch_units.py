@@ -1,0 +1,73 @@
+"""The prefetcher in-process over the core of tests/test_core_units.py (a real cache and fs
+store): the bounds of listing-driven prefetch, and streamed parts joining a running job."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.config import MountConfig
+from proxy.core import prefetch
+from proxy.core.prefetch import Prefetcher
+from proxy.core.prefetch_order import encode_lines
+from proxy.routing import Router
+from tests.test_core_units import BUCKET, Core, _read, core  # noqa: F401 (the fixture)
+
+
+def prefetcher_of(core: Core, mode: str = "listing") -> Prefetcher:  # noqa: F811
+    mounts = {BUCKET: MountConfig(name=BUCKET, backend="fs", prefetch=mode)}  # type: ignore[arg-type]
+    p = Prefetcher()
+    p.attach(core.reads, Router(mounts, {"fs": core.store}, core.cache.cfg))
+    return p
+
+
+async def test_listing_jobs_are_bounded(core: Core) -> None:  # noqa: F811
+    core.store.gate.clear()  # the store answers nothing: the jobs hold their queues
+    p = prefetcher_of(core)
+    page = [f"k{i:04d}" for i in range(1000)]
+    for n in range(prefetch.LISTING_JOBS + 1):
+        p.listed(BUCKET, f"prefix{n}/", page)
+    listing = [j for j in p.jobs() if j.origin == "listing"]
+    assert len(listing) == prefetch.LISTING_JOBS  # the least recently listed was dropped
+    assert {j.state for j in listing} == {"running"}
+    for _ in range(prefetch.LISTING_QUEUE // 1000 + 5):  # one prefix listed on and on
+        p.listed(BUCKET, "prefix1/", page)
+    job = next(j for j in p.jobs() if j.origin == "listing")
+    assert len(job.keys) - job.next <= prefetch.LISTING_QUEUE
+    assert len(job.keys) >= prefetch.LISTING_QUEUE - 1000
+    core.store.gate.set()
+    await p.close()
+
+
+async def test_listing_skips_cached_objects_and_other_buckets(core: Core) -> None:  # noqa: F811
+    core.put_file("a", b"x" * 100)
+    await _read(core, "a")
+    await core.reads.fills.wait_idle()
+    assert core.record("a") is not None  # now cached
+    p = prefetcher_of(core)
+    p.listed(BUCKET, "", ["a", "dir/"])
+    p.listed("not-configured", "", ["b"])
+    assert p.jobs() == []
+    off = prefetcher_of(core, "off")
+    off.listed(BUCKET, "", ["b"])
+    assert off.jobs() == []
+
+
+async def test_a_streamed_order_waits_for_its_parts(core: Core) -> None:  # noqa: F811
+    for i in range(6):
+        core.put_file(f"s{i}", b"y" * (2000 + i))
+    p = prefetcher_of(core, "off")
+    job = p.open(BUCKET, 10)
+    job.add(encode_lines(b'"s0"\n"s1"\n', 1))
+    for _ in range(200):
+        if job.progress.fetched == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert job.progress.fetched == 2 and job.state == "running"  # waits for more keys
+    job.add(encode_lines(b'{"key": "s2"}\n\n"s3"', 3))
+    job.received()
+    for _ in range(200):
+        if job.state == "done":
+            break
+        await asyncio.sleep(0.01)
+    assert job.state == "done" and job.progress.fetched == 4
+    await p.close()
