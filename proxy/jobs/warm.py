@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +52,8 @@ class Progress:
     listing_done: bool = False
     failures: dict[str, str] = field(default_factory=dict)  # client key -> error
     needed_bytes: int = 0  # listed sizes of the objects not cached when listed (prefix jobs)
+    verified: int = 0  # objects the verify pass listed
+    added: int = 0  # of those, fetched because they appeared or changed during the job
 
 
 class NoRoom(Exception):
@@ -66,8 +68,20 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+Saver = Callable[["WarmJob"], Awaitable[None]]
+
+
 class WarmJob:
-    def __init__(self, job_id: str, spec: WarmSpec, core: JobCore, mount: Mount) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        spec: WarmSpec,
+        core: JobCore,
+        mount: Mount,
+        *,
+        saver: Saver | None = None,
+        created: float | None = None,
+    ) -> None:
         self.id = job_id
         self.spec = spec
         self._core = core
@@ -76,7 +90,10 @@ class WarmJob:
         metrics.JOBS.labels("queued").inc()
         self.error: str | None = None
         self.progress = Progress()
-        self.created = time.time()
+        self.created = created or time.time()
+        self.resumed = created is not None  # started again after a restart
+        self._saver = saver
+        self._shutdown = False  # cancelled by the proxy's shut-down: resumed at the next start
         self.started: float | None = None
         self.finished: float | None = None
         self._throttle = TokenBucket(spec.bandwidth)
@@ -90,10 +107,12 @@ class WarmJob:
         self._task = asyncio.create_task(self._run(), name=f"warm-{self.id}")
         return self._task
 
-    def cancel(self) -> bool:
-        """Cancel a queued or running job; False when it had ended already."""
+    def cancel(self, *, shutdown: bool = False) -> bool:
+        """Cancel a queued or running job; False when it had ended already. A shut-down's
+        cancel is not saved: the job stays running on disk and resumes at the next start."""
         if self.state not in ("queued", "running") or self._task is None:
             return False
+        self._shutdown = self._shutdown or shutdown
         self._task.cancel()
         return True
 
@@ -106,10 +125,23 @@ class WarmJob:
         metrics.JOBS.labels(state).inc()
         self.state = state
 
+    @property
+    def ended(self) -> bool:
+        return self.state not in ("queued", "running")
+
+    async def _save(self) -> None:
+        if self._saver is None or self._shutdown:
+            return
+        try:
+            await self._saver(self)
+        except OSError as exc:
+            log.jobs.warning("warm job %s: cannot save its state: %s", self.id, exc)
+
     async def _run(self) -> None:
         self._set("running")
         self.started = time.time()
         try:
+            await self._save()
             await self._warm()
         except asyncio.CancelledError:
             self._set("cancelled")
@@ -125,6 +157,7 @@ class WarmJob:
                 self._set("done")
         finally:
             self.finished = time.time()
+            await asyncio.shield(self._save())
 
     # -- the work -----------------------------------------------------------------------------
     async def _warm(self) -> None:
@@ -248,6 +281,9 @@ class WarmJob:
             "total_known": p.total_known,
             "needed_bytes": p.needed_bytes,
             "listing_done": p.listing_done,
+            "verified": p.verified,
+            "added": p.added,
+            "resumed": self.resumed,
             "failed": len(p.failures),
             "failures": [{"key": k, "error": e} for k, e in p.failures.items()],
             "elapsed_s": round(elapsed, 3),
