@@ -314,3 +314,56 @@ def test_a_job_resumes_after_a_restart(
     assert admin.job(first["id"])["state"] == "done"
     for i in (0, N - 1):
         assert get_body(f"{proxy.url}/{bucket}/ds/{i:03d}") == (200, payload(SIZE + i, seed=i))
+
+
+def test_verify_fetches_what_appeared_during_the_job(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy: ProxyProcess,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    client = s3_client_factory(seaweedfs)
+    for top in ("v", "w"):
+        for i in range(8):
+            client.put_object(Bucket=bucket, Key=f"{top}/{i:03d}", Body=payload(SIZE, seed=i))
+    admin = AdminClient(proxy.admin_url)
+
+    def during(top: str, verify: bool) -> dict[str, Any]:
+        """A slow job on top/; once it has cached top/000, top/late appears and top/000
+        is rewritten in the store."""
+        job_id = admin.warm(
+            {"bucket": bucket, "prefix": f"{top}/", "concurrency": 1,
+             "bandwidth": "600KiB/s", "verify": verify}
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while admin.job(job_id)["objects_done"] < 2:
+            assert time.monotonic() < deadline, admin.job(job_id)
+            time.sleep(0.02)
+        client.put_object(Bucket=bucket, Key=f"{top}/late", Body=b"late" * 100)
+        client.put_object(Bucket=bucket, Key=f"{top}/000", Body=b"rewritten")
+        return _wait(admin, job_id)
+
+    plain = during("w", verify=False)
+    assert (plain["state"], plain["objects_done"], plain["verify"]) == ("done", 8, False)
+    assert (plain["verified"], plain["added"]) == (0, 0)
+    checked = during("v", verify=True)
+    assert (checked["state"], checked["verified"], checked["added"]) == ("done", 9, 2), checked
+    assert checked["objects_done"] == 10 and checked["total_known"] == 9
+
+    relay.reset()
+    assert get_body(f"{proxy.url}/{bucket}/v/late") == (200, b"late" * 100)
+    assert get_body(f"{proxy.url}/{bucket}/v/000") == (200, b"rewritten")
+    assert _object_gets(relay, bucket) == {}  # both were cached by the verify pass
+    assert get_body(f"{proxy.url}/{bucket}/w/late") == (200, b"late" * 100)
+    assert relay.count_of("GET", f"/{bucket}/w/late") == 1  # without verify: a miss
+
+    started = _cli("warm", f"s3://{bucket}/v/", "--verify", "--json", "--admin", proxy.admin_url)
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout)["verify"] is True
+    keys = tmp_path / "keys.txt"
+    keys.write_text("001\n")
+    manifest = _cli("warm", f"s3://{bucket}/v/", "--manifest", str(keys), "--verify",
+                    "--admin", proxy.admin_url)  # fmt: skip
+    assert manifest.returncode == 2 and "verify re-lists a prefix" in manifest.stderr

@@ -26,6 +26,7 @@ from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
+from proxy.model import ListEntry
 from proxy.routing import Mount, Router
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -182,6 +183,8 @@ class WarmJob:
             exc = await self._fetch(key)
             if exc is not None:
                 self._failed(key, exc)
+        if self.spec.verify and self.spec.keys is None:
+            await self._verify()
 
     async def _selection(self) -> AsyncIterator[str]:
         """Remote keys of the selection, page by page."""
@@ -190,6 +193,13 @@ class WarmJob:
             for key in self.spec.keys:
                 yield m.remote_key(key)
             return
+        async for entry in self._listed():
+            self._note_size(entry.key, entry.size)
+            yield entry.key
+
+    async def _listed(self) -> AsyncIterator[ListEntry]:
+        """The objects under the job's prefix in the store, page by page."""
+        m = self._mount
         token: str | None = None
         while True:
             page = await m.backend.list_page(
@@ -197,11 +207,32 @@ class WarmJob:
             )
             for entry in page.entries:
                 if entry.key.startswith(m.prefix) and not entry.key.endswith("/"):
-                    self._note_size(entry.key, entry.size)
-                    yield entry.key
+                    yield entry
             if not page.truncated or not page.next_token:
                 return
             token = page.next_token
+
+    async def _verify(self) -> None:
+        """List the prefix again and fetch what appeared, or changed its ETag, since the
+        listing of the main pass: those are ``added``; every listed object is ``verified``."""
+        cache, p = self._core.reads.cache, self.progress
+        async for entry in self._listed():
+            p.verified += 1
+            oid = oid_of(self._mount, entry.key)
+            rec, _ = cache.lookup(oid)
+            if rec is not None and rec.etag.strip('"') == entry.etag.strip('"'):
+                continue
+            if rec is None:
+                self._note_size(entry.key, entry.size)
+                p.total_known += 1
+            else:  # rewritten in the store: the cached copy goes, the new one comes
+                self._core.reads.invalidate(oid)
+                await cache.drop(oid)
+            exc = await self._fetch(entry.key)
+            if exc is not None:
+                self._failed(entry.key, exc)
+            else:
+                p.added += 1
 
     def _note_size(self, key: str, size: int) -> None:
         """Add a listed object to the bytes needed; NoRoom once they pass the room."""
