@@ -3,6 +3,7 @@ SeaweedFS behind a relay that counts store requests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -367,3 +368,28 @@ def test_verify_fetches_what_appeared_during_the_job(
     manifest = _cli("warm", f"s3://{bucket}/v/", "--manifest", str(keys), "--verify",
                     "--admin", proxy.admin_url)  # fmt: skip
     assert manifest.returncode == 2 and "verify re-lists a prefix" in manifest.stderr
+
+
+def test_a_large_object_is_warmed_with_parallel_ranged_gets(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy: ProxyProcess,
+    relay: CountingRelay,
+    bucket: str,
+) -> None:
+    big = payload(64 * KIB * 6 + 7, seed=99)  # 7 chunks of 64 KiB
+    s3_client_factory(seaweedfs).put_object(Bucket=bucket, Key="big/obj", Body=big)
+    admin = AdminClient(proxy.admin_url)
+    relay.reset()
+    relay.bandwidth = 256 * KIB  # per response: each chunk takes about a quarter second
+    try:
+        job = _wait(admin, admin.warm({"bucket": bucket, "keys": ["big/obj"]}))
+    finally:
+        relay.bandwidth = 0
+    assert (job["state"], job["fetched"], job["bytes_done"]) == ("done", 1, len(big)), job
+    assert relay.count_of("GET", f"/{bucket}/big/obj") == 7  # one ranged GET per chunk
+    assert relay.most_in_flight >= 4  # several chunks of the one object at once
+    relay.reset()
+    status, body = get_body(f"{proxy.url}/{bucket}/big/obj")
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+    assert relay.count_of("GET", f"/{bucket}/big/obj") == 0  # read back from the cache

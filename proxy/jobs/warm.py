@@ -24,23 +24,32 @@ from proxy import errors, log, metrics
 from proxy.core.body import FileSlice
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
+from proxy.jobs.gate import JobGate, job_share
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
-from proxy.model import ListEntry
+from proxy.model import ListEntry, ObjectMeta
 from proxy.routing import Mount, Router
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "cancelled")
 LIST_PAGE = 1000
 MAX_LISTED_FAILURES = 1000
+PARALLEL_CHUNKS = 4  # chunks of one object fetched ahead of the job's read of it
 
 
 @dataclass(frozen=True)
 class JobCore:
-    """What a job needs from the core: bucket resolution and the read path."""
+    """What a job needs from the core: bucket resolution, the read path, and the gate every
+    job's fetches pass (client reads first; one per core, made here unless given)."""
 
     router: Router
     reads: Reads
+    gate: JobGate | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            fills = self.reads.fills
+            object.__setattr__(self, "gate", JobGate(fills, job_share(fills.cfg.max_fills)))
 
 
 @dataclass
@@ -55,6 +64,34 @@ class Progress:
     needed_bytes: int = 0  # listed sizes of the objects not cached when listed (prefix jobs)
     verified: int = 0  # objects the verify pass listed
     added: int = 0  # of those, fetched because they appeared or changed during the job
+
+
+class _Ahead:
+    """Parallel ranged GETs for a large object: while the job reads chunk ``c``, the fills of
+    chunks ``c+1 .. c+PARALLEL_CHUNKS`` run (each one ranged GET), so one object uses more
+    than one connection's bandwidth. A chunk starts only if its fill memory is free now
+    (``Fills.get_ahead``, as the read-ahead does); the read joins these fills when it gets
+    there."""
+
+    def __init__(self, reads: Reads, mount: Mount, key: str, meta: ObjectMeta) -> None:
+        self._fills, self._mount, self._key, self._meta = reads.fills, mount, key, meta
+        self._cs = reads.fills.cs
+        self._oid = oid_of(mount, key)
+        self._next = 1  # the first chunk not started here yet
+        self._last = (meta.size - 1) // self._cs if meta.size else 0
+
+    def start_after(self, offset: int) -> None:
+        """The job has read up to byte ``offset``: keep the chunks after it started."""
+        until = min(self._last, offset // self._cs + PARALLEL_CHUNKS)
+        if self._next > until:
+            return
+        rec, _ = self._fills.cache.lookup(self._oid)
+        while self._next <= until:
+            i = self._next
+            if rec is None or not rec.has_chunk(i):
+                if self._fills.get_ahead(self._mount, self._key, self._oid, i, self._meta) is None:
+                    return  # no fill memory free now: try again after the next part
+            self._next += 1
 
 
 class NoRoom(Exception):
@@ -253,24 +290,12 @@ class WarmJob:
                 retry.append(key)
 
     async def _fetch(self, key: str) -> BaseException | None:
-        """Read ``key`` through the core to the end; the error when it failed."""
+        """Read ``key`` through the core to the end (after the gate: client reads first);
+        the error when it failed."""
+        assert self._core.gate is not None
         try:
-            read = await self._core.reads.read(self._mount, key, None, {})
-            size = 0
-            if read.body is not None:
-                size = len(read.body)
-            else:
-                try:
-                    async for part in read.parts:
-                        n = part.length if isinstance(part, FileSlice) else len(part)
-                        size += n
-                        del part  # a slice keeps the whole chunk buffer alive
-                        if read.source != "cache":
-                            await self._throttle.take(n)
-                finally:  # a failed or cancelled read lets go of its fills now
-                    close = getattr(read.parts, "aclose", None)
-                    if close is not None:
-                        await close()
+            async with self._core.gate.turn():
+                source, size = await self._read(key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -279,13 +304,33 @@ class WarmJob:
         p.objects_done += 1
         p.bytes_done += size
         metrics.WARM_BYTES.inc(size)
-        if read.source == "cache":
+        if source == "cache":
             p.cached += 1
             metrics.WARM_CACHED.inc()
         else:
             p.fetched += 1
             metrics.WARM_FETCHED.inc()
         return None
+
+    async def _read(self, key: str) -> tuple[str, int]:
+        """The object's bytes drained (the fills cache them): its source and size."""
+        read = await self._core.reads.read(self._mount, key, None, {})
+        if read.body is not None:
+            return read.source, len(read.body)
+        size, ahead = 0, _Ahead(self._core.reads, self._mount, key, read.meta)
+        try:
+            async for part in read.parts:
+                n = part.length if isinstance(part, FileSlice) else len(part)
+                size += n
+                del part  # a slice keeps the whole chunk buffer alive
+                if read.source != "cache":
+                    ahead.start_after(size - 1)
+                    await self._throttle.take(n)
+        finally:  # a failed or cancelled read lets go of its fills now
+            close = getattr(read.parts, "aclose", None)
+            if close is not None:
+                await close()
+        return read.source, size
 
     def _failed(self, key: str, exc: BaseException) -> None:
         metrics.WARM_FAILED.inc()
