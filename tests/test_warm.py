@@ -166,6 +166,8 @@ def test_bad_input_and_unknown_bucket(
         ({"bucket": bucket, "concurrency": "8"}, "concurrency"),
         ({"bucket": bucket, "bandwidth": "fast"}, "bandwidth"),
         ({"bucket": bucket, "allow_partial": "yes"}, "allow_partial"),
+        ({"bucket": bucket, "verify": 1}, "verify"),
+        ({"bucket": bucket, "keys": ["a"], "verify": True}, "verify"),
         ({"bucket": bucket, "colour": "blue"}, "colour"),
         (["not", "an", "object"], "body"),
     ]
@@ -273,16 +275,19 @@ def test_a_selection_larger_than_the_cache_stops_before_evicting(
     assert partial["allow_partial"] is True
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("how", "workers"), [("SIGKILL", 1), ("SIGTERM", 1), ("SIGKILL", 2)], ids=str
+)
 def test_a_job_resumes_after_a_restart(
     how: str,
+    workers: int,
     seaweedfs: S3Endpoint,
     proxy_factory: ProxyFactory,
     relay: CountingRelay,
     bucket: str,
     tmp_path: Path,
 ) -> None:
-    proxy = _proxy(proxy_factory, relay, seaweedfs, bucket, tmp_path)
+    proxy = _proxy(proxy_factory, relay, seaweedfs, bucket, tmp_path, workers)
     admin = AdminClient(proxy.admin_url)
     first = _wait(admin, admin.warm({"bucket": bucket, "keys": ["other/x"]}))
     assert first["state"] == "done"

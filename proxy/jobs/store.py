@@ -26,7 +26,7 @@ class JobFiles:
         self.folder = folder
 
     async def save(self, job_id: str, record: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._write, job_id, json.dumps(record).encode())
+        await asyncio.to_thread(self._write, job_id, record)
 
     async def delete(self, job_id: str) -> None:
         await asyncio.to_thread(self._unlink, job_id)
@@ -39,7 +39,8 @@ class JobFiles:
             raise ValueError("not a job id")
         return self.folder / f"{job_id}.json"
 
-    def _write(self, job_id: str, data: bytes) -> None:
+    def _write(self, job_id: str, record: dict[str, Any]) -> None:
+        data = json.dumps(record).encode()  # a million keys: encoded here, off the loop
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(job_id)
         tmp = path.with_suffix(".tmp")
