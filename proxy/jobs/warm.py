@@ -199,16 +199,25 @@ class WarmJob:
 
     # -- the work -----------------------------------------------------------------------------
     async def _warm(self) -> None:
+        await self._pass(self._selection())
+        self.progress.listing_done = True
+        if self.spec.verify and self.spec.keys is None:
+            before = self.progress.objects_done
+            await self._pass(self._changed())
+            self.progress.added = self.progress.objects_done - before
+
+    async def _pass(self, keys: AsyncIterator[str]) -> None:
+        """Fetch ``keys`` with ``concurrency`` workers as they come; the failed ones once more
+        at the end, one at a time."""
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.spec.concurrency * 4)
         retry: list[str] = []
         workers = [
             asyncio.create_task(self._worker(queue, retry)) for _ in range(self.spec.concurrency)
         ]
         try:
-            async for key in self._selection():
+            async for key in keys:
                 self.progress.total_known += 1
                 await queue.put(key)
-            self.progress.listing_done = True
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -220,8 +229,6 @@ class WarmJob:
             exc = await self._fetch(key)
             if exc is not None:
                 self._failed(key, exc)
-        if self.spec.verify and self.spec.keys is None:
-            await self._verify()
 
     async def _selection(self) -> AsyncIterator[str]:
         """Remote keys of the selection, page by page."""
@@ -249,27 +256,24 @@ class WarmJob:
                 return
             token = page.next_token
 
-    async def _verify(self) -> None:
-        """List the prefix again and fetch what appeared, or changed its ETag, since the
-        listing of the main pass: those are ``added``; every listed object is ``verified``."""
-        cache, p = self._core.reads.cache, self.progress
+    async def _changed(self) -> AsyncIterator[str]:
+        """The verify pass: list the prefix again; the keys that appeared, or changed their
+        ETag (the cached copy is dropped), since the main pass's listing. Every listed object
+        counts as ``verified``; those fetched, as ``added``."""
+        cache = self._core.reads.cache
         async for entry in self._listed():
-            p.verified += 1
+            self.progress.verified += 1
             oid = oid_of(self._mount, entry.key)
             rec, _ = cache.lookup(oid)
             if rec is not None and rec.etag.strip('"') == entry.etag.strip('"'):
                 continue
             if rec is None:
                 self._note_size(entry.key, entry.size)
-                p.total_known += 1
             else:  # rewritten in the store: the cached copy goes, the new one comes
+                self.progress.total_known -= 1  # counted once already
                 self._core.reads.invalidate(oid)
                 await cache.drop(oid)
-            exc = await self._fetch(entry.key)
-            if exc is not None:
-                self._failed(entry.key, exc)
-            else:
-                p.added += 1
+            yield entry.key
 
     def _note_size(self, key: str, size: int) -> None:
         """Add a listed object to the bytes needed; NoRoom once they pass the room."""
