@@ -39,6 +39,7 @@ from proxy.core.prefetch import Prefetcher
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
+from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore
 from proxy.readfeed import ReadFeed
 from proxy.routing import Router
@@ -211,7 +212,7 @@ async def _prepare(
     cache = cache or CacheStore(cfg.cache)
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
-    jobs = Jobs()
+    jobs = Jobs(JobFiles(jobs_dir(cfg.cache.dir)))
     admin = _admin_runner(cfg, health, cache.index, jobs, prefetcher)
     await admin.setup()
     return health, stop, cache, admin, jobs
@@ -235,7 +236,7 @@ async def serve_single(cfg: Config) -> None:
     try:
         await _start_admin(admin, cfg)
         await app.start()
-        jobs.attach(app.job_core())
+        await jobs.attach(app.job_core())
         assert app.reads is not None and app.router is not None and app.listing is not None
         prefetcher.attach(app.reads, app.router)
         app.listing.on_list = prefetcher.listed
@@ -360,7 +361,7 @@ async def serve_workers(cfg: Config) -> None:
     workers = WorkerPool(_worker_main, (cfg, core.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
     try:
-        jobs.attach(await core.start())
+        await jobs.attach(await core.start())
         await _start_admin(admin, cfg)
         workers.start()
         health.started = True

@@ -167,6 +167,11 @@ def _client(admin_url: str, token_env: str | None) -> AdminClient:
     "stops, before evicting anything, once the listing shows it cannot fit).",
 )
 @click.option(
+    "--verify",
+    is_flag=True,
+    help="When the pass ends, list PREFIX again and fetch what appeared or changed since.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the job as JSON (at the end with --wait)."
 )
 @_admin_options
@@ -177,6 +182,7 @@ def warm(
     concurrency: int,
     bandwidth: str | None,
     allow_partial: bool,
+    verify: bool,
     as_json: bool,
     admin_url: str,
     token_env: str | None,
@@ -203,6 +209,8 @@ def warm(
         spec["bandwidth"] = bandwidth
     if allow_partial:
         spec["allow_partial"] = True
+    if verify:
+        spec["verify"] = True
     client = _client(admin_url, token_env)
     try:
         job_id = client.warm(spec)

@@ -81,6 +81,8 @@ class CountingRelay:
         self._port = port
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
+        self.in_flight = 0  # requests being forwarded now
+        self.most_in_flight = 0  # the most at once since start or the last reset
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +109,7 @@ class CountingRelay:
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self.most_in_flight = self.in_flight
 
     # -- addresses ------------------------------------------------------------------
 
@@ -208,6 +211,15 @@ class CountingRelay:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self._counts[(request.method, request.path)] += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._forward(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         assert self._session is not None

@@ -3,6 +3,7 @@ SeaweedFS behind a relay that counts store requests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -165,6 +166,8 @@ def test_bad_input_and_unknown_bucket(
         ({"bucket": bucket, "concurrency": "8"}, "concurrency"),
         ({"bucket": bucket, "bandwidth": "fast"}, "bandwidth"),
         ({"bucket": bucket, "allow_partial": "yes"}, "allow_partial"),
+        ({"bucket": bucket, "verify": 1}, "verify"),
+        ({"bucket": bucket, "keys": ["a"], "verify": True}, "verify"),
         ({"bucket": bucket, "colour": "blue"}, "colour"),
         (["not", "an", "object"], "body"),
     ]
@@ -270,3 +273,128 @@ def test_a_selection_larger_than_the_cache_stops_before_evicting(
     partial = json.loads(cli.stdout)
     assert (partial["state"], partial["objects_done"]) == ("done", N)
     assert partial["allow_partial"] is True
+
+
+@pytest.mark.parametrize(
+    ("how", "workers"), [("SIGKILL", 1), ("SIGTERM", 1), ("SIGKILL", 2)], ids=str
+)
+def test_a_job_resumes_after_a_restart(
+    how: str,
+    workers: int,
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    proxy = _proxy(proxy_factory, relay, seaweedfs, bucket, tmp_path, workers)
+    admin = AdminClient(proxy.admin_url)
+    first = _wait(admin, admin.warm({"bucket": bucket, "keys": ["other/x"]}))
+    assert first["state"] == "done"
+    # one object at a time, capped: 3.6 MB take about 6 s
+    job_id = admin.warm(
+        {"bucket": bucket, "prefix": "ds/", "concurrency": 1, "bandwidth": "600KiB/s"}
+    )
+    deadline = time.monotonic() + 30
+    while (done := admin.job(job_id)["objects_done"]) < 3:
+        assert time.monotonic() < deadline, admin.job(job_id)
+        time.sleep(0.02)
+    if how == "SIGKILL":
+        proxy.kill9()
+    else:
+        proxy.stop()
+    assert done < N
+    relay.reset()
+    proxy.start()  # the same config: the same cache dir and its jobs/ beside it
+    admin = AdminClient(proxy.admin_url)
+    job = _wait(admin, job_id)
+    assert (job["state"], job["resumed"], job["objects_done"]) == ("done", True, N), job
+    # one object at a time in listing order: the first `done` were read before the kill; the
+    # cache's commit of the last one may still have been under way (SIGKILL loses it)
+    kept = done - 1
+    assert job["cached"] >= kept and job["fetched"] == N - job["cached"]
+    gets = _object_gets(relay, bucket)
+    assert not {f"/{bucket}/ds/{i:03d}" for i in range(kept)} & set(gets), gets
+    assert sum(gets.values()) <= 3 * (N - kept)
+    assert [j["id"] for j in admin.jobs()] == [first["id"], job_id]  # ended jobs are kept
+    assert admin.job(first["id"])["state"] == "done"
+    for i in (0, N - 1):
+        assert get_body(f"{proxy.url}/{bucket}/ds/{i:03d}") == (200, payload(SIZE + i, seed=i))
+
+
+def test_verify_fetches_what_appeared_during_the_job(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy: ProxyProcess,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    client = s3_client_factory(seaweedfs)
+    for top in ("v", "w"):
+        for i in range(8):
+            client.put_object(Bucket=bucket, Key=f"{top}/{i:03d}", Body=payload(SIZE, seed=i))
+    admin = AdminClient(proxy.admin_url)
+
+    def during(top: str, verify: bool) -> dict[str, Any]:
+        """A slow job on top/; once it has cached top/000, top/late appears and top/000
+        is rewritten in the store."""
+        job_id = admin.warm(
+            {"bucket": bucket, "prefix": f"{top}/", "concurrency": 1,
+             "bandwidth": "600KiB/s", "verify": verify}
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while admin.job(job_id)["objects_done"] < 2:
+            assert time.monotonic() < deadline, admin.job(job_id)
+            time.sleep(0.02)
+        client.put_object(Bucket=bucket, Key=f"{top}/late", Body=b"late" * 100)
+        client.put_object(Bucket=bucket, Key=f"{top}/000", Body=b"rewritten")
+        return _wait(admin, job_id)
+
+    plain = during("w", verify=False)
+    assert (plain["state"], plain["objects_done"], plain["verify"]) == ("done", 8, False)
+    assert (plain["verified"], plain["added"]) == (0, 0)
+    checked = during("v", verify=True)
+    assert (checked["state"], checked["verified"], checked["added"]) == ("done", 9, 2), checked
+    assert checked["objects_done"] == 10 and checked["total_known"] == 9
+
+    relay.reset()
+    assert get_body(f"{proxy.url}/{bucket}/v/late") == (200, b"late" * 100)
+    assert get_body(f"{proxy.url}/{bucket}/v/000") == (200, b"rewritten")
+    assert _object_gets(relay, bucket) == {}  # both were cached by the verify pass
+    assert get_body(f"{proxy.url}/{bucket}/w/late") == (200, b"late" * 100)
+    assert relay.count_of("GET", f"/{bucket}/w/late") == 1  # without verify: a miss
+
+    started = _cli("warm", f"s3://{bucket}/v/", "--verify", "--json", "--admin", proxy.admin_url)
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout)["verify"] is True
+    keys = tmp_path / "keys.txt"
+    keys.write_text("001\n")
+    manifest = _cli("warm", f"s3://{bucket}/v/", "--manifest", str(keys), "--verify",
+                    "--admin", proxy.admin_url)  # fmt: skip
+    assert manifest.returncode == 2 and "verify re-lists a prefix" in manifest.stderr
+
+
+def test_a_large_object_is_warmed_with_parallel_ranged_gets(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy: ProxyProcess,
+    relay: CountingRelay,
+    bucket: str,
+) -> None:
+    big = payload(64 * KIB * 6 + 7, seed=99)  # 7 chunks of 64 KiB
+    s3_client_factory(seaweedfs).put_object(Bucket=bucket, Key="big/obj", Body=big)
+    admin = AdminClient(proxy.admin_url)
+    relay.reset()
+    relay.bandwidth = 256 * KIB  # per response: each chunk takes about a quarter second
+    try:
+        job = _wait(admin, admin.warm({"bucket": bucket, "keys": ["big/obj"]}))
+    finally:
+        relay.bandwidth = 0
+    assert (job["state"], job["fetched"], job["bytes_done"]) == ("done", 1, len(big)), job
+    assert relay.count_of("GET", f"/{bucket}/big/obj") == 7  # one ranged GET per chunk
+    assert relay.most_in_flight >= 4  # several chunks of the one object at once
+    relay.reset()
+    status, body = get_body(f"{proxy.url}/{bucket}/big/obj")
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+    assert relay.count_of("GET", f"/{bucket}/big/obj") == 0  # read back from the cache

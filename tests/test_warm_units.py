@@ -1,18 +1,23 @@
 """The warm-up runner in-process over the fs store (the core built as tests/test_core_units.py
-builds it): listing and fetching overlap, the queue between them is bounded, and a token
-bucket caps the rate."""
+builds it): listing and fetching overlap, the queue between them is bounded, a token bucket
+caps the rate, client reads go first (a client read joins a job's fetch in flight; jobs yield
+fill slots to client misses), and a large object's chunks are fetched several at once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from proxy.config import CacheConfig
+from proxy.config import CacheConfig, MountConfig
+from proxy.jobs.gate import JobGate
+from proxy.jobs.registry import Jobs
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
 from proxy.jobs.warm import JobCore, WarmJob
+from proxy.model import GetResult
 from proxy.routing import Router
-from tests.test_core_units import Core, core  # noqa: F401  (the fixture)
+from tests.test_core_units import BUCKET, CHUNK, Core, _data, _read, core  # noqa: F401
 
 
 async def test_the_first_fetch_starts_before_the_listing_ends(core: Core) -> None:  # noqa: F811
@@ -45,3 +50,118 @@ async def test_token_bucket_caps_the_rate() -> None:
     for _ in range(30):
         await bucket.take(10_000)  # 300 kB: 100 kB of burst, then 2 s of waiting
     assert time.monotonic() - started >= 1.8
+
+
+JOB_KEYS = 40
+
+
+class Order:
+    """Wraps the store's ``get``: the keys of the store GETs in the order they began."""
+
+    def __init__(self, c: Core) -> None:
+        self.keys: list[str] = []
+        inner = c.store.get
+
+        async def get(bucket: str, key: str, *args: Any, **kw: Any) -> GetResult:
+            self.keys.append(key)
+            result: GetResult = await inner(bucket, key, *args, **kw)
+            return result
+
+        c.store.get = get  # type: ignore[method-assign]
+
+
+async def _jobs(c: Core, gate: JobGate | None = None) -> Jobs:
+    router = Router({BUCKET: MountConfig(name=BUCKET, backend="fs")}, {"fs": c.store}, c.cache.cfg)  # type: ignore[dict-item]
+    jobs = Jobs()
+    await jobs.attach(JobCore(router, c.reads, gate))
+    return jobs
+
+
+async def _until(cond: Any) -> None:
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+
+async def _client_position(c: Core, top: str, gate: JobGate | None) -> int:
+    """A job (concurrency 16) over 40 objects saturates the 8 fill slots while the store
+    holds every GET; then a client misses: how many GETs began before the client's."""
+    for i in range(JOB_KEYS):
+        c.put_file(f"{top}-{i:02d}", _data(CHUNK))
+    c.put_file(f"{top}-client", _data(CHUNK))
+    order = Order(c)
+    jobs = await _jobs(c, gate)
+    c.store.gate.clear()
+    job = jobs.warm(WarmSpec(bucket=BUCKET, prefix=f"{top}-", concurrency=16))
+    await _until(lambda: len(order.keys) >= 6)
+    await asyncio.sleep(0.05)  # every job fetch that can start has started
+    client = asyncio.create_task(_read(c, f"{top}-client"))
+    await asyncio.sleep(0.05)
+    c.store.gate.set()
+    _, body = await client
+    assert body == _data(CHUNK)
+    await job.wait()
+    assert job.state == "done" and job.progress.fetched == JOB_KEYS
+    await jobs.close()
+    return order.keys.index(f"{top}-client")
+
+
+async def test_client_misses_go_before_job_fetches(core: Core) -> None:  # noqa: F811
+    max_fills = core.cache.cfg.max_fills  # 8
+    # without priority the job takes every slot and queues more: the client waits behind them
+    plain = await _client_position(
+        core, "plain", JobGate(core.reads.fills, 1000, yield_to_clients=False)
+    )
+    assert plain >= max_fills + 4, plain
+    # with it the jobs hold 6 of the 8 slots: the client's fill starts at once
+    first = await _client_position(core, "first", None)
+    assert first <= max_fills, first
+
+
+async def test_a_client_read_joins_the_jobs_fetch_in_flight(core: Core) -> None:  # noqa: F811
+    big = _data(CHUNK * 3 + 100)
+    core.put_file("joined", big)
+    order = Order(core)
+    jobs = await _jobs(core)
+    core.store.gate.clear()
+    job = jobs.warm(WarmSpec(bucket=BUCKET, keys=("joined",)))
+    await _until(lambda: len(order.keys) >= 1)
+    client = asyncio.create_task(_read(core, "joined"))
+    await asyncio.sleep(0.05)
+    core.store.gate.set()
+    read, body = await client
+    assert body == big
+    await job.wait()
+    assert job.state == "done"
+    assert order.keys.count("joined") == 4  # one GET per chunk, shared by the job and client
+    await jobs.close()
+
+
+async def test_a_large_object_is_warmed_several_chunks_at_once(core: Core) -> None:  # noqa: F811
+    big = _data(CHUNK * 8 + 123)
+    core.put_file("big", big)
+    inner, now, most = core.store.get, [0], [0]
+
+    async def get(bucket: str, key: str, *args: Any, **kw: Any) -> GetResult:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        try:
+            await asyncio.sleep(0.05)  # a store some way off
+            result: GetResult = await inner(bucket, key, *args, **kw)
+            return result
+        finally:
+            now[0] -= 1
+
+    core.store.get = get  # type: ignore[method-assign]
+    jobs = await _jobs(core)
+    job = jobs.warm(WarmSpec(bucket=BUCKET, keys=("big",), concurrency=1))
+    await job.wait()
+    assert job.state == "done" and job.progress.bytes_done == len(big)
+    assert core.store.gets == 9  # one ranged GET per chunk, none twice
+    assert most[0] >= 4, most  # several chunks of the one object in flight
+    await core.reads.fills.wait_idle()  # the last chunks' commits
+    read, body = await _read(core, "big")
+    assert read.source == "cache" and body == big
+    assert core.store.gets == 9
+    await jobs.close()

@@ -141,6 +141,9 @@ class Fills:
         self._slots = asyncio.Semaphore(cfg.max_fills)
         self.memory = MemoryBudget(cfg.fill_memory)
         self._written: dict[bytes, float] = {}  # oid -> monotonic time of its last write
+        self.waiting = 0  # fills waiting for memory or a slot: warm jobs hold back meanwhile
+        self.unqueued = asyncio.Event()  # set while no fill waits
+        self.unqueued.set()
 
     @property
     def _locks(self) -> FillLocks:
@@ -232,21 +235,15 @@ class Fills:
 
     async def _run(self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None) -> None:
         try:
+            self.waiting += 1
+            self.unqueued.clear()
             try:
-                async with asyncio.timeout(FILL_MEMORY_WAIT):
-                    await fill.claim.wait()
-            except TimeoutError:
-                fill.claim.release()
-                metrics.FILLS.labels("no_memory").inc()
-                fill.finish(NoFillMemory("Fill memory is spent; this read goes uncached."))
-                return
-            try:
-                async with asyncio.timeout(FILL_SLOT_WAIT):
-                    await self._slots.acquire()
-            except TimeoutError:
-                metrics.SLOWDOWNS.inc()
-                fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
-                return
+                if not await self._wait_turn(fill):
+                    return
+            finally:
+                self.waiting -= 1
+                if not self.waiting:
+                    self.unqueued.set()
             try:
                 await self._run_in_slot(fill, mount, key, expect)
             finally:
@@ -257,6 +254,25 @@ class Fills:
         finally:
             if fill.meta is None:  # no buffer was made: the claim goes back now
                 fill.claim.release()
+
+    async def _wait_turn(self, fill: Fill) -> bool:
+        """Wait for the fill's memory, then a slot; False (the fill finished) on a timeout."""
+        try:
+            async with asyncio.timeout(FILL_MEMORY_WAIT):
+                await fill.claim.wait()
+        except TimeoutError:
+            fill.claim.release()
+            metrics.FILLS.labels("no_memory").inc()
+            fill.finish(NoFillMemory("Fill memory is spent; this read goes uncached."))
+            return False
+        try:
+            async with asyncio.timeout(FILL_SLOT_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            metrics.SLOWDOWNS.inc()
+            fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
+            return False
+        return True
 
     async def _run_in_slot(
         self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None

@@ -98,6 +98,8 @@ def summary(job: dict[str, Any]) -> str:
         f"{human_bytes(job['bytes_done'])} in {job['elapsed_s']:.1f}s "
         f"({human_bytes(job['bytes_per_s'])}/s); {job['failed']} failed"
     ]
+    if job.get("verify"):
+        lines.append(f"  verify: {job['verified']} listed again, {job['added']} added or changed")
     if job.get("error") and not job["failed"]:
         lines.append(f"  error: {job['error']}")
     lines += [f"  failed: {f['key']!r}: {f['error']}" for f in job["failures"]]

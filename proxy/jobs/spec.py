@@ -12,7 +12,9 @@ from proxy.errors import ConfigError
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 MAX_KEYS = 1_000_000
-FIELDS = frozenset({"bucket", "prefix", "keys", "concurrency", "bandwidth", "allow_partial"})
+FIELDS = frozenset(
+    {"bucket", "prefix", "keys", "concurrency", "bandwidth", "allow_partial", "verify"}
+)
 
 
 class SpecError(ValueError):
@@ -31,6 +33,7 @@ class WarmSpec:
     concurrency: int = DEFAULT_CONCURRENCY
     bandwidth: int = 0  # bytes per second; 0: no cap
     allow_partial: bool = False  # go on when the selection is larger than the cache's room
+    verify: bool = False  # re-list the prefix at the end and fetch what appeared or changed
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -40,7 +43,23 @@ class WarmSpec:
             "concurrency": self.concurrency,
             "bandwidth": self.bandwidth or None,
             "allow_partial": self.allow_partial,
+            "verify": self.verify,
         }
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body that ``parse_warm`` turns back into this spec (kept on disk)."""
+        out: dict[str, Any] = {
+            "bucket": self.bucket,
+            "concurrency": self.concurrency,
+            "bandwidth": self.bandwidth,
+            "allow_partial": self.allow_partial,
+            "verify": self.verify,
+        }
+        if self.keys is not None:
+            out["keys"] = list(self.keys)
+        else:
+            out["prefix"] = self.prefix
+        return out
 
 
 def parse_bandwidth(value: Any) -> int:
@@ -90,6 +109,11 @@ def parse_warm(body: Any) -> WarmSpec:
     allow_partial = body.get("allow_partial", False)
     if not isinstance(allow_partial, bool):
         raise SpecError("allow_partial", "expected true or false")
+    verify = body.get("verify", False)
+    if not isinstance(verify, bool):
+        raise SpecError("verify", "expected true or false")
+    if verify and keys is not None:
+        raise SpecError("verify", "verify re-lists a prefix: not with keys")
     return WarmSpec(
         bucket=bucket,
         prefix=prefix if keys is None else None,
@@ -97,4 +121,5 @@ def parse_warm(body: Any) -> WarmSpec:
         concurrency=concurrency,
         bandwidth=0 if bandwidth is None else parse_bandwidth(bandwidth),
         allow_partial=allow_partial,
+        verify=verify,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,22 +24,32 @@ from proxy import errors, log, metrics
 from proxy.core.body import FileSlice
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
+from proxy.jobs.gate import JobGate, job_share
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
+from proxy.model import ListEntry, ObjectMeta
 from proxy.routing import Mount, Router
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "cancelled")
 LIST_PAGE = 1000
 MAX_LISTED_FAILURES = 1000
+PARALLEL_CHUNKS = 4  # chunks of one object fetched ahead of the job's read of it
 
 
 @dataclass(frozen=True)
 class JobCore:
-    """What a job needs from the core: bucket resolution and the read path."""
+    """What a job needs from the core: bucket resolution, the read path, and the gate every
+    job's fetches pass (client reads first; one per core, made here unless given)."""
 
     router: Router
     reads: Reads
+    gate: JobGate | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            fills = self.reads.fills
+            object.__setattr__(self, "gate", JobGate(fills, job_share(fills.cfg.max_fills)))
 
 
 @dataclass
@@ -52,6 +62,36 @@ class Progress:
     listing_done: bool = False
     failures: dict[str, str] = field(default_factory=dict)  # client key -> error
     needed_bytes: int = 0  # listed sizes of the objects not cached when listed (prefix jobs)
+    verified: int = 0  # objects the verify pass listed
+    added: int = 0  # of those, fetched because they appeared or changed during the job
+
+
+class _Ahead:
+    """Parallel ranged GETs for a large object: while the job reads chunk ``c``, the fills of
+    chunks ``c+1 .. c+PARALLEL_CHUNKS`` run (each one ranged GET), so one object uses more
+    than one connection's bandwidth. A chunk starts only if its fill memory is free now
+    (``Fills.get_ahead``, as the read-ahead does); the read joins these fills when it gets
+    there."""
+
+    def __init__(self, reads: Reads, mount: Mount, key: str, meta: ObjectMeta) -> None:
+        self._fills, self._mount, self._key, self._meta = reads.fills, mount, key, meta
+        self._cs = reads.fills.cs
+        self._oid = oid_of(mount, key)
+        self._next = 1  # the first chunk not started here yet
+        self._last = (meta.size - 1) // self._cs if meta.size else 0
+
+    def start_after(self, offset: int) -> None:
+        """The job has read up to byte ``offset``: keep the chunks after it started."""
+        until = min(self._last, offset // self._cs + PARALLEL_CHUNKS)
+        if self._next > until:
+            return
+        rec, _ = self._fills.cache.lookup(self._oid)
+        while self._next <= until:
+            i = self._next
+            if rec is None or not rec.has_chunk(i):
+                if self._fills.get_ahead(self._mount, self._key, self._oid, i, self._meta) is None:
+                    return  # no fill memory free now: try again after the next part
+            self._next += 1
 
 
 class NoRoom(Exception):
@@ -66,8 +106,20 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+Saver = Callable[["WarmJob"], Awaitable[None]]
+
+
 class WarmJob:
-    def __init__(self, job_id: str, spec: WarmSpec, core: JobCore, mount: Mount) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        spec: WarmSpec,
+        core: JobCore,
+        mount: Mount,
+        *,
+        saver: Saver | None = None,
+        created: float | None = None,
+    ) -> None:
         self.id = job_id
         self.spec = spec
         self._core = core
@@ -76,7 +128,10 @@ class WarmJob:
         metrics.JOBS.labels("queued").inc()
         self.error: str | None = None
         self.progress = Progress()
-        self.created = time.time()
+        self.created = created or time.time()
+        self.resumed = created is not None  # started again after a restart
+        self._saver = saver
+        self._shutdown = False  # cancelled by the proxy's shut-down: resumed at the next start
         self.started: float | None = None
         self.finished: float | None = None
         self._throttle = TokenBucket(spec.bandwidth)
@@ -90,10 +145,12 @@ class WarmJob:
         self._task = asyncio.create_task(self._run(), name=f"warm-{self.id}")
         return self._task
 
-    def cancel(self) -> bool:
-        """Cancel a queued or running job; False when it had ended already."""
+    def cancel(self, *, shutdown: bool = False) -> bool:
+        """Cancel a queued or running job; False when it had ended already. A shut-down's
+        cancel is not saved: the job stays running on disk and resumes at the next start."""
         if self.state not in ("queued", "running") or self._task is None:
             return False
+        self._shutdown = self._shutdown or shutdown
         self._task.cancel()
         return True
 
@@ -106,10 +163,23 @@ class WarmJob:
         metrics.JOBS.labels(state).inc()
         self.state = state
 
+    @property
+    def ended(self) -> bool:
+        return self.state not in ("queued", "running")
+
+    async def _save(self) -> None:
+        if self._saver is None or self._shutdown:
+            return
+        try:
+            await self._saver(self)
+        except OSError as exc:
+            log.jobs.warning("warm job %s: cannot save its state: %s", self.id, exc)
+
     async def _run(self) -> None:
         self._set("running")
         self.started = time.time()
         try:
+            await self._save()
             await self._warm()
         except asyncio.CancelledError:
             self._set("cancelled")
@@ -125,19 +195,29 @@ class WarmJob:
                 self._set("done")
         finally:
             self.finished = time.time()
+            await asyncio.shield(self._save())
 
     # -- the work -----------------------------------------------------------------------------
     async def _warm(self) -> None:
+        await self._pass(self._selection())
+        self.progress.listing_done = True
+        if self.spec.verify and self.spec.keys is None:
+            before = self.progress.objects_done
+            await self._pass(self._changed())
+            self.progress.added = self.progress.objects_done - before
+
+    async def _pass(self, keys: AsyncIterator[str]) -> None:
+        """Fetch ``keys`` with ``concurrency`` workers as they come; the failed ones once more
+        at the end, one at a time."""
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.spec.concurrency * 4)
         retry: list[str] = []
         workers = [
             asyncio.create_task(self._worker(queue, retry)) for _ in range(self.spec.concurrency)
         ]
         try:
-            async for key in self._selection():
+            async for key in keys:
                 self.progress.total_known += 1
                 await queue.put(key)
-            self.progress.listing_done = True
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -157,6 +237,13 @@ class WarmJob:
             for key in self.spec.keys:
                 yield m.remote_key(key)
             return
+        async for entry in self._listed():
+            self._note_size(entry.key, entry.size)
+            yield entry.key
+
+    async def _listed(self) -> AsyncIterator[ListEntry]:
+        """The objects under the job's prefix in the store, page by page."""
+        m = self._mount
         token: str | None = None
         while True:
             page = await m.backend.list_page(
@@ -164,11 +251,29 @@ class WarmJob:
             )
             for entry in page.entries:
                 if entry.key.startswith(m.prefix) and not entry.key.endswith("/"):
-                    self._note_size(entry.key, entry.size)
-                    yield entry.key
+                    yield entry
             if not page.truncated or not page.next_token:
                 return
             token = page.next_token
+
+    async def _changed(self) -> AsyncIterator[str]:
+        """The verify pass: list the prefix again; the keys that appeared, or changed their
+        ETag (the cached copy is dropped), since the main pass's listing. Every listed object
+        counts as ``verified``; those fetched, as ``added``."""
+        cache = self._core.reads.cache
+        async for entry in self._listed():
+            self.progress.verified += 1
+            oid = oid_of(self._mount, entry.key)
+            rec, _ = cache.lookup(oid)
+            if rec is not None and rec.etag.strip('"') == entry.etag.strip('"'):
+                continue
+            if rec is None:
+                self._note_size(entry.key, entry.size)
+            else:  # rewritten in the store: the cached copy goes, the new one comes
+                self.progress.total_known -= 1  # counted once already
+                self._core.reads.invalidate(oid)
+                await cache.drop(oid)
+            yield entry.key
 
     def _note_size(self, key: str, size: int) -> None:
         """Add a listed object to the bytes needed; NoRoom once they pass the room."""
@@ -189,24 +294,12 @@ class WarmJob:
                 retry.append(key)
 
     async def _fetch(self, key: str) -> BaseException | None:
-        """Read ``key`` through the core to the end; the error when it failed."""
+        """Read ``key`` through the core to the end (after the gate: client reads first);
+        the error when it failed."""
+        assert self._core.gate is not None
         try:
-            read = await self._core.reads.read(self._mount, key, None, {})
-            size = 0
-            if read.body is not None:
-                size = len(read.body)
-            else:
-                try:
-                    async for part in read.parts:
-                        n = part.length if isinstance(part, FileSlice) else len(part)
-                        size += n
-                        del part  # a slice keeps the whole chunk buffer alive
-                        if read.source != "cache":
-                            await self._throttle.take(n)
-                finally:  # a failed or cancelled read lets go of its fills now
-                    close = getattr(read.parts, "aclose", None)
-                    if close is not None:
-                        await close()
+            async with self._core.gate.turn():
+                source, size = await self._read(key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -215,13 +308,33 @@ class WarmJob:
         p.objects_done += 1
         p.bytes_done += size
         metrics.WARM_BYTES.inc(size)
-        if read.source == "cache":
+        if source == "cache":
             p.cached += 1
             metrics.WARM_CACHED.inc()
         else:
             p.fetched += 1
             metrics.WARM_FETCHED.inc()
         return None
+
+    async def _read(self, key: str) -> tuple[str, int]:
+        """The object's bytes drained (the fills cache them): its source and size."""
+        read = await self._core.reads.read(self._mount, key, None, {})
+        if read.body is not None:
+            return read.source, len(read.body)
+        size, ahead = 0, _Ahead(self._core.reads, self._mount, key, read.meta)
+        try:
+            async for part in read.parts:
+                n = part.length if isinstance(part, FileSlice) else len(part)
+                size += n
+                del part  # a slice keeps the whole chunk buffer alive
+                if read.source != "cache":
+                    ahead.start_after(size - 1)
+                    await self._throttle.take(n)
+        finally:  # a failed or cancelled read lets go of its fills now
+            close = getattr(read.parts, "aclose", None)
+            if close is not None:
+                await close()
+        return read.source, size
 
     def _failed(self, key: str, exc: BaseException) -> None:
         metrics.WARM_FAILED.inc()
@@ -248,6 +361,9 @@ class WarmJob:
             "total_known": p.total_known,
             "needed_bytes": p.needed_bytes,
             "listing_done": p.listing_done,
+            "verified": p.verified,
+            "added": p.added,
+            "resumed": self.resumed,
             "failed": len(p.failures),
             "failures": [{"key": k, "error": e} for k, e in p.failures.items()],
             "elapsed_s": round(elapsed, 3),

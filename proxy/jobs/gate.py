@@ -1,0 +1,32 @@
+"""Client reads first: every warm job's fetch of an object passes this gate; client fills never
+do. Jobs together hold at most ``share`` of the fill slots (``cache.max_fills``), so a client
+miss finds a slot free, and while any fill waits for a slot or for fill memory no job fetch
+starts: the waiting (client) fills get the slots and memory the job's fetches give back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from proxy.core.fills import Fills
+
+
+def job_share(max_fills: int) -> int:
+    """The fill slots warm jobs may use together: three quarters, at least one."""
+    return max(1, max_fills * 3 // 4)
+
+
+class JobGate:
+    def __init__(self, fills: Fills, share: int, *, yield_to_clients: bool = True) -> None:
+        self._fills = fills
+        self._share = asyncio.Semaphore(share)
+        self._yield = yield_to_clients
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the jobs' slots for one object's fetch, once no fill is waiting."""
+        async with self._share:
+            while self._yield and self._fills.waiting:
+                await self._fills.unqueued.wait()
+            yield
