@@ -22,7 +22,7 @@ at the end (exit status 1 when any read failed or returned the wrong size):
   (``POST /admin/v1/warm``); Slipstream with training-aware prefetch (``POST
   /admin/v1/prefetch`` with each epoch's shuffled order, posted as the epoch starts).
 - workload "small": ``--readers`` readers (32) fetch a shuffled list of ``--objects``
-  objects of 16 KiB (10,000; quick 3,000) per epoch, 2 epochs. A simulated GPU takes batches
+  objects of 16 KiB (10,000; quick 2,500) per epoch, 2 epochs. A simulated GPU takes batches
   of 64 in order and spends ``--step-ms`` (20) on each; readers run at most ``--ahead``
   batches (4) ahead of it, as a DataLoader's prefetch does. Stall = time the GPU waited for
   its next batch / epoch time. Samples/s and MB/s are over the epoch's wall time.
@@ -787,9 +787,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--quick", action="store_true", help="3,000 objects and 4 x 32 MiB shards (~3-4 min)"
+        "--quick", action="store_true", help="2,500 objects and 4 x 32 MiB shards (~3-4 min)"
     )
-    ap.add_argument("--objects", type=int, help="small objects of 16 KiB (10000; quick 3000)")
+    ap.add_argument("--objects", type=int, help="small objects of 16 KiB (10000; quick 2500)")
     ap.add_argument("--readers", type=int, default=32, help="concurrent readers (32)")
     ap.add_argument("--batch", type=int, default=64, help="samples per GPU step (64)")
     ap.add_argument("--step-ms", type=float, default=20.0, help="simulated GPU step (20 ms)")
@@ -816,7 +816,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=9, help="shuffle seed")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    args.objects = args.objects or (3000 if args.quick else 10_000)
+    args.objects = args.objects or (2500 if args.quick else 10_000)
     args.shards = args.shards or (4 if args.quick else 8)
     args.shard_mib = args.shard_mib or (32 if args.quick else 64)
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
