@@ -754,13 +754,15 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], checks: list[dict[str, A
                 ]
             else:
                 cells += ["-"] * 3
-            cells.append(f"{r.cpu.get('other tenants', 0):.0f}%")
+            others = r.cpu.get("other tenants", 0) + r.cpu.get("others, short-lived", 0)
+            cells.append(f"{others:.0f}%")
             if workload == "half-cache":
                 cells += [f"{100 * e.hit_ratio:.0f}%" for e in r.epochs[:2]]
             p("| " + " | ".join(cells) + " |")
         p("")
     p(
-        f"others' CPU: what processes outside this benchmark used meanwhile (% of one core; "
+        f"others' CPU: what processes outside this benchmark used meanwhile (% of one core, "
+        f"short-lived ones included; "
         f"load average {info['loadavg']} at start). Half cache: nginx enforces max_size from "
         f"its cache manager, which wakes every 10 s, so short epochs overshoot it."
     )
