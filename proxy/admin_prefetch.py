@@ -1,7 +1,7 @@
 """The admin prefetch API (training-aware prefetch, see proxy/core/prefetch.py).
 
 POST   /admin/v1/prefetch             {"bucket": B, "keys": [...], "window": N,
-                                       "window_bytes": M (optional)} -> 201 job
+                                       "window_bytes": M, "concurrency": C} -> 201 job
 POST   /admin/v1/prefetch/{id}/keys   {"keys": [...]}: append the next part of the order
 GET    /admin/v1/prefetch             every job's progress
 GET    /admin/v1/prefetch/{id}        one job's progress
@@ -9,7 +9,7 @@ DELETE /admin/v1/prefetch/{id}        cancel it
 
 A JSON body is at most ``MAX_JSON_BODY`` (64 MiB: a million keys of 50 bytes). Longer orders
 come as NDJSON (``Content-Type: application/x-ndjson``), one key a line (a JSON string or
-``{"key": ...}``), options in the query string (``?bucket=B&window=N&window_bytes=M``). NDJSON
+``{"key": ...}``), options in the query string (``?bucket=B&window=N&window_bytes=M&concurrency=C``). NDJSON
 is read as it arrives and encoded part by part: the job starts at once and fetches its first
 keys while the rest of the order is still coming, and the order is never one list of str.
 A bad line answers 400 naming it; a new job is then cancelled, keys appended to a job before the
@@ -109,7 +109,9 @@ async def _stream_into(request: web.Request, job: PrefetchJob) -> None:
         job.start()  # a job that had caught up (and finished) picks up the new keys
 
 
-def _query_options(request: web.Request) -> tuple[str | None, int | None, int | None]:
+def _query_options(
+    request: web.Request,
+) -> tuple[str | None, int | None, int | None, int | None]:
     q = request.query
 
     def number(name: str) -> int | None:
@@ -121,7 +123,7 @@ def _query_options(request: web.Request) -> tuple[str | None, int | None, int | 
         except ValueError:
             raise PrefetchError(f"{name}: expected an integer") from None
 
-    return q.get("bucket"), number("window"), number("window_bytes")
+    return q.get("bucket"), number("window"), number("window_bytes"), number("concurrency")
 
 
 def add_prefetch_routes(app: web.Application, prefetcher: Prefetcher) -> None:
@@ -156,6 +158,7 @@ def add_prefetch_routes(app: web.Application, prefetcher: Prefetcher) -> None:
                     body.get("keys"),
                     body.get("window"),
                     body.get("window_bytes"),
+                    body.get("concurrency"),
                 )
         except PrefetchError as exc:
             return _error(400, str(exc))

@@ -158,6 +158,27 @@ def test_window_in_bytes(proxy: ProxyProcess, relay: CountingRelay, bucket: str)
     assert progress(proxy, job["id"])["bytes_ahead"] == 0
 
 
+@pytest.mark.parametrize("concurrency", [2, 12])
+def test_concurrency_bounds_the_fetches_in_flight(
+    concurrency: int, proxy: ProxyProcess, relay: CountingRelay, bucket: str
+) -> None:
+    """A job runs ``concurrency`` store fetches at once: fewer would not keep up with readers
+    over a slow store, more would not be bounded."""
+    keys = [f"other/{i:03d}" for i in range(N)]
+    relay.reset()
+    relay.latency = 0.1
+    try:
+        order = {"bucket": bucket, "keys": keys, "window": N, "concurrency": concurrency}
+        status, job = admin(proxy, "POST", "/admin/v1/prefetch", order)
+        assert status == 201 and job["concurrency"] == concurrency, job
+        assert wait_until(lambda: progress(proxy, job["id"])["state"] == "done", timeout=60)
+    finally:
+        relay.latency = 0.01
+    assert progress(proxy, job["id"])["fetched"] == N
+    assert relay.most_in_flight <= concurrency
+    assert relay.most_in_flight >= min(concurrency, 6)
+
+
 def test_read_out_of_order_and_reads_that_overtake(
     proxy: ProxyProcess, relay: CountingRelay, bucket: str
 ) -> None:
@@ -198,6 +219,8 @@ def test_bad_requests(proxy: ProxyProcess, bucket: str) -> None:
     for body, needle in [
         ({"bucket": bucket, "keys": ["a"], "window": 0}, "window"),
         ({"bucket": bucket, "keys": ["a"], "window_bytes": "1GB"}, "window_bytes"),
+        ({"bucket": bucket, "keys": ["a"], "concurrency": 0}, "concurrency"),
+        ({"bucket": bucket, "keys": ["a"], "concurrency": 257}, "concurrency"),
         ({"bucket": bucket, "keys": "a"}, "keys"),
         ({"bucket": bucket, "keys": ["a", 7]}, "keys"),
         ({"bucket": bucket, "keys": ["x" * 2000]}, "keys"),

@@ -40,8 +40,9 @@ class PrefetchSampler(Generic[T]):
         bucket: str,
         admin_url: str = "http://127.0.0.1:9901",
         token: str | None = None,
-        window: int = 64,
+        window: int = 256,
         window_bytes: int | None = None,
+        concurrency: int = 32,
         timeout: float = 30.0,
     ) -> None:
         """``token``: the admin token (default: $SLIPSTREAM_ADMIN_TOKEN, if set)."""
@@ -51,6 +52,7 @@ class PrefetchSampler(Generic[T]):
         self.admin_url = admin_url.rstrip("/")
         self.token = token if token is not None else os.environ.get("SLIPSTREAM_ADMIN_TOKEN")
         self.window, self.window_bytes, self.timeout = window, window_bytes, timeout
+        self.concurrency = concurrency
         self.job: dict[str, Any] | None = None  # the last epoch's job, as the proxy answered
         self._poster: threading.Thread | None = None
         self._warned = False
@@ -86,7 +88,11 @@ class PrefetchSampler(Generic[T]):
         try:
             if previous is not None and previous.get("state") != "done":
                 self._request("DELETE", f"/admin/v1/prefetch/{previous['id']}")
-            query = {"bucket": self.bucket, "window": str(self.window)}
+            query = {
+                "bucket": self.bucket,
+                "window": str(self.window),
+                "concurrency": str(self.concurrency),
+            }
             if self.window_bytes is not None:
                 query["window_bytes"] = str(self.window_bytes)
             path = "/admin/v1/prefetch?" + urllib.parse.urlencode(query)

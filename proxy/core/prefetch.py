@@ -34,11 +34,16 @@ from proxy.core.reads import Reads
 from proxy.routing import Mount, Router
 
 MAX_WINDOW = 10_000
-DEFAULT_WINDOW = 32
+# 256 keys ahead: at 20 ms a store round trip and a few thousand samples/s, the readers' own
+# span (readers x batches in flight) plus what arrives during one round trip fits in it.
+DEFAULT_WINDOW = 256
 MAX_JOB_KEYS = 10_000_000  # in one order (each held as its UTF-8 and an 8-byte offset)
 MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
-CONCURRENCY = 8  # keys fetched at once by one job (never more than its window)
+# Keys fetched at once by one job (never more than its window): a job keeps up with readers
+# only if concurrency / store latency beats their rate (32 / 20 ms = 1,600 objects/s).
+DEFAULT_CONCURRENCY = 32
+MAX_CONCURRENCY = 256
 # Listing-driven prefetch (``prefetch: listing``): one job per bucket and listed prefix, the
 # most recently listed kept (the oldest cancelled to make room); each fetches up to a page of
 # a listing (1000) past the reads, and holds at most LISTING_QUEUE keys not fetched yet: a
@@ -60,11 +65,18 @@ class Progress:
 
 class PrefetchJob:
     def __init__(
-        self, job_id: str, mount: Mount, window: int, window_bytes: int | None, reads: Reads
+        self,
+        job_id: str,
+        mount: Mount,
+        window: int,
+        window_bytes: int | None,
+        reads: Reads,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.id = job_id
         self.mount = mount
         self.window = window
+        self.concurrency = concurrency
         self.window_bytes = window_bytes  # bytes fetched ahead and not yet read, at most
         self.keys = KeyList()
         self.progress = Progress()
@@ -179,7 +191,9 @@ class PrefetchJob:
         running: set[asyncio.Task[None]] = set()
         try:
             while self.next < len(self.keys) or running or self.receiving:
-                while self._room(len(running)) and len(running) < min(CONCURRENCY, self.window):
+                while self._room(len(running)) and len(running) < min(
+                    self.concurrency, self.window
+                ):
                     running.add(asyncio.create_task(self._fetch(self._take())))
                 self._moved.clear()
                 waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._moved.wait())}
@@ -230,6 +244,7 @@ class PrefetchJob:
             "state": self.state,
             "window": self.window,
             "window_bytes": self.window_bytes,
+            "concurrency": self.concurrency,
             "bytes_ahead": self._held,
             "keys": len(self.keys),
             "queued": max(0, len(self.keys) - self.next),
@@ -310,7 +325,13 @@ class Prefetcher:
         for job in self._by_bucket.get(bucket, ()):
             job.note_read(key)
 
-    def open(self, bucket: object, window: object, window_bytes: object = None) -> PrefetchJob:
+    def open(
+        self,
+        bucket: object,
+        window: object,
+        window_bytes: object = None,
+        concurrency: object = None,
+    ) -> PrefetchJob:
         """A new job, running, with no keys yet and ``receiving`` them (see ``add``)."""
         if self._reads is None or self._router is None:
             raise PrefetchUnavailable(self.unavailable)
@@ -324,6 +345,14 @@ class Prefetcher:
             isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1
         ):
             raise PrefetchError("window_bytes: expected a number of bytes >= 1")
+        if concurrency is None:
+            concurrency = DEFAULT_CONCURRENCY
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise PrefetchError(f"concurrency: expected an integer from 1 to {MAX_CONCURRENCY}")
         try:
             mount = self._router.resolve(bucket)
         except errors.NoSuchBucket:
@@ -331,14 +360,22 @@ class Prefetcher:
         if not mount.cacheable:
             raise PrefetchError("bucket: caching is off for this bucket")
         self._make_room()
-        job = self._add(mount, window, window_bytes)
+        job = self._add(mount, window, window_bytes, concurrency)
         job.receiving = True
         job.start()
         return job
 
-    def _add(self, mount: Mount, window: int, window_bytes: int | None) -> PrefetchJob:
+    def _add(
+        self,
+        mount: Mount,
+        window: int,
+        window_bytes: int | None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> PrefetchJob:
         assert self._reads is not None
-        job = PrefetchJob(str(next(self._ids)), mount, window, window_bytes, self._reads)
+        job = PrefetchJob(
+            str(next(self._ids)), mount, window, window_bytes, self._reads, concurrency
+        )
         self._jobs[job.id] = job
         if self.on_start is not None:
             self.on_start()
@@ -386,7 +423,12 @@ class Prefetcher:
             self._forget(job)
 
     async def start(
-        self, bucket: object, keys: object, window: object, window_bytes: object = None
+        self,
+        bucket: object,
+        keys: object,
+        window: object,
+        window_bytes: object = None,
+        concurrency: object = None,
     ) -> PrefetchJob:
         """A job of one JSON list of keys."""
         if self._reads is None:
@@ -396,7 +438,7 @@ class Prefetcher:
         part = await asyncio.to_thread(encode_keys, keys)
         if len(part[1]) > MAX_JOB_KEYS:
             raise PrefetchError(f"keys: an order holds at most {MAX_JOB_KEYS} keys")
-        job = self.open(bucket, window, window_bytes)
+        job = self.open(bucket, window, window_bytes, concurrency)
         job.add(part)
         job.received()
         return job
