@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -151,3 +152,278 @@ async def test_a_quota_keeps_one_bucket_from_evicting_another(tmp_path: Path) ->
     assert [i for i in range(20) if _cached(index, "ra", f"{i}") is not None] == held
     assert await _fill(index, "rb", "3", 100 * KIB)  # B is untouched by A's state
     await asyncio.to_thread(index.close)
+
+
+# -- a proxy over SeaweedFS ------------------------------------------------------------------
+
+SIZE = 100 * KIB  # two chunks of 64 KiB
+QUOTA = 600 * KIB
+TOKEN_ENV = "PIN_TEST_TOKEN"
+TOKEN = "pin-s3cret"
+
+
+@pytest.fixture
+def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(seaweedfs.url) as r:
+        yield r
+
+
+@pytest.fixture
+def buckets(seaweedfs: S3Endpoint, s3_client_factory: S3ClientFactory) -> tuple[str, str]:
+    """(A, B): A holds keep/0..3 and tmp/0..9, B holds x/0..2 and y/0..1."""
+    client = s3_client_factory(seaweedfs)
+    a, b = new_bucket("quota-a"), new_bucket("quota-b")
+    for name, keys in ((a, [f"keep/{i}" for i in range(4)] + [f"tmp/{i}" for i in range(10)]),
+                       (b, ["x/0", "x/1", "x/2", "y/0", "y/1"])):  # fmt: skip
+        client.create_bucket(Bucket=name)
+        for key in keys:
+            client.put_object(Bucket=name, Key=key, Body=payload(SIZE, seed=hash(key) % 1000))
+    return a, b
+
+
+def _start(
+    factory: ProxyFactory, relay: CountingRelay, store: S3Endpoint, buckets: tuple[str, str],
+    tmp_path: Path, workers: int = 1,
+) -> ProxyProcess:  # fmt: skip
+    a, b = buckets
+    cfg = {
+        "workers": workers,
+        "cache": {
+            "dir": str(tmp_path / "cache"),
+            "chunk_size": "64KiB",
+            "inline_max": "4KiB",
+            "quotas": {a: "600KiB"},
+        },
+        "backends": {
+            "store": {
+                "type": "s3",
+                "endpoint": relay.url,
+                "access_key_env": KEY_ENV,
+                "secret_key_env": SECRET_ENV,
+            }
+        },
+        "buckets": {a: {"backend": "store"}, b: {"backend": "store"}},
+        "admin": {"token_env": TOKEN_ENV},
+        "log": {"access_log": False},
+    }
+    return factory(cfg, {**store_env(store), TOKEN_ENV: TOKEN})
+
+
+def _post(
+    proxy: ProxyProcess, action: str, body: Any, token: str | None = TOKEN
+) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"{proxy.admin_url}/admin/v1/{action}", data=data, method="POST")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def _info(proxy: ProxyProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{proxy.admin_url}/admin/v1/cache", timeout=10) as resp:
+        got: dict[str, Any] = json.loads(resp.read())
+    return got
+
+
+def _settled(proxy: ProxyProcess) -> dict[str, Any]:
+    """/admin/v1/cache once the last fill's commits landed (a response may end before its
+    last chunk is committed): two reads a quarter second apart agree."""
+    last = _info(proxy)
+    for _ in range(40):
+        time.sleep(0.25)
+        now = _info(proxy)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"the cache kept changing: {last}")
+
+
+def _read(proxy: ProxyProcess, bucket: str, key: str) -> None:
+    status, body = get_body(f"{proxy.url}/{bucket}/{key}")
+    assert (status, body) == (200, payload(SIZE, seed=hash(key) % 1000)), (status, key)
+
+
+def _fetched(relay: CountingRelay, bucket: str) -> set[str]:
+    """The keys of ``bucket`` whose bytes the store served since the last reset."""
+    return {
+        path[len(bucket) + 2 :]
+        for (method, path), n in relay.counts.items()
+        if method == "GET" and path.startswith(f"/{bucket}/") and path != f"/{bucket}/"
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_pin_quota_and_evict_through_the_admin_api(
+    workers: int,
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    buckets: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    a, b = buckets
+    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path, workers)
+    assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}, token=None)[0] == 401
+    assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}) == (
+        200,
+        {"objects": 0, "bytes": 0},
+    )
+    for key in ("x/0", "x/1", "x/2", "y/0", "y/1"):
+        _read(proxy, b, key)
+    for key in ("keep/0", "keep/1", *(f"tmp/{i}" for i in range(10))):
+        _read(proxy, a, key)  # 1.2 MiB through a 600 KiB quota
+
+    info = _settled(proxy)
+    assert info["pinned_bytes"] == 2 * SIZE
+    assert info["quotas"][a]["limit"] == QUOTA
+    assert info["quotas"][a]["pinned"] == 2 * SIZE
+    assert 2 * SIZE < info["quotas"][a]["used"] <= QUOTA
+    assert info["bytes"] == info["quotas"][a]["used"] + 5 * SIZE  # all of B stayed
+    m = scrape(proxy.admin_url)
+    assert m.get("slipstream_cache_quota_bytes", bucket=a) == QUOTA
+    assert m.get("slipstream_cache_quota_used_bytes", bucket=a) == info["quotas"][a]["used"]
+    assert m.get("slipstream_cache_pinned_bytes") == 2 * SIZE
+
+    relay.reset()
+    for key in ("x/0", "x/1", "x/2", "y/0", "y/1"):
+        _read(proxy, b, key)
+    for key in ("keep/0", "keep/1", "tmp/0"):
+        _read(proxy, a, key)
+    assert _fetched(relay, b) == set()  # A's fills evicted none of B
+    assert _fetched(relay, a) == {"tmp/0"}  # A's own oldest went; the pinned ones stayed
+
+    relay.reset()
+    assert _post(proxy, "evict", {"bucket": b, "prefix": "x/"}) == (
+        200,
+        {"objects": 3, "bytes": 3 * SIZE},
+    )
+    for key in ("x/0", "x/1", "x/2", "y/0", "y/1"):
+        _read(proxy, b, key)
+    assert _fetched(relay, b) == {"x/0", "x/1", "x/2"}  # exactly the prefix was dropped
+
+    assert _post(proxy, "unpin", {"bucket": a, "prefix": "keep/"}) == (
+        200,
+        {"objects": 2, "bytes": 2 * SIZE},
+    )
+    assert _info(proxy)["pinned_bytes"] == 0
+
+    # bad input: the field is named
+    assert _post(proxy, "pin", {"bucket": "nope", "prefix": ""}) == (
+        404,
+        {"error": "bucket: no such bucket is configured", "field": "bucket"},
+    )
+    assert _post(proxy, "evict", b"{not json")[1]["field"] == "body"
+    assert _post(proxy, "evict", [1])[1]["field"] == "body"
+    status, err = _post(proxy, "evict", {"bucket": a})
+    assert (status, err["field"]) == (400, "prefix") and "missing" in err["error"]
+    assert _post(proxy, "pin", {"bucket": a, "prefix": 3})[1]["field"] == "prefix"
+    assert _post(proxy, "pin", {"bucket": a, "prefix": "", "x": 1})[1]["field"] == "x"
+    assert _post(proxy, "unpin", {"bucket": a, "prefix": "keep/"})[0] == 404  # gone already
+
+
+def test_a_pin_survives_a_restart_and_applies_to_later_fills(
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    buckets: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    a, _ = buckets
+    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path)
+    _read(proxy, a, "keep/0")
+    _settled(proxy)
+    assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}) == (
+        200,
+        {"objects": 1, "bytes": SIZE},
+    )
+    proxy.stop()
+    proxy.start()
+    for key in ("keep/1", "keep/2", "keep/3"):  # cached after the pin, after the restart
+        _read(proxy, a, key)
+    assert _settled(proxy)["quotas"][a]["pinned"] == 4 * SIZE
+    for i in range(10):
+        _read(proxy, a, f"tmp/{i}")
+    relay.reset()
+    for i in range(4):
+        _read(proxy, a, f"keep/{i}")
+    assert _fetched(relay, a) == set()
+    # the quota is 600 KiB and pins hold 400 KiB of it: a 100 KiB object still fits, and
+    # tmp/ objects came and went without touching the pinned ones
+    assert _info(proxy)["quotas"][a]["used"] <= QUOTA
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_pin_unpin_evict(
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    buckets: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    a, b = buckets
+    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path)
+    _read(proxy, b, "x/0")
+    _read(proxy, b, "y/0")
+    _settled(proxy)
+    admin = ("--admin", proxy.admin_url, "--token-env", TOKEN_ENV)
+    env = {TOKEN_ENV: TOKEN}
+
+    pinned = _cli("pin", f"s3://{b}/x/", "--json", *admin, env=env)
+    assert pinned.returncode == 0, pinned.stderr
+    assert json.loads(pinned.stdout) == {"objects": 1, "bytes": SIZE}
+
+    no_token = _cli("pin", f"s3://{b}/x/", "--admin", proxy.admin_url)
+    assert no_token.returncode == 2 and "401" in no_token.stderr
+
+    evicted = _cli("evict", f"s3://{b}/", *admin, env=env)
+    assert evicted.returncode == 0, evicted.stderr
+    assert evicted.stdout.strip() == f"evicted 2 objects (200.0 KiB) under s3://{b}/"
+    assert _info(proxy)["objects"] == 0
+
+    unpinned = _cli("unpin", f"s3://{b}/x/", *admin, env=env)
+    assert unpinned.returncode == 0, unpinned.stderr
+    assert unpinned.stdout.startswith("unpinned 0 objects")  # evicted already; the rule went
+    again = _cli("unpin", f"s3://{b}/x/", *admin, env=env)
+    assert again.returncode == 2 and "no pin on this bucket and prefix" in again.stderr
+
+    unknown = _cli("evict", "s3://no-such-bucket/", *admin, env=env)
+    assert unknown.returncode == 2 and "no such bucket" in unknown.stderr
+    bad_url = _cli("pin", "http://x/y", *admin, env=env)
+    assert bad_url.returncode == 2 and "s3://BUCKET/PREFIX" in bad_url.stderr
+    helped = _cli("pin", "--help")
+    assert helped.returncode == 0 and "never evicted" in helped.stdout
+
+
+def test_quotas_are_validated_at_load() -> None:
+    from proxy.config import from_mapping
+    from proxy.errors import ConfigError
+
+    base = {
+        "backends": {"s": {"type": "fs", "root": "/tmp"}},
+        "buckets": {"data": {"backend": "s"}},
+    }
+    cfg = from_mapping({**base, "cache": {"quotas": {"data": "80MiB"}}}, "t")
+    assert cfg.cache.quotas == {"data": 80 * MIB}
+    for quotas, message in (
+        ({"nope": "1GiB"}, "cache.quotas.nope: no such bucket"),
+        ({"data": "lots"}, "cache.quotas.data: expected a size"),
+        ({"data": 0}, "cache.quotas.data: must be at least 1 byte"),
+        (["data"], "cache.quotas: expected a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            from_mapping({**base, "cache": {"quotas": quotas}}, "t")
