@@ -12,6 +12,7 @@ index's writer thread, so no transaction is huge and the event loop never waits 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,8 +22,9 @@ from proxy.cache.record import Record
 if TYPE_CHECKING:
     from proxy.cache.index import Index, Txn
 
-SCAN_BATCH = 2000
+SCAN_BATCH = 1000
 _RULE = b"pin\x00"
+_KEY_FIELD = b'{"key":'
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,11 @@ class Target:
 
     def rule_key(self) -> bytes:
         return _bucket_key(self.backend, self.bucket) + _enc(self.prefix)
+
+    def needle(self) -> bytes:
+        """What a record's JSON starts with if its key may start with the prefix: Record.dumps
+        writes the key first, escaped as json.dumps does here (one character at a time)."""
+        return _KEY_FIELD + json.dumps(self.prefix)[:-1].encode()
 
     def holds(self, rec: Record) -> bool:
         return (
@@ -84,9 +91,10 @@ def set_pinned(t: Txn, oid: bytes, rec: Record, pinned: bool) -> None:
     t.put(oid, rec)
 
 
-async def scan(index: Index, visit: Callable[[Txn, bytes, Record], None]) -> None:
-    """Call ``visit`` for every record, SCAN_BATCH per write transaction (writer thread)."""
-    after = b""
+async def scan(index: Index, target: Target, visit: Callable[[Txn, bytes, Record], None]) -> None:
+    """Call ``visit`` for every record that may be under ``target`` (see Target.may_hold),
+    SCAN_BATCH records per write transaction (writer thread)."""
+    after, needle = b"", target.needle()
     while True:
 
         def op(t: Txn, start: bytes = after) -> bytes | None:
@@ -97,7 +105,9 @@ async def scan(index: Index, visit: Callable[[Txn, bytes, Record], None]) -> Non
                 items.append((bytes(cur.key()), bytes(cur.value())))
                 found = cur.next()
             for oid, raw in items:
-                visit(t, oid, Record.loads(raw))
+                # a cheap test before parsing; a record of another layout is parsed
+                if raw.startswith(needle) or not raw.startswith(_KEY_FIELD):
+                    visit(t, oid, Record.loads(raw))
             return items[-1][0] if found and items else None
 
         last: bytes | None = await index.submit(op)
@@ -120,7 +130,7 @@ async def pin(index: Index, target: Target) -> Counts:
             counts.bytes += rec.stored
 
     await index.submit(add_rule)
-    await scan(index, visit)
+    await scan(index, target, visit)
     return counts
 
 
@@ -140,7 +150,7 @@ async def unpin(index: Index, target: Target) -> tuple[bool, Counts]:
 
     existed: bool = await index.submit(drop_rule)
     if existed:
-        await scan(index, visit)
+        await scan(index, target, visit)
     return existed, counts
 
 
@@ -158,7 +168,7 @@ async def evict(index: Index, target: Target) -> Counts:
             counts.objects += 1
             counts.bytes += rec.stored
 
-    await scan(index, visit)
+    await scan(index, target, visit)
     return counts
 
 
