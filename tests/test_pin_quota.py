@@ -22,6 +22,8 @@ from proxy.cache import pins
 from proxy.cache.index import Index, Txn
 from proxy.cache.quota import QuotaRule, used_key
 from proxy.cache.record import Record, object_id
+from proxy.cache.store import CacheStore
+from proxy.config import CacheConfig
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import KEY_ENV, SECRET_ENV, get_body, new_bucket, payload, scrape, store_env
 from tests.proxyproc import REPO_ROOT, ProxyProcess
@@ -152,6 +154,32 @@ async def test_a_quota_keeps_one_bucket_from_evicting_another(tmp_path: Path) ->
     assert [i for i in range(20) if _cached(index, "ra", f"{i}") is not None] == held
     assert await _fill(index, "rb", "3", 100 * KIB)  # B is untouched by A's state
     await asyncio.to_thread(index.close)
+
+
+def test_a_quota_added_later_counts_what_was_cached_before(tmp_path: Path) -> None:
+    """The start-up check (CacheStore.fsck) moves cached objects to the quotas configured now."""
+    cfg = CacheConfig(dir=tmp_path, max_size=UNLIMITED, index_map_size=BIG_MAP)
+
+    def put(t: Txn) -> None:
+        for key in ("0", "1", "2"):
+            oid = object_id("store", "ra", key)
+            t.txn.put(oid, b"x" * 1000, db=t.index.data)
+            t.insert(oid, _rec("ra", key, 1000))
+
+    before = CacheStore(cfg)
+    before.open_sync()
+    assert before.index is not None
+    before.index.run_sync(put)
+    before.index.close()
+
+    rules = [QuotaRule("A", "store", "ra", "", 2500)]
+    after = CacheStore(cfg, rules)
+    after.open_sync()
+    assert after.index is not None
+    after.fsck()
+    assert after.index.counters(used_key("A")) == [3000]
+    assert after.quota_room("A") == 0
+    after.index.close()
 
 
 # -- a proxy over SeaweedFS ------------------------------------------------------------------

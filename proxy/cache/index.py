@@ -82,11 +82,7 @@ class Txn:
         """Add a new record to its queue and the totals; pinned if a pin rule covers it, and
         in its bucket's quota FIFO if that bucket has a quota."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
-        rule = quota.group_of(self.index.quotas, rec.backend, rec.bucket, rec.key)
-        rec.quota = rule.name if rule is not None else ""
-        if rule is not None:
-            rec.gseq = self.next_seq()
-            self.txn.put(quota.fifo_key(rule.name, rec.gseq), oid, db=self.index.queues)
+        quota.join(self, oid, rec)
         self.account(rec, rec.stored)
         ghost = self.txn.pop(oid, db=self.index.ghost) is not None
         rec.queue = eviction.insert_queue(ghost)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy import log
+from proxy.cache.record import Record
 from proxy.cache.space import Throttled
 from proxy.config import Config
 
@@ -55,6 +56,29 @@ def pinned_key(name: str) -> bytes:
 
 def fifo_key(name: str, gseq: int) -> bytes:
     return b"Q" + name.encode() + b"\x00" + _U64.pack(gseq)
+
+
+def join(t: Txn, oid: bytes, rec: Record) -> None:
+    """Put a record being inserted (its bytes not counted yet) in its bucket's quota FIFO."""
+    rule = group_of(t.index.quotas, rec.backend, rec.bucket, rec.key)
+    rec.quota = rule.name if rule is not None else ""
+    if rule is not None:
+        rec.gseq = t.next_seq()
+        t.txn.put(fifo_key(rule.name, rec.gseq), oid, db=t.index.queues)
+
+
+def regroup(t: Txn, oid: bytes, rec: Record) -> None:
+    """Start-up repair: move a cached record to the quota the configuration gives it now (a
+    quota was added, removed or renamed since it was cached), with its bytes."""
+    rule = group_of(t.index.quotas, rec.backend, rec.bucket, rec.key)
+    if rec.quota == (rule.name if rule is not None else ""):
+        return
+    t.account(rec, -rec.stored)
+    if rec.quota:
+        t.txn.delete(fifo_key(rec.quota, rec.gseq), db=t.index.queues)
+    join(t, oid, rec)
+    t.account(rec, rec.stored)
+    t.put(oid, rec)
 
 
 def fits(t: Txn, oid: bytes, backend: str, bucket: str, key: str, nbytes: int) -> bool:

@@ -356,7 +356,8 @@ class CacheStore:
     def fsck(self) -> dict[str, int]:
         """Blocking; run before serving. Drops temp files of dead processes, chunk files the
         index does not reference (a crash between rename and commit), and index bits whose file
-        is gone. Nothing unverified is ever referenced, so what remains is whole."""
+        is gone. Nothing unverified is ever referenced, so what remains is whole. Each record
+        kept goes to the quota cache.quotas gives it now (quota.regroup)."""
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
             "stale_uploads": self.uploads.sweep(),
@@ -381,11 +382,15 @@ class CacheStore:
                     if t.txn.get(oid, db=idx.data) is None:
                         t.remove(oid, rec)
                         stats["missing"] += 1
+                    else:
+                        quota.regroup(t, oid, rec)
                     continue
                 lost = [i for i in rec.present_chunks() if (oid, rec.gen, i) not in on_disk]
                 if lost:
                     t.remove(oid, rec)  # its other chunk files go too; refetched on demand
                     stats["missing"] += 1
+                else:
+                    quota.regroup(t, oid, rec)  # cache.quotas may have changed
 
         idx.run_sync(repair)
         return stats
