@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,32 +209,42 @@ def buckets(seaweedfs: S3Endpoint, s3_client_factory: S3ClientFactory) -> tuple[
     return a, b
 
 
-def _start(
-    factory: ProxyFactory, relay: CountingRelay, store: S3Endpoint, buckets: tuple[str, str],
-    tmp_path: Path, workers: int = 1,
-) -> ProxyProcess:  # fmt: skip
+@pytest.fixture
+def start_proxy(
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    buckets: tuple[str, str],
+    tmp_path: Path,
+) -> Callable[..., ProxyProcess]:
+    """``start_proxy(workers=1)``: a proxy of both buckets through the relay, A with a quota
+    of 600 KiB, the admin token required."""
     a, b = buckets
-    cfg = {
-        "workers": workers,
-        "cache": {
-            "dir": str(tmp_path / "cache"),
-            "chunk_size": "64KiB",
-            "inline_max": "4KiB",
-            "quotas": {a: "600KiB"},
-        },
-        "backends": {
-            "store": {
-                "type": "s3",
-                "endpoint": relay.url,
-                "access_key_env": KEY_ENV,
-                "secret_key_env": SECRET_ENV,
-            }
-        },
-        "buckets": {a: {"backend": "store"}, b: {"backend": "store"}},
-        "admin": {"token_env": TOKEN_ENV},
-        "log": {"access_log": False},
-    }
-    return factory(cfg, {**store_env(store), TOKEN_ENV: TOKEN})
+
+    def start(workers: int = 1) -> ProxyProcess:
+        cfg = {
+            "workers": workers,
+            "cache": {
+                "dir": str(tmp_path / "cache"),
+                "chunk_size": "64KiB",
+                "inline_max": "4KiB",
+                "quotas": {a: "600KiB"},
+            },
+            "backends": {
+                "store": {
+                    "type": "s3",
+                    "endpoint": relay.url,
+                    "access_key_env": KEY_ENV,
+                    "secret_key_env": SECRET_ENV,
+                }
+            },
+            "buckets": {a: {"backend": "store"}, b: {"backend": "store"}},
+            "admin": {"token_env": TOKEN_ENV},
+            "log": {"access_log": False},
+        }
+        return proxy_factory(cfg, {**store_env(seaweedfs), TOKEN_ENV: TOKEN})
+
+    return start
 
 
 def _post(
@@ -287,14 +297,12 @@ def _fetched(relay: CountingRelay, bucket: str) -> set[str]:
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_pin_quota_and_evict_through_the_admin_api(
     workers: int,
-    seaweedfs: S3Endpoint,
-    proxy_factory: ProxyFactory,
+    start_proxy: Callable[..., ProxyProcess],
     relay: CountingRelay,
     buckets: tuple[str, str],
-    tmp_path: Path,
 ) -> None:
     a, b = buckets
-    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path, workers)
+    proxy = start_proxy(workers)
     assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}, token=None)[0] == 401
     assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}) == (
         200,
@@ -354,14 +362,10 @@ def test_pin_quota_and_evict_through_the_admin_api(
 
 
 def test_a_pin_survives_a_restart_and_applies_to_later_fills(
-    seaweedfs: S3Endpoint,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    buckets: tuple[str, str],
-    tmp_path: Path,
+    start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, buckets: tuple[str, str]
 ) -> None:
     a, _ = buckets
-    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path)
+    proxy = start_proxy()
     _read(proxy, a, "keep/0")
     _settled(proxy)
     assert _post(proxy, "pin", {"bucket": a, "prefix": "keep/"}) == (
@@ -397,14 +401,10 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_cli_pin_unpin_evict(
-    seaweedfs: S3Endpoint,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    buckets: tuple[str, str],
-    tmp_path: Path,
+    start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, buckets: tuple[str, str]
 ) -> None:
     a, b = buckets
-    proxy = _start(proxy_factory, relay, seaweedfs, buckets, tmp_path)
+    proxy = start_proxy()
     _read(proxy, b, "x/0")
     _read(proxy, b, "y/0")
     _settled(proxy)
