@@ -455,3 +455,25 @@ def test_quotas_are_validated_at_load() -> None:
     ):
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             from_mapping({**base, "cache": {"quotas": quotas}}, "t")
+
+
+def test_a_read_in_flight_finishes_across_an_evict(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    start_proxy: Callable[..., ProxyProcess],
+    relay: CountingRelay,
+    buckets: tuple[str, str],
+) -> None:
+    _, b = buckets
+    body = payload(8 * MIB, seed=7)  # 128 chunk files: more than the socket buffers hold
+    s3_client_factory(seaweedfs).put_object(Bucket=b, Key="big", Body=body)
+    proxy = start_proxy()
+    assert get_body(f"{proxy.url}/{b}/big") == (200, body)
+    _settled(proxy)
+    relay.reset()
+    with urllib.request.urlopen(f"{proxy.url}/{b}/big", timeout=60) as resp:
+        head = resp.read(64 * KIB)
+        assert _post(proxy, "evict", {"bucket": b, "prefix": "big"})[1]["objects"] == 1
+        rest = resp.read()
+    assert head + rest == body
+    assert ("GET", f"/{b}/big") in relay.counts  # the chunks it had not sent came from the store
