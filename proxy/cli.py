@@ -99,6 +99,8 @@ def check_config(config: Path | None) -> None:
         f"chunk_size={cfg.cache.chunk_size} inline_max={cfg.cache.inline_max} "
         f"metadata_ttl={cfg.cache.metadata_ttl or 'never'}"
     )
+    if cfg.cache.quotas:
+        click.echo("  quotas " + ", ".join(f"{n}={s}" for n, s in cfg.cache.quotas.items()))
     for b in cfg.backends.values():
         where = b.endpoint or b.root or b.account_url or b.url or "(default endpoint)"
         click.echo(f"  backend {b.name}: {b.type} {where}")

@@ -437,7 +437,7 @@ def test_cli_pin_unpin_evict(
     assert helped.returncode == 0 and "never evicted" in helped.stdout
 
 
-def test_quotas_are_validated_at_load() -> None:
+def test_quotas_are_validated_at_load(tmp_path: Path) -> None:
     from proxy.config import from_mapping
     from proxy.errors import ConfigError
 
@@ -455,6 +455,14 @@ def test_quotas_are_validated_at_load() -> None:
     ):
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             from_mapping({**base, "cache": {"quotas": quotas}}, "t")
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({**base, "cache": {"quotas": {"data": "80MiB"}}}))
+    shown = _cli("check-config", "--config", str(path))
+    assert shown.returncode == 0 and f"quotas data={80 * MIB}" in shown.stdout, shown.stderr
+    path.write_text(json.dumps({**base, "cache": {"quotas": {"nope": "80MiB"}}}))
+    refused = _cli("check-config", "--config", str(path))
+    assert refused.returncode == 2 and "cache.quotas.nope: no such bucket" in refused.stderr
 
 
 def test_a_read_in_flight_finishes_across_an_evict(
