@@ -156,6 +156,19 @@ async def test_a_quota_keeps_one_bucket_from_evicting_another(tmp_path: Path) ->
     await asyncio.to_thread(index.close)
 
 
+async def test_pinned_entries_of_a_quota_stay_while_the_rest_cycles(tmp_path: Path) -> None:
+    index = _open(tmp_path, UNLIMITED, [QuotaRule("C", "store", "rc", "", MIB)])
+    await pins.pin(index, pins.Target("store", "rc", "keep/"))
+    for key in ("keep/0", "keep/1", *(f"tmp/{i}" for i in range(10))):
+        assert await _fill(index, "rc", key, 256 * KIB)
+    held = [
+        k for k in ("keep/0", "keep/1", *(f"tmp/{i}" for i in range(10))) if _cached(index, "rc", k)
+    ]
+    assert held == ["keep/0", "keep/1", "tmp/8", "tmp/9"]
+    assert index.counters(used_key("C")) == [MIB]
+    await asyncio.to_thread(index.close)
+
+
 def test_a_quota_added_later_counts_what_was_cached_before(tmp_path: Path) -> None:
     """The start-up check (CacheStore.fsck) moves cached objects to the quotas configured now."""
     cfg = CacheConfig(dir=tmp_path, max_size=UNLIMITED, index_map_size=BIG_MAP)

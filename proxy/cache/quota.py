@@ -94,17 +94,25 @@ def fits(t: Txn, oid: bytes, backend: str, bucket: str, key: str, nbytes: int) -
     if t.counter(pinned_key(name)) + nbytes <= limit:
         prefix = b"Q" + name.encode() + b"\x00"
         cur = t.txn.cursor(db=t.index.queues)
-        pos, steps = prefix, 0
+        pos, steps, cycled = prefix, 0, b""
         while used + nbytes > limit and steps < MAX_STEPS and cur.set_range(pos):
             qkey, victim = bytes(cur.key()), bytes(cur.value())
-            if not qkey.startswith(prefix):
-                break
+            if not qkey.startswith(prefix) or (cycled and qkey >= cycled):
+                break  # the end, or round to the pinned entries this walk moved
             pos, steps = qkey + b"\x00", steps + 1
             rec = t.get(victim)
             if rec is None or rec.quota != name or fifo_key(name, rec.gseq) != qkey:
                 t.txn.delete(qkey, db=t.index.queues)  # stale: the record went or moved
                 continue
-            if rec.pinned or victim == oid:
+            if victim == oid:
+                continue
+            if rec.pinned:  # to the tail, so the next fill does not walk it again
+                t.txn.delete(qkey, db=t.index.queues)
+                rec.gseq = t.next_seq()
+                moved = fifo_key(name, rec.gseq)
+                t.txn.put(moved, victim, db=t.index.queues)
+                t.put(victim, rec)
+                cycled = cycled or moved
                 continue
             t.remove(victim, rec)
             t.batch.evicted_objects += 1
