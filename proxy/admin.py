@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -95,15 +96,18 @@ class CacheCollector(Collector):
         totals: Callable[[], tuple[int, int]],
         map_usage: Callable[[], tuple[int, int]],
         max_bytes: int,
+        usage: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._totals = totals
         self._map_usage = map_usage
         self._max = max_bytes
+        self._usage = usage  # pinned bytes and quotas: proxy.cache.quota.usage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             used, objects = self._totals()
             map_used, map_size = self._map_usage()
+            usage = self._usage() if self._usage is not None else None
         except Exception:  # the index is closed (shutting down)
             return
         yield GaugeMetricFamily("slipstream_cache_bytes", "Bytes held in the cache", value=used)
@@ -117,9 +121,38 @@ class CacheCollector(Collector):
             "slipstream_index_map_used_bytes", "LMDB pages in use", value=map_used
         )
         yield GaugeMetricFamily("slipstream_index_map_size_bytes", "LMDB map size", value=map_size)
+        if usage is not None:
+            yield from _usage_gauges(usage)
         info = GaugeMetricFamily("slipstream_build_info", "Build information", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+def _usage_gauges(usage: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """Pinned bytes; per configured quota (labels: cache.quotas' bucket names) its limit,
+    the bytes it holds and the pinned ones among them."""
+    yield GaugeMetricFamily(
+        "slipstream_cache_pinned_bytes", "Bytes of pinned objects", value=usage["pinned_bytes"]
+    )
+    families = {
+        "limit": GaugeMetricFamily(
+            "slipstream_cache_quota_bytes", "cache.quotas per bucket", labels=["bucket"]
+        ),
+        "used": GaugeMetricFamily(
+            "slipstream_cache_quota_used_bytes",
+            "Bytes cached for a bucket with a quota",
+            labels=["bucket"],
+        ),
+        "pinned": GaugeMetricFamily(
+            "slipstream_cache_quota_pinned_bytes",
+            "Pinned bytes of a bucket with a quota",
+            labels=["bucket"],
+        ),
+    }
+    for bucket, values in usage["quotas"].items():
+        for name, family in families.items():
+            family.add_metric([bucket], values[name])
+    yield from families.values()
 
 
 class _WorkersCollector(Collector):
@@ -156,7 +189,7 @@ def metrics_registry(cache: CacheCollector) -> CollectorRegistry:
 def build_admin_app(
     health: Health,
     registry: CollectorRegistry,
-    cache_stats: Callable[[], dict[str, int]],
+    cache_stats: Callable[[], dict[str, Any]],
     auth: AdminAuth,
     jobs: Jobs | None = None,
 ) -> web.Application:

@@ -27,8 +27,10 @@ from aiohttp import web
 from proxy import backends as backend_factory
 from proxy import listen, log, metrics
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
+from proxy.admin_cache import add_cache_routes
 from proxy.admin_prefetch import add_prefetch_routes
 from proxy.backends.base import Backend
+from proxy.cache import quota
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
 from proxy.cache.store import CacheStore
@@ -147,18 +149,23 @@ async def _open_backends(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
 def _admin_runner(
     cfg: Config, health: Health, index: Index, jobs: Jobs, prefetcher: Prefetcher
 ) -> web.AppRunner:
-    collector = CacheCollector(index.totals, index.map_usage, cfg.cache.max_size)
+    collector = CacheCollector(
+        index.totals, index.map_usage, cfg.cache.max_size, lambda: quota.usage(index)
+    )
     registry = metrics_registry(collector)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # the supervisor's own prefetcher counts in this process's memory, not in the files
         registry.register(metrics.PREFETCH_OBJECTS)
 
-    def stats() -> dict[str, int]:
+    def stats() -> dict[str, Any]:
         used, objects = index.totals()
-        return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size}
+        return {"bytes": used, "objects": objects, "max_size": cfg.cache.max_size} | quota.usage(
+            index
+        )
 
     app = build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs)
     add_prefetch_routes(app, prefetcher)
+    add_cache_routes(app, index, cfg.buckets)
     return web.AppRunner(app, handle_signals=False, access_log=None)
 
 
@@ -209,7 +216,7 @@ async def _prepare(
     await _probe_listeners(cfg)
     health = Health()
     stop = _stop_event()
-    cache = cache or CacheStore(cfg.cache)
+    cache = cache or CacheStore(cfg.cache, quota.rules_of(cfg))
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
     jobs = Jobs(JobFiles(jobs_dir(cfg.cache.dir)))
@@ -276,7 +283,7 @@ def _worker_main(arg: tuple[Config, ReadFeed], ready: MpEvent) -> None:
 
 async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
     stop = _stop_event()
-    cache = CacheStore(cfg.cache)
+    cache = CacheStore(cfg.cache, quota.rules_of(cfg))
     app = S3Server(cfg, cache)
     try:
         await app.start()
@@ -354,7 +361,7 @@ class SupervisorCore:
 
 async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
-    cache = CacheStore(cfg.cache)
+    cache = CacheStore(cfg.cache, quota.rules_of(cfg))
     core = SupervisorCore(cfg, cache)
     health, stop, cache, admin, jobs = await _prepare(cfg, core.prefetcher, cache)
     assert cache.index is not None

@@ -18,6 +18,7 @@ from proxy.jobs.client import (
     DEFAULT_ADMIN,
     AdminClient,
     AdminError,
+    human_bytes,
     progress_line,
     split_s3_url,
     summary,
@@ -98,6 +99,8 @@ def check_config(config: Path | None) -> None:
         f"chunk_size={cfg.cache.chunk_size} inline_max={cfg.cache.inline_max} "
         f"metadata_ttl={cfg.cache.metadata_ttl or 'never'}"
     )
+    if cfg.cache.quotas:
+        click.echo("  quotas " + ", ".join(f"{n}={s}" for n, s in cfg.cache.quotas.items()))
     for b in cfg.backends.values():
         where = b.endpoint or b.root or b.account_url or b.url or "(default endpoint)"
         click.echo(f"  backend {b.name}: {b.type} {where}")
@@ -244,6 +247,61 @@ def _follow(client: AdminClient, job_id: str, *, quiet: bool) -> dict[str, Any]:
         if ended:
             return job
         time.sleep(0.5)
+
+
+def _cache_command(action: str, done: str, doc: str) -> None:
+    """Define ``slipstream ACTION s3://BUCKET/PREFIX``: POST /admin/v1/ACTION, print what it
+    touched (exit 2 if the admin listener refused or could not be reached)."""
+
+    @main.command(action, help=doc)
+    @click.argument("url", metavar="s3://BUCKET/PREFIX")
+    @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+    @_admin_options
+    def command(url: str, as_json: bool, admin_url: str, token_env: str | None) -> None:
+        try:
+            bucket, prefix = split_s3_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="URL") from None
+        client = _client(admin_url, token_env)
+        try:
+            got = client.call("POST", f"/admin/v1/{action}", {"bucket": bucket, "prefix": prefix})
+        except AdminError as exc:
+            click.echo(f"slipstream {action}: {exc}", err=True)
+            sys.exit(2)
+        if as_json:
+            click.echo(json.dumps(got))
+        else:
+            click.echo(f"{done} {got['objects']} objects ({human_bytes(got['bytes'])}) under {url}")
+
+
+_cache_command(
+    "pin",
+    "pinned",
+    """Pin every object under s3://BUCKET/PREFIX: cached ones now, others once they are read
+    (or warmed). Pinned objects are never evicted; the pin survives restarts. Pinned bytes
+    count toward the bucket's cache.quotas entry.
+
+    \b
+    Example: slipstream pin s3://datasets/imagenet/val/
+    """,
+)
+_cache_command(
+    "unpin",
+    "unpinned",
+    """Remove the pin of s3://BUCKET/PREFIX (exactly as pinned): its objects become evictable
+    again, except those another pin covers. Exits 2 if there is no such pin.""",
+)
+_cache_command(
+    "evict",
+    "evicted",
+    """Drop the cached copies of every object under s3://BUCKET/PREFIX (pinned ones too; a pin
+    stays and applies when they are read again), e.g. after the dataset was rewritten in the
+    store. Reads in flight finish; the next read fetches from the store.
+
+    \b
+    Example: slipstream evict s3://datasets/imagenet/
+    """,
+)
 
 
 @main.command()

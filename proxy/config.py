@@ -47,6 +47,9 @@ class CacheConfig:
     # multipart staging (parts of stores without native multipart, parts copied for the
     # cache) untouched this long is removed, as S3's AbortIncompleteMultipartUpload would
     upload_staging_ttl: float = 86400.0
+    # client-facing bucket -> the bytes its cached objects may hold at most (pinned included);
+    # over it, a fill evicts that bucket's own entries first, never another bucket's
+    quotas: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +210,27 @@ def _workers(value: Any) -> int:
     return value
 
 
+def _quotas(data: Any) -> dict[str, int]:
+    r = FieldReader(data, "cache.quotas")
+    quotas = {str(name): r.size(name, 0) for name in list(r.data)}
+    for name, size in quotas.items():
+        if size < 1:
+            raise ConfigError(f"cache.quotas.{name}: must be at least 1 byte")
+    return quotas
+
+
+def _check_quotas(cache: CacheConfig, buckets: Mapping[str, MountConfig]) -> None:
+    """A quota names a configured bucket (not '*': one quota per client-facing bucket)."""
+    for name in cache.quotas:
+        if name == "*" or name not in buckets:
+            raise ConfigError(
+                f"cache.quotas.{name}: no such bucket is configured (a quota names one of"
+                " buckets:, not '*')"
+            )
+        if not buckets[name].cacheable:
+            raise ConfigError(f"cache.quotas.{name}: the bucket is not cacheable")
+
+
 def _cache(data: Any) -> CacheConfig:
     r = FieldReader(data, "cache")
     d = CacheConfig()
@@ -222,6 +246,7 @@ def _cache(data: Any) -> CacheConfig:
         fill_memory=r.size("fill_memory", d.fill_memory),
         index_map_size=r.size("index_map_size", d.index_map_size),
         upload_staging_ttl=r.duration("upload_staging_ttl", d.upload_staging_ttl) or 0.0,
+        quotas=_quotas(r.take("quotas")),
     )
     r.finish()
     if cfg.chunk_size < 64 * 1024:
@@ -409,6 +434,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
     if not raw_buckets:
         raise ConfigError("buckets: at least one bucket mapping is required")
     buckets = {str(n): _mount(str(n), m, backends) for n, m in raw_buckets.items()}
+    _check_quotas(cache, buckets)
 
     sr = FieldReader(r.take("server"), "server")
     sd = ServerConfig()

@@ -78,3 +78,15 @@ class Router:
     @property
     def wildcard_backend(self) -> Backend | None:
         return self._backends[self._wildcard.backend] if self._wildcard else None
+
+
+def remote_of(buckets: Mapping[str, MountConfig], bucket: str) -> tuple[str, str, str]:
+    """(backend name, remote bucket, prefix) a client-facing bucket maps to, as Router.resolve
+    would, without the backends (the admin API names cached objects with it)."""
+    m = buckets.get(bucket)
+    if m is not None and bucket != "*":
+        return m.backend, m.bucket or bucket, m.prefix
+    wildcard = buckets.get("*")
+    if wildcard is not None and valid_bucket_name(bucket):
+        return wildcard.backend, bucket, wildcard.prefix
+    raise errors.NoSuchBucket(resource=bucket)

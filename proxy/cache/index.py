@@ -11,7 +11,7 @@ import asyncio
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from proxy import errors, log
-from proxy.cache import eviction
+from proxy.cache import eviction, pins, quota
 from proxy.cache.record import Record
 from proxy.cache.space import Throttled, Volume, disk_full
 
@@ -79,7 +79,11 @@ class Txn:
         return seq
 
     def insert(self, oid: bytes, rec: Record) -> None:
-        """Add a new record to its queue and the totals."""
+        """Add a new record to its queue and the totals; pinned if a pin rule covers it, and
+        in its bucket's quota FIFO if that bucket has a quota."""
+        rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
+        quota.join(self, oid, rec)
+        self.account(rec, rec.stored)
         ghost = self.txn.pop(oid, db=self.index.ghost) is not None
         rec.queue = eviction.insert_queue(ghost)
         rec.qseq = self.next_seq()
@@ -90,6 +94,7 @@ class Txn:
 
     def grow(self, oid: bytes, rec: Record, delta: int) -> None:
         rec.stored += delta
+        self.account(rec, delta)
         self.add(b"bytes:" + rec.queue.encode(), delta)
         self.put(oid, rec)
 
@@ -100,6 +105,9 @@ class Txn:
         self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
         self.add(b"objects", -1)
+        self.account(rec, -rec.stored)
+        if rec.quota:
+            self.txn.delete(quota.fifo_key(rec.quota, rec.gseq), db=self.index.queues)
         self.batch.unlink.extend((oid, rec.gen, i) for i in rec.present_chunks())
         if not rec.inline:
             self.batch.file_bytes += rec.stored
@@ -108,6 +116,19 @@ class Txn:
             self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
             self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
+
+    def account(self, rec: Record, delta: int) -> None:
+        """Move ``delta`` bytes of ``rec`` in or out of the pinned and quota counters."""
+        if rec.pinned:
+            self.add(b"pinned", delta)
+        if rec.quota:
+            self.add(quota.used_key(rec.quota), delta)
+            if rec.pinned:
+                self.add(quota.pinned_key(rec.quota), delta)
+
+    def fits(self, oid: bytes, rec: Record, nbytes: int) -> bool:
+        """Whether ``nbytes`` more of ``rec`` fit its bucket's quota (see quota.fits)."""
+        return quota.fits(self, oid, rec.backend, rec.bucket, rec.key, nbytes)
 
     # -- write marks: a write wins over any read that started before it --------------------
     def mark_written(self, oid: bytes) -> None:
@@ -208,7 +229,12 @@ class Index:
     room the volume has beyond its reserve (cache.min_free)."""
 
     def __init__(
-        self, path: Path, map_size: int, max_bytes: int, volume: Volume | None = None
+        self,
+        path: Path,
+        map_size: int,
+        max_bytes: int,
+        volume: Volume | None = None,
+        quotas: Sequence[quota.QuotaRule] = (),
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -234,6 +260,7 @@ class Index:
         self.map_size: int = self.env.info()["map_size"]
         self.max_bytes = max_bytes
         self.volume = volume
+        self.quotas = tuple(quotas)
         self.env.reader_check()
         self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -285,6 +312,13 @@ class Index:
                 return _U64.unpack(raw)[0] if raw else 0
 
             return c(b"bytes:S") + c(b"bytes:M"), c(b"objects")
+
+    def counters(self, *names: bytes) -> list[int]:
+        """The named counters of the ``meta`` db (b"pinned", quota.used_key(...)), read in
+        one transaction."""
+        with self.env.begin(db=self.meta) as txn:
+            raws = [txn.get(name) for name in names]
+        return [_U64.unpack(raw)[0] if raw else 0 for raw in raws]
 
     def map_usage(self) -> tuple[int, int]:
         info, stat = self.env.info(), self.env.stat()

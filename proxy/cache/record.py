@@ -49,6 +49,8 @@ class Record:
     hits: int = 0
     atime: float = 0.0
     pinned: bool = False
+    quota: str = ""  # the cache.quotas bucket this object counts toward ("" none)
+    gseq: int = 0  # its place in that bucket's FIFO (the order quota eviction takes)
 
     @classmethod
     def from_meta(

@@ -6,14 +6,16 @@ import asyncio
 import errno
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import errors, log, metrics
-from proxy.cache import eviction
+from proxy.cache import eviction, quota
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
+from proxy.cache.quota import QuotaRule
 from proxy.cache.record import Record
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
@@ -25,8 +27,9 @@ MAKE_ROOM_TRIES = 3  # evictions (S3-FIFO order) to make room for one chunk file
 
 
 class CacheStore:
-    def __init__(self, cfg: CacheConfig) -> None:
+    def __init__(self, cfg: CacheConfig, quotas: Sequence[QuotaRule] = ()) -> None:
         self.cfg = cfg
+        self.quotas = tuple(quotas)
         self.root = cfg.dir.resolve()
         self.blobs = BlobStore(self.root)
         self.index: Index | None = None
@@ -47,7 +50,9 @@ class CacheStore:
                 self.cfg.min_free,
                 volume.size,
             )
-        self.index = Index(self.root / "index", self.cfg.index_map_size, self.cfg.max_size, volume)
+        self.index = Index(
+            self.root / "index", self.cfg.index_map_size, self.cfg.max_size, volume, self.quotas
+        )
         self.index.on_commit = self._after_commit
         self.locks = FillLocks(self.root / "locks")
 
@@ -101,6 +106,10 @@ class CacheStore:
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
 
+    def quota_room(self, bucket: str) -> int | None:
+        """The bytes ``bucket`` may still add under its cache.quotas entry; None: none."""
+        return quota.room(self._idx, bucket)
+
     def write_mark(self) -> int:
         """Note this before asking the store: the ``seen`` of what the answer is committed with.
         Whatever a read learnt is dropped if a write of the object committed after this (in any
@@ -146,6 +155,8 @@ class CacheStore:
                         return True
                     new.freq, new.hits = cur.freq, cur.hits
                 t.remove(oid, cur)
+            if not t.fits(oid, new, len(data)):
+                return False
             new.inline, new.stored, new.chunks = True, len(data), 0
             t.txn.put(oid, data, db=t.index.data)
             t.insert(oid, new)
@@ -177,6 +188,9 @@ class CacheStore:
             if cur is not None and not (cur.etag == new.etag and cur.size == new.size):
                 t.remove(oid, cur)
                 cur = None
+            adding = cur is None or not cur.has_chunk(index)
+            if adding and not t.fits(oid, new, size):
+                return False
             if cur is None:
                 new.chunks, new.stored = 1 << index, 0
                 t.insert(oid, new)
@@ -244,6 +258,9 @@ class CacheStore:
                 t.remove(oid, cur)
                 if cur.gen == new.gen:  # same version rewritten: keep the files just placed
                     t.batch.unlink = [u for u in t.batch.unlink if u not in placed]
+            if not t.fits(oid, new, sum(length for _, _, length in files)):
+                t.batch.unlink += [u for u in placed if u not in t.batch.unlink]
+                return False
             new.inline, new.chunks, new.stored = False, 0, 0
             for index, _, _ in files:
                 new.chunks |= 1 << index
@@ -339,7 +356,8 @@ class CacheStore:
     def fsck(self) -> dict[str, int]:
         """Blocking; run before serving. Drops temp files of dead processes, chunk files the
         index does not reference (a crash between rename and commit), and index bits whose file
-        is gone. Nothing unverified is ever referenced, so what remains is whole."""
+        is gone. Nothing unverified is ever referenced, so what remains is whole. Each record
+        kept goes to the quota cache.quotas gives it now (quota.regroup)."""
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
             "stale_uploads": self.uploads.sweep(),
@@ -364,11 +382,15 @@ class CacheStore:
                     if t.txn.get(oid, db=idx.data) is None:
                         t.remove(oid, rec)
                         stats["missing"] += 1
+                    else:
+                        quota.regroup(t, oid, rec)
                     continue
                 lost = [i for i in rec.present_chunks() if (oid, rec.gen, i) not in on_disk]
                 if lost:
                     t.remove(oid, rec)  # its other chunk files go too; refetched on demand
                     stats["missing"] += 1
+                else:
+                    quota.regroup(t, oid, rec)  # cache.quotas may have changed
 
         idx.run_sync(repair)
         return stats

@@ -139,6 +139,9 @@ class WarmJob:
         cache = core.reads.cache
         self._max_size = cache.cfg.max_size
         self._room = max(0, self._max_size - cache.totals()[0])
+        quota_room = cache.quota_room(mount.name)  # the bucket's cache.quotas entry, if any
+        if quota_room is not None:
+            self._room = min(self._room, quota_room)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:
@@ -284,7 +287,8 @@ class WarmJob:
         if self.progress.needed_bytes > self._room and not self.spec.allow_partial:
             raise NoRoom(
                 f"the selection needs more than {self.progress.needed_bytes} bytes and the"
-                f" cache had {self._room} free (cache.max_size {self._max_size}); stopped"
+                f" cache had {self._room} free (cache.max_size {self._max_size} or the"
+                " bucket's cache.quotas entry); stopped"
                 " before evicting anything: warm a smaller selection, or allow_partial"
             )
 

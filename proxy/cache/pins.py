@@ -1,0 +1,187 @@
+"""Pin rules and the by-prefix operations of the admin API: pin, unpin, evict.
+
+A pin rule is (backend, remote bucket, remote key prefix), kept in the index's ``meta`` db so
+it holds across restarts and in every process: an object cached under it later is inserted
+pinned (Txn.insert asks ``covered``), and pinned objects are never evicted (S3-FIFO cycles
+them; quota eviction skips them).
+
+pin, unpin and evict walk the whole ``objects`` db (records are keyed by a hash of the name,
+so a prefix is not a key range): a scan, ``SCAN_BATCH`` records per write transaction on the
+index's writer thread, so no transaction is huge and the event loop never waits on one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.cache.record import Record
+
+if TYPE_CHECKING:
+    from proxy.cache.index import Index, Txn
+
+SCAN_BATCH = 1000
+_RULE = b"pin\x00"
+_KEY_FIELD = b'{"key":'
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A prefix of one store's bucket, as the index names objects."""
+
+    backend: str
+    bucket: str
+    prefix: str
+
+    def rule_key(self) -> bytes:
+        return _bucket_key(self.backend, self.bucket) + _enc(self.prefix)
+
+    def needle(self) -> bytes:
+        """What a record's JSON starts with if its key may start with the prefix: Record.dumps
+        writes the key first, escaped as json.dumps does here (one character at a time)."""
+        return _KEY_FIELD + json.dumps(self.prefix)[:-1].encode()
+
+    def holds(self, rec: Record) -> bool:
+        return (
+            rec.backend == self.backend
+            and rec.bucket == self.bucket
+            and rec.key.startswith(self.prefix)
+        )
+
+
+@dataclass(slots=True)
+class Counts:
+    objects: int = 0
+    bytes: int = 0
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _bucket_key(backend: str, bucket: str) -> bytes:
+    return _RULE + _enc(backend) + b"\x00" + _enc(bucket) + b"\x00"
+
+
+def covered(t: Txn, backend: str, bucket: str, key: str) -> bool:
+    """Whether a pin rule covers the object (a cursor over the rules of its bucket)."""
+    start = _bucket_key(backend, bucket)
+    cur = t.txn.cursor(db=t.index.meta)
+    if not cur.set_range(start):
+        return False
+    name = _enc(key)
+    for raw in cur.iternext(keys=True, values=False):
+        rule = bytes(raw)
+        if not rule.startswith(start):
+            return False
+        if name.startswith(rule[len(start) :]):
+            return True
+    return False
+
+
+def set_pinned(t: Txn, oid: bytes, rec: Record, pinned: bool) -> None:
+    """Flip one record's flag, moving its bytes in or out of the pinned counters."""
+    if rec.pinned == pinned:
+        return
+    t.account(rec, -rec.stored)
+    rec.pinned = pinned
+    t.account(rec, rec.stored)
+    t.put(oid, rec)
+
+
+async def scan(index: Index, target: Target, visit: Callable[[Txn, bytes, Record], None]) -> None:
+    """Call ``visit`` for every record that may be under ``target`` (see Target.may_hold),
+    SCAN_BATCH records per write transaction (writer thread)."""
+    after, needle = b"", target.needle()
+    while True:
+
+        def op(t: Txn, start: bytes = after) -> bytes | None:
+            cur = t.txn.cursor(db=t.index.objects)
+            found = cur.set_range(start + b"\x00") if start else cur.first()
+            items: list[tuple[bytes, bytes]] = []
+            while found and len(items) < SCAN_BATCH:
+                items.append((bytes(cur.key()), bytes(cur.value())))
+                found = cur.next()
+            for oid, raw in items:
+                # a cheap test before parsing; a record of another layout is parsed
+                if raw.startswith(needle) or not raw.startswith(_KEY_FIELD):
+                    visit(t, oid, Record.loads(raw))
+            return items[-1][0] if found and items else None
+
+        last: bytes | None = await index.submit(op)
+        if last is None:
+            return
+        after = last
+
+
+async def pin(index: Index, target: Target) -> Counts:
+    """Add the rule, then pin what is cached under it. Counts: the objects now pinned there."""
+    counts = Counts()
+
+    def add_rule(t: Txn) -> None:
+        t.txn.put(target.rule_key(), b"", db=t.index.meta)
+
+    def visit(t: Txn, oid: bytes, rec: Record) -> None:
+        if target.holds(rec):
+            set_pinned(t, oid, rec, True)
+            counts.objects += 1
+            counts.bytes += rec.stored
+
+    await index.submit(add_rule)
+    await scan(index, target, visit)
+    return counts
+
+
+async def unpin(index: Index, target: Target) -> tuple[bool, Counts]:
+    """Drop the rule (False if there was none), then unpin what it covered that no other rule
+    still covers. Counts: the objects unpinned."""
+    counts = Counts()
+
+    def drop_rule(t: Txn) -> bool:
+        return bool(t.txn.delete(target.rule_key(), db=t.index.meta))
+
+    def visit(t: Txn, oid: bytes, rec: Record) -> None:
+        if rec.pinned and target.holds(rec) and not covered(t, rec.backend, rec.bucket, rec.key):
+            set_pinned(t, oid, rec, False)
+            counts.objects += 1
+            counts.bytes += rec.stored
+
+    existed: bool = await index.submit(drop_rule)
+    if existed:
+        await scan(index, target, visit)
+    return existed, counts
+
+
+async def evict(index: Index, target: Target) -> Counts:
+    """Drop every cached copy under the prefix, pinned ones too (their rule stays: a later
+    read caches them pinned again). Each drop moves the object's write mark, so a fill that
+    was in flight from before commits nothing; a read already streaming a chunk file keeps
+    its open file."""
+    counts = Counts()
+
+    def visit(t: Txn, oid: bytes, rec: Record) -> None:
+        if target.holds(rec):
+            t.remove(oid, rec)
+            t.mark_written(oid)
+            counts.objects += 1
+            counts.bytes += rec.stored
+
+    await scan(index, target, visit)
+    return counts
+
+
+def rules(index: Index) -> list[Target]:
+    """Every pin rule (a short read transaction; blocking)."""
+    found: list[Target] = []
+    with index.env.begin(db=index.meta) as txn:
+        cur = txn.cursor()
+        if cur.set_range(_RULE):
+            for raw in cur.iternext(keys=True, values=False):
+                key = bytes(raw)
+                if not key.startswith(_RULE):
+                    break
+                backend, bucket, prefix = key[len(_RULE) :].split(b"\x00", 2)
+                found.append(Target(backend.decode(), bucket.decode(), prefix.decode()))
+    return found
