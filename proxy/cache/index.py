@@ -26,6 +26,7 @@ from proxy.cache.space import Throttled, Volume, disk_full
 T = TypeVar("T")
 
 _U64 = struct.Struct(">Q")
+_GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the count's era
 GHOST_LIMIT = 200_000
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
@@ -45,6 +46,7 @@ class Batch:
     evicted_objects: int = 0
     evicted_bytes: int = 0
     file_bytes: int = 0  # the bytes of the chunk files in ``unlink``
+    refused: list[bytes] = field(default_factory=list)  # not admitted (eviction.place)
 
 
 Op = Callable[["Txn"], Any]
@@ -79,10 +81,26 @@ class Txn:
         return seq
 
     def insert(self, oid: bytes, rec: Record) -> None:
-        """Add a new record to its queue and the totals."""
-        ghost = self.txn.pop(oid, db=self.index.ghost) is not None
-        rec.queue = eviction.insert_queue(ghost)
-        rec.qseq = self.next_seq()
+        """Add a new record to its queue and the totals (eviction.place: where, if at all, it
+        may displace what the cache holds)."""
+        raw = self.txn.pop(oid, db=self.index.ghost)
+        era = self.tick(1)
+        remembered = None
+        if raw is not None and len(raw) >= _GHOST.size:
+            _, uses, uses_era = _GHOST.unpack(raw)
+            remembered = eviction.aged(uses, uses_era, era)
+        elif raw is not None:
+            remembered = 0  # a ghost written before use counts
+        queues = _LmdbQueues(self)
+        full = self.index._held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
+        # a fill of a later chunk continues a read counted at chunk 0 (or is a range read)
+        uses = 1 if rec.inline or rec.chunks & 1 or not rec.chunks else 0
+        where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
+        rec.queue, rec.uses, rec.uses_era = where.queue, where.count, era
+        head = queues._head(where.queue) if where.at_head else None
+        rec.qseq = head[2].qseq - 1 if head is not None and head[2].qseq > 1 else self.next_seq()
+        if where.at_head:
+            self.batch.refused.append(oid)
         self.txn.put(rec.queue.encode() + _U64.pack(rec.qseq), oid, db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), rec.stored)
         self.add(b"objects", 1)
@@ -104,10 +122,29 @@ class Txn:
         if not rec.inline:
             self.batch.file_bytes += rec.stored
         if to_ghost:
-            seq = self.next_seq()
-            self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
+            seq, era = self.next_seq(), self.counter(b"era")
+            uses = eviction.aged(rec.uses, rec.uses_era, era)
+            self.txn.put(oid, _GHOST.pack(seq, uses, era), db=self.index.ghost)
             self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
+
+    # -- use counts (eviction.place) ------------------------------------------------------------
+    def tick(self, uses: int) -> int:
+        """Count ``uses`` accesses; returns the era, which ends after eviction.era_length."""
+        era, in_era = self.counter(b"era"), self.counter(b"in_era") + uses
+        if in_era >= eviction.era_length(self.counter(b"objects")):
+            era, in_era = era + 1, 0
+            self.txn.put(b"era", _U64.pack(era), db=self.index.meta)
+        self.txn.put(b"in_era", _U64.pack(in_era), db=self.index.meta)
+        return era
+
+    def count_hits(self, rec: Record, hits: int) -> None:
+        """``hits`` reads of ``rec`` (batched by the readers); the caller puts the record."""
+        era = self.tick(hits)
+        rec.freq = eviction.bump(rec.freq, hits)
+        rec.hits += hits
+        rec.uses = eviction.counted(eviction.aged(rec.uses, rec.uses_era, era), hits)
+        rec.uses_era = era
 
     # -- write marks: a write wins over any read that started before it --------------------
     def mark_written(self, oid: bytes) -> None:
@@ -169,7 +206,8 @@ class _LmdbQueues:
         if found is None:
             return None
         _, oid, rec = found
-        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned)
+        uses = eviction.aged(rec.uses, rec.uses_era, self.t.counter(b"era"))
+        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned, count=uses)
 
     def pop_head(self, queue: eviction.Queue) -> None:
         found = self._head(queue)
@@ -198,7 +236,7 @@ class _LmdbQueues:
             return
         # pop_head already took its bytes off the queue total; remove() takes them again
         self.t.add(b"bytes:" + rec.queue.encode(), rec.stored)
-        self.t.remove(entry.id, rec, to_ghost=rec.queue == "S")
+        self.t.remove(entry.id, rec, to_ghost=True)  # remembered with its use count
         self.t.batch.evicted_objects += 1
         self.t.batch.evicted_bytes += rec.stored
 
@@ -285,6 +323,15 @@ class Index:
                 return _U64.unpack(raw)[0] if raw else 0
 
             return c(b"bytes:S") + c(b"bytes:M"), c(b"objects")
+
+    def era(self) -> int:
+        """The era of use counts (Txn.tick)."""
+        txn = self.env.begin(db=self.meta)
+        try:
+            raw = txn.get(b"era")
+        finally:
+            txn.abort()
+        return _U64.unpack(raw)[0] if raw is not None else 0
 
     def map_usage(self) -> tuple[int, int]:
         info, stat = self.env.info(), self.env.stat()
@@ -386,8 +433,14 @@ class Index:
         give their room back at once); and the map's high-water mark, where the map is what
         the index file may span: map_size, or less where the volume ends first. Blocking
         (statvfs)."""
+        low = int(self.max_bytes * LOW_WATER)
+        for oid in t.batch.refused:  # first in line: they go before anything admitted
+            rec = t.get(oid)
+            if rec is not None and not rec.pinned and self._held(t) > low:
+                t.remove(oid, rec, to_ghost=True)
+                t.batch.evicted_objects += 1
+                t.batch.evicted_bytes += rec.stored
         if self._held(t) > self.max_bytes:
-            low = int(self.max_bytes * LOW_WATER)
             eviction.evict_until(_LmdbQueues(t), self.max_bytes, low)
         map_limit = self.map_size
         if self.volume is not None:

@@ -49,6 +49,8 @@ class Record:
     hits: int = 0
     atime: float = 0.0
     pinned: bool = False
+    uses: int = 0  # the use count admission compares (eviction.place), as of era ``uses_era``
+    uses_era: int = 0
 
     @classmethod
     def from_meta(
