@@ -1,7 +1,8 @@
 """An in-memory model of the cache index around the eviction policy (proxy/cache/eviction.py),
 fast enough to replay long traces: what proxy/cache/index.py does on a fill (ghost set, use
-counts, eras, admission), a hit (noted only while the entry's frequency is 0, as
-proxy/cache/store.py's note_hit does) and a commit over budget (evict to the low-water mark).
+counts, eras, admission), a hit (noted while the entry's frequency is 0 or its count is from an
+earlier era, as proxy/cache/store.py's note_hit does) and a commit over budget (evict to the
+low-water mark; a refused object first).
 
 ``policy="s3fifo"`` is the policy before admission: a ghost hit always enters main, and only
 objects evicted from the small queue are remembered. Used by loadtest/epochs.py and the tests.

@@ -93,8 +93,10 @@ class Txn:
             remembered = 0  # a ghost written before use counts
         queues = _LmdbQueues(self)
         full = self.index._held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
-        # a fill of a later chunk continues a read counted at chunk 0 (or is a range read)
-        uses = 1 if rec.inline or rec.chunks & 1 or not rec.chunks else 0
+        # A use is counted with the bytes of chunk 0 (or inline): a later chunk's fill continues
+        # a read already counted (or is a range read), and a metadata-only record (a HEAD) is
+        # followed by the GET it precedes.
+        uses = 1 if rec.inline or rec.chunks & 1 else 0
         where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
         rec.queue, rec.uses, rec.uses_era = where.queue, where.count, era
         head = queues._head(where.queue) if where.at_head else None
