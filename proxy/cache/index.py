@@ -26,6 +26,7 @@ from proxy.cache.space import Throttled, Volume, disk_full
 T = TypeVar("T")
 
 _U64 = struct.Struct(">Q")
+_GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the count's era
 GHOST_LIMIT = 200_000
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
@@ -45,6 +46,7 @@ class Batch:
     evicted_objects: int = 0
     evicted_bytes: int = 0
     file_bytes: int = 0  # the bytes of the chunk files in ``unlink``
+    refused: list[bytes] = field(default_factory=list)  # not admitted (eviction.place)
 
 
 Op = Callable[["Txn"], Any]
@@ -79,14 +81,34 @@ class Txn:
         return seq
 
     def insert(self, oid: bytes, rec: Record) -> None:
-        """Add a new record to its queue and the totals; pinned if a pin rule covers it, and
-        in its bucket's quota FIFO if that bucket has a quota."""
+        """Add a new record to its queue and the totals (eviction.place: where, if at all, it
+        may displace what the cache holds); pinned if a pin rule covers it (a pinned record is
+        always admitted), and in its bucket's quota FIFO if that bucket has a quota."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
         quota.join(self, oid, rec)
         self.account(rec, rec.stored)
-        ghost = self.txn.pop(oid, db=self.index.ghost) is not None
-        rec.queue = eviction.insert_queue(ghost)
-        rec.qseq = self.next_seq()
+        raw = self.txn.pop(oid, db=self.index.ghost)
+        era = self.tick(1)
+        remembered = None
+        if raw is not None and len(raw) >= _GHOST.size:
+            _, uses, uses_era = _GHOST.unpack(raw)
+            remembered = eviction.aged(uses, uses_era, era)
+        elif raw is not None:
+            remembered = 0  # a ghost written before use counts
+        queues = _LmdbQueues(self)
+        full = not rec.pinned and (
+            self.index._held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
+        )
+        # A use is counted with the bytes of chunk 0 (or inline): a later chunk's fill continues
+        # a read already counted (or is a range read), and a metadata-only record (a HEAD) is
+        # followed by the GET it precedes.
+        uses = 1 if rec.inline or rec.chunks & 1 else 0
+        where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
+        rec.queue, rec.uses, rec.uses_era = where.queue, where.count, era
+        head = queues._head(where.queue) if where.at_head else None
+        rec.qseq = head[2].qseq - 1 if head is not None and head[2].qseq > 1 else self.next_seq()
+        if where.at_head:
+            self.batch.refused.append(oid)
         self.txn.put(rec.queue.encode() + _U64.pack(rec.qseq), oid, db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), rec.stored)
         self.add(b"objects", 1)
@@ -112,8 +134,9 @@ class Txn:
         if not rec.inline:
             self.batch.file_bytes += rec.stored
         if to_ghost:
-            seq = self.next_seq()
-            self.txn.put(oid, _U64.pack(seq), db=self.index.ghost)
+            seq, era = self.next_seq(), self.counter(b"era")
+            uses = eviction.aged(rec.uses, rec.uses_era, era)
+            self.txn.put(oid, _GHOST.pack(seq, uses, era), db=self.index.ghost)
             self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
 
@@ -129,6 +152,24 @@ class Txn:
     def fits(self, oid: bytes, rec: Record, nbytes: int) -> bool:
         """Whether ``nbytes`` more of ``rec`` fit its bucket's quota (see quota.fits)."""
         return quota.fits(self, oid, rec.backend, rec.bucket, rec.key, nbytes)
+
+    # -- use counts (eviction.place) ------------------------------------------------------------
+    def tick(self, uses: int) -> int:
+        """Count ``uses`` accesses; returns the era, which ends after eviction.era_length."""
+        era, in_era = self.counter(b"era"), self.counter(b"in_era") + uses
+        if in_era >= eviction.era_length(self.counter(b"objects")):
+            era, in_era = era + 1, 0
+            self.txn.put(b"era", _U64.pack(era), db=self.index.meta)
+        self.txn.put(b"in_era", _U64.pack(in_era), db=self.index.meta)
+        return era
+
+    def count_hits(self, rec: Record, hits: int) -> None:
+        """``hits`` reads of ``rec`` (batched by the readers); the caller puts the record."""
+        era = self.tick(hits)
+        rec.freq = eviction.bump(rec.freq, hits)
+        rec.hits += hits
+        rec.uses = eviction.counted(eviction.aged(rec.uses, rec.uses_era, era), hits)
+        rec.uses_era = era
 
     # -- write marks: a write wins over any read that started before it --------------------
     def mark_written(self, oid: bytes) -> None:
@@ -190,7 +231,8 @@ class _LmdbQueues:
         if found is None:
             return None
         _, oid, rec = found
-        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned)
+        uses = eviction.aged(rec.uses, rec.uses_era, self.t.counter(b"era"))
+        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned, count=uses)
 
     def pop_head(self, queue: eviction.Queue) -> None:
         found = self._head(queue)
@@ -219,7 +261,7 @@ class _LmdbQueues:
             return
         # pop_head already took its bytes off the queue total; remove() takes them again
         self.t.add(b"bytes:" + rec.queue.encode(), rec.stored)
-        self.t.remove(entry.id, rec, to_ghost=rec.queue == "S")
+        self.t.remove(entry.id, rec, to_ghost=True)  # remembered with its use count
         self.t.batch.evicted_objects += 1
         self.t.batch.evicted_bytes += rec.stored
 
@@ -319,6 +361,15 @@ class Index:
         with self.env.begin(db=self.meta) as txn:
             raws = [txn.get(name) for name in names]
         return [_U64.unpack(raw)[0] if raw else 0 for raw in raws]
+
+    def era(self) -> int:
+        """The era of use counts (Txn.tick)."""
+        txn = self.env.begin(db=self.meta)
+        try:
+            raw = txn.get(b"era")
+        finally:
+            txn.abort()
+        return _U64.unpack(raw)[0] if raw is not None else 0
 
     def map_usage(self) -> tuple[int, int]:
         info, stat = self.env.info(), self.env.stat()
@@ -420,8 +471,14 @@ class Index:
         give their room back at once); and the map's high-water mark, where the map is what
         the index file may span: map_size, or less where the volume ends first. Blocking
         (statvfs)."""
+        low = int(self.max_bytes * LOW_WATER)
+        for oid in t.batch.refused:  # first in line: they go before anything admitted
+            rec = t.get(oid)
+            if rec is not None and not rec.pinned and self._held(t) > low:
+                t.remove(oid, rec, to_ghost=True)
+                t.batch.evicted_objects += 1
+                t.batch.evicted_bytes += rec.stored
         if self._held(t) > self.max_bytes:
-            low = int(self.max_bytes * LOW_WATER)
             eviction.evict_until(_LmdbQueues(t), self.max_bytes, low)
         map_limit = self.map_size
         if self.volume is not None:

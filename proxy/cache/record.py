@@ -51,6 +51,8 @@ class Record:
     pinned: bool = False
     quota: str = ""  # the cache.quotas bucket this object counts toward ("" none)
     gseq: int = 0  # its place in that bucket's FIFO (the order quota eviction takes)
+    uses: int = 0  # the use count admission compares (eviction.place), as of era ``uses_era``
+    uses_era: int = 0
 
     @classmethod
     def from_meta(

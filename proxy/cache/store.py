@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import errors, log, metrics
-from proxy.cache import eviction, quota
+from proxy.cache import quota
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
@@ -36,6 +36,7 @@ class CacheStore:
         self.locks: FillLocks | None = None
         self.uploads = PartStaging(self.root / "uploads", cfg.chunk_size)
         self._hits: dict[bytes, int] = {}
+        self._era = 0  # the index's era of use counts, as of the last flush
         self._flusher: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -99,8 +100,9 @@ class CacheStore:
 
     def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
         # S3-FIFO only asks whether an object was read again, so the index is written when
-        # the answer changes (freq 0 -> n) and, for access times, at most every ten minutes.
-        if rec.freq == 0 or now - rec.atime > ATIME_REFRESH:
+        # the answer changes (freq 0 -> n), once an era for the use count admission compares
+        # (eviction.place), and for access times at most every ten minutes.
+        if rec.freq == 0 or rec.uses_era != self._era or now - rec.atime > ATIME_REFRESH:
             self._hits[oid] = self._hits.get(oid, 0) + 1
 
     def totals(self) -> tuple[int, int]:
@@ -331,6 +333,7 @@ class CacheStore:
         while True:
             await asyncio.sleep(HIT_FLUSH_INTERVAL)
             try:
+                self._era = self._idx.era()
                 await self._flush_hits()
             except Exception:
                 log.cache.exception("flushing hit statistics failed")
@@ -345,8 +348,7 @@ class CacheStore:
             for oid, n in hits.items():
                 rec = t.get(oid)
                 if rec is not None:
-                    rec.freq = eviction.bump(rec.freq, n)
-                    rec.hits += n
+                    t.count_hits(rec, n)
                     rec.atime = now
                     t.put(oid, rec)
 
