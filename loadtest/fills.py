@@ -1,0 +1,212 @@
+"""Cold fills per proxy CPU-second: the miss path's cost, beside warm hits in the same run.
+
+    .venv/bin/python loadtest/fills.py [--objects N] [--concurrency C] [--rounds R]
+                                       [--profile out.svg] [--json out.json]
+
+Starts SeaweedFS, seeds ``N x R`` objects of 16 KiB, and starts Slipstream (``workers: 1``,
+an ``s3`` backend, no access log). Each round GETs N keys never read before (every one a
+miss that fills the cache), then the same N keys again (every one a hit), at concurrency C,
+from an aiohttp client in this process that checks each body's size. Only the proxy's CPU
+is counted (utime + stime of its process group, from /proc): the store and the client run
+on the same cores but are not charged. Prints fills per proxy CPU-second, hits per proxy
+CPU-second, and their ratio, per round and as the best and median over rounds (the
+machine is shared: the best round has the least noise).
+
+``--profile out.svg`` runs ``py-spy record`` on the proxy during the cold phase of the
+first round (py-spy from the virtualenv; the flame graph shows where a miss spends its CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import aiohttp  # noqa: E402
+
+from tests.proxyproc import ProxyProcess  # noqa: E402
+from tests.servers import SeaweedFS, make_s3_client  # noqa: E402
+
+BUCKET = "fills"
+SIZE = 16 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ACCESS_ENV = "FILLS_STORE_ACCESS_KEY"
+SECRET_ENV = "FILLS_STORE_SECRET_KEY"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes of process group ``pgid``."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(")") + 2 :].split()
+        if int(rest[2]) == pgid:
+            total += (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return total
+
+
+def key(i: int) -> str:
+    return f"obj/{i:07d}.bin"
+
+
+def body(i: int) -> bytes:
+    return i.to_bytes(8, "big") * (SIZE // 8)
+
+
+async def _get_all(base: str, keys: list[str], concurrency: int) -> dict[str, int]:
+    pending = iter(keys)
+    problems: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker() -> None:
+            for k in pending:
+                async with session.get(f"{base}/{BUCKET}/{k}") as r:
+                    data = await r.read()
+                    if r.status != 200 or len(data) != SIZE:
+                        what = f"HTTP {r.status} / {len(data)} bytes"
+                        problems[what] = problems.get(what, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return problems
+
+
+def timed(pgid: int, base: str, keys: list[str], concurrency: int) -> dict[str, Any]:
+    cpu0, wall0 = group_cpu(pgid), time.monotonic()
+    problems = asyncio.run(_get_all(base, keys, concurrency))
+    cpu, wall = group_cpu(pgid) - cpu0, time.monotonic() - wall0
+    return {
+        "requests": len(keys),
+        "wall_s": round(wall, 3),
+        "proxy_cpu_s": round(cpu, 3),
+        "per_cpu_s": round(len(keys) / max(cpu, 1e-9)),
+        "per_s": round(len(keys) / wall),
+        "problems": problems,
+    }
+
+
+def seed(weed: SeaweedFS, n: int) -> None:
+    client = make_s3_client(weed.endpoint, max_pool_connections=32)
+    client.create_bucket(Bucket=BUCKET)
+    with ThreadPoolExecutor(16) as pool:
+        for fut in [
+            pool.submit(client.put_object, Bucket=BUCKET, Key=key(i), Body=body(i))
+            for i in range(n)
+        ]:
+            fut.result()
+
+
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        say("  py-spy not found: no profile")
+        return None
+    cmd = [py_spy, "record", "--subprocesses", "-r", "200", "-o", out, "--pid", str(pid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # py-spy attaches
+    return proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=2000, help="keys per round (2000)")
+    ap.add_argument("--concurrency", type=int, default=32, help="client connections (32)")
+    ap.add_argument("--rounds", type=int, default=3, help="cold+warm rounds on fresh keys (3)")
+    ap.add_argument("--profile", help="py-spy flame graph of the first cold phase (SVG)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fills-")))
+        say("start SeaweedFS ...")
+        weed = SeaweedFS(workdir=tmp / "weed")
+        stack.callback(weed.stop)
+        weed.start()
+        say(f"seed {args.objects * args.rounds} x 16 KiB ...")
+        seed(weed, args.objects * args.rounds)
+        config: dict[str, Any] = {
+            "workers": 1,
+            "log": {"access_log": False},
+            "cache": {"dir": str(tmp / "proxy" / "cache"), "max_size": "4GiB"},
+            "backends": {
+                "store": {
+                    "type": "s3",
+                    "endpoint": weed.url,
+                    "access_key_env": ACCESS_ENV,
+                    "secret_key_env": SECRET_ENV,
+                }
+            },
+            "buckets": {"*": {"backend": "store"}},
+        }
+        env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key}
+        proxy = ProxyProcess(config, tmp / "proxy", env, ready_timeout=60)
+        stack.callback(proxy.stop)
+        proxy.start()
+        pgid = proxy.pid
+        # Untimed: connections, imports and first-call paths warm up on keys of their own.
+        asyncio.run(_get_all(proxy.url, [key(i) for i in range(50)], args.concurrency))
+        for r in range(args.rounds):
+            first = max(r * args.objects, 50)  # the warm-up took keys 0-49
+            keys = [key(i) for i in range(first, (r + 1) * args.objects)]
+            spy = profiler(pgid, args.profile) if args.profile and r == 0 else None
+            cold = timed(pgid, proxy.url, keys, args.concurrency)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+                say(f"  profile written to {args.profile}")
+            warm = timed(pgid, proxy.url, keys, args.concurrency)
+            ratio = round(cold["per_cpu_s"] / max(warm["per_cpu_s"], 1), 3)
+            rows.append({"round": r + 1, "cold": cold, "warm": warm, "fill_to_hit": ratio})
+            say(
+                f"round {r + 1}: {cold['per_cpu_s']:>6} fills/CPU-s ({cold['per_s']} fills/s), "
+                f"{warm['per_cpu_s']:>6} hits/CPU-s ({warm['per_s']} hits/s), "
+                f"fills/hits {ratio}"
+            )
+            for row in (cold, warm):
+                if row["problems"]:
+                    say(f"  PROBLEMS: {row['problems']}")
+        failed = any(row[p]["problems"] for row in rows for p in ("cold", "warm"))
+    fills = [row["cold"]["per_cpu_s"] for row in rows]
+    hits = [row["warm"]["per_cpu_s"] for row in rows]
+    summary = {
+        "fills_per_cpu_s": {"best": max(fills), "median": statistics.median(fills)},
+        "hits_per_cpu_s": {"best": max(hits), "median": statistics.median(hits)},
+        "fill_to_hit_median": statistics.median(row["fill_to_hit"] for row in rows),
+    }
+    say(
+        f"fills per proxy CPU-second: best {max(fills)}, median {statistics.median(fills)}; "
+        f"hits per CPU-second: best {max(hits)}, median {statistics.median(hits)}; "
+        f"fills/hits (median) {summary['fill_to_hit_median']}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rounds": rows, "summary": summary}, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
