@@ -13,7 +13,8 @@ CPU-second, and their ratio, per round and as the best and median over rounds (t
 machine is shared: the best round has the least noise).
 
 ``--profile out.svg`` runs ``py-spy record`` on the proxy during the cold phase of the
-first round (py-spy from the virtualenv; the flame graph shows where a miss spends its CPU).
+first round (py-spy from the virtualenv; the flame graph shows where a miss spends its CPU;
+``out.txt``: collapsed stacks, one line per stack with its sample count).
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) of the live processes of process group ``pgid``."""
-    total = 0.0
+def group_cpu(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the live processes of process group ``pgid``."""
+    user = system = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -66,8 +67,9 @@ def group_cpu(pgid: int) -> float:
             continue
         rest = raw[raw.rfind(")") + 2 :].split()
         if int(rest[2]) == pgid:
-            total += (int(rest[11]) + int(rest[12])) / CLK_TCK
-    return total
+            user += int(rest[11]) / CLK_TCK
+            system += int(rest[12]) / CLK_TCK
+    return user, system
 
 
 def key(i: int) -> str:
@@ -97,13 +99,15 @@ async def _get_all(base: str, keys: list[str], concurrency: int) -> dict[str, in
 
 
 def timed(pgid: int, base: str, keys: list[str], concurrency: int) -> dict[str, Any]:
-    cpu0, wall0 = group_cpu(pgid), time.monotonic()
+    (user0, sys0), wall0 = group_cpu(pgid), time.monotonic()
     problems = asyncio.run(_get_all(base, keys, concurrency))
-    cpu, wall = group_cpu(pgid) - cpu0, time.monotonic() - wall0
+    (user1, sys1), wall = group_cpu(pgid), time.monotonic() - wall0
+    cpu = user1 - user0 + sys1 - sys0
     return {
         "requests": len(keys),
         "wall_s": round(wall, 3),
         "proxy_cpu_s": round(cpu, 3),
+        "proxy_system_share": round((sys1 - sys0) / max(cpu, 1e-9), 2),
         "per_cpu_s": round(len(keys) / max(cpu, 1e-9)),
         "per_s": round(len(keys) / wall),
         "problems": problems,
@@ -126,7 +130,8 @@ def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
     if not Path(py_spy).exists():
         say("  py-spy not found: no profile")
         return None
-    cmd = [py_spy, "record", "--subprocesses", "-r", "200", "-o", out, "--pid", str(pid)]
+    fmt = ["--format", "raw"] if out.endswith(".txt") else []  # collapsed stacks
+    cmd = [py_spy, "record", "--subprocesses", "-r", "200", *fmt, "-o", out, "--pid", str(pid)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.5)  # py-spy attaches
     return proc
@@ -183,8 +188,10 @@ def main() -> int:
             ratio = round(cold["per_cpu_s"] / max(warm["per_cpu_s"], 1), 3)
             rows.append({"round": r + 1, "cold": cold, "warm": warm, "fill_to_hit": ratio})
             say(
-                f"round {r + 1}: {cold['per_cpu_s']:>6} fills/CPU-s ({cold['per_s']} fills/s), "
-                f"{warm['per_cpu_s']:>6} hits/CPU-s ({warm['per_s']} hits/s), "
+                f"round {r + 1}: {cold['per_cpu_s']:>6} fills/CPU-s ({cold['per_s']} fills/s, "
+                f"{cold['proxy_system_share']:.0%} system), "
+                f"{warm['per_cpu_s']:>6} hits/CPU-s ({warm['per_s']} hits/s, "
+                f"{warm['proxy_system_share']:.0%} system), "
                 f"fills/hits {ratio}"
             )
             for row in (cold, warm):
