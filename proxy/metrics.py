@@ -7,7 +7,110 @@ index at scrape time (see admin.py), so they are right whatever the number of wo
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import asyncio
+import atexit
+import bisect
+import multiprocessing.util
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+# -- tallies: plain numbers on the hot path, written to Prometheus in batches --------------------
+# In multiprocess mode every Prometheus increment is a locked write to an mmap'd file; a warm
+# 16 KiB hit paid several of them. A Tally counts in a plain float and flush() writes what it
+# holds into its Prometheus child: FLUSH_EVERY seconds after the first count since the last
+# flush (a timer on the running event loop), at every scrape of this process's registry (one
+# process: the numbers a scrape shows are exact), and at exit. With several workers a scrape
+# of the supervisor may miss a worker's last FLUSH_EVERY seconds.
+FLUSH_EVERY = 1.0
+_tallies: list[Tally | HistogramTally] = []
+_armed = False
+
+
+def flush() -> None:
+    """Write every tally's pending counts into its Prometheus child."""
+    global _armed
+    _armed = False
+    for tally in _tallies:
+        tally.flush()
+
+
+def _arm() -> None:
+    global _armed
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no event loop: write through
+        flush()
+        return
+    _armed = True
+    loop.call_later(FLUSH_EVERY, flush)
+
+
+class Tally:
+    """A counter child's increments, held in a plain float until flush()."""
+
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0.0
+        _tallies.append(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._pending += amount
+        if not _armed:
+            _arm()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, 0.0
+        if pending:
+            self._child.inc(pending)
+
+
+class HistogramTally:
+    """A histogram child's observations: a count per bucket and the sum, until flush()."""
+
+    __slots__ = ("_child", "_bounds", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        _tallies.append(self)
+
+    def observe(self, amount: float) -> None:
+        # Histogram.observe counts ``amount`` in the first bucket whose bound is >= it
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        if not _armed:
+            _arm()
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        if any(counts):
+            self._child._sum.inc(total)
+            for bucket, n in zip(self._child._buckets, counts, strict=True):
+                if n:
+                    bucket.inc(n)
+
+
+class _FlushFirst(Collector):
+    """Registered before every metric, so a scrape of this process flushes, then reads."""
+
+    def collect(self) -> Iterator[Metric]:
+        flush()
+        return iter(())
+
+
+REGISTRY.register(_FlushFirst())
+atexit.register(flush)
+# a multiprocessing worker leaves through os._exit(), after running these finalizers
+multiprocessing.util.Finalize(None, flush, exitpriority=100)
 
 # Label values come from these fixed sets, never from a request (a scraper keeps every series).
 # An operation not listed is counted as "Unknown"; a status not listed as its class ("4xx").
@@ -214,22 +317,22 @@ FIRST_BYTE = Histogram(
     ["result"],
     buckets=_LATENCY_BUCKETS,
 )
-FIRST_BYTE_HIT = FIRST_BYTE.labels("hit")
-FIRST_BYTE_MISS = FIRST_BYTE.labels("miss")
+FIRST_BYTE_HIT = HistogramTally(FIRST_BYTE.labels("hit"))
+FIRST_BYTE_MISS = HistogramTally(FIRST_BYTE.labels("miss"))
 
 
 class BucketMetrics:
-    """The label children of one bucket, resolved once: a read costs a dict lookup and the
-    counter increments, nothing more."""
+    """The label children of one bucket, resolved once, as tallies: a read costs a dict lookup
+    and a few additions."""
 
     __slots__ = ("_hits", "_misses", "_cache_bytes", "_backend_bytes", "stall")
 
     def __init__(self, label: str) -> None:
-        self._hits = BUCKET_REQUESTS.labels(label, "hit")
-        self._misses = BUCKET_REQUESTS.labels(label, "miss")
-        self._cache_bytes = BUCKET_BYTES.labels(label, "cache")
-        self._backend_bytes = BUCKET_BYTES.labels(label, "backend")
-        self.stall = STALL_SECONDS.labels(label)
+        self._hits = Tally(BUCKET_REQUESTS.labels(label, "hit"))
+        self._misses = Tally(BUCKET_REQUESTS.labels(label, "miss"))
+        self._cache_bytes = Tally(BUCKET_BYTES.labels(label, "cache"))
+        self._backend_bytes = Tally(BUCKET_BYTES.labels(label, "backend"))
+        self.stall = Tally(STALL_SECONDS.labels(label))
 
     def hit(self) -> None:
         CACHE_HITS.inc()

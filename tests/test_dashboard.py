@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.faultkit import new_bucket, payload, proxy_config, scrape, store_env
+from tests.faultkit import get_body, new_bucket, payload, proxy_config, scrape, store_env
 from tests.proxyproc import REPO_ROOT
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint, die_with_parent, free_port
@@ -283,3 +283,36 @@ def test_stall_counts_the_wait_for_store_bytes_and_nothing_for_hits(
         m = scrape(proxy.admin_url)
         assert m.get("slipstream_bucket_requests_total", bucket=bucket, result="hit") == 1
         assert m.get("slipstream_stall_seconds_total", bucket=bucket) == stall
+
+
+def test_two_workers_tallies_reach_the_supervisor(
+    moto_server: S3Endpoint, s3_client_factory: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
+    """Per-bucket counts and the first-byte histogram are kept in plain numbers in each worker
+    and written to the shared metric files about once a second: the supervisor's scrape sums
+    what both workers counted, without another request to push them out."""
+    store = s3_client_factory(moto_server)
+    bucket = new_bucket("tally")
+    store.create_bucket(Bucket=bucket)
+    body = payload(1000, seed=7)
+    store.put_object(Bucket=bucket, Key="k", Body=body)
+    config = proxy_config(moto_server.url, bucket, tmp_path / "cache", workers=2)
+    proxy = proxy_factory(config, env=store_env(moto_server))
+    reads = 40
+    for _ in range(reads):  # a new connection each: SO_REUSEPORT spreads them
+        assert get_body(f"{proxy.url}/{bucket}/k") == (200, body)
+
+    def counted(m: Any) -> tuple[float, float, float]:
+        return (
+            m.get("slipstream_bucket_requests_total", bucket=bucket, result="hit")
+            + m.get("slipstream_bucket_requests_total", bucket=bucket, result="miss"),
+            m.get("slipstream_first_byte_seconds_count", result="hit")
+            + m.get("slipstream_first_byte_seconds_count", result="miss"),
+            m.get("slipstream_bucket_bytes_total", bucket=bucket, source="cache")
+            + m.get("slipstream_bucket_bytes_total", bucket=bucket, source="backend"),
+        )
+
+    deadline = time.monotonic() + 20
+    while (now := counted(scrape(proxy.admin_url))) != (reads, reads, reads * len(body)):
+        assert time.monotonic() < deadline, f"the workers' tallies were never flushed: {now}"
+        time.sleep(0.2)

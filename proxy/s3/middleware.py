@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from proxy import errors, log, metrics
 from proxy.s3 import xml
@@ -43,7 +43,7 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
     ids = itertools.count(1)
     prefix = f"{os.getpid():X}"
     request_counters: dict[tuple[str, str], Counter] = {}
-    durations: dict[str, Histogram] = {}
+    durations: dict[str, metrics.HistogramTally] = {}
 
     async def s3_middleware(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
@@ -78,7 +78,7 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
         counter.inc()
         duration = durations.get(op)
         if duration is None:
-            duration = durations[op] = metrics.REQUEST_DURATION.labels(op)
+            duration = durations[op] = metrics.HistogramTally(metrics.REQUEST_DURATION.labels(op))
         duration.observe(elapsed)
         if access:
             log.access.info(

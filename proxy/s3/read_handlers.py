@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from proxy import errors, log, metrics
 from proxy.core.body import FileSlice, Part
@@ -253,7 +252,9 @@ class S3ReadHandlers:
             f.close()
 
 
-async def _stalls(parts: AsyncIterator[Part], stall: Counter, waited: float) -> AsyncIterator[Part]:
+async def _stalls(
+    parts: AsyncIterator[Part], stall: metrics.Tally, waited: float
+) -> AsyncIterator[Part]:
     """``parts``, counting into ``stall`` the time spent waiting for store bytes (``waited``
     so far: the wait for the object). A cached slice costs no wait; the client's own pace
     (time between yields) is not counted."""

@@ -2,9 +2,9 @@
 
 aiobotocore spends ~2 ms of CPU per call on request building, hooks and response parsing; a
 cold read of a small object is dominated by that. These two hot calls build the request
-directly (path- or virtual-hosted-style), sign it with botocore's S3SigV4Auth (the same
-canonicalisation every AWS SDK uses), and read the headers themselves. Everything else stays on
-aiobotocore (link.py).
+directly (path- or virtual-hosted-style), sign it with sign.py (SigV4 with the signing key
+derived once a day), and read the headers themselves. Everything else stays on aiobotocore
+(link.py).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from yarl import URL
 
 from proxy import errors
 from proxy.backends.kit.body import metered, response_pieces
 from proxy.backends.kit.calls import Retry, StoreCalls
 from proxy.backends.s3.codec import map_answer, meta_from_headers
+from proxy.backends.s3.sign import Signer
 from proxy.config import BackendConfig
 from proxy.model import GetResult, ObjectMeta
 
@@ -43,6 +42,9 @@ class S3HttpReader:
         endpoint = cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com"
         parts = urlsplit(endpoint)
         self._scheme, self._host = parts.scheme, parts.netloc
+        if parts.port == {"http": 80, "https": 443}.get(parts.scheme):
+            self._host = parts.hostname or parts.netloc  # aiohttp's Host: no default port
+        self._signer = Signer(cfg.region)
         self._base_path = parts.path.rstrip("/")
         self._virtual = cfg.addressing_style == "virtual"
         self._session: aiohttp.ClientSession | None = None
@@ -61,13 +63,16 @@ class S3HttpReader:
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, bucket: str, key: str) -> str:
+    def _where(self, bucket: str, key: str) -> tuple[str, str]:
+        """(host, path) of ``key``: path- or virtual-hosted-style, the path encoded."""
         path = quote(key, safe="/~")
         if self._virtual:
-            return f"{self._scheme}://{bucket}.{self._host}{self._base_path}/{path}"
-        return f"{self._scheme}://{self._host}{self._base_path}/{quote(bucket, safe='')}/{path}"
+            return f"{bucket}.{self._host}", f"{self._base_path}/{path}"
+        return self._host, f"{self._base_path}/{quote(bucket, safe='')}/{path}"
 
-    async def _signed(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+    async def _signed(
+        self, method: str, host: str, path: str, query: str, headers: dict[str, str]
+    ) -> dict[str, str]:
         if self._credentials is None:
             return headers
         get_frozen = getattr(self._credentials, "get_frozen_credentials", None)
@@ -76,9 +81,9 @@ class S3HttpReader:
             if asyncio.iscoroutinefunction(get_frozen)
             else (get_frozen() if get_frozen else self._credentials)
         )
-        request = AWSRequest(method=method, url=url, headers=headers)
-        S3SigV4Auth(frozen, "s3", self._cfg.region).add_auth(request)
-        return dict(request.headers.items())
+        return self._signer.sign(
+            method, host, path, query, headers, frozen.access_key, frozen.secret_key, frozen.token
+        )
 
     async def _send(
         self,
@@ -91,10 +96,11 @@ class S3HttpReader:
     ) -> aiohttp.ClientResponse:
         session = self._session
         assert session is not None, "backend not started"
-        url = self._url(bucket, key) + (f"?{query}" if query else "")
+        host, path = self._where(bucket, key)
+        url = f"{self._scheme}://{host}{path}" + (f"?{query}" if query else "")
 
         async def send() -> aiohttp.ClientResponse:
-            signed = await self._signed(method, url, headers)
+            signed = await self._signed(method, host, path, query, headers)
             return await session.request(method, URL(url, encoded=True), headers=signed)
 
         async def check(resp: aiohttp.ClientResponse) -> errors.S3Error | None:

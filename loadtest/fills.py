@@ -1,0 +1,259 @@
+"""Cold fills per proxy CPU-second: the miss path's cost, beside warm hits in the same run.
+
+    .venv/bin/python loadtest/fills.py [--objects N] [--concurrency C] [--rounds R]
+                                       [--workers W] [--against CHECKOUT]
+                                       [--profile out.svg] [--json out.json]
+
+Starts SeaweedFS, seeds ``N x R`` objects of 16 KiB, and starts Slipstream (``workers: 1``,
+an ``s3`` backend, no access log). Each round GETs N keys never read before (every one a
+miss that fills the cache), then the same N keys again (every one a hit), at concurrency C,
+from an aiohttp client in this process that checks each body's size. Only the proxy's CPU
+is counted (utime + stime of its process group, from /proc): the store and the client run
+on the same cores but are not charged. Prints fills per proxy CPU-second, hits per proxy
+CPU-second, and their ratio, per round and as the best and median over rounds (the
+machine is shared: the best round has the least noise).
+
+``--against /path/to/other/checkout`` starts a second proxy from that checkout (e.g. a clone
+of main) on the same store, and runs its rounds alternately with this one's, so both see
+the same noise; it prints this/against for fills and hits per CPU-second.
+
+``--profile out.svg`` runs ``py-spy record`` on the proxy during the cold phase of the
+first round (py-spy from the virtualenv; the flame graph shows where a miss spends its CPU;
+``out.txt``: collapsed stacks, one line per stack with its sample count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import aiohttp  # noqa: E402
+
+from tests import proxyproc  # noqa: E402
+from tests.proxyproc import ProxyProcess  # noqa: E402
+from tests.servers import SeaweedFS, make_s3_client  # noqa: E402
+
+BUCKET = "fills"
+SIZE = 16 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ACCESS_ENV = "FILLS_STORE_ACCESS_KEY"
+SECRET_ENV = "FILLS_STORE_SECRET_KEY"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def group_cpu(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the live processes of process group ``pgid``."""
+    user = system = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(")") + 2 :].split()
+        if int(rest[2]) == pgid:
+            user += int(rest[11]) / CLK_TCK
+            system += int(rest[12]) / CLK_TCK
+    return user, system
+
+
+def key(i: int) -> str:
+    return f"obj/{i:07d}.bin"
+
+
+def body(i: int) -> bytes:
+    return i.to_bytes(8, "big") * (SIZE // 8)
+
+
+async def _get_all(base: str, keys: list[str], concurrency: int) -> dict[str, int]:
+    pending = iter(keys)
+    problems: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker() -> None:
+            for k in pending:
+                async with session.get(f"{base}/{BUCKET}/{k}") as r:
+                    data = await r.read()
+                    if r.status != 200 or len(data) != SIZE:
+                        what = f"HTTP {r.status} / {len(data)} bytes"
+                        problems[what] = problems.get(what, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return problems
+
+
+def timed(pgid: int, base: str, keys: list[str], concurrency: int) -> dict[str, Any]:
+    (user0, sys0), wall0 = group_cpu(pgid), time.monotonic()
+    problems = asyncio.run(_get_all(base, keys, concurrency))
+    (user1, sys1), wall = group_cpu(pgid), time.monotonic() - wall0
+    cpu = user1 - user0 + sys1 - sys0
+    return {
+        "requests": len(keys),
+        "wall_s": round(wall, 3),
+        "proxy_cpu_s": round(cpu, 3),
+        "proxy_system_share": round((sys1 - sys0) / max(cpu, 1e-9), 2),
+        "per_cpu_s": round(len(keys) / max(cpu, 1e-9)),
+        "per_s": round(len(keys) / wall),
+        "problems": problems,
+    }
+
+
+def seed(weed: SeaweedFS, n: int) -> None:
+    client = make_s3_client(weed.endpoint, max_pool_connections=32)
+    client.create_bucket(Bucket=BUCKET)
+    with ThreadPoolExecutor(16) as pool:
+        for fut in [
+            pool.submit(client.put_object, Bucket=BUCKET, Key=key(i), Body=body(i))
+            for i in range(n)
+        ]:
+            fut.result()
+
+
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        say("  py-spy not found: no profile")
+        return None
+    fmt = ["--format", "raw"] if out.endswith(".txt") else []  # collapsed stacks
+    cmd = [py_spy, "record", "--subprocesses", "-r", "200", *fmt, "-o", out, "--pid", str(pid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # py-spy attaches
+    return proc
+
+
+def start_proxy(
+    stack: ExitStack, weed: SeaweedFS, root: Path, checkout: Path, workers: int
+) -> ProxyProcess:
+    """Slipstream from ``checkout`` (its own cache under ``root``), in front of ``weed``."""
+    config: dict[str, Any] = {
+        "workers": workers,
+        "log": {"access_log": False},
+        "cache": {"dir": str(root / "cache"), "max_size": "4GiB"},
+        "backends": {
+            "store": {
+                "type": "s3",
+                "endpoint": weed.url,
+                "access_key_env": ACCESS_ENV,
+                "secret_key_env": SECRET_ENV,
+            }
+        },
+        "buckets": {"*": {"backend": "store"}},
+    }
+    env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key}
+    proxy = ProxyProcess(config, root, env, ready_timeout=60)
+    stack.callback(proxy.stop)
+    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout  # imported from there
+    try:
+        proxy.start()
+    finally:
+        proxyproc.REPO_ROOT = saved
+    return proxy
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=2000, help="keys per round (2000)")
+    ap.add_argument("--concurrency", type=int, default=32, help="client connections (32)")
+    ap.add_argument("--rounds", type=int, default=3, help="cold+warm rounds on fresh keys (3)")
+    ap.add_argument("--workers", type=int, default=1, help="proxy worker processes (1)")
+    ap.add_argument(
+        "--against", type=Path, help="also run the proxy of this checkout, round by round"
+    )
+    ap.add_argument("--profile", help="py-spy flame graph of the first cold phase (SVG)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    checkouts = {"this": REPO_ROOT}
+    if args.against:
+        checkouts["against"] = args.against.resolve()
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fills-")))
+        say("start SeaweedFS ...")
+        weed = SeaweedFS(workdir=tmp / "weed")
+        stack.callback(weed.stop)
+        weed.start()
+        n = args.objects * args.rounds * len(checkouts)
+        say(f"seed {n} x 16 KiB ...")
+        seed(weed, n)
+        proxies = {
+            name: start_proxy(stack, weed, tmp / name, path, args.workers)
+            for name, path in checkouts.items()
+        }
+        for proxy in proxies.values():  # untimed: connections and first calls warm up
+            asyncio.run(_get_all(proxy.url, [key(i) for i in range(50)], args.concurrency))
+        slot = 0
+        for r in range(args.rounds):
+            for name, proxy in proxies.items():  # alternating: both see the same noise
+                first = max(slot * args.objects, 50)  # the warm-up took keys 0-49
+                keys = [key(i) for i in range(first, (slot + 1) * args.objects)]
+                slot += 1
+                profile = args.profile if r == 0 and name == "this" else None
+                spy = profiler(proxy.pid, profile) if profile else None
+                cold = timed(proxy.pid, proxy.url, keys, args.concurrency)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=60)
+                    say(f"  profile written to {profile}")
+                warm = timed(proxy.pid, proxy.url, keys, args.concurrency)
+                ratio = round(cold["per_cpu_s"] / max(warm["per_cpu_s"], 1), 3)
+                rows[name].append(
+                    {"round": r + 1, "cold": cold, "warm": warm, "fill_to_hit": ratio}
+                )
+                say(
+                    f"{name:>7} round {r + 1}: {cold['per_cpu_s']:>6} fills/CPU-s "
+                    f"({cold['per_s']} fills/s, {cold['proxy_system_share']:.0%} system), "
+                    f"{warm['per_cpu_s']:>6} hits/CPU-s ({warm['per_s']} hits/s, "
+                    f"{warm['proxy_system_share']:.0%} system), fills/hits {ratio}"
+                )
+                for row in (cold, warm):
+                    if row["problems"]:
+                        say(f"  PROBLEMS: {row['problems']}")
+    failed = any(row[p]["problems"] for rs in rows.values() for row in rs for p in ("cold", "warm"))
+    summary: dict[str, Any] = {}
+    for name, rs in rows.items():
+        fills = [row["cold"]["per_cpu_s"] for row in rs]
+        hits = [row["warm"]["per_cpu_s"] for row in rs]
+        summary[name] = {
+            "fills_per_cpu_s": {"best": max(fills), "median": statistics.median(fills)},
+            "hits_per_cpu_s": {"best": max(hits), "median": statistics.median(hits)},
+            "fill_to_hit_median": statistics.median(row["fill_to_hit"] for row in rs),
+        }
+        say(
+            f"{name} ({checkouts[name]}): fills per proxy CPU-second: best {max(fills)}, "
+            f"median {statistics.median(fills)}; hits per CPU-second: best {max(hits)}, "
+            f"median {statistics.median(hits)}; fills/hits (median) "
+            f"{summary[name]['fill_to_hit_median']}"
+        )
+    if args.against:
+        for what in ("fills_per_cpu_s", "hits_per_cpu_s"):
+            ratio = summary["this"][what]["median"] / max(summary["against"][what]["median"], 1)
+            say(f"this/against, {what} (medians): {ratio:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rounds": rows, "summary": summary}, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
