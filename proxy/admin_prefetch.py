@@ -11,9 +11,9 @@ A JSON body is at most ``MAX_JSON_BODY`` (64 MiB: a million keys of 50 bytes). L
 come as NDJSON (``Content-Type: application/x-ndjson``), one key a line (a JSON string or
 ``{"key": ...}``), options in the query string
 (``?bucket=B&window=N&window_bytes=M&concurrency=C``). NDJSON is read as it arrives and
-encoded part by part: the job starts at once and fetches its first keys while the rest of the order is still coming, and the order is never one list of str.
-A bad line answers 400 naming it; a new job is then cancelled, keys appended to a job before the
-bad line stay appended.
+encoded part by part: the job starts at once and fetches its first keys while the rest of the
+order is still coming, and the order is never one list of str. A bad line answers 400 naming
+it; a new job is then cancelled, keys appended to a job before the bad line stay appended.
 
 State-changing routes are wrapped in ``state_changing`` (the admin token).
 """
