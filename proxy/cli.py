@@ -175,6 +175,12 @@ def _client(admin_url: str, token_env: str | None) -> AdminClient:
     help="When the pass ends, list PREFIX again and fetch what appeared or changed since.",
 )
 @click.option(
+    "--pin",
+    is_flag=True,
+    help="Pin what the job caches (never evicted; see slipstream unpin). A PREFIX job adds a "
+    "pin rule, so objects cached under it later are pinned too.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the job as JSON (at the end with --wait)."
 )
 @_admin_options
@@ -186,6 +192,7 @@ def warm(
     bandwidth: str | None,
     allow_partial: bool,
     verify: bool,
+    pin: bool,
     as_json: bool,
     admin_url: str,
     token_env: str | None,
@@ -214,6 +221,8 @@ def warm(
         spec["allow_partial"] = True
     if verify:
         spec["verify"] = True
+    if pin:
+        spec["pin"] = True
     client = _client(admin_url, token_env)
     try:
         job_id = client.warm(spec)

@@ -498,3 +498,42 @@ def test_a_read_in_flight_finishes_across_an_evict(
         rest = resp.read()
     assert head + rest == body
     assert ("GET", f"/{b}/big") in relay.counts  # the chunks it had not sent came from the store
+
+
+def _warm_until_ended(proxy: ProxyProcess, spec: dict[str, Any]) -> dict[str, Any]:
+    status, job = _post(proxy, "warm", spec)
+    assert status == 202, job
+    deadline = time.monotonic() + 60
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        req = urllib.request.Request(f"{proxy.admin_url}/admin/v1/jobs/{job['id']}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            job = json.loads(resp.read())
+    return job
+
+
+def test_warm_with_pin_pins_what_it_caches(
+    start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, buckets: tuple[str, str]
+) -> None:
+    """A prefix job with pin adds a pin rule (what it caches is never evicted, even through
+    A's quota); a keys job with pin pins the objects it cached."""
+    a, b = buckets
+    proxy = start_proxy()
+    assert _post(proxy, "warm", {"bucket": a, "prefix": "keep/", "pin": "yes"})[0] == 400
+    job = _warm_until_ended(proxy, {"bucket": a, "prefix": "keep/", "pin": True})
+    assert (job["state"], job["fetched"], job["pin"]) == ("done", 4, True), job
+    assert _settled(proxy)["pinned_bytes"] == 4 * SIZE
+    relay.reset()
+    for i in range(10):
+        _read(proxy, a, f"tmp/{i}")  # 1 MiB through A's 600 KiB quota: tmp/ cycles
+    for i in range(4):
+        _read(proxy, a, f"keep/{i}")
+    assert not {k for k in _fetched(relay, a) if k.startswith("keep/")}  # pinned: still cached
+
+    job = _warm_until_ended(proxy, {"bucket": b, "keys": ["x/0", "x/1"], "pin": True})
+    assert (job["state"], job["fetched"]) == ("done", 2), job
+    assert _settled(proxy)["pinned_bytes"] == 6 * SIZE
+    # the keys job pinned those objects only, not a prefix: a later fill of B is not pinned
+    _read(proxy, b, "x/2")
+    assert _settled(proxy)["pinned_bytes"] == 6 * SIZE

@@ -338,22 +338,12 @@ class Index:
 
     def write_mark(self) -> int:
         """The mark of the last write committed by any process (Txn.mark_written)."""
-        txn = self.env.begin(db=self.meta)
-        try:
-            raw = txn.get(b"wseq")
-        finally:
-            txn.abort()
-        return _U64.unpack(raw)[0] if raw is not None else 0
+        return self.counters(b"wseq")[0]
 
     def totals(self) -> tuple[int, int]:
         """(bytes, objects) held now."""
-        with self.env.begin(db=self.meta) as txn:
-
-            def c(name: bytes) -> int:
-                raw = txn.get(name)
-                return _U64.unpack(raw)[0] if raw else 0
-
-            return c(b"bytes:S") + c(b"bytes:M"), c(b"objects")
+        small, main, objects = self.counters(b"bytes:S", b"bytes:M", b"objects")
+        return small + main, objects
 
     def counters(self, *names: bytes) -> list[int]:
         """The named counters of the ``meta`` db (b"pinned", quota.used_key(...)), read in
@@ -364,12 +354,7 @@ class Index:
 
     def era(self) -> int:
         """The era of use counts (Txn.tick)."""
-        txn = self.env.begin(db=self.meta)
-        try:
-            raw = txn.get(b"era")
-        finally:
-            txn.abort()
-        return _U64.unpack(raw)[0] if raw is not None else 0
+        return self.counters(b"era")[0]
 
     def map_usage(self) -> tuple[int, int]:
         info, stat = self.env.info(), self.env.stat()

@@ -134,6 +134,23 @@ async def pin(index: Index, target: Target) -> Counts:
     return counts
 
 
+async def pin_objects(index: Index, oids: list[bytes]) -> Counts:
+    """Pin these cached objects (no rule: one that is evicted by hand and cached again is not
+    pinned again). Oids not cached are skipped."""
+    counts = Counts()
+
+    def op(t: Txn) -> None:
+        for oid in oids:
+            rec = t.get(oid)
+            if rec is not None:
+                set_pinned(t, oid, rec, True)
+                counts.objects += 1
+                counts.bytes += rec.stored
+
+    await index.submit(op)
+    return counts
+
+
 async def unpin(index: Index, target: Target) -> tuple[bool, Counts]:
     """Drop the rule (False if there was none), then unpin what it covered that no other rule
     still covers. Counts: the objects unpinned."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import errors, log, metrics
-from proxy.cache import quota
+from proxy.cache import pins, quota
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
@@ -107,6 +107,13 @@ class CacheStore:
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
+
+    async def pin(self, target: pins.Target) -> pins.Counts:
+        """A pin rule for ``target`` (later fills under it are pinned) and what it holds now."""
+        return await pins.pin(self._idx, target)
+
+    async def pin_objects(self, oids: list[bytes]) -> pins.Counts:
+        return await pins.pin_objects(self._idx, oids)
 
     def quota_room(self, bucket: str) -> int | None:
         """The bytes ``bucket`` may still add under its cache.quotas entry; None: none."""

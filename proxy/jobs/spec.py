@@ -13,7 +13,7 @@ DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 MAX_KEYS = 1_000_000
 FIELDS = frozenset(
-    {"bucket", "prefix", "keys", "concurrency", "bandwidth", "allow_partial", "verify"}
+    {"bucket", "prefix", "keys", "concurrency", "bandwidth", "allow_partial", "verify", "pin"}
 )
 
 
@@ -34,6 +34,7 @@ class WarmSpec:
     bandwidth: int = 0  # bytes per second; 0: no cap
     allow_partial: bool = False  # go on when the selection is larger than the cache's room
     verify: bool = False  # re-list the prefix at the end and fetch what appeared or changed
+    pin: bool = False  # pin what the job caches (a prefix job: a pin rule for the prefix)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -44,6 +45,7 @@ class WarmSpec:
             "bandwidth": self.bandwidth or None,
             "allow_partial": self.allow_partial,
             "verify": self.verify,
+            "pin": self.pin,
         }
 
     def body(self) -> dict[str, Any]:
@@ -54,6 +56,7 @@ class WarmSpec:
             "bandwidth": self.bandwidth,
             "allow_partial": self.allow_partial,
             "verify": self.verify,
+            "pin": self.pin,
         }
         if self.keys is not None:
             out["keys"] = list(self.keys)
@@ -112,6 +115,9 @@ def parse_warm(body: Any) -> WarmSpec:
     verify = body.get("verify", False)
     if not isinstance(verify, bool):
         raise SpecError("verify", "expected true or false")
+    pin = body.get("pin", False)
+    if not isinstance(pin, bool):
+        raise SpecError("pin", "expected true or false")
     if verify and keys is not None:
         raise SpecError("verify", "verify re-lists a prefix: not with keys")
     return WarmSpec(
@@ -122,4 +128,5 @@ def parse_warm(body: Any) -> WarmSpec:
         bandwidth=0 if bandwidth is None else parse_bandwidth(bandwidth),
         allow_partial=allow_partial,
         verify=verify,
+        pin=pin,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy import errors, log, metrics
+from proxy.cache import pins
 from proxy.core.body import FileSlice
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
@@ -34,6 +35,7 @@ State = Literal["queued", "running", "done", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "cancelled")
 LIST_PAGE = 1000
 MAX_LISTED_FAILURES = 1000
+PIN_BATCH = 256
 PARALLEL_CHUNKS = 4  # chunks of one object fetched ahead of the job's read of it
 
 
@@ -136,6 +138,7 @@ class WarmJob:
         self.finished: float | None = None
         self._throttle = TokenBucket(spec.bandwidth)
         self._task: asyncio.Task[None] | None = None
+        self._to_pin: list[bytes] = []  # a keys job with pin: cached, not pinned yet
         cache = core.reads.cache
         self._max_size = cache.cfg.max_size
         self._room = max(0, self._max_size - cache.totals()[0])
@@ -202,11 +205,17 @@ class WarmJob:
 
     # -- the work -----------------------------------------------------------------------------
     async def _warm(self) -> None:
+        if self.spec.pin and self.spec.keys is None:  # later fills under it are pinned too
+            m = self._mount
+            prefix = m.prefix + (self.spec.prefix or "")
+            await self._core.reads.cache.pin(pins.Target(m.backend.name, m.bucket, prefix))
         await self._pass(self._selection())
+        await self._pin_done()
         self.progress.listing_done = True
         if self.spec.verify and self.spec.keys is None:
             before = self.progress.objects_done
             await self._pass(self._changed())
+            await self._pin_done()
             self.progress.added = self.progress.objects_done - before
 
     async def _pass(self, keys: AsyncIterator[str]) -> None:
@@ -296,6 +305,16 @@ class WarmJob:
         while (key := await queue.get()) is not None:
             if await self._fetch(key) is not None:
                 retry.append(key)
+            elif self.spec.pin and self.spec.keys is not None:
+                self._to_pin.append(oid_of(self._mount, key))
+                if len(self._to_pin) >= PIN_BATCH:
+                    await self._pin_done()
+
+    async def _pin_done(self) -> None:
+        """A keys job with ``pin``: pin the objects it has cached so far (in batches)."""
+        oids, self._to_pin = self._to_pin, []
+        if oids:
+            await self._core.reads.cache.pin_objects(oids)
 
     async def _fetch(self, key: str) -> BaseException | None:
         """Read ``key`` through the core to the end (after the gate: client reads first);
