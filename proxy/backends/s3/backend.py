@@ -1,5 +1,5 @@
 """S3-compatible stores (AWS, Ceph RGW, SeaweedFS, MinIO) through aiobotocore, with the hot
-GET and HEAD over plain aiohttp (http.py)."""
+GET and HEAD over the kit's lean HTTP/1.1 client (http.py)."""
 
 from __future__ import annotations
 
