@@ -341,3 +341,25 @@ async def test_https_verifies_the_certificate_with_sni(tmp_path: Path) -> None:
     finally:
         await untrusting.close()
         await server.stop()
+
+
+async def test_a_flood_of_headers_is_refused(serve: Callable[..., Awaitable[Server]]) -> None:
+    """A store answering endless headers costs a bounded amount of memory: the answer fails
+    (an OSError, mapped like a broken connection) once it passes MAX_HEAD bytes of headers."""
+
+    async def flood(line: str, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(20_000):  # ~1 MiB of headers
+            w.write(b"X-Pad-%d: %s\r\n" % (i, b"p" * 40))
+        w.write(b"Content-Length: 0\r\n\r\n")
+        await w.drain()
+        return True
+
+    server = await serve({"/flood": flood, "/ok": answer(b"fine")})
+    p = pool()
+    try:
+        with pytest.raises(OSError, match="bytes of headers"):
+            await get(p, server, "/flood")
+        assert await get(p, server, "/ok") == (200, b"fine")  # the pool goes on
+    finally:
+        await p.close()

@@ -36,6 +36,7 @@ from multidict import CIMultiDict
 
 HIGH_WATER = 2 * 64 * 1024
 LOW_WATER = 64 * 1024
+MAX_HEAD = 64 * 1024  # bytes of response headers, at most (aiohttp: 8190 per field, 100 fields)
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's keepalive_timeout)
 _PORTS = {"http": 80, "https": 443}
 
@@ -117,6 +118,7 @@ class _Connection(asyncio.Protocol):
         self._head = False
         self._got_bytes = False
         self._header_list: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
         self._until_close = False
         self.status = 0
         self.headers: CIMultiDict[str] | None = None
@@ -142,7 +144,10 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(Http1Error(f"unparsable answer from the store: {exc}"))
+            if self._head_bytes > MAX_HEAD:
+                self._fail(Http1Error(f"the store's answer has over {MAX_HEAD} bytes of headers"))
+            else:
+                self._fail(Http1Error(f"unparsable answer from the store: {exc}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -173,6 +178,7 @@ class _Connection(asyncio.Protocol):
         self._head = head
         self._got_bytes = False
         self._header_list = []
+        self._head_bytes = 0
         self._until_close = False
         self.headers = None
         self.complete = False
@@ -246,6 +252,9 @@ class _Connection(asyncio.Protocol):
     # -- parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD:  # stops feed_data (a callback error: data_received)
+            raise Http1Error("too many header bytes")
         self._header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -254,6 +263,7 @@ class _Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200:  # 1xx: an interim answer; the real one follows
             self._header_list = []
+            self._head_bytes = 0
             return
         self.status = status
         self.headers = headers = CIMultiDict(
