@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from proxy import log
 from proxy.cluster import peers, ring
@@ -81,7 +82,8 @@ class Cluster:
     def _get(self, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         assert self._session is not None, "start() first"
         signed = peers.sign(self._secret, "GET", path_qs)
-        return self._session.get(f"http://{member}{path_qs}", headers={**headers, **signed})
+        url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
+        return self._session.get(url, headers={**headers, **signed})
 
     async def check(self, member: str) -> bool:
         """The member's peer health route answers 200 to a signed request."""
