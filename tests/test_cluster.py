@@ -7,7 +7,10 @@ refuses requests without a valid, fresh, unreplayed signature."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -22,7 +25,7 @@ from proxy.cache.record import object_id
 from proxy.cluster import peers, ring
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
-from tests.proxyproc import ProxyProcess
+from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint, free_port
 
@@ -146,6 +149,15 @@ def test_kill_9_one_node_during_reads_no_client_errors_and_it_leaves_live(
     status = admin(survivors[0], "/admin/v1/cluster")
     assert status["self"] == survivors[0].config["listen"] and status["replicas"] == 1
     assert len(status["members"]) == 3 and len(status["live"]) == 2
+    shown = subprocess.run(
+        [sys.executable, "-m", "proxy", "cluster", "status", "--admin", survivors[0].admin_url],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "2/3 live" in shown.stdout and f"{victim.config['listen']}  DOWN" in shown.stdout
 
 
 def test_the_peer_route_needs_a_valid_fresh_signature(

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +23,7 @@ from proxy.cluster import peers, ring
 from proxy.cluster.members import StaticMembers
 from proxy.config import from_mapping
 from proxy.errors import ConfigError
+from tests.proxyproc import REPO_ROOT
 
 KEYS = [hashlib.sha256(str(i).encode()).digest() for i in range(20_000)]
 
@@ -196,3 +203,37 @@ async def test_a_member_leaves_after_two_failed_checks_and_rejoins_when_it_answe
         await asyncio.wait_for(until(("a:1", "b:1", "c:1")), 5)
     finally:
         await members.close()
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_check_config_accepts_dns_and_etcd_but_serve_refuses_them_until_built(
+    tmp_path: Path,
+) -> None:
+    for form in ({"dns": "svc.ns:9900"}, {"etcd": {"endpoints": ["http://127.0.0.1:2379"]}}):
+        kind = next(iter(form))
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump({"cluster": {"secret_env": "CS", **form}}))
+        env = {**os.environ, "CS": "s3cret", "PYTHONPATH": str(REPO_ROOT)}
+        check = subprocess.run(
+            [sys.executable, "-m", "proxy", "check-config", "-c", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert check.returncode == 0 and f"{kind}:" in check.stdout, check.stderr
+        if find_spec(f"proxy.cluster.{kind}") is not None:
+            continue  # the provider exists: serve would run it
+        serve = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "-c", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert serve.returncode == 1
+        assert f"cluster.{kind} membership: not built yet" in serve.stdout + serve.stderr
