@@ -28,12 +28,15 @@ from proxy import backends as backend_factory
 from proxy import listen, log, metrics
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.admin_cache import add_cache_routes
+from proxy.admin_cluster import add_cluster_routes
 from proxy.admin_prefetch import add_prefetch_routes
 from proxy.backends.base import Backend
 from proxy.cache import quota
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
 from proxy.cache.store import CacheStore
+from proxy.cluster import peers
+from proxy.cluster.node import Cluster
 from proxy.config import Config
 from proxy.core.fills import Fills
 from proxy.core.listing import Listing
@@ -60,9 +63,10 @@ class S3Server:
     Application, router or middleware chain on the hot path.
     """
 
-    def __init__(self, cfg: Config, cache: CacheStore) -> None:
+    def __init__(self, cfg: Config, cache: CacheStore, cluster: Cluster | None = None) -> None:
         self.cfg = cfg
         self.cache = cache
+        self.cluster = cluster
         self.stores: dict[str, Backend] = {}
         self.reads: Reads | None = None
         self.router: Router | None = None
@@ -78,13 +82,18 @@ class S3Server:
         await self.cache.open()
         self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
         self.listing = Listing(router)
+        read_handlers = S3ReadHandlers(
+            reads=reads,
+            listing=self.listing,
+            region=self.cfg.auth.region,
+            sendfile=self.cfg.server.sendfile,
+        )
+        if self.cluster is not None:
+            await self.cluster.start()
+            self.cluster.attach(router, lambda r, m, k: read_handlers.get_object(r, m, k, {}))
+            read_handlers.forward = self.cluster.forward
         dispatcher = S3Dispatcher(
-            reads=S3ReadHandlers(
-                reads=reads,
-                listing=self.listing,
-                region=self.cfg.auth.region,
-                sendfile=self.cfg.server.sendfile,
-            ),
+            reads=read_handlers,
             writes=S3WriteHandlers(Writes(self.cache, reads), router),
             router=router,
             auth=Authenticator(self.cfg.auth, self.cfg.auth.region),
@@ -102,6 +111,8 @@ class S3Server:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.reads is not None:
             await self.reads.close()
         await self.cache.close()
@@ -115,6 +126,8 @@ class S3Server:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._dispatch is not None, "start() first"
         request["body_idle_timeout"] = self._body_idle  # read by s3/payload.py
+        if self.cluster is not None and request.raw_path.startswith(peers.PREFIX):
+            return await self._middleware(request, self.cluster.serve_peer)
         return await self._middleware(request, self._dispatch)
 
     def runner(self) -> web.ServerRunner:
@@ -147,7 +160,12 @@ async def _open_backends(cfg: Config, cache: CacheStore) -> dict[str, Backend]:
 
 
 def _admin_runner(
-    cfg: Config, health: Health, index: Index, jobs: Jobs, prefetcher: Prefetcher
+    cfg: Config,
+    health: Health,
+    index: Index,
+    jobs: Jobs,
+    prefetcher: Prefetcher,
+    cluster: Cluster | None,
 ) -> web.AppRunner:
     collector = CacheCollector(
         index.totals, index.map_usage, cfg.cache.max_size, lambda: quota.usage(index)
@@ -166,6 +184,7 @@ def _admin_runner(
     app = build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs)
     add_prefetch_routes(app, prefetcher)
     add_cache_routes(app, index, cfg.buckets)
+    add_cluster_routes(app, cluster, index.totals)
     return web.AppRunner(app, handle_signals=False, access_log=None)
 
 
@@ -207,7 +226,10 @@ async def _start_admin(admin: web.AppRunner, cfg: Config) -> None:
 
 
 async def _prepare(
-    cfg: Config, prefetcher: Prefetcher, cache: CacheStore | None = None
+    cfg: Config,
+    prefetcher: Prefetcher,
+    cache: CacheStore | None = None,
+    cluster: Cluster | None = None,
 ) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner, Jobs]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
@@ -220,7 +242,7 @@ async def _prepare(
     await asyncio.to_thread(_repair, cache)
     assert cache.index is not None
     jobs = Jobs(JobFiles(jobs_dir(cfg.cache.dir)))
-    admin = _admin_runner(cfg, health, cache.index, jobs, prefetcher)
+    admin = _admin_runner(cfg, health, cache.index, jobs, prefetcher, cluster)
     await admin.setup()
     return health, stop, cache, admin, jobs
 
@@ -238,8 +260,9 @@ def _log_serving(cfg: Config, processes: str) -> None:
 async def serve_single(cfg: Config) -> None:
     """One process: the S3 listener and the admin listener on one event loop."""
     prefetcher = Prefetcher()
-    health, stop, cache, admin, jobs = await _prepare(cfg, prefetcher)
-    app = S3Server(cfg, cache)
+    cluster = Cluster(cfg.cluster) if cfg.cluster is not None else None
+    health, stop, cache, admin, jobs = await _prepare(cfg, prefetcher, cluster=cluster)
+    app = S3Server(cfg, cache, cluster)
     try:
         await _start_admin(admin, cfg)
         await app.start()
@@ -284,7 +307,7 @@ def _worker_main(arg: tuple[Config, ReadFeed], ready: MpEvent) -> None:
 async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache, quota.rules_of(cfg))
-    app = S3Server(cfg, cache)
+    app = S3Server(cfg, cache, Cluster(cfg.cluster) if cfg.cluster is not None else None)
     try:
         await app.start()
         assert app.reads is not None and app.listing is not None
@@ -363,12 +386,16 @@ async def serve_workers(cfg: Config) -> None:
     """Supervisor: repair, admin listener, N workers sharing the port; restarts a dead worker."""
     cache = CacheStore(cfg.cache, quota.rules_of(cfg))
     core = SupervisorCore(cfg, cache)
-    health, stop, cache, admin, jobs = await _prepare(cfg, core.prefetcher, cache)
+    # the supervisor's own view of the members, for /admin/v1/cluster (each worker has its own)
+    cluster = Cluster(cfg.cluster) if cfg.cluster is not None else None
+    health, stop, cache, admin, jobs = await _prepare(cfg, core.prefetcher, cache, cluster)
     assert cache.index is not None
     workers = WorkerPool(_worker_main, (cfg, core.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
     try:
         await jobs.attach(await core.start())
+        if cluster is not None:
+            await cluster.start()
         await _start_admin(admin, cfg)
         workers.start()
         health.started = True
@@ -381,6 +408,8 @@ async def serve_workers(cfg: Config) -> None:
             log.server.info("draining %d workers", len(workers))
             await workers.stop(cfg.server.shutdown_timeout + 5)
         await admin.cleanup()
+        if cluster is not None:
+            await cluster.close()
         await core.close()  # closes the cache too
     log.server.info("stopped")
 

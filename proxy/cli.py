@@ -46,6 +46,8 @@ def _load(config: Path | None) -> Config:
         for user in cfg.auth.users:
             user.secret()  # a client's missing secret fails now too (read again at start)
         cfg.admin.token()  # and the admin token's
+        if cfg.cluster is not None:
+            cfg.cluster.secret()  # and the cluster secret
         return cfg
     except ConfigError as exc:
         click.echo(f"slipstream: invalid configuration: {exc}", err=True)
@@ -72,7 +74,12 @@ def serve(config: Path | None) -> None:
     # Imported here, not at the top: the app pulls in aiohttp and the SDKs (over a second),
     # which `check-config` and `--help` do not need.
     from proxy.app import run
+    from proxy.cluster.members import provider_missing
 
+    missing = provider_missing(cfg.cluster) if cfg.cluster is not None else None
+    if missing:
+        log.server.error("%s", missing)
+        sys.exit(1)
     try:
         run(cfg)
     except ListenError as exc:
@@ -111,6 +118,13 @@ def check_config(config: Path | None) -> None:
     click.echo(f"  auth region={cfg.auth.region} anonymous={anonymous}")
     token = cfg.admin.token_env or cfg.admin.token_file
     click.echo(f"  admin token {'from ' + str(token) if token else 'none (loopback only)'}")
+    if cfg.cluster is not None:
+        c = cfg.cluster
+        places = ", ".join(c.members or (c.etcd.endpoints if c.etcd else ())) or c.dns
+        click.echo(
+            f"  cluster self={c.self_addr} replicas={c.replicas} {c.membership}: {places}"
+            f" (secret from {c.secret_env or c.secret_file})"
+        )
     for u in cfg.auth.users:
         allow = ", ".join(f"{b}: {level}" for b, level in u.allow.items()) or "nothing"
         click.echo(
@@ -340,3 +354,35 @@ def jobs(
     for job in listed:
         where = f"s3://{job['bucket']}/" + (job["prefix"] or f"({job['keys']} keys)")
         click.echo(f"{job['id']}  {where}  {progress_line(job)}")
+
+
+@main.group()
+def cluster() -> None:
+    """The cluster this node belongs to (the cluster: section of the config)."""
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_admin_options
+def cluster_status(as_json: bool, admin_url: str, token_env: str | None) -> None:
+    """This node's view: members, which are live, self, replicas, and what it caches."""
+    try:
+        got = _client(admin_url, token_env).call("GET", "/admin/v1/cluster")
+    except AdminError as exc:
+        click.echo(f"slipstream cluster status: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(got))
+        return
+    cached = f"{got['cached_objects']} objects, {human_bytes(got['cached_bytes'])}"
+    if not got.get("enabled"):
+        click.echo(f"no cluster (one node); cached here: {cached}")
+        return
+    live = set(got["live"])
+    click.echo(
+        f"self {got['self']}, replicas {got['replicas']}, membership {got['membership']}, "
+        f"{len(live)}/{len(got['members'])} live; cached here: {cached}"
+    )
+    for member in got["members"]:
+        mark = "live" if member in live else "DOWN"
+        click.echo(f"  {member}  {mark}{'  (self)' if member == got['self'] else ''}")

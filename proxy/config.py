@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from proxy.cluster.config import ClusterConfig, parse_cluster
 from proxy.config_access import AdminConfig, AuthConfig, parse_admin, parse_auth
 from proxy.config_values import (
     FieldReader,
@@ -163,6 +164,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    cluster: ClusterConfig | None = None  # None: one node
     source: str = "<defaults>"
 
     @property
@@ -465,6 +467,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         access_log=bool(lr.flag("access_log", ld.access_log)),
     )
     lr.finish()
+    cluster = parse_cluster(r.take("cluster"), listen)
     r.finish()
 
     host, _ = split_host_port(listen, "listen")
@@ -486,6 +489,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         admin=admin,
         tls=tls,
         log=log,
+        cluster=cluster,
         source=source,
     )
 

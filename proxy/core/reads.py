@@ -43,6 +43,10 @@ class Reads:
     async def head(self, mount: Mount, key: str) -> ObjectMeta:
         return await self.metadata.head(mount, key)
 
+    def cached(self, mount: Mount, key: str) -> bool:
+        """Whether the index holds an entry for ``key`` (fresh or not, whole or not)."""
+        return mount.cacheable and self.cache.lookup(oid_of(mount, key))[0] is not None
+
     def invalidate(self, oid: bytes) -> None:
         """A write or delete of this object is under way or done: no fill or revalidation
         begun before now may speak for it."""

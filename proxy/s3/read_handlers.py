@@ -7,7 +7,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from proxy.s3 import parse, xml
 from proxy.s3.responses import request_ids, xml_response
 
 FILE_BLOCK = 1024 * 1024
+Forward = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse | None]]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -37,6 +38,8 @@ class S3ReadHandlers:
 
     def __init__(self, *, reads: Reads, listing: Listing, region: str, sendfile: bool) -> None:
         self.reads = reads
+        # with a cluster: a GET of an object not cached here that another node owns goes there
+        self.forward: Forward | None = None
         self.part_ranges = PartRanges(reads)
         self.listing = listing
         self.region = region
@@ -156,6 +159,14 @@ class S3ReadHandlers:
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         started = time.perf_counter()
+        if (
+            self.forward is not None
+            and "partNumber" not in query
+            and not self.reads.cached(mount, key)
+        ):
+            forwarded = await self.forward(request, mount, key)
+            if forwarded is not None:
+                return forwarded
         span = None
         if "partNumber" in query:
             span = await self._part(request, mount, key, query["partNumber"])

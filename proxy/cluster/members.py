@@ -1,0 +1,85 @@
+"""Membership providers: who is in the cluster and alive. ``StaticMembers`` takes the list from
+the config and health-checks each peer; DNS and etcd providers implement the same Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from importlib.util import find_spec
+from typing import Protocol
+
+from proxy import log
+from proxy.cluster.config import ClusterConfig
+
+FAILS_TO_LEAVE = 2  # checks failed in a row before a member leaves live()
+
+
+class Members(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def live(self) -> tuple[str, ...]: ...  # "host:port" of live members, self included, sorted
+
+
+def provider_missing(cfg: ClusterConfig) -> str | None:
+    """Why this config's membership cannot run in this build, or None."""
+    if cfg.members is not None or find_spec(f"proxy.cluster.{cfg.membership}") is not None:
+        return None
+    return f"cluster.{cfg.membership} membership: not built yet"
+
+
+class StaticMembers:
+    """``members`` from the config; each peer is checked every ``interval`` seconds and leaves
+    ``live()`` after FAILS_TO_LEAVE failed checks in a row, until it answers again. Self is
+    always live."""
+
+    def __init__(
+        self,
+        members: Iterable[str],
+        self_addr: str,
+        check: Callable[[str], Awaitable[bool]],
+        interval: float = 1.0,
+    ) -> None:
+        self.members = tuple(sorted(set(members) | {self_addr}))
+        self.self_addr = self_addr
+        self._check = check
+        self.interval = interval
+        self._fails = {m: 0 for m in self.members if m != self_addr}
+        self._live = self.members
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def live(self) -> tuple[str, ...]:
+        return self._live
+
+    async def _one(self, member: str) -> None:
+        try:
+            ok = await asyncio.wait_for(self._check(member), timeout=max(self.interval, 1.0))
+        except Exception:  # any failure of the check is a failed check
+            ok = False
+        before = self._fails[member]
+        self._fails[member] = 0 if ok else before + 1
+        if self._fails[member] == FAILS_TO_LEAVE:
+            log.server.warning("cluster: member %s stopped answering; it leaves the ring", member)
+        elif ok and before >= FAILS_TO_LEAVE:
+            log.server.info("cluster: member %s answers again; it rejoins the ring", member)
+
+    async def _round(self) -> None:
+        await asyncio.gather(*(self._one(m) for m in self._fails))
+        self._live = tuple(
+            m for m in self.members if m == self.self_addr or self._fails[m] < FAILS_TO_LEAVE
+        )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._round()

@@ -1,0 +1,159 @@
+"""This node in the cluster: its membership, its peer client, the peer routes it answers, and
+the read hook that sends a GET of an object it does not own to the object's owner."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy import log
+from proxy.cluster import peers, ring
+from proxy.cluster.config import ClusterConfig
+from proxy.cluster.members import Members, StaticMembers, provider_missing
+from proxy.core.metadata import oid_of
+from proxy.errors import ConfigError
+from proxy.routing import Mount, Router
+from proxy.s3.responses import request_ids
+
+PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
+
+# request headers a forwarded GET carries to the owner; answer headers it carries back
+_PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+_DROP_ANSWER = frozenset(
+    {"x-amz-request-id", "x-amz-id-2", "connection", "keep-alive", "transfer-encoding", "date"}
+    | {"server", "content-length"}
+)
+PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
+
+
+def make_members(cfg: ClusterConfig, check: Callable[[str], Awaitable[bool]]) -> Members:
+    """The static list here; DNS and etcd from proxy/cluster/dns.py and etcd.py, each a
+    ``provider(cfg, check) -> Members`` function."""
+    if cfg.members is not None:
+        return StaticMembers(cfg.members, cfg.self_addr, check)
+    if provider_missing(cfg):
+        raise ConfigError(f"cluster.{cfg.membership} membership: not built yet")
+    module = importlib.import_module(f"proxy.cluster.{cfg.membership}")
+    members: Members = module.provider(cfg, check)
+    return members
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig) -> None:
+        self.cfg = cfg
+        self.self_addr = cfg.self_addr
+        self._secret = cfg.secret()
+        self.verifier = peers.Verifier(self._secret)
+        self.members = make_members(cfg, self.check)
+        self._session: aiohttp.ClientSession | None = None
+        self._router: Router | None = None
+        self._peer_get: PeerGet | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=PEER_TIMEOUT, auto_decompress=False, connector=aiohttp.TCPConnector(limit=256)
+        )
+        await self.members.start()
+
+    async def close(self) -> None:
+        await self.members.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def attach(self, router: Router, peer_get: PeerGet) -> None:
+        """What the peer object route answers with: this node's own GET, as owner."""
+        self._router, self._peer_get = router, peer_get
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "self": self.self_addr,
+            "replicas": self.cfg.replicas,
+            "membership": self.cfg.membership,
+            "members": list(getattr(self.members, "members", self.members.live())),
+            "live": list(self.members.live()),
+        }
+
+    # -- the client side ----------------------------------------------------------------------
+    def _get(self, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+        assert self._session is not None, "start() first"
+        signed = peers.sign(self._secret, "GET", path_qs)
+        url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
+        return self._session.get(url, headers={**headers, **signed})
+
+    async def check(self, member: str) -> bool:
+        """The member's peer health route answers 200 to a signed request."""
+        async with self._get(member, peers.HEALTH_PATH, {}) as resp:
+            return bool(resp.status == 200)
+
+    def owners(self, mount: Mount, key: str) -> list[str]:
+        return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas)
+
+    async def forward(
+        self, request: web.BaseRequest, mount: Mount, key: str
+    ) -> web.StreamResponse | None:
+        """A GET of ``key`` (a remote key) this node does not own: the first owner that answers
+        streams it to the client, nothing is kept here. None: this node owns it, or no owner
+        answered (the caller reads through, as a single node does)."""
+        if request.get("peer") or not mount.cacheable:
+            return None
+        owners = self.owners(mount, key)
+        if self.self_addr in owners:
+            return None
+        path_qs = peers.object_path(mount.name, key[len(mount.prefix) :])
+        passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
+        for member in owners:
+            try:
+                resp = await self._get(member, path_qs, passed)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.server.info("cluster: owner %s did not answer (%s); next", member, exc)
+                continue
+            if resp.status >= 500 or resp.status == 403:
+                log.server.info("cluster: owner %s answered %d; next", member, resp.status)
+                resp.release()
+                continue
+            return await self._relay(request, resp)
+        return None
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        """Stream the owner's answer to the client, with backpressure, a piece at a time."""
+        try:
+            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_ANSWER}
+            resp = web.StreamResponse(
+                status=upstream.status, headers={**headers, **request_ids(request)}
+            )
+            if upstream.content_length is not None:
+                resp.content_length = upstream.content_length
+            request["source"] = "peer"
+            await resp.prepare(request)
+            async for piece in upstream.content.iter_any():
+                await resp.write(piece)
+            await resp.write_eof()
+            return resp
+        finally:
+            upstream.release()
+
+    # -- the server side ----------------------------------------------------------------------
+    async def serve_peer(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The peer routes (PREFIX on the S3 listener): refused without a valid signature."""
+        request["op"] = "Peer"
+        why = self.verifier.refusal(request.method, request.raw_path, request.headers)
+        if why is not None:
+            return web.Response(status=403, text=f"Forbidden: {why}\n")
+        path = request.raw_path.partition("?")[0]
+        if path == peers.HEALTH_PATH and request.method == "GET":
+            return web.Response(text="ok\n")
+        if path != peers.OBJECT_PATH or request.method != "GET":
+            return web.Response(status=404, text="Not Found: no such peer route\n")
+        bucket, key = request.query.get("bucket"), request.query.get("key")
+        if not bucket or not key or self._router is None or self._peer_get is None:
+            return web.Response(status=400, text="Bad Request: bucket and key are required\n")
+        mount = self._router.resolve(bucket)  # NoSuchBucket: the S3 error
+        request["peer"] = True
+        return await self._peer_get(request, mount, mount.remote_key(key))

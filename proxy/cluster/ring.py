@@ -1,0 +1,19 @@
+"""Rendezvous (highest-random-weight) hashing: an object's owners are the ``r`` members with the
+highest weight blake2b(member, oid). Pure; adding or removing one member of n moves about 1/n of
+the ownerships, and only those the member gains or loses."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+
+def weight(oid: bytes, member: str) -> int:
+    digest = hashlib.blake2b(member.encode() + b"\x00" + oid, digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owners(oid: bytes, members: Sequence[str], r: int) -> list[str]:
+    """The min(r, len(members)) distinct owners of ``oid``, best first."""
+    ranked = sorted(set(members), key=lambda m: (weight(oid, m), m), reverse=True)
+    return ranked[: max(0, r)]

@@ -1,0 +1,189 @@
+"""Three proxies as one cache over SeaweedFS (static membership, replicas 1), each its own cache
+dir and ports, with the store behind a CountingRelay: each object is fetched from the store once
+for the whole cluster and cached on its owner only; a node killed with -9 during a read loop
+costs the clients nothing and leaves the others' live members within seconds; the peer route
+refuses requests without a valid, fresh, unreplayed signature."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cache.record import object_id
+from proxy.cluster import peers, ring
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
+from tests.proxyproc import REPO_ROOT, ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint, free_port
+
+SECRET = "cluster-test-secret"
+OBJECTS = 60
+SIZE = 40 * 1024
+
+
+@pytest.fixture
+def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(seaweedfs.url) as r:
+        yield r
+
+
+def admin(node: ProxyProcess, path: str) -> Any:
+    with urllib.request.urlopen(f"{node.admin_url}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_live(nodes: list[ProxyProcess], want: list[str], timeout: float = 15.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if all(admin(n, "/admin/v1/cluster")["live"] == sorted(want) for n in nodes):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    views = [admin(n, "/admin/v1/cluster")["live"] for n in nodes]
+    raise AssertionError(f"live members never became {sorted(want)}: {views}")
+
+
+@pytest.fixture
+def cluster(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> tuple[str, dict[str, bytes], list[ProxyProcess]]:
+    bucket = new_bucket("cluster")
+    s3 = s3_client_factory(seaweedfs)
+    s3.create_bucket(Bucket=bucket)
+    bodies = {f"obj/{i:03d}": payload(SIZE, seed=i) for i in range(OBJECTS)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    listens = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
+    nodes = []
+    for i, listen in enumerate(listens):
+        cfg = proxy_config(relay.url, bucket, tmp_path / f"cache{i}")
+        cfg["listen"] = listen
+        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "members": listens, "replicas": 1}
+        nodes.append(proxy_factory(cfg, env))
+    wait_live(nodes, listens)
+    relay.reset()
+    return bucket, bodies, nodes
+
+
+def test_each_object_is_fetched_once_and_cached_on_its_owner_only(
+    cluster: tuple[str, dict[str, bytes], list[ProxyProcess]], relay: CountingRelay
+) -> None:
+    bucket, bodies, nodes = cluster
+    rnd = random.Random(7)
+    for _ in range(2):
+        for key, body in bodies.items():
+            status, got = get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}")
+            assert (status, got == body) == (200, True), key
+    gets = Counter({path: n for (method, path), n in relay.counts.items() if method == "GET"})
+    assert gets == Counter({f"/{bucket}/{key}": 1 for key in bodies}), relay.counts
+    members = [n.config["listen"] for n in nodes]
+    expected = Counter(ring.owners(object_id("store", bucket, k), members, 1)[0] for k in bodies)
+    held = {n.config["listen"]: admin(n, "/admin/v1/cache")["objects"] for n in nodes}
+    assert held == dict(expected)  # each object on exactly its owner, nowhere else
+    assert sum(held.values()) == OBJECTS
+    assert all(n > 0 for n in held.values()), held  # (the ring's 20% spread: test_cluster_units)
+    # a ranged read through a node that does not own the object goes to the owner, and the
+    # Range with it
+    key = next(iter(bodies))
+    owner = ring.owners(object_id("store", bucket, key), members, 1)[0]
+    other = next(n for n in nodes if n.config["listen"] != owner)
+    req = urllib.request.Request(f"{other.url}/{bucket}/{key}", headers={"Range": "bytes=10-99"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 206 and resp.read() == bodies[key][10:100]
+        assert resp.headers["Content-Range"] == f"bytes 10-99/{SIZE}"
+    missing = get_body(f"{other.url}/{bucket}/no-such-key")
+    assert missing[0] == 404 and b"NoSuchKey" in missing[1]
+    assert sum(relay.counts.values()) >= 1
+
+
+def test_kill_9_one_node_during_reads_no_client_errors_and_it_leaves_live(
+    cluster: tuple[str, dict[str, bytes], list[ProxyProcess]], relay: CountingRelay
+) -> None:
+    bucket, bodies, nodes = cluster
+    victim, survivors = nodes[2], nodes[:2]
+    errors: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def loop() -> None:
+        nonlocal reads
+        rnd = random.Random(3)
+        while not stop.is_set():
+            key = rnd.choice(list(bodies))
+            status, got = get_body(f"{rnd.choice(survivors).url}/{bucket}/{key}")
+            reads += 1
+            if status != 200 or got != bodies[key]:
+                errors.append(f"{key}: {status}")
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        victim.kill9()
+        gone_after = wait_live(survivors, [n.config["listen"] for n in survivors], timeout=10)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert reads > 100 and errors == [], (reads, errors[:10])
+    assert gone_after < 10
+    status = admin(survivors[0], "/admin/v1/cluster")
+    assert status["self"] == survivors[0].config["listen"] and status["replicas"] == 1
+    assert len(status["members"]) == 3 and len(status["live"]) == 2
+    shown = subprocess.run(
+        [sys.executable, "-m", "proxy", "cluster", "status", "--admin", survivors[0].admin_url],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "2/3 live" in shown.stdout and f"{victim.config['listen']}  DOWN" in shown.stdout
+
+
+def test_the_peer_route_needs_a_valid_fresh_signature(
+    cluster: tuple[str, dict[str, bytes], list[ProxyProcess]],
+) -> None:
+    bucket, bodies, nodes = cluster
+    key = next(iter(bodies))
+    path = peers.object_path(bucket, key)
+    url = f"{nodes[0].url}{path}"
+
+    def call(headers: dict[str, str]) -> tuple[int, bytes]:
+        req = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    assert call({}) == (403, b"Forbidden: peer request without a cluster signature\n")
+    bad = peers.sign(b"not-the-secret", "GET", path)
+    assert call(bad) == (403, b"Forbidden: peer request with a bad signature\n")
+    old = peers.sign(SECRET.encode(), "GET", path, now=time.time() - 120)
+    assert call(old)[0] == 403 and b"replay window" in call(old)[1]
+    good = peers.sign(SECRET.encode(), "GET", path)
+    assert call(good) == (200, bodies[key])
+    assert call(good) == (403, b"Forbidden: peer request replayed\n")
+    # the health route too, and never an S3 answer for the reserved prefix
+    status, body = get_body(f"{nodes[0].url}{peers.HEALTH_PATH}")
+    assert (status, body) == (403, b"Forbidden: peer request without a cluster signature\n")
