@@ -1,0 +1,1 @@
+"""A cluster of nodes sharing one cache: membership (static, DNS, etcd), ring, peers."""
