@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from proxy.cluster.dns import DnsMembers
+from proxy.cluster.etcd import EtcdMembers
+from tests.etcd_server import EtcdServer
+from tests.servers import die_with_parent
 
 SELF = "10.0.0.5:9900"
 
@@ -119,3 +126,131 @@ async def test_dns_members_unresolvable_name_leaves_self_only() -> None:
         assert members.live() == (SELF,)
     finally:
         await members.close()
+
+
+# -- etcd ---------------------------------------------------------------------------------------
+
+PREFIX = "/slipstream-test/members/"
+TTL = 2.0
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real etcd per test (about a second to start): the outage test stops and restarts it."""
+    server = EtcdServer(workdir=tmp_path / "etcd")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_etcd_members_see_each_other_and_a_clean_leave_at_once(etcd: EtcdServer) -> None:
+    a = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.1:9901")
+    b = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.2:9901")
+    both = ("127.0.0.1:9901", "127.0.0.2:9901")
+    await a.start()
+    try:
+        assert a.live() == ("127.0.0.1:9901",)
+        await b.start()
+        assert b.live() == both  # b listed a during start
+        seen = await eventually(lambda: a.live() == both, 5)  # a saw b join through its watch
+        await b.close()
+        left = await eventually(lambda: a.live() == ("127.0.0.1:9901",), 1.5)
+        print(f"join seen after {seen:.3f}s, clean leave after {left:.3f}s")
+        assert left < TTL / 2  # the revoke, not the lease expiry
+    finally:
+        await a.close()
+        await b.close()
+
+
+CRASHER = """
+import asyncio, sys
+from proxy.cluster.etcd import EtcdMembers
+
+async def main() -> None:
+    members = EtcdMembers([sys.argv[1]], sys.argv[2], float(sys.argv[3]), "127.0.0.3:9901")
+    await members.start()
+    print("started", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_etcd_member_that_crashes_leaves_within_ttl(etcd: EtcdServer) -> None:
+    a = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.1:9901")
+    await a.start()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", CRASHER, etcd.url, PREFIX, str(TTL)),
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        preexec_fn=die_with_parent(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"started\n"
+        await eventually(lambda: "127.0.0.3:9901" in a.live(), 5)
+        await asyncio.sleep(TTL)  # longer than ttl/3: the crasher kept its lease alive
+        assert "127.0.0.3:9901" in a.live()
+        proc.kill()  # SIGKILL: no revoke, the lease must expire
+        await proc.wait()
+        gone = await eventually(lambda: a.live() == ("127.0.0.1:9901",), TTL + 2.5)
+        print(f"crashed member left after {gone:.3f}s (ttl {TTL}s)")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await a.close()
+
+
+async def test_etcd_outage_keeps_the_last_members_and_recovers(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.cluster")
+    a = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.1:9901")
+    b = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.2:9901")
+    both = ("127.0.0.1:9901", "127.0.0.2:9901")
+    await a.start()
+    await b.start()
+    c: EtcdMembers | None = None
+    try:
+        await eventually(lambda: a.live() == both, 5)
+        await asyncio.to_thread(etcd.outage)
+        await asyncio.sleep(TTL + 0.5)  # etcd down longer than the lease ttl
+        assert a.live() == both and b.live() == both
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert 1 <= len(warnings) <= 4  # once per loop and node, not once per retry
+        await asyncio.to_thread(etcd.restart)
+        # Both watches came back: a third node joins and both see it.
+        c = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.3:9901")
+        await c.start()
+        three = (*both, "127.0.0.3:9901")
+        await eventually(lambda: a.live() == three and b.live() == three, 10)
+        # And the leases still work: after more than a ttl all three are still there.
+        await asyncio.sleep(TTL + 0.5)
+        assert a.live() == three and c.live() == three
+        await b.close()
+        await eventually(lambda: a.live() == ("127.0.0.1:9901", "127.0.0.3:9901"), 1.5)
+    finally:
+        for members in (a, b, c):
+            if members is not None:
+                await members.close()
+
+
+async def test_etcd_unreachable_at_start_joins_when_it_answers(etcd: EtcdServer) -> None:
+    url = etcd.url
+    await asyncio.to_thread(etcd.outage)
+    a = EtcdMembers(["http://127.0.0.1:1", url], PREFIX, TTL, "127.0.0.1:9901")
+    await a.start()  # no etcd answers: not an error, this node alone meanwhile
+    try:
+        assert a.live() == ("127.0.0.1:9901",)
+        await asyncio.to_thread(etcd.restart)
+        b = EtcdMembers([url], PREFIX, TTL, "127.0.0.2:9901")
+        await b.start()
+        try:
+            both = ("127.0.0.1:9901", "127.0.0.2:9901")
+            await eventually(lambda: a.live() == both and b.live() == both, 10)
+        finally:
+            await b.close()
+    finally:
+        await a.close()
