@@ -100,7 +100,7 @@ class EtcdMembers:
             await self._register()
             await self._list()
         except EtcdUnavailable as exc:
-            self._failed("start", exc)
+            self._failed("keepalive", exc)  # its loop retries, and logs the recovery
         self._tasks = [
             asyncio.create_task(self._keepalive_loop(), name="etcd-members keepalive"),
             asyncio.create_task(self._watch_loop(), name="etcd-members watch"),
