@@ -74,12 +74,7 @@ def serve(config: Path | None) -> None:
     # Imported here, not at the top: the app pulls in aiohttp and the SDKs (over a second),
     # which `check-config` and `--help` do not need.
     from proxy.app import run
-    from proxy.cluster.members import provider_missing
 
-    missing = provider_missing(cfg.cluster) if cfg.cluster is not None else None
-    if missing:
-        log.server.error("%s", missing)
-        sys.exit(1)
     try:
         run(cfg)
     except ListenError as exc:

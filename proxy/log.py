@@ -11,6 +11,7 @@ cache = logging.getLogger("proxy.cache")
 backend = logging.getLogger("proxy.backend")
 server = logging.getLogger("proxy.server")
 jobs = logging.getLogger("proxy.jobs")
+cluster = logging.getLogger("proxy.cluster")
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

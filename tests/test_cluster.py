@@ -2,7 +2,8 @@
 dir and ports, with the store behind a CountingRelay: each object is fetched from the store once
 for the whole cluster and cached on its owner only; a node killed with -9 during a read loop
 costs the clients nothing and leaves the others' live members within seconds; the peer route
-refuses requests without a valid, fresh, unreplayed signature."""
+refuses requests without a valid, fresh, unreplayed signature. Two nodes find each other through
+a real etcd (leases), and a node with DNS membership resolves its name."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pytest
 from proxy.cache.record import object_id
 from proxy.cluster import peers, ring
 from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.etcd_server import EtcdServer
 from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
 from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
@@ -187,3 +189,47 @@ def test_the_peer_route_needs_a_valid_fresh_signature(
     # the health route too, and never an S3 answer for the reserved prefix
     status, body = get_body(f"{nodes[0].url}{peers.HEALTH_PATH}")
     assert (status, body) == (403, b"Forbidden: peer request without a cluster signature\n")
+
+
+def test_nodes_find_each_other_through_etcd_and_dns(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    etcd: EtcdServer,
+    tmp_path: Path,
+) -> None:
+    bucket = new_bucket("cluster-etcd")
+    s3 = s3_client_factory(seaweedfs)
+    s3.create_bucket(Bucket=bucket)
+    for i in range(12):
+        s3.put_object(Bucket=bucket, Key=f"e/{i}", Body=payload(SIZE, seed=i))
+    listens = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
+    nodes = []
+    for i, listen in enumerate(listens):
+        cfg = proxy_config(relay.url, bucket, tmp_path / f"cache{i}")
+        cfg["listen"] = listen
+        cfg["cluster"] = {
+            "secret_env": "CLUSTER_SECRET",
+            "etcd": {"endpoints": [etcd.url], "prefix": "/slipstream-test/", "ttl": "3s"},
+        }
+        nodes.append(proxy_factory(cfg, env))
+    wait_live(nodes, listens)
+    assert admin(nodes[0], "/admin/v1/cluster")["membership"] == "etcd"
+    relay.reset()
+    for i in range(12):  # through either node: one store fetch per object for both
+        for node in nodes:
+            assert get_body(f"{node.url}/{bucket}/e/{i}") == (200, payload(SIZE, seed=i))
+    gets = Counter(p for (m, p), n in relay.counts.items() if m == "GET" for _ in range(n))
+    assert all(gets[f"/{bucket}/e/{i}"] == 1 for i in range(12)), gets
+    nodes[1].stop()  # a clean stop revokes its lease: it leaves at once
+    wait_live(nodes[:1], listens[:1], timeout=10)
+
+    port = free_port()
+    cfg = proxy_config(relay.url, bucket, tmp_path / "cache-dns")
+    cfg["listen"] = f"127.0.0.1:{port}"
+    cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "dns": f"localhost:{port}"}
+    node = proxy_factory(cfg, env)
+    view = admin(node, "/admin/v1/cluster")
+    assert view["membership"] == "dns" and view["live"] == [f"127.0.0.1:{port}"], view

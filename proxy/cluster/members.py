@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
-from importlib.util import find_spec
 from typing import Protocol
 
 from proxy import log
-from proxy.cluster.config import ClusterConfig
 
 FAILS_TO_LEAVE = 2  # checks failed in a row before a member leaves live()
 
@@ -19,13 +17,6 @@ class Members(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     def live(self) -> tuple[str, ...]: ...  # "host:port" of live members, self included, sorted
-
-
-def provider_missing(cfg: ClusterConfig) -> str | None:
-    """Why this config's membership cannot run in this build, or None."""
-    if cfg.members is not None or find_spec(f"proxy.cluster.{cfg.membership}") is not None:
-        return None
-    return f"cluster.{cfg.membership} membership: not built yet"
 
 
 class StaticMembers:

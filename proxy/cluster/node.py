@@ -3,7 +3,6 @@ the read hook that sends a GET of an object it does not own to the object's owne
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,9 +13,11 @@ from yarl import URL
 from proxy import log
 from proxy.cluster import peers, ring
 from proxy.cluster.config import ClusterConfig
-from proxy.cluster.members import Members, StaticMembers, provider_missing
+from proxy.cluster.dns import DnsMembers
+from proxy.cluster.etcd import EtcdMembers
+from proxy.cluster.members import Members, StaticMembers
+from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
-from proxy.errors import ConfigError
 from proxy.routing import Mount, Router
 from proxy.s3.responses import request_ids
 
@@ -32,15 +33,16 @@ PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
 
 
 def make_members(cfg: ClusterConfig, check: Callable[[str], Awaitable[bool]]) -> Members:
-    """The static list here; DNS and etcd from proxy/cluster/dns.py and etcd.py, each a
-    ``provider(cfg, check) -> Members`` function."""
+    """The membership the config names: the static list (health-checked with ``check``), a
+    DNS name re-resolved, or etcd leases."""
     if cfg.members is not None:
         return StaticMembers(cfg.members, cfg.self_addr, check)
-    if provider_missing(cfg):
-        raise ConfigError(f"cluster.{cfg.membership} membership: not built yet")
-    module = importlib.import_module(f"proxy.cluster.{cfg.membership}")
-    members: Members = module.provider(cfg, check)
-    return members
+    if cfg.dns is not None:
+        name, port = split_host_port(cfg.dns, "cluster.dns")
+        return DnsMembers(name, port, cfg.self_addr)
+    assert cfg.etcd is not None
+    etcd = cfg.etcd
+    return EtcdMembers(list(etcd.endpoints), etcd.prefix, etcd.ttl, cfg.self_addr)
 
 
 class Cluster:
