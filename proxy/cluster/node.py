@@ -3,6 +3,7 @@ the read hook that sends a GET of an object it does not own to the object's owne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from proxy.routing import Mount, Router
 from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
+Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
 
 # request headers a forwarded GET carries to the owner; answer headers it carries back
 _PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
@@ -29,7 +31,11 @@ _DROP_ANSWER = frozenset(
     {"x-amz-request-id", "x-amz-id-2", "connection", "keep-alive", "transfer-encoding", "date"}
     | {"server", "content-length"}
 )
+_OBJECT_ROUTES = frozenset(
+    {("GET", peers.OBJECT_PATH), ("HEAD", peers.OBJECT_PATH), ("POST", peers.INVALIDATE_PATH)}
+)
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
+INVALIDATE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 def make_members(cfg: ClusterConfig, check: Callable[[str], Awaitable[bool]]) -> Members:
@@ -55,6 +61,8 @@ class Cluster:
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._peer_get: PeerGet | None = None
+        self._peer_head: PeerGet | None = None
+        self._drop: Drop | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -67,9 +75,15 @@ class Cluster:
         if self._session is not None:
             await self._session.close()
 
-    def attach(self, router: Router, peer_get: PeerGet) -> None:
-        """What the peer object route answers with: this node's own GET, as owner."""
-        self._router, self._peer_get = router, peer_get
+    def attach(self, router: Router, peer_get: PeerGet, peer_head: PeerGet, drop: Drop) -> None:
+        """What the peer object route answers with: this node's own GET and HEAD, as owner;
+        what the invalidate route does: ``drop``."""
+        self._router, self._peer_get, self._peer_head, self._drop = (
+            router,
+            peer_get,
+            peer_head,
+            drop,
+        )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -81,16 +95,53 @@ class Cluster:
         }
 
     # -- the client side ----------------------------------------------------------------------
-    def _get(self, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+    def _call(
+        self,
+        method: str,
+        member: str,
+        path_qs: str,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
+    ) -> Any:
         assert self._session is not None, "start() first"
-        signed = peers.sign(self._secret, "GET", path_qs)
+        signed = peers.sign(self._secret, method, path_qs)
         url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
-        return self._session.get(url, headers={**headers, **signed})
+        return self._session.request(method, url, headers={**headers, **signed}, timeout=timeout)
 
     async def check(self, member: str) -> bool:
         """The member's peer health route answers 200 to a signed request."""
-        async with self._get(member, peers.HEALTH_PATH, {}) as resp:
+        async with self._call("GET", member, peers.HEALTH_PATH, {}) as resp:
             return bool(resp.status == 200)
+
+    async def invalidate(self, mount: Mount, key: str) -> None:
+        """The store accepted a write or delete of ``key`` (a remote key) through this node:
+        every other live owner drops its copy (and refuses fills begun before) before this
+        returns; a copy kept here by a node that does not own the object is dropped too. An
+        owner that does not answer within INVALIDATE_TIMEOUT is logged and passed over."""
+        if not mount.cacheable:
+            return
+        owners = self.owners(mount, key)
+        if self.self_addr not in owners and self._drop is not None:
+            await self._drop(oid_of(mount, key))
+        others = [m for m in owners if m != self.self_addr]
+        if others:
+            path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
+            await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
+
+    async def _invalidate_on(self, member: str, path_qs: str) -> None:
+        try:
+            async with self._call("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
+                if resp.status == 204:
+                    return
+                why = f"it answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        log.cluster.warning(
+            "cluster: owner %s did not confirm dropping an object written through this node "
+            "(%s); it may serve its old copy until its metadata_ttl revalidation",
+            member,
+            why,
+        )
 
     def owners(self, mount: Mount, key: str) -> list[str]:
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas)
@@ -98,8 +149,8 @@ class Cluster:
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse | None:
-        """A GET of ``key`` (a remote key) this node does not own: the first owner that answers
-        streams it to the client, nothing is kept here. None: this node owns it, or no owner
+        """A GET or HEAD of ``key`` (a remote key) this node does not own: the first owner that
+        answers streams it to the client, nothing is kept here. None: this node owns it, or no owner
         answered (the caller reads through, as a single node does)."""
         if request.get("peer") or not mount.cacheable:
             return None
@@ -110,7 +161,7 @@ class Cluster:
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
         for member in owners:
             try:
-                resp = await self._get(member, path_qs, passed)
+                resp = await self._call(request.method, member, path_qs, passed)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.server.info("cluster: owner %s did not answer (%s); next", member, exc)
                 continue
@@ -148,14 +199,22 @@ class Cluster:
         why = self.verifier.refusal(request.method, request.raw_path, request.headers)
         if why is not None:
             return web.Response(status=403, text=f"Forbidden: {why}\n")
-        path = request.raw_path.partition("?")[0]
-        if path == peers.HEALTH_PATH and request.method == "GET":
+        route = request.method, request.raw_path.partition("?")[0]
+        if route == ("GET", peers.HEALTH_PATH):
             return web.Response(text="ok\n")
-        if path != peers.OBJECT_PATH or request.method != "GET":
+        if route not in _OBJECT_ROUTES:
             return web.Response(status=404, text="Not Found: no such peer route\n")
         bucket, key = request.query.get("bucket"), request.query.get("key")
-        if not bucket or not key or self._router is None or self._peer_get is None:
+        if not bucket or not key or self._router is None:
             return web.Response(status=400, text="Bad Request: bucket and key are required\n")
         mount = self._router.resolve(bucket)  # NoSuchBucket: the S3 error
+        remote = mount.remote_key(key)
         request["peer"] = True
-        return await self._peer_get(request, mount, mount.remote_key(key))
+        if route[0] == "POST":
+            assert self._drop is not None, "attach() first"
+            if mount.cacheable:
+                await self._drop(oid_of(mount, remote))
+            return web.Response(status=204)
+        answer = self._peer_get if route[0] == "GET" else self._peer_head
+        assert answer is not None, "attach() first"
+        return await answer(request, mount, remote)
