@@ -47,7 +47,7 @@ from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore
 from proxy.readfeed import ReadFeed
-from proxy.routing import Router
+from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
 from proxy.s3.middleware import Handler, make_middleware
@@ -96,6 +96,7 @@ class S3Server:
                 lambda r, m, k: read_handlers.get_object(r, m, k, {}),
                 lambda r, m, k: read_handlers.head_object(r, m, k, {}),
                 self._drop,
+                self._fill,
             )
             read_handlers.forward = self.cluster.forward
             writes.changed = self.cluster.invalidate
@@ -119,6 +120,13 @@ class S3Server:
         self.reads.invalidate(oid)
         await self.cache.drop(oid)
         self.reads.invalidate(oid)
+
+    async def _fill(self, mount: Mount, key: str) -> None:
+        """Read the whole object through the cache (a replica's fill), the bytes dropped."""
+        assert self.reads is not None, "start() first"
+        read = await self.reads.read(mount, key, None, {})
+        async for _ in self.reads.bytes_of(read, mount, key):
+            pass
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -1,5 +1,7 @@
-"""This node in the cluster: its membership, its peer client, the peer routes it answers, and
-the read hook that sends a GET of an object it does not own to the object's owner."""
+"""This node in the cluster: its membership, its peer client, the peer routes it answers, the
+read hook that sends a GET or HEAD of an object it does not own to the object's owner (and has
+a replica filled from the first owner), and the write hook that has the other owners drop
+their copies before a write is acknowledged."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy import log
+from proxy import errors, log
 from proxy.cluster import peers, ring
 from proxy.cluster.config import ClusterConfig
 from proxy.cluster.dns import DnsMembers
 from proxy.cluster.etcd import EtcdMembers
 from proxy.cluster.members import Members, StaticMembers
+from proxy.cluster.source import REPLICA_HEADER, Fill, replica_mount
 from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
@@ -32,7 +35,8 @@ _DROP_ANSWER = frozenset(
     | {"server", "content-length"}
 )
 _OBJECT_ROUTES = frozenset(
-    {("GET", peers.OBJECT_PATH), ("HEAD", peers.OBJECT_PATH), ("POST", peers.INVALIDATE_PATH)}
+    {("GET", peers.OBJECT_PATH), ("HEAD", peers.OBJECT_PATH)}
+    | {("POST", peers.INVALIDATE_PATH), ("POST", peers.REPLICATE_PATH)}
 )
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
 INVALIDATE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -63,6 +67,9 @@ class Cluster:
         self._peer_get: PeerGet | None = None
         self._peer_head: PeerGet | None = None
         self._drop: Drop | None = None
+        self._fill: Fill | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -71,19 +78,26 @@ class Cluster:
         await self.members.start()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.members.close()
         if self._session is not None:
             await self._session.close()
 
-    def attach(self, router: Router, peer_get: PeerGet, peer_head: PeerGet, drop: Drop) -> None:
+    def attach(
+        self, router: Router, peer_get: PeerGet, peer_head: PeerGet, drop: Drop, fill: Fill
+    ) -> None:
         """What the peer object route answers with: this node's own GET and HEAD, as owner;
-        what the invalidate route does: ``drop``."""
-        self._router, self._peer_get, self._peer_head, self._drop = (
-            router,
-            peer_get,
-            peer_head,
-            drop,
-        )
+        what the invalidate route does: ``drop``; how a replica is filled: ``fill`` (read the
+        whole object through the cache)."""
+        self._router, self._peer_get, self._peer_head = router, peer_get, peer_head
+        self._drop, self._fill = drop, fill
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -128,14 +142,18 @@ class Cluster:
             path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
 
-    async def _invalidate_on(self, member: str, path_qs: str) -> None:
+    async def _post(self, member: str, path_qs: str, expect: int) -> str | None:
+        """A signed POST with a short timeout; None when answered ``expect``, else why not."""
         try:
             async with self._call("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
-                if resp.status == 204:
-                    return
-                why = f"it answered {resp.status}"
+                return None if resp.status == expect else f"it answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}"
+
+    async def _invalidate_on(self, member: str, path_qs: str) -> None:
+        why = await self._post(member, path_qs, 204)
+        if why is None:
+            return
         log.cluster.warning(
             "cluster: owner %s did not confirm dropping an object written through this node "
             "(%s); it may serve its old copy until its metadata_ttl revalidation",
@@ -152,12 +170,23 @@ class Cluster:
         """A GET or HEAD of ``key`` (a remote key) this node does not own: the first owner that
         answers streams it to the client, nothing is kept here. None: this node owns it, or no owner
         answered (the caller reads through, as a single node does)."""
-        if request.get("peer") or not mount.cacheable:
+        if not mount.cacheable or request.get("routed"):
             return None
+        request["routed"] = True  # the answer below may come back here: once is enough
         owners = self.owners(mount, key)
-        if self.self_addr in owners:
-            return None
         path_qs = peers.object_path(mount.name, key[len(mount.prefix) :])
+        others = [m for m in owners if m != self.self_addr]
+        if len(others) < len(owners):  # an owner, without a copy
+            if owners[0] == self.self_addr:  # the first: read through the store, as one node
+                if request.method == "GET" and REPLICA_HEADER not in request.headers:
+                    self._spawn(self._replicate(others, path_qs))
+                return None
+            if request.method == "GET" and self._peer_get is not None:
+                replica = replica_mount(mount, self._call, path_qs, others)
+                return await self._peer_get(request, replica, key)
+            owners = others  # a HEAD: asked of the other owners, as a non-owner does
+        elif request.get("peer"):
+            return None  # the asker's ring disagrees (membership changing): answer it here
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
         for member in owners:
             try:
@@ -192,6 +221,30 @@ class Cluster:
         finally:
             upstream.release()
 
+    async def _replicate(self, others: list[str], path_qs: str) -> None:
+        """Ask the other owners to fill their replicas (from this node: the first owner)."""
+        path_qs = peers.REPLICATE_PATH + path_qs[len(peers.OBJECT_PATH) :]
+        for member in others:
+            why = await self._post(member, path_qs, 202)
+            if why is not None:
+                log.cluster.info("cluster: owner %s was not told to replicate (%s)", member, why)
+
+    async def _fill_replica(self, mount: Mount, remote: str, oid: bytes) -> None:
+        """Fill this node's replica from the other owners (the store only if none answers)."""
+        assert self._fill is not None, "attach() first"
+        owners = self.owners(mount, remote)
+        others = [m for m in owners if m != self.self_addr]
+        if len(others) == len(owners) or owners[0] == self.self_addr or oid in self._filling:
+            return  # no longer a replica here (membership changed), or already under way
+        self._filling.add(oid)
+        try:
+            path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
+            await self._fill(replica_mount(mount, self._call, path_qs, others), remote)
+        except (errors.ProxyError, OSError) as exc:
+            log.cluster.info("cluster: a replica fill failed (%s)", type(exc).__name__)
+        finally:
+            self._filling.discard(oid)
+
     # -- the server side ----------------------------------------------------------------------
     async def serve_peer(self, request: web.BaseRequest) -> web.StreamResponse:
         """The peer routes (PREFIX on the S3 listener): refused without a valid signature."""
@@ -210,6 +263,10 @@ class Cluster:
         mount = self._router.resolve(bucket)  # NoSuchBucket: the S3 error
         remote = mount.remote_key(key)
         request["peer"] = True
+        if route == ("POST", peers.REPLICATE_PATH):
+            if mount.cacheable:
+                self._spawn(self._fill_replica(mount, remote, oid_of(mount, remote)))
+            return web.Response(status=202)
         if route[0] == "POST":
             assert self._drop is not None, "attach() first"
             if mount.cacheable:

@@ -21,6 +21,7 @@ PREFIX = "/_slipstream/peer/v1/"
 HEALTH_PATH = PREFIX + "health"
 OBJECT_PATH = PREFIX + "object"
 INVALIDATE_PATH = PREFIX + "invalidate"
+REPLICATE_PATH = PREFIX + "replicate"
 REPLAY_WINDOW = 60.0
 TIME_HEADER = "x-slipstream-time"
 NONCE_HEADER = "x-slipstream-nonce"
