@@ -93,8 +93,8 @@ class S3Server:
             await self.cluster.start()
             self.cluster.attach(
                 router,
-                lambda r, m, k: read_handlers.get_object(r, m, k, {}),
-                lambda r, m, k: read_handlers.head_object(r, m, k, {}),
+                lambda r, m, k: read_handlers.get_object(r, m, k, dict(r.query)),
+                lambda r, m, k: read_handlers.head_object(r, m, k, dict(r.query)),
                 self._drop,
                 self._fill,
             )

@@ -7,6 +7,7 @@ fetch (its other owner holds it); a write through the non-owner reaches both own
 from __future__ import annotations
 
 import random
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,14 @@ def test_each_object_on_exactly_its_two_owners_and_a_dead_owner_costs_no_refetch
         for node in survivors:
             assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
     assert store_gets(relay) == Counter(), relay.counts  # every object's other owner had it
+
+    # a cold object read first through its second owner (filled from the first) and through
+    # it again: the response-* overrides of the client's query are honoured both times
+    key = list(bodies)[KEYS + 5]
+    second = ring.owners(object_id("store", bucket, key), members[1:], 2)[1]
+    node = next(n for n in survivors if n.config["listen"] == second)
+    for _ in range(2):
+        url = f"{node.url}/{bucket}/{key}?response-content-type=text%2Fx-check"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.read() == bodies[key] and resp.headers["Content-Type"] == "text/x-check"
+    assert store_gets(relay) == Counter({f"/{bucket}/{key}": 1}), relay.counts

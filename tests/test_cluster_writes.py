@@ -59,6 +59,12 @@ def test_writes_through_a_non_owner_reach_every_node_before_the_answer(
         status, etag, length, _ = seen.pop()
         assert (status, length) == (200, str(SIZE)) and etag, key
     assert relay.counts == {}, relay.counts  # no node asked the store
+    other = next(n for n in nodes if n is not owner_of(nodes, bucket, keys[0]))
+    query = "?response-content-type=text%2Fx-check&response-cache-control=no-store"
+    with urllib.request.urlopen(f"{other.url}/{bucket}/{keys[0]}{query}", timeout=10) as resp:
+        assert resp.read() == bodies[keys[0]]  # from the owner, with the client's overrides
+        assert resp.headers["Content-Type"] == "text/x-check"
+        assert resp.headers["Cache-Control"] == "no-store"
     unsigned = urllib.request.Request(
         nodes[0].url + peers.object_path(bucket, keys[0], peers.INVALIDATE_PATH), method="POST"
     )

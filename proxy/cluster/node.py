@@ -6,6 +6,7 @@ their copies before a write is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from proxy.cluster.source import REPLICA_HEADER, Fill, replica_mount
 from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
+from proxy.s3.parse import RESPONSE_OVERRIDES
 from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
@@ -167,8 +169,11 @@ class Cluster:
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse | None:
-        """A GET or HEAD of ``key`` (a remote key) this node does not own: the first owner that
-        answers streams it to the client, nothing is kept here. None: this node owns it, or no owner
+        """A GET or HEAD of ``key`` (a remote key) not cached here. This node does not own it:
+        the first owner that answers streams it to the client, nothing is kept here. This node
+        is its first owner: None (read through the store here), and a GET asks the other owners
+        to replicate it from here. Another owner: a GET fills the replica here from the other
+        owners (the store last) while it answers; a HEAD asks them. None also when no owner
         answered (the caller reads through, as a single node does)."""
         if not mount.cacheable or request.get("routed"):
             return None
@@ -178,7 +183,8 @@ class Cluster:
         others = [m for m in owners if m != self.self_addr]
         if len(others) < len(owners):  # an owner, without a copy
             if owners[0] == self.self_addr:  # the first: read through the store, as one node
-                if request.method == "GET" and REPLICA_HEADER not in request.headers:
+                replica_fill = REPLICA_HEADER in request.headers
+                if others and request.method == "GET" and not replica_fill:
                     self._spawn(self._replicate(others, path_qs))
                 return None
             if request.method == "GET" and self._peer_get is not None:
@@ -188,9 +194,11 @@ class Cluster:
         elif request.get("peer"):
             return None  # the asker's ring disagrees (membership changing): answer it here
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
+        wanted = {k: v for k, v in request.query.items() if k in RESPONSE_OVERRIDES}
+        overrides = "&" + urllib.parse.urlencode(wanted) if wanted else ""  # response-*
         for member in owners:
             try:
-                resp = await self._call(request.method, member, path_qs, passed)
+                resp = await self._call(request.method, member, path_qs + overrides, passed)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.server.info("cluster: owner %s did not answer (%s); next", member, exc)
                 continue
