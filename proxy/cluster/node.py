@@ -150,7 +150,7 @@ class Cluster:
             async with self._call("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
                 return None if resp.status == expect else f"it answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return type(exc).__name__  # not str(exc): it may name the URL, the client's key
 
     async def _invalidate_on(self, member: str, path_qs: str) -> None:
         why = await self._post(member, path_qs, 204)
@@ -200,7 +200,8 @@ class Cluster:
             try:
                 resp = await self._call(request.method, member, path_qs + overrides, passed)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.server.info("cluster: owner %s did not answer (%s); next", member, exc)
+                why = type(exc).__name__  # not str(exc): it may name the URL, the client's key
+                log.server.info("cluster: owner %s did not answer (%s); next", member, why)
                 continue
             if resp.status >= 500 or resp.status == 403:
                 log.server.info("cluster: owner %s answered %d; next", member, resp.status)

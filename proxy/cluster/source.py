@@ -49,7 +49,9 @@ class PeerSource:
                 )
             except _NEXT as exc:
                 log.cluster.info(
-                    "cluster: owner %s did not answer a replica fill (%s)", member, exc
+                    "cluster: owner %s did not answer a replica fill (%s)",
+                    member,
+                    type(exc).__name__,
                 )
                 continue
             if resp.status in (200, 206):
