@@ -47,7 +47,7 @@ from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore
 from proxy.readfeed import ReadFeed
-from proxy.routing import Router
+from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
 from proxy.s3.middleware import Handler, make_middleware
@@ -88,13 +88,21 @@ class S3Server:
             region=self.cfg.auth.region,
             sendfile=self.cfg.server.sendfile,
         )
+        writes = Writes(self.cache, reads)
         if self.cluster is not None:
             await self.cluster.start()
-            self.cluster.attach(router, lambda r, m, k: read_handlers.get_object(r, m, k, {}))
+            self.cluster.attach(
+                router,
+                lambda r, m, k: read_handlers.get_object(r, m, k, dict(r.query)),
+                lambda r, m, k: read_handlers.head_object(r, m, k, dict(r.query)),
+                self._drop,
+                self._fill,
+            )
             read_handlers.forward = self.cluster.forward
+            writes.changed = self.cluster.invalidate
         dispatcher = S3Dispatcher(
             reads=read_handlers,
-            writes=S3WriteHandlers(Writes(self.cache, reads), router),
+            writes=S3WriteHandlers(writes, router),
             router=router,
             auth=Authenticator(self.cfg.auth, self.cfg.auth.region),
             domains=self.cfg.server.domains,
@@ -105,6 +113,20 @@ class S3Server:
         # the process: keep it out of the cyclic GC's full collections, which would otherwise
         # walk it every time and show up as latency spikes.
         gc.freeze()
+
+    async def _drop(self, oid: bytes) -> None:
+        """Another node wrote or deleted this object: drop the copy, as a local write does."""
+        assert self.reads is not None, "start() first"
+        self.reads.invalidate(oid)
+        await self.cache.drop(oid)
+        self.reads.invalidate(oid)
+
+    async def _fill(self, mount: Mount, key: str) -> None:
+        """Read the whole object through the cache (a replica's fill), the bytes dropped."""
+        assert self.reads is not None, "start() first"
+        read = await self.reads.read(mount, key, None, {})
+        async for _ in self.reads.bytes_of(read, mount, key):
+            pass
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -65,6 +65,19 @@ def cluster(
     relay: CountingRelay,
     tmp_path: Path,
 ) -> tuple[str, dict[str, bytes], list[ProxyProcess]]:
+    return start_cluster(seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 1)
+
+
+def start_cluster(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+    replicas: int,
+) -> tuple[str, dict[str, bytes], list[ProxyProcess]]:
+    """Three nodes over ``relay`` (its counts reset once they see each other), OBJECTS objects
+    in a new bucket."""
     bucket = new_bucket("cluster")
     s3 = s3_client_factory(seaweedfs)
     s3.create_bucket(Bucket=bucket)
@@ -77,7 +90,7 @@ def cluster(
     for i, listen in enumerate(listens):
         cfg = proxy_config(relay.url, bucket, tmp_path / f"cache{i}")
         cfg["listen"] = listen
-        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "members": listens, "replicas": 1}
+        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "members": listens, "replicas": replicas}
         nodes.append(proxy_factory(cfg, env))
     wait_live(nodes, listens)
     relay.reset()

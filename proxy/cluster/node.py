@@ -1,8 +1,12 @@
-"""This node in the cluster: its membership, its peer client, the peer routes it answers, and
-the read hook that sends a GET of an object it does not own to the object's owner."""
+"""This node in the cluster: its membership, its peer client, the peer routes it answers, the
+read hook that sends a GET or HEAD of an object it does not own to the object's owner (and has
+a replica filled from the first owner), and the write hook that has the other owners drop
+their copies before a write is acknowledged."""
 
 from __future__ import annotations
 
+import asyncio
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,18 +14,21 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy import log
+from proxy import errors, log
 from proxy.cluster import peers, ring
 from proxy.cluster.config import ClusterConfig
 from proxy.cluster.dns import DnsMembers
 from proxy.cluster.etcd import EtcdMembers
 from proxy.cluster.members import Members, StaticMembers
+from proxy.cluster.source import REPLICA_HEADER, Fill, replica_mount
 from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
+from proxy.s3.parse import RESPONSE_OVERRIDES
 from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
+Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
 
 # request headers a forwarded GET carries to the owner; answer headers it carries back
 _PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
@@ -29,7 +36,12 @@ _DROP_ANSWER = frozenset(
     {"x-amz-request-id", "x-amz-id-2", "connection", "keep-alive", "transfer-encoding", "date"}
     | {"server", "content-length"}
 )
+_OBJECT_ROUTES = frozenset(
+    {("GET", peers.OBJECT_PATH), ("HEAD", peers.OBJECT_PATH)}
+    | {("POST", peers.INVALIDATE_PATH), ("POST", peers.REPLICATE_PATH)}
+)
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
+INVALIDATE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 def make_members(cfg: ClusterConfig, check: Callable[[str], Awaitable[bool]]) -> Members:
@@ -55,6 +67,11 @@ class Cluster:
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._peer_get: PeerGet | None = None
+        self._peer_head: PeerGet | None = None
+        self._drop: Drop | None = None
+        self._fill: Fill | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -63,13 +80,26 @@ class Cluster:
         await self.members.start()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.members.close()
         if self._session is not None:
             await self._session.close()
 
-    def attach(self, router: Router, peer_get: PeerGet) -> None:
-        """What the peer object route answers with: this node's own GET, as owner."""
-        self._router, self._peer_get = router, peer_get
+    def attach(
+        self, router: Router, peer_get: PeerGet, peer_head: PeerGet, drop: Drop, fill: Fill
+    ) -> None:
+        """What the peer object route answers with: this node's own GET and HEAD, as owner;
+        what the invalidate route does: ``drop``; how a replica is filled: ``fill`` (read the
+        whole object through the cache)."""
+        self._router, self._peer_get, self._peer_head = router, peer_get, peer_head
+        self._drop, self._fill = drop, fill
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -81,16 +111,57 @@ class Cluster:
         }
 
     # -- the client side ----------------------------------------------------------------------
-    def _get(self, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+    def _call(
+        self,
+        method: str,
+        member: str,
+        path_qs: str,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
+    ) -> Any:
         assert self._session is not None, "start() first"
-        signed = peers.sign(self._secret, "GET", path_qs)
+        signed = peers.sign(self._secret, method, path_qs)
         url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
-        return self._session.get(url, headers={**headers, **signed})
+        return self._session.request(method, url, headers={**headers, **signed}, timeout=timeout)
 
     async def check(self, member: str) -> bool:
         """The member's peer health route answers 200 to a signed request."""
-        async with self._get(member, peers.HEALTH_PATH, {}) as resp:
+        async with self._call("GET", member, peers.HEALTH_PATH, {}) as resp:
             return bool(resp.status == 200)
+
+    async def invalidate(self, mount: Mount, key: str) -> None:
+        """The store accepted a write or delete of ``key`` (a remote key) through this node:
+        every other live owner drops its copy (and refuses fills begun before) before this
+        returns; a copy kept here by a node that does not own the object is dropped too. An
+        owner that does not answer within INVALIDATE_TIMEOUT is logged and passed over."""
+        if not mount.cacheable:
+            return
+        owners = self.owners(mount, key)
+        if self.self_addr not in owners and self._drop is not None:
+            await self._drop(oid_of(mount, key))
+        others = [m for m in owners if m != self.self_addr]
+        if others:
+            path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
+            await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
+
+    async def _post(self, member: str, path_qs: str, expect: int) -> str | None:
+        """A signed POST with a short timeout; None when answered ``expect``, else why not."""
+        try:
+            async with self._call("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
+                return None if resp.status == expect else f"it answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return type(exc).__name__  # not str(exc): it may name the URL, the client's key
+
+    async def _invalidate_on(self, member: str, path_qs: str) -> None:
+        why = await self._post(member, path_qs, 204)
+        if why is None:
+            return
+        log.cluster.warning(
+            "cluster: owner %s did not confirm dropping an object written through this node "
+            "(%s); it may serve its old copy until its metadata_ttl revalidation",
+            member,
+            why,
+        )
 
     def owners(self, mount: Mount, key: str) -> list[str]:
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas)
@@ -98,21 +169,39 @@ class Cluster:
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse | None:
-        """A GET of ``key`` (a remote key) this node does not own: the first owner that answers
-        streams it to the client, nothing is kept here. None: this node owns it, or no owner
+        """A GET or HEAD of ``key`` (a remote key) not cached here. This node does not own it:
+        the first owner that answers streams it to the client, nothing is kept here. This node
+        is its first owner: None (read through the store here), and a GET asks the other owners
+        to replicate it from here. Another owner: a GET fills the replica here from the other
+        owners (the store last) while it answers; a HEAD asks them. None also when no owner
         answered (the caller reads through, as a single node does)."""
-        if request.get("peer") or not mount.cacheable:
+        if not mount.cacheable or request.get("routed"):
             return None
+        request["routed"] = True  # the answer below may come back here: once is enough
         owners = self.owners(mount, key)
-        if self.self_addr in owners:
-            return None
         path_qs = peers.object_path(mount.name, key[len(mount.prefix) :])
+        others = [m for m in owners if m != self.self_addr]
+        if len(others) < len(owners):  # an owner, without a copy
+            if owners[0] == self.self_addr:  # the first: read through the store, as one node
+                replica_fill = REPLICA_HEADER in request.headers
+                if others and request.method == "GET" and not replica_fill:
+                    self._spawn(self._replicate(others, path_qs))
+                return None
+            if request.method == "GET" and self._peer_get is not None:
+                replica = replica_mount(mount, self._call, path_qs, others)
+                return await self._peer_get(request, replica, key)
+            owners = others  # a HEAD: asked of the other owners, as a non-owner does
+        elif request.get("peer"):
+            return None  # the asker's ring disagrees (membership changing): answer it here
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
+        wanted = {k: v for k, v in request.query.items() if k in RESPONSE_OVERRIDES}
+        overrides = "&" + urllib.parse.urlencode(wanted) if wanted else ""  # response-*
         for member in owners:
             try:
-                resp = await self._get(member, path_qs, passed)
+                resp = await self._call(request.method, member, path_qs + overrides, passed)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.server.info("cluster: owner %s did not answer (%s); next", member, exc)
+                why = type(exc).__name__  # not str(exc): it may name the URL, the client's key
+                log.server.info("cluster: owner %s did not answer (%s); next", member, why)
                 continue
             if resp.status >= 500 or resp.status == 403:
                 log.server.info("cluster: owner %s answered %d; next", member, resp.status)
@@ -141,6 +230,30 @@ class Cluster:
         finally:
             upstream.release()
 
+    async def _replicate(self, others: list[str], path_qs: str) -> None:
+        """Ask the other owners to fill their replicas (from this node: the first owner)."""
+        path_qs = peers.REPLICATE_PATH + path_qs[len(peers.OBJECT_PATH) :]
+        for member in others:
+            why = await self._post(member, path_qs, 202)
+            if why is not None:
+                log.cluster.info("cluster: owner %s was not told to replicate (%s)", member, why)
+
+    async def _fill_replica(self, mount: Mount, remote: str, oid: bytes) -> None:
+        """Fill this node's replica from the other owners (the store only if none answers)."""
+        assert self._fill is not None, "attach() first"
+        owners = self.owners(mount, remote)
+        others = [m for m in owners if m != self.self_addr]
+        if len(others) == len(owners) or owners[0] == self.self_addr or oid in self._filling:
+            return  # no longer a replica here (membership changed), or already under way
+        self._filling.add(oid)
+        try:
+            path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
+            await self._fill(replica_mount(mount, self._call, path_qs, others), remote)
+        except (errors.ProxyError, OSError) as exc:
+            log.cluster.info("cluster: a replica fill failed (%s)", type(exc).__name__)
+        finally:
+            self._filling.discard(oid)
+
     # -- the server side ----------------------------------------------------------------------
     async def serve_peer(self, request: web.BaseRequest) -> web.StreamResponse:
         """The peer routes (PREFIX on the S3 listener): refused without a valid signature."""
@@ -148,14 +261,26 @@ class Cluster:
         why = self.verifier.refusal(request.method, request.raw_path, request.headers)
         if why is not None:
             return web.Response(status=403, text=f"Forbidden: {why}\n")
-        path = request.raw_path.partition("?")[0]
-        if path == peers.HEALTH_PATH and request.method == "GET":
+        route = request.method, request.raw_path.partition("?")[0]
+        if route == ("GET", peers.HEALTH_PATH):
             return web.Response(text="ok\n")
-        if path != peers.OBJECT_PATH or request.method != "GET":
+        if route not in _OBJECT_ROUTES:
             return web.Response(status=404, text="Not Found: no such peer route\n")
         bucket, key = request.query.get("bucket"), request.query.get("key")
-        if not bucket or not key or self._router is None or self._peer_get is None:
+        if not bucket or not key or self._router is None:
             return web.Response(status=400, text="Bad Request: bucket and key are required\n")
         mount = self._router.resolve(bucket)  # NoSuchBucket: the S3 error
+        remote = mount.remote_key(key)
         request["peer"] = True
-        return await self._peer_get(request, mount, mount.remote_key(key))
+        if route == ("POST", peers.REPLICATE_PATH):
+            if mount.cacheable:
+                self._spawn(self._fill_replica(mount, remote, oid_of(mount, remote)))
+            return web.Response(status=202)
+        if route[0] == "POST":
+            assert self._drop is not None, "attach() first"
+            if mount.cacheable:
+                await self._drop(oid_of(mount, remote))
+            return web.Response(status=204)
+        answer = self._peer_get if route[0] == "GET" else self._peer_head
+        assert answer is not None, "attach() first"
+        return await answer(request, mount, remote)

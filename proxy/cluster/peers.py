@@ -20,6 +20,8 @@ from collections.abc import Mapping
 PREFIX = "/_slipstream/peer/v1/"
 HEALTH_PATH = PREFIX + "health"
 OBJECT_PATH = PREFIX + "object"
+INVALIDATE_PATH = PREFIX + "invalidate"
+REPLICATE_PATH = PREFIX + "replicate"
 REPLAY_WINDOW = 60.0
 TIME_HEADER = "x-slipstream-time"
 NONCE_HEADER = "x-slipstream-nonce"
@@ -43,8 +45,8 @@ def sign(secret: bytes, method: str, path_qs: str, now: float | None = None) -> 
     }
 
 
-def object_path(bucket: str, key: str) -> str:
-    return OBJECT_PATH + "?" + urllib.parse.urlencode({"bucket": bucket, "key": key})
+def object_path(bucket: str, key: str, route: str = OBJECT_PATH) -> str:
+    return route + "?" + urllib.parse.urlencode({"bucket": bucket, "key": key})
 
 
 class Verifier:

@@ -4,7 +4,7 @@ one stage writes the next stage reads hot. Writes and deletes invalidate cached 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from proxy import errors
 from proxy.cache.store import CacheStore
@@ -15,6 +15,7 @@ from proxy.model import RETURNED_CHECKSUMS, ByteRange, ObjectMeta, PartInfo, Upl
 from proxy.routing import Mount
 
 TEE_FRACTION = 0.25  # objects larger than this share of the cache are not copied in
+Changed = Callable[[Mount, str], Awaitable[None]]
 
 
 class Writes:
@@ -22,6 +23,13 @@ class Writes:
         self.cache = cache
         self.reads = reads
         self.parts = cache.uploads
+        # with a cluster: the store accepted a write or delete of (mount, key); awaited before
+        # the client is answered (the other owners drop their copies)
+        self.changed: Changed | None = None
+
+    async def _changed(self, mount: Mount, key: str) -> None:
+        if self.changed is not None:
+            await self.changed(mount, key)
 
     @staticmethod
     def _writable(mount: Mount) -> None:
@@ -65,6 +73,7 @@ class Writes:
                 rec.headers[f"x-amz-checksum-{alg}"] = value
         if tee is None or not await tee.publish(oid, rec, seen):
             await self.cache.drop(oid)
+        await self._changed(mount, key)
         return meta
 
     async def delete(self, mount: Mount, key: str) -> None:
@@ -76,6 +85,7 @@ class Writes:
         finally:
             await self.cache.drop(oid)
             self.reads.invalidate(oid)
+        await self._changed(mount, key)
 
     async def copy(
         self,
@@ -92,9 +102,11 @@ class Writes:
         self.reads.invalidate(oid)
         try:
             if src.backend is dst.backend:
-                return await dst.backend.copy(
+                meta = await dst.backend.copy(
                     src.bucket, src_key, dst.bucket, dst_key, content_type, metadata
                 )
+                await self._changed(dst, dst_key)
+                return meta
             read = await self.reads.read(src, src_key, None, {})
             meta_in = read.meta
             return await self.put(
@@ -200,6 +212,7 @@ class Writes:
         else:
             await self.parts.discard(oid, upload_id)
             await self.cache.drop(oid)
+        await self._changed(mount, key)
         return meta
 
     async def abort_multipart(self, mount: Mount, key: str, upload_id: str) -> None:

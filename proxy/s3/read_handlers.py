@@ -38,7 +38,8 @@ class S3ReadHandlers:
 
     def __init__(self, *, reads: Reads, listing: Listing, region: str, sendfile: bool) -> None:
         self.reads = reads
-        # with a cluster: a GET of an object not cached here that another node owns goes there
+        # with a cluster: a GET or HEAD of an object not cached here that another node owns
+        # goes there
         self.forward: Forward | None = None
         self.part_ranges = PartRanges(reads)
         self.listing = listing
@@ -126,6 +127,11 @@ class S3ReadHandlers:
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
+        if self.forward is not None and "partNumber" not in query:
+            if not self.reads.cached(mount, key):
+                forwarded = await self.forward(request, mount, key)
+                if forwarded is not None:
+                    return forwarded
         part = None
         if "partNumber" in query:
             part = await self._part(request, mount, key, query["partNumber"])

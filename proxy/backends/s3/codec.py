@@ -82,6 +82,16 @@ def map_answer(status: int, code: str, bucket: str, key: str) -> errors.S3Error:
     return errors.InvalidRequest(f"The store refused the request: {code or status}.")
 
 
+def get_headers(start: int | None, end: int | None, if_match: str | None) -> dict[str, str]:
+    """The Range and If-Match of a ranged GET (``start=None``: the whole object)."""
+    headers: dict[str, str] = {}
+    if start is not None:
+        headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+    if if_match:
+        headers["If-Match"] = if_match
+    return headers
+
+
 def meta_from_headers(headers: Any, size: int) -> ObjectMeta:
     etag = headers.get("ETag", '""')
     try:

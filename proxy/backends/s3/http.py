@@ -19,7 +19,7 @@ from proxy import errors
 from proxy.backends.kit.body import READ_SIZE, metered
 from proxy.backends.kit.calls import Retry, StoreCalls
 from proxy.backends.kit.http1 import Http1Pool, Response
-from proxy.backends.s3.codec import map_answer, meta_from_headers
+from proxy.backends.s3.codec import get_headers, map_answer, meta_from_headers
 from proxy.backends.s3.sign import Signer
 from proxy.config import BackendConfig
 from proxy.model import GetResult, ObjectMeta
@@ -140,11 +140,7 @@ class S3HttpReader:
     async def get(
         self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None
     ) -> GetResult:
-        headers: dict[str, str] = {}
-        if start is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        if if_match:
-            headers["If-Match"] = if_match
+        headers = get_headers(start, end, if_match)
         resp = await self._send("GET", "GetObject", bucket, key, headers)
         length = int(resp.headers.get("Content-Length", 0))
         first, size = 0, length

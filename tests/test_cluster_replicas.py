@@ -1,0 +1,105 @@
+"""replicas: 2 on three nodes over SeaweedFS (behind a CountingRelay): objects read through
+random nodes are fetched from the store once each and end up cached on exactly their two
+owners (the second owner fills from the first, never from the store); reads through every node
+keep it so; kill -9 one node and every object is still read through the others with no store
+fetch (its other owner holds it); a write through the non-owner reaches both owners at once."""
+
+from __future__ import annotations
+
+import random
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.cache.record import object_id
+from proxy.cluster import ring
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import get_body, payload, wait_until
+from tests.proxyproc import ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
+from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
+
+Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
+KEYS = 30
+
+
+@pytest.fixture
+def cluster2(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,  # noqa: F811
+    tmp_path: Path,
+) -> Cluster:
+    return start_cluster(seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2)
+
+
+def store_gets(relay: CountingRelay) -> Counter[str]:  # noqa: F811
+    return Counter({p: n for (m, p), n in relay.counts.items() if m == "GET"})
+
+
+def held_by(nodes: list[ProxyProcess]) -> Callable[[], dict[str, int]]:
+    return lambda: {n.config["listen"]: admin(n, "/admin/v1/cache")["objects"] for n in nodes}
+
+
+def test_each_object_on_exactly_its_two_owners_and_a_dead_owner_costs_no_refetch(
+    cluster2: Cluster,
+    relay: CountingRelay,  # noqa: F811
+    s3_client_factory: S3ClientFactory,
+) -> None:
+    bucket, bodies, nodes = cluster2
+    keys = list(bodies)[:KEYS]
+    members = [n.config["listen"] for n in nodes]
+    owners = {k: ring.owners(object_id("store", bucket, k), members, 2) for k in keys}
+    rnd = random.Random(11)
+    for key in keys:
+        assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, bodies[key]), key
+    expected = dict(Counter(m for k in keys for m in owners[k]))
+    held = held_by(nodes)
+    assert wait_until(lambda: held() == expected, timeout=20), (held(), expected)
+    once = Counter({f"/{bucket}/{k}": 1 for k in keys})
+    assert store_gets(relay) == once, relay.counts
+    for key in keys:  # through every node: nothing more from the store, nothing more cached
+        for node in nodes:
+            assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
+    assert store_gets(relay) == once and held() == expected, (relay.counts, held())
+
+    # a write through the node that owns none of it reaches both owners before the answer;
+    # then the new version is fetched once and cached on both again
+    key = keys[0]
+    writer = next(n for n in nodes if n.config["listen"] not in owners[key])
+    new = payload(1234, seed=99)
+    relay.reset()
+    s3_client_factory(writer.url).put_object(Bucket=bucket, Key=key, Body=new)
+    for node in nodes:
+        assert get_body(f"{node.url}/{bucket}/{key}") == (200, new)
+    assert wait_until(lambda: held() == expected, timeout=20), (held(), expected)
+    assert store_gets(relay) == Counter({f"/{bucket}/{key}": 1}), relay.counts
+    bodies = {**bodies, key: new}
+
+    victim, survivors = nodes[0], nodes[1:]
+    relay.reset()
+    victim.kill9()
+    for key in keys:  # at once (the ring still holds the victim) and after it left
+        for node in survivors:
+            assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
+    wait_live(survivors, members[1:], timeout=10)
+    for key in keys:
+        for node in survivors:
+            assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
+    assert store_gets(relay) == Counter(), relay.counts  # every object's other owner had it
+
+    # a cold object read first through its second owner (filled from the first) and through
+    # it again: the response-* overrides of the client's query are honoured both times
+    key = list(bodies)[KEYS + 5]
+    second = ring.owners(object_id("store", bucket, key), members[1:], 2)[1]
+    node = next(n for n in survivors if n.config["listen"] == second)
+    for _ in range(2):
+        url = f"{node.url}/{bucket}/{key}?response-content-type=text%2Fx-check"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.read() == bodies[key] and resp.headers["Content-Type"] == "text/x-check"
+    assert store_gets(relay) == Counter({f"/{bucket}/{key}": 1}), relay.counts
