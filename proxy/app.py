@@ -90,6 +90,7 @@ class S3Server:
         )
         writes = Writes(self.cache, reads)
         if self.cluster is not None:
+            self.cluster.totals = self.cache.totals  # the health route says what is cached
             await self.cluster.start()
             self.cluster.attach(
                 router,

@@ -378,6 +378,15 @@ def cluster_status(as_json: bool, admin_url: str, token_env: str | None) -> None
         f"self {got['self']}, replicas {got['replicas']}, membership {got['membership']}, "
         f"{len(live)}/{len(got['members'])} live; cached here: {cached}"
     )
-    for member in got["members"]:
-        mark = "live" if member in live else "DOWN"
-        click.echo(f"  {member}  {mark}{'  (self)' if member == got['self'] else ''}")
+    for node in got["nodes"]:
+        member = node["address"]
+        mark = "live" if node["live"] else "DOWN"
+        held = (
+            f"{node['cached_objects']} objects, {human_bytes(node['cached_bytes'])}"
+            if node["cached_bytes"] is not None
+            else "holdings unknown"
+        )
+        click.echo(
+            f"  {member}  {mark}  owns {100 * node['share']:.0f}%  {held}"
+            f"{'  (self)' if member == got['self'] else ''}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -114,6 +115,12 @@ def test_each_object_is_fetched_once_and_cached_on_its_owner_only(
     assert held == dict(expected)  # each object on exactly its owner, nowhere else
     assert sum(held.values()) == OBJECTS
     assert all(n > 0 for n in held.values()), held  # (the ring's 20% spread: test_cluster_units)
+    # the cluster view: each node's share of ownership and what it caches (peers' as their
+    # last health answer said: wait a check round)
+    time.sleep(1.5)
+    view = {n["address"]: n for n in admin(nodes[0], "/admin/v1/cluster")["nodes"]}
+    assert {m: view[m]["cached_objects"] for m in members} == held, view
+    assert all(0.2 < view[m]["share"] < 0.47 for m in members), view  # ~1/3 each
     # a ranged read through a node that does not own the object goes to the owner, and the
     # Range with it
     key = next(iter(bodies))
@@ -173,6 +180,9 @@ def test_kill_9_one_node_during_reads_no_client_errors_and_it_leaves_live(
     )
     assert shown.returncode == 0, shown.stderr
     assert "2/3 live" in shown.stdout and f"{victim.config['listen']}  DOWN" in shown.stdout
+    owns = [int(p) for p in re.findall(r"  live  owns (\d+)%", shown.stdout)]
+    assert len(owns) == 2 and all(40 <= p <= 60 for p in owns), shown.stdout  # half each now
+    assert f"{victim.config['listen']}  DOWN  owns 0%" in shown.stdout
 
 
 def test_the_peer_route_needs_a_valid_fresh_signature(

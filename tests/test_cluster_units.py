@@ -224,3 +224,20 @@ def test_check_config_accepts_dns_and_etcd(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert check.returncode == 0 and f"{kind}:" in check.stdout, check.stderr
+
+
+async def test_static_members_leave_after_two_failures_and_rejoin_after_two_answers() -> None:
+    """Hysteresis: a member answering every other check under load neither leaves on one
+    failure nor comes back on one lucky answer."""
+    answers: list[bool] = []
+
+    async def check(member: str) -> bool:
+        return answers.pop(0)
+
+    members = StaticMembers(["a:1", "b:1"], "a:1", check)
+    seen = []
+    for ok in (False, True, False, False, True, False, True, True):
+        answers.append(ok)
+        await members._round()  # one round of checks, as the background loop runs them
+        seen.append("b:1" in members.live())
+    assert seen == [True, True, True, False, False, False, False, True]

@@ -11,6 +11,7 @@ from typing import Protocol
 from proxy import log
 
 FAILS_TO_LEAVE = 2  # checks failed in a row before a member leaves live()
+OKS_TO_REJOIN = 2  # checks passed in a row before it comes back (no flapping under load)
 
 
 class Members(Protocol):
@@ -21,7 +22,8 @@ class Members(Protocol):
 
 class StaticMembers:
     """``members`` from the config; each peer is checked every ``interval`` seconds and leaves
-    ``live()`` after FAILS_TO_LEAVE failed checks in a row, until it answers again. Self is
+    ``live()`` after FAILS_TO_LEAVE failed checks in a row and comes back after OKS_TO_REJOIN
+    passed ones (one lucky answer under load does not move ownership back and forth). Self is
     always live."""
 
     def __init__(
@@ -36,6 +38,8 @@ class StaticMembers:
         self._check = check
         self.interval = interval
         self._fails = {m: 0 for m in self.members if m != self_addr}
+        self._oks = dict.fromkeys(self._fails, 0)
+        self._out: set[str] = set()  # members that left live() and have not come back
         self._live = self.members
         self._task: asyncio.Task[None] | None = None
 
@@ -57,18 +61,24 @@ class StaticMembers:
             ok = await asyncio.wait_for(self._check(member), timeout=max(self.interval, 1.0))
         except Exception:  # any failure of the check is a failed check
             ok = False
-        before = self._fails[member]
-        self._fails[member] = 0 if ok else before + 1
-        if self._fails[member] == FAILS_TO_LEAVE:
-            log.server.warning("cluster: member %s stopped answering; it leaves the ring", member)
-        elif ok and before >= FAILS_TO_LEAVE:
-            log.server.info("cluster: member %s answers again; it rejoins the ring", member)
+        if ok:
+            self._fails[member] = 0
+            self._oks[member] += 1
+            if member in self._out and self._oks[member] >= OKS_TO_REJOIN:
+                self._out.discard(member)
+                log.server.info("cluster: member %s answers again; it rejoins the ring", member)
+        else:
+            self._oks[member] = 0
+            self._fails[member] += 1
+            if self._fails[member] >= FAILS_TO_LEAVE and member not in self._out:
+                self._out.add(member)
+                log.server.warning(
+                    "cluster: member %s stopped answering; it leaves the ring", member
+                )
 
     async def _round(self) -> None:
         await asyncio.gather(*(self._one(m) for m in self._fails))
-        self._live = tuple(
-            m for m in self.members if m == self.self_addr or self._fails[m] < FAILS_TO_LEAVE
-        )
+        self._live = tuple(m for m in self.members if m not in self._out)
 
     async def _run(self) -> None:
         while True:

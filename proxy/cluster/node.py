@@ -6,6 +6,7 @@ their copies before a write is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -72,6 +73,8 @@ class Cluster:
         self._fill: Fill | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
+        self.totals: Callable[[], tuple[int, int]] | None = None  # (bytes, objects) cached here
+        self._peer_totals: dict[str, tuple[int, int]] = {}  # as each peer's health route said
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -108,6 +111,7 @@ class Cluster:
             "membership": self.cfg.membership,
             "members": list(getattr(self.members, "members", self.members.live())),
             "live": list(self.members.live()),
+            "nodes": self.nodes(),
         }
 
     # -- the client side ----------------------------------------------------------------------
@@ -125,9 +129,37 @@ class Cluster:
         return self._session.request(method, url, headers={**headers, **signed}, timeout=timeout)
 
     async def check(self, member: str) -> bool:
-        """The member's peer health route answers 200 to a signed request."""
+        """The member's peer health route answers 200 to a signed request (and says what it
+        caches, kept for the cluster view)."""
         async with self._call("GET", member, peers.HEALTH_PATH, {}) as resp:
-            return bool(resp.status == 200)
+            if resp.status != 200:
+                return False
+            try:
+                said = json.loads(await resp.read())
+                self._peer_totals[member] = (int(said["bytes"]), int(said["objects"]))
+            except (ValueError, KeyError, TypeError):
+                pass  # a node that answers "ok" only: live, holdings unknown
+            return True
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every member: live or not, its share of the objects (as owner), what it caches (as
+        its last health answer said; this node's own now)."""
+        live = self.members.live()
+        share = ring.shares(tuple(live), self.cfg.replicas)
+        out = []
+        for member in getattr(self.members, "members", live):
+            held = self.totals() if member == self.self_addr and self.totals else None
+            held = held or self._peer_totals.get(member)
+            out.append(
+                {
+                    "address": member,
+                    "live": member in live,
+                    "share": round(share.get(member, 0.0), 4),
+                    "cached_bytes": held[0] if held else None,
+                    "cached_objects": held[1] if held else None,
+                }
+            )
+        return out
 
     async def invalidate(self, mount: Mount, key: str) -> None:
         """The store accepted a write or delete of ``key`` (a remote key) through this node:
@@ -263,7 +295,10 @@ class Cluster:
             return web.Response(status=403, text=f"Forbidden: {why}\n")
         route = request.method, request.raw_path.partition("?")[0]
         if route == ("GET", peers.HEALTH_PATH):
-            return web.Response(text="ok\n")
+            if self.totals is None:
+                return web.Response(text="ok\n")
+            used, objects = self.totals()
+            return web.json_response({"bytes": used, "objects": objects})
         if route not in _OBJECT_ROUTES:
             return web.Response(status=404, text="Not Found: no such peer route\n")
         bucket, key = request.query.get("bucket"), request.query.get("key")

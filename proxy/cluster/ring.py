@@ -4,6 +4,7 @@ the ownerships, and only those the member gains or loses."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -17,3 +18,14 @@ def owners(oid: bytes, members: Sequence[str], r: int) -> list[str]:
     """The min(r, len(members)) distinct owners of ``oid``, best first."""
     ranked = sorted(set(members), key=lambda m: (weight(oid, m), m), reverse=True)
     return ranked[: max(0, r)]
+
+
+@functools.lru_cache(maxsize=16)
+def shares(members: tuple[str, ...], r: int, samples: int = 4096) -> dict[str, float]:
+    """Each member's share of the objects it owns (one of their ``r`` owners), estimated over
+    ``samples`` synthetic object ids: R/N each when the hashing spreads evenly."""
+    counts = dict.fromkeys(members, 0)
+    for i in range(samples):
+        for member in owners(i.to_bytes(8, "big"), members, r):
+            counts[member] += 1
+    return {m: counts[m] / samples for m in members}
