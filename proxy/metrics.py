@@ -117,6 +117,7 @@ multiprocessing.util.Finalize(None, flush, exitpriority=100)
 OPERATIONS = frozenset(
     {
         "Unknown",
+        "Peer",  # a cluster peer's request (proxy/cluster/node.py)
         # buckets
         "ListBuckets",
         "HeadBucket",

@@ -296,7 +296,10 @@ class SeaweedFS:
             f"-s3.localSocket={w / 's3.sock'}",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=128",
-            "-volume.max=0",
+            # Each bucket is a collection that grows 7 volumes; "0" (auto: free disk / 128 MB)
+            # ran out at the 81st bucket here and the suite makes more. Volumes are not
+            # preallocated, so an empty one costs a few files.
+            "-volume.max=4000",
             "-volume.preStopSeconds=0",
         ]
 
