@@ -53,6 +53,7 @@ HOP_BY_HOP = frozenset(
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _CHUNK = 256 * 1024
 _SLOW_CHUNK = 16 * 1024  # smaller pieces keep a throttled stream smooth
+_SHUTDOWN_GRACE = 1.0  # seconds close() lets in-flight forwards finish
 
 
 class CountingRelay:
@@ -138,7 +139,15 @@ class CountingRelay:
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # Bodies pass verbatim: a "Content-Encoding: gzip" request body is not inflated.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        # A forward still streaming at close must not hold the test's teardown for aiohttp's
+        # default 60 s grace: a relay that closes cuts its connections after a short one.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            shutdown_timeout=_SHUTDOWN_GRACE,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port, backlog=1024)
         await site.start()
@@ -181,7 +190,7 @@ class CountingRelay:
             self.stop_thread()
             raise
 
-    def stop_thread(self, timeout: float = 10.0) -> None:
+    def stop_thread(self, timeout: float = 30.0) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
