@@ -95,6 +95,9 @@ class CacheStore:
     def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
         return self._idx.get_with_data(oid)
 
+    def missing(self, oids: list[bytes]) -> list[bool]:
+        return self._idx.missing(oids)
+
     def chunk_path(self, oid: bytes, rec: Record, index: int) -> Path:
         return self.blobs.path(oid, rec.gen, index)
 

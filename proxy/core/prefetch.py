@@ -393,12 +393,9 @@ class Prefetcher:
             return
         if not mount.prefetch_listed or not mount.cacheable:
             return
-        cache = self._reads.cache
-        todo = [
-            k
-            for k in keys
-            if _object_key(k) and cache.lookup(oid_of(mount, mount.remote_key(k)))[0] is None
-        ]
+        named = [k for k in keys if _object_key(k)]
+        missing = self._reads.cache.missing([oid_of(mount, mount.remote_key(k)) for k in named])
+        todo = [k for k, gone in zip(named, missing, strict=True) if gone]
         if not todo:
             return
         job = self._listing.pop((bucket, prefix), None)
