@@ -75,7 +75,7 @@ def hit(key: bytes) -> Callable[[Txn], None]:
     def op(t: Txn) -> None:
         rec = t.get(key)
         if rec is not None:
-            t.count_hits(rec, 1)
+            t.count_hits(key, rec, 1)
             t.put(key, rec)
 
     return op
@@ -312,7 +312,8 @@ async def test_shuffled_epochs_over_twice_the_cache_keep_what_fits(tmp_path: Pat
                     await index.submit(insert(oid(n), size))
                     continue
                 hits += 1
-                if (rec.freq == 0 or rec.uses_era != index.era()) and oid(n) not in batch:
+                stale = rec.freq == 0 or index.uses_era(oid(n), rec) != index.era()
+                if stale and oid(n) not in batch:
                     batch.append(oid(n))
                 if len(batch) >= 20:
                     await asyncio.gather(*(index.submit(hit(k)) for k in batch))

@@ -27,14 +27,18 @@ T = TypeVar("T")
 
 _U64 = struct.Struct(">Q")
 _GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the count's era
+# A record's use count and the count's era live beside it in their own tree (``uses``), so
+# counting a hit rewrites eight bytes, not the record: the parsed-record cache of the readers
+# stays valid and no JSON is encoded. Records written before that carry them as fields.
+_USES = struct.Struct(">II")
 GHOST_LIMIT = 200_000
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
 LOW_WATER = 0.95  # over budget, evict down to this share of it
 # LMDB needs free pages even to delete (copy-on-write), so a full map could never be emptied:
 # past the high-water mark of pages in use a commit evicts ahead, down to about the low one.
-MAP_HIGH_WATER = 0.85
-MAP_LOW_WATER = 0.75
+MAP_HIGH_WATER = 0.80
+MAP_LOW_WATER = 0.70
 _index_full = Throttled(log.cache)
 
 
@@ -104,7 +108,8 @@ class Txn:
         # followed by the GET it precedes.
         uses = 1 if rec.inline or rec.chunks & 1 else 0
         where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
-        rec.queue, rec.uses, rec.uses_era = where.queue, where.count, era
+        rec.queue = where.queue
+        self.set_uses(oid, where.count, era)
         head = queues._head(where.queue) if where.at_head else None
         rec.qseq = head[2].qseq - 1 if head is not None and head[2].qseq > 1 else self.next_seq()
         if where.at_head:
@@ -124,6 +129,8 @@ class Txn:
         """Drop a record, its inline bytes and its chunk files (after commit)."""
         self.txn.delete(oid, db=self.index.objects)
         self.txn.delete(oid, db=self.index.data)
+        count, count_era = self.uses_of(oid, rec)
+        self.txn.delete(oid, db=self.index.uses)
         self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
         self.add(b"objects", -1)
@@ -135,7 +142,7 @@ class Txn:
             self.batch.file_bytes += rec.stored
         if to_ghost:
             seq, era = self.next_seq(), self.counter(b"era")
-            uses = eviction.aged(rec.uses, rec.uses_era, era)
+            uses = eviction.aged(count, count_era, era)
             self.txn.put(oid, _GHOST.pack(seq, uses, era), db=self.index.ghost)
             self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
@@ -163,13 +170,37 @@ class Txn:
         self.txn.put(b"in_era", _U64.pack(in_era), db=self.index.meta)
         return era
 
-    def count_hits(self, rec: Record, hits: int) -> None:
-        """``hits`` reads of ``rec`` (batched by the readers); the caller puts the record."""
+    def uses_of(self, oid: bytes, rec: Record | None) -> tuple[int, int]:
+        """The use count of ``oid`` and the era it was counted in."""
+        raw = self.txn.get(oid, db=self.index.uses)
+        if raw is not None:
+            count, era = _USES.unpack(raw)
+            return count, era
+        return (rec.uses, rec.uses_era) if rec is not None else (0, 0)
+
+    def set_uses(self, oid: bytes, count: int, era: int) -> None:
+        self.txn.put(oid, _USES.pack(count, era), db=self.index.uses)
+
+    def count_uses(self, oid: bytes, rec: Record | None, hits: int) -> None:
         era = self.tick(hits)
+        count, count_era = self.uses_of(oid, rec)
+        self.set_uses(oid, eviction.counted(eviction.aged(count, count_era, era), hits), era)
+
+    def count_hits(self, oid: bytes, rec: Record, hits: int) -> None:
+        """``hits`` reads of ``rec`` (batched by the readers); the caller puts the record."""
         rec.freq = eviction.bump(rec.freq, hits)
         rec.hits += hits
-        rec.uses = eviction.counted(eviction.aged(rec.uses, rec.uses_era, era), hits)
-        rec.uses_era = era
+        self.count_uses(oid, rec, hits)
+
+    def count_reads(self, oid: bytes, hits: int) -> None:
+        """``hits`` reads of ``oid`` that only raise its use count (the record is untouched:
+        see _USES). Nothing if the record went meanwhile."""
+        if self.txn.get(oid, db=self.index.uses) is not None:
+            self.count_uses(oid, None, hits)  # a uses entry lives exactly as long as its record
+        else:
+            rec = self.get(oid)  # written before the uses tree: move its count there
+            if rec is not None:
+                self.count_uses(oid, rec, hits)
 
     # -- write marks: a write wins over any read that started before it --------------------
     def mark_written(self, oid: bytes) -> None:
@@ -231,7 +262,7 @@ class _LmdbQueues:
         if found is None:
             return None
         _, oid, rec = found
-        uses = eviction.aged(rec.uses, rec.uses_era, self.t.counter(b"era"))
+        uses = eviction.aged(*self.t.uses_of(oid, rec), self.t.counter(b"era"))
         return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned, count=uses)
 
     def pop_head(self, queue: eviction.Queue) -> None:
@@ -296,8 +327,18 @@ class Index:
         self.ghost = self.env.open_db(b"ghost")
         self.meta = self.env.open_db(b"meta")
         self.written = self.env.open_db(b"written")  # oid -> the write mark of its last write
+        self.uses = self.env.open_db(b"uses")  # oid -> its use count and era (_USES)
         main = self.env.open_db(None)
-        trees = (main, self.objects, self.data, self.queues, self.ghost, self.meta, self.written)
+        trees = (
+            main,
+            self.objects,
+            self.data,
+            self.queues,
+            self.ghost,
+            self.meta,
+            self.written,
+            self.uses,
+        )
         self._trees = trees
         self.map_size: int = self.env.info()["map_size"]
         self.max_bytes = max_bytes
@@ -344,6 +385,15 @@ class Index:
             return rec, (txn.get(oid, db=self.data) if rec.inline else None)
         finally:
             txn.abort()
+
+    def uses_era(self, oid: bytes, rec: Record) -> int:
+        """The era of the use count of ``oid`` (whose record is ``rec``)."""
+        txn = self.env.begin(db=self.uses)
+        try:
+            raw = txn.get(oid)
+        finally:
+            txn.abort()
+        return _USES.unpack(raw)[1] if raw is not None else rec.uses_era
 
     def write_mark(self) -> int:
         """The mark of the last write committed by any process (Txn.mark_written)."""

@@ -36,6 +36,7 @@ class CacheStore:
         self.locks: FillLocks | None = None
         self.uploads = PartStaging(self.root / "uploads", cfg.chunk_size)
         self._hits: dict[bytes, int] = {}
+        self._reads: dict[bytes, int] = {}  # hits that only raise use counts (note_hit)
         self._era = 0  # the index's era of use counts, as of the last flush
         self._flusher: asyncio.Task[None] | None = None
 
@@ -102,11 +103,13 @@ class CacheStore:
         return self.blobs.path(oid, rec.gen, index)
 
     def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
-        # S3-FIFO only asks whether an object was read again, so the index is written when
-        # the answer changes (freq 0 -> n), once an era for the use count admission compares
-        # (eviction.place), and for access times at most every ten minutes.
-        if rec.freq == 0 or rec.uses_era != self._era or now - rec.atime > ATIME_REFRESH:
+        # S3-FIFO only asks whether an object was read again, so the record is written when
+        # the answer changes (freq 0 -> n) and for access times at most every ten minutes; the
+        # use count admission compares (eviction.place) is raised once an era, beside it.
+        if rec.freq == 0 or now - rec.atime > ATIME_REFRESH:
             self._hits[oid] = self._hits.get(oid, 0) + 1
+        elif self._idx.uses_era(oid, rec) != self._era:
+            self._reads[oid] = self._reads.get(oid, 0) + 1
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
@@ -349,18 +352,21 @@ class CacheStore:
                 log.cache.exception("flushing hit statistics failed")
 
     async def _flush_hits(self) -> None:
-        if not self._hits or self.index is None:
+        if not (self._hits or self._reads) or self.index is None:
             return
         hits, self._hits = self._hits, {}
+        reads, self._reads = self._reads, {}
         now = time.time()
 
         def op(t: Txn) -> None:
             for oid, n in hits.items():
                 rec = t.get(oid)
                 if rec is not None:
-                    t.count_hits(rec, n)
+                    t.count_hits(oid, rec, n)
                     rec.atime = now
                     t.put(oid, rec)
+            for oid, n in reads.items():
+                t.count_reads(oid, n)
 
         await self._try_submit(op)
 
