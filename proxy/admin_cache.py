@@ -5,13 +5,17 @@ whole bucket), needs the admin token (``state_changing``) and answers the object
 it touched. The prefix is resolved through the bucket's mapping to the names the cache keeps
 (backend, remote bucket, remote key prefix), as warm jobs resolve theirs. Each walks the whole
 index (see proxy/cache/pins.py): seconds for millions of cached objects, off the event loop.
+
+In a cluster each applies on every live member (proxy/cluster/fanout.py): the objects and
+bytes are the sums, ``applied`` the nodes that applied it, ``nodes`` each one's answer (or its
+error); unpin answers 404 only when no node had the pin.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,6 +25,9 @@ from proxy.cache import pins
 from proxy.cache.index import Index
 from proxy.config import MountConfig
 from proxy.routing import remote_of
+
+if TYPE_CHECKING:
+    from proxy.cluster.fanout import Fanout
 
 MAX_BODY = 64 * 1024
 
@@ -59,8 +66,36 @@ def _answer(counts: pins.Counts, **extra: Any) -> web.Response:
     return web.json_response({"objects": counts.objects, "bytes": counts.bytes, **extra})
 
 
+async def _everywhere(
+    fanout: Fanout, action: str, request: web.Request, local: web.Response
+) -> web.Response:
+    """This node's answer with the other live members' added: sums, who applied it, who not."""
+    asked = json.loads(await request.read())
+    here = json.loads(local.text or "{}") if local.status == 200 else {}
+    nodes: list[dict[str, Any]] = [
+        {"address": "self", "objects": here.get("objects", 0), "bytes": here.get("bytes", 0)}
+        | ({"existed": local.status == 200} if action == "unpin" else {})
+    ]
+    for got in await fanout.apply(action, asked["bucket"], asked["prefix"]):
+        nodes.append(got if action == "unpin" else {k: v for k, v in got.items() if k != "existed"})
+    applied = [n for n in nodes if "error" not in n and n.get("existed", True)]
+    if action == "unpin" and not applied:
+        return local  # no node had the pin: the 404
+    body = {
+        "objects": sum(n["objects"] for n in applied),
+        "bytes": sum(n["bytes"] for n in applied),
+        "applied": len(applied),
+        "failed": sum(1 for n in nodes if "error" in n),
+        "nodes": nodes,
+    }
+    return web.json_response(body)
+
+
 def add_cache_routes(
-    app: web.Application, index: Index, buckets: Mapping[str, MountConfig]
+    app: web.Application,
+    index: Index,
+    buckets: Mapping[str, MountConfig],
+    fanout: Fanout | None = None,
 ) -> None:
     def route(action: str, run: Any) -> None:
         @state_changing
@@ -70,6 +105,8 @@ def add_cache_routes(
             except BadRequest as exc:
                 return _json_error(exc.status, str(exc), exc.field)
             response: web.Response = await run(request, target)
+            if fanout is not None:
+                response = await _everywhere(fanout, action, request, response)
             log.cache.info("admin %s: %s", action, response.text)
             return response
 

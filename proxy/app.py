@@ -35,7 +35,7 @@ from proxy.cache import quota
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
 from proxy.cache.store import CacheStore
-from proxy.cluster import peers
+from proxy.cluster import fanout, peers
 from proxy.cluster.node import Cluster
 from proxy.config import Config
 from proxy.core.fills import Fills
@@ -45,7 +45,7 @@ from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
-from proxy.jobs.warm import JobCore
+from proxy.jobs.warm import JobCore, Owners
 from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
@@ -100,6 +100,7 @@ class S3Server:
                 self._fill,
             )
             read_handlers.forward = self.cluster.forward
+            fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
             writes.changed = self.cluster.invalidate
         dispatcher = S3Dispatcher(
             reads=read_handlers,
@@ -144,7 +145,8 @@ class S3Server:
 
     def job_core(self) -> JobCore:
         assert self.router is not None and self.reads is not None, "start() first"
-        return JobCore(self.router, self.reads)
+        owners = fanout.Fanout(self.cluster) if self.cluster is not None else None
+        return JobCore(self.router, self.reads, owners=owners)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._dispatch is not None, "start() first"
@@ -206,7 +208,7 @@ def _admin_runner(
 
     app = build_admin_app(health, registry, stats, AdminAuth(cfg.admin.token()), jobs)
     add_prefetch_routes(app, prefetcher)
-    add_cache_routes(app, index, cfg.buckets)
+    add_cache_routes(app, index, cfg.buckets, fanout.Fanout(cluster) if cluster else None)
     add_cluster_routes(app, cluster, index.totals)
     return web.AppRunner(app, handle_signals=False, access_log=None)
 
@@ -380,7 +382,7 @@ class SupervisorCore:
             if not self.prefetcher.busy():
                 self.feed.active.value = 0
 
-    async def start(self) -> JobCore:
+    async def start(self, owners: Owners | None = None) -> JobCore:
         """Open the pieces and start following reads; returns the core jobs run on."""
         await self.cache.open()
         self._stores = await _open_backends(self.cfg, self.cache)
@@ -389,7 +391,7 @@ class SupervisorCore:
         self.prefetcher.attach(self._reads, router)
         self._transport = await self.feed.listen(self.prefetcher.note_read, self.prefetcher.listed)
         self._idler = asyncio.create_task(self._idle_off())
-        return JobCore(router, self._reads)
+        return JobCore(router, self._reads, owners=owners)
 
     async def close(self) -> None:
         if self._idler is not None:
@@ -416,9 +418,9 @@ async def serve_workers(cfg: Config) -> None:
     workers = WorkerPool(_worker_main, (cfg, core.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
     try:
-        await jobs.attach(await core.start())
         if cluster is not None:
-            await cluster.start()
+            await cluster.start()  # before the jobs: a resumed one fills on the owners
+        await jobs.attach(await core.start(fanout.Fanout(cluster) if cluster else None))
         await _start_admin(admin, cfg)
         workers.start()
         health.started = True

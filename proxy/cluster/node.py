@@ -30,6 +30,7 @@ from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
 Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
+Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 # request headers a forwarded GET carries to the owner; answer headers it carries back
 _PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
@@ -75,6 +76,7 @@ class Cluster:
         self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
         self.totals: Callable[[], tuple[int, int]] | None = None  # (bytes, objects) cached here
         self._peer_totals: dict[str, tuple[int, int]] = {}  # as each peer's health route said
+        self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -299,6 +301,8 @@ class Cluster:
                 return web.Response(text="ok\n")
             used, objects = self.totals()
             return web.json_response({"bytes": used, "objects": objects})
+        if route in self.routes:
+            return await self.routes[route](request)
         if route not in _OBJECT_ROUTES:
             return web.Response(status=404, text="Not Found: no such peer route\n")
         bucket, key = request.query.get("bucket"), request.query.get("key")

@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from proxy import errors, log, metrics
 from proxy.cache import pins
@@ -39,6 +39,17 @@ PIN_BATCH = 256
 PARALLEL_CHUNKS = 4  # chunks of one object fetched ahead of the job's read of it
 
 
+class Owners(Protocol):
+    """In a cluster, where a job's objects go: their owners (proxy/cluster/fanout.py)."""
+
+    async def fill(self, mount: Mount, key: str, etag: str | None, pin: bool) -> tuple[str, int]:
+        """Fill ``key`` (a remote key) on its owners; its source ("cache" when every owner had
+        it fresh, with ``etag`` if given) and size."""
+
+    async def pin_elsewhere(self, bucket: str, prefix: str) -> None:
+        """Add the pin rule on the other members."""
+
+
 @dataclass(frozen=True)
 class JobCore:
     """What a job needs from the core: bucket resolution, the read path, and the gate every
@@ -47,6 +58,7 @@ class JobCore:
     router: Router
     reads: Reads
     gate: JobGate | None = None
+    owners: Owners | None = None  # in a cluster: objects are filled on their owners
 
     def __post_init__(self) -> None:
         if self.gate is None:
@@ -96,6 +108,31 @@ class _Ahead:
             self._next += 1
 
 
+async def drain(
+    reads: Reads, mount: Mount, key: str, throttle: TokenBucket | None = None
+) -> tuple[str, int]:
+    """Read ``key`` through the core to the end, the bytes dropped (the fills cache them), the
+    chunks after the one being read fetched ahead: its source ("cache" or "backend") and size."""
+    read = await reads.read(mount, key, None, {})
+    if read.body is not None:
+        return read.source, len(read.body)
+    size, ahead = 0, _Ahead(reads, mount, key, read.meta)
+    try:
+        async for part in read.parts:
+            n = part.length if isinstance(part, FileSlice) else len(part)
+            size += n
+            del part  # a slice keeps the whole chunk buffer alive
+            if read.source != "cache":
+                ahead.start_after(size - 1)
+                if throttle is not None:
+                    await throttle.take(n)
+    finally:  # a failed or cancelled read lets go of its fills now
+        close = getattr(read.parts, "aclose", None)
+        if close is not None:
+            await close()
+    return read.source, size
+
+
 class NoRoom(Exception):
     """The selection is larger than the cache's free room (and allow_partial is off)."""
 
@@ -139,6 +176,8 @@ class WarmJob:
         self._throttle = TokenBucket(spec.bandwidth)
         self._task: asyncio.Task[None] | None = None
         self._to_pin: list[bytes] = []  # a keys job with pin: cached, not pinned yet
+        self._verifying = False  # the verify pass is running
+        self._etags: dict[str, str] = {}  # in a cluster's verify pass: listed, not filled yet
         cache = core.reads.cache
         self._max_size = cache.cfg.max_size
         self._room = max(0, self._max_size - cache.totals()[0])
@@ -209,11 +248,14 @@ class WarmJob:
             m = self._mount
             prefix = m.prefix + (self.spec.prefix or "")
             await self._core.reads.cache.pin(pins.Target(m.backend.name, m.bucket, prefix))
+            if self._core.owners is not None:
+                await self._core.owners.pin_elsewhere(m.name, self.spec.prefix or "")
         await self._pass(self._selection())
         await self._pin_done()
         self.progress.listing_done = True
         if self.spec.verify and self.spec.keys is None:
             before = self.progress.objects_done
+            self._verifying = True
             await self._pass(self._changed())
             await self._pin_done()
             self.progress.added = self.progress.objects_done - before
@@ -275,6 +317,10 @@ class WarmJob:
         cache = self._core.reads.cache
         async for entry in self._listed():
             self.progress.verified += 1
+            if self._core.owners is not None:  # the owners compare their copies' ETags
+                self._etags[entry.key] = entry.etag
+                yield entry.key
+                continue
             oid = oid_of(self._mount, entry.key)
             rec, _ = cache.lookup(oid)
             if rec is not None and rec.etag.strip('"') == entry.etag.strip('"'):
@@ -305,7 +351,7 @@ class WarmJob:
         while (key := await queue.get()) is not None:
             if await self._fetch(key) is not None:
                 retry.append(key)
-            elif self.spec.pin and self.spec.keys is not None:
+            elif self.spec.pin and self.spec.keys is not None and self._core.owners is None:
                 self._to_pin.append(oid_of(self._mount, key))
                 if len(self._to_pin) >= PIN_BATCH:
                     await self._pin_done()
@@ -328,6 +374,9 @@ class WarmJob:
         except Exception as exc:
             return exc
         p = self.progress
+        if self._verifying and source == "cache" and self._core.owners is not None:
+            p.total_known -= 1  # unchanged on its owners: not one of the verify pass's
+            return None
         p.objects_done += 1
         p.bytes_done += size
         metrics.WARM_BYTES.inc(size)
@@ -340,24 +389,16 @@ class WarmJob:
         return None
 
     async def _read(self, key: str) -> tuple[str, int]:
-        """The object's bytes drained (the fills cache them): its source and size."""
-        read = await self._core.reads.read(self._mount, key, None, {})
-        if read.body is not None:
-            return read.source, len(read.body)
-        size, ahead = 0, _Ahead(self._core.reads, self._mount, key, read.meta)
-        try:
-            async for part in read.parts:
-                n = part.length if isinstance(part, FileSlice) else len(part)
-                size += n
-                del part  # a slice keeps the whole chunk buffer alive
-                if read.source != "cache":
-                    ahead.start_after(size - 1)
-                    await self._throttle.take(n)
-        finally:  # a failed or cancelled read lets go of its fills now
-            close = getattr(read.parts, "aclose", None)
-            if close is not None:
-                await close()
-        return read.source, size
+        """The object's bytes drained (the fills cache them): its source and size. In a
+        cluster, the object is filled on its owners instead (proxy/cluster/fanout.py)."""
+        owners = self._core.owners
+        if owners is not None:
+            etag = self._etags.pop(key, None)
+            source, size = await owners.fill(self._mount, key, etag, self.spec.pin)
+            if source != "cache":
+                await self._throttle.take(size)
+            return source, size
+        return await drain(self._core.reads, self._mount, key, self._throttle)
 
     def _failed(self, key: str, exc: BaseException) -> None:
         metrics.WARM_FAILED.inc()

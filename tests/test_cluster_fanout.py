@@ -1,0 +1,159 @@
+"""Warm jobs and pin/unpin/evict across three nodes (proxy/cluster/fanout.py), over SeaweedFS
+behind a CountingRelay: a warm job posted to one node leaves each object cached on exactly its
+owners and fetched from the store once; a pin made through one node holds on every node (the
+objects each caches later are pinned, and an unpin through another node finds the rule on all
+three); an evict through one node empties every node, and the next reads refetch."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cache.record import object_id
+from proxy.cluster import ring
+from proxy.jobs.client import AdminClient
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import get_body
+from tests.proxyproc import ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
+from tests.test_cluster import OBJECTS, admin, start_cluster
+
+Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
+
+
+@pytest.fixture
+def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(seaweedfs.url) as r:
+        yield r
+
+
+def post(node: ProxyProcess, path: str, body: dict[str, Any]) -> Any:
+    return AdminClient(node.admin_url).call("POST", path, body)
+
+
+def object_gets(relay: CountingRelay, bucket: str) -> Counter[str]:
+    prefix = f"/{bucket}/obj/"
+    return Counter(
+        {p: n for (m, p), n in relay.counts.items() if m == "GET" and p.startswith(prefix)}
+    )
+
+
+def held(nodes: list[ProxyProcess]) -> dict[str, int]:
+    return {n.config["listen"]: admin(n, "/admin/v1/cache")["objects"] for n in nodes}
+
+
+def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    bucket, bodies, nodes = start_cluster(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
+    )
+    members = [n.config["listen"] for n in nodes]
+    owners = {k: ring.owners(object_id("store", bucket, k), members, 2) for k in bodies}
+    # the node the job is posted to: the one that owns the fewest objects (it owns some: R=2 of 3)
+    per_member = Counter(m for o in owners.values() for m in o)
+    poster = min(nodes, key=lambda n: per_member[n.config["listen"]])
+    client = AdminClient(poster.admin_url)
+    job_id = client.warm({"bucket": bucket, "prefix": "obj/", "concurrency": 8})
+    deadline = time.monotonic() + 120
+    while (job := client.job(job_id))["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "done", job
+    assert (job["objects_done"], job["fetched"], job["failed"]) == (OBJECTS, OBJECTS, 0), job
+    assert job["bytes_done"] == sum(len(b) for b in bodies.values())
+    # one store GET per object for the whole cluster (the second owner filled from the first)
+    assert object_gets(relay, bucket) == Counter({f"/{bucket}/{k}": 1 for k in bodies})
+    assert held(nodes) == dict(per_member)  # each object on its 2 owners, nowhere else
+    assert sum(held(nodes).values()) == 2 * OBJECTS
+    # the same job again: every owner has every object, nothing is fetched
+    relay.reset()
+    again = client.warm({"bucket": bucket, "prefix": "obj/"})
+    while (job := client.job(again))["state"] in ("queued", "running"):
+        time.sleep(0.2)
+    assert (job["state"], job["cached"], job["fetched"]) == ("done", OBJECTS, 0), job
+    assert object_gets(relay, bucket) == Counter()
+    # and reads through any node are served by the cluster, no store GET
+    rnd = random.Random(5)
+    for key, body in bodies.items():
+        assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, body), key
+    assert object_gets(relay, bucket) == Counter()
+    # a missing key fails on the owner, and the job says which and why
+    bad = client.warm({"bucket": bucket, "keys": ["obj/000", "obj/no-such-key"]})
+    while (job := client.job(bad))["state"] in ("queued", "running"):
+        time.sleep(0.2)
+    assert job["state"] == "failed" and job["objects_done"] == 1, job
+    assert [f["key"] for f in job["failures"]] == ["obj/no-such-key"], job
+    assert job["failures"][0]["error"].startswith("NoSuchKey"), job
+
+
+def test_pin_and_unpin_through_one_node_hold_on_every_node(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    bucket, bodies, nodes = start_cluster(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=1
+    )
+    answer = post(nodes[1], "/admin/v1/pin", {"bucket": bucket, "prefix": "obj/"})
+    assert (answer["applied"], answer["failed"], answer["objects"]) == (3, 0, 0), answer
+    for key, body in bodies.items():  # cached after the pin: pinned on whichever node owns it
+        assert get_body(f"{nodes[0].url}/{bucket}/{key}") == (200, body), key
+    for node in nodes:
+        stats = admin(node, "/admin/v1/cache")
+        assert stats["objects"] > 0 and stats["pinned_bytes"] == stats["bytes"], stats
+    # the unpin through another node finds the rule on all three
+    answer = post(nodes[2], "/admin/v1/unpin", {"bucket": bucket, "prefix": "obj/"})
+    assert (answer["applied"], answer["failed"], answer["objects"]) == (3, 0, OBJECTS), answer
+    assert all(n["existed"] for n in answer["nodes"]), answer
+    assert all(admin(n, "/admin/v1/cache")["pinned_bytes"] == 0 for n in nodes)
+    # no node has it now: 404, as on a single node
+    req = urllib.request.Request(
+        f"{nodes[0].admin_url}/admin/v1/unpin",
+        data=json.dumps({"bucket": bucket, "prefix": "obj/"}).encode(),
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 404
+
+
+def test_evict_through_one_node_drops_the_prefix_everywhere(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    bucket, bodies, nodes = start_cluster(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
+    )
+    rnd = random.Random(11)
+    for key, body in bodies.items():
+        assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, body), key
+    deadline = time.monotonic() + 30  # the second owners fill their replicas in the background
+    while sum(held(nodes).values()) < 2 * OBJECTS:
+        assert time.monotonic() < deadline, held(nodes)
+        time.sleep(0.2)
+    answer = post(nodes[0], "/admin/v1/evict", {"bucket": bucket, "prefix": "obj/"})
+    assert (answer["applied"], answer["failed"], answer["objects"]) == (3, 0, 2 * OBJECTS)
+    assert held(nodes) == {n.config["listen"]: 0 for n in nodes}
+    relay.reset()
+    for key, body in bodies.items():  # every read refetches (once per object)
+        assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, body), key
+    assert object_gets(relay, bucket) == Counter({f"/{bucket}/{k}": 1 for k in bodies})
