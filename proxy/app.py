@@ -91,6 +91,7 @@ class S3Server:
         writes = Writes(self.cache, reads)
         if self.cluster is not None:
             self.cluster.totals = self.cache.totals  # the health route says what is cached
+            self.cluster.use_index(self.cache.lookup, self.cfg.cache.chunk_size)
             await self.cluster.start()
             self.cluster.attach(
                 router,

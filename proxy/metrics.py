@@ -118,6 +118,7 @@ OPERATIONS = frozenset(
     {
         "Unknown",
         "Peer",  # a cluster peer's request (proxy/cluster/node.py)
+        "PeerHandoff",  # a peer asking for a cached copy only (proxy/cluster/node.py)
         # buckets
         "ListBuckets",
         "HeadBucket",

@@ -16,12 +16,19 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import errors, log
+from proxy.cache.record import Record
 from proxy.cluster import peers, ring
 from proxy.cluster.config import ClusterConfig
 from proxy.cluster.dns import DnsMembers
 from proxy.cluster.etcd import EtcdMembers
 from proxy.cluster.members import Members, StaticMembers
-from proxy.cluster.source import REPLICA_HEADER, Fill, replica_mount
+from proxy.cluster.source import (
+    HANDOFF_HEADER,
+    NOT_CACHED_HEADER,
+    REPLICA_HEADER,
+    Fill,
+    replica_mount,
+)
 from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
@@ -31,6 +38,7 @@ from proxy.s3.responses import request_ids
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
 Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
 Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Lookup = Callable[[bytes], tuple[Record | None, bytes | None]]  # the index's entry of an oid
 
 # request headers a forwarded GET carries to the owner; answer headers it carries back
 _PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
@@ -44,6 +52,11 @@ _OBJECT_ROUTES = frozenset(
 )
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
 INVALIDATE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+# a handoff asks a node that may hold the object: a short wait, then the next one, the store last
+HANDOFF_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=1.0, sock_read=10.0)
+# how far down an object's ranking a handoff looks beyond its owners: the nodes that owned it
+# before one or two joined ahead of them
+HANDOFF_DEPTH = 2
 
 
 def make_members(cfg: ClusterConfig, check: Callable[[str], Awaitable[bool]]) -> Members:
@@ -75,6 +88,8 @@ class Cluster:
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
         self.totals: Callable[[], tuple[int, int]] | None = None  # (bytes, objects) cached here
+        self._lookup: Lookup | None = None  # the cache index: what a handoff may serve
+        self._chunk_size = 0
         self._peer_totals: dict[str, tuple[int, int]] = {}  # as each peer's health route said
         self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
@@ -100,6 +115,19 @@ class Cluster:
         whole object through the cache)."""
         self._router, self._peer_get, self._peer_head = router, peer_get, peer_head
         self._drop, self._fill = drop, fill
+
+    def use_index(self, lookup: Lookup, chunk_size: int) -> None:
+        """How to tell whether this node holds a whole object (a handoff serves only those)."""
+        self._lookup, self._chunk_size = lookup, chunk_size
+
+    def holds(self, mount: Mount, key: str) -> bool:
+        """This node's cache holds all of ``key`` (a remote key): inline, or every chunk."""
+        if not mount.cacheable or self._lookup is None:
+            return False
+        rec, inline = self._lookup(oid_of(mount, key))
+        if rec is None:
+            return False
+        return inline is not None or rec.chunks == (1 << rec.chunk_count(self._chunk_size)) - 1
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -173,7 +201,8 @@ class Cluster:
         owners = self.owners(mount, key)
         if self.self_addr not in owners and self._drop is not None:
             await self._drop(oid_of(mount, key))
-        others = [m for m in owners if m != self.self_addr]
+        # the nodes ranked just below the owners too: a handoff may ask them for their copy
+        others = [m for m in self.owners(mount, key, HANDOFF_DEPTH) if m != self.self_addr]
         if others:
             path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
@@ -197,8 +226,24 @@ class Cluster:
             why,
         )
 
-    def owners(self, mount: Mount, key: str) -> list[str]:
-        return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas)
+    def owners(self, mount: Mount, key: str, beyond: int = 0) -> list[str]:
+        """The object's owners over the live members, best first (and the ``beyond`` members
+        ranked next)."""
+        return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
+
+    def _handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+        timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
+        return self._call(method, member, path_qs, headers, timeout)
+
+    def _source(self, mount: Mount, key: str, path_qs: str, others: list[str]) -> Mount:
+        """Where this owner, without a copy, fills from: ``others`` (the other owners, asked
+        as usual: they read through if they must), then the nodes ranked just below the
+        owners, asked for their cached copy only; the first owner (``others`` empty) asks the
+        other owners and those for their cached copies; the store last."""
+        ranked = self.owners(mount, key, HANDOFF_DEPTH)
+        only_cached = [m for m in ranked if m != self.self_addr and m not in others]
+        members = others + only_cached
+        return replica_mount(mount, self._handoff_call, path_qs, members, frozenset(only_cached))
 
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
@@ -216,14 +261,17 @@ class Cluster:
         path_qs = peers.object_path(mount.name, key[len(mount.prefix) :])
         others = [m for m in owners if m != self.self_addr]
         if len(others) < len(owners):  # an owner, without a copy
-            if owners[0] == self.self_addr:  # the first: read through the store, as one node
-                replica_fill = REPLICA_HEADER in request.headers
-                if others and request.method == "GET" and not replica_fill:
+            first = owners[0] == self.self_addr
+            if first and request.method == "GET" and REPLICA_HEADER not in request.headers:
+                if others:
                     self._spawn(self._replicate(others, path_qs))
-                return None
             if request.method == "GET" and self._peer_get is not None:
-                replica = replica_mount(mount, self._call, path_qs, others)
-                return await self._peer_get(request, replica, key)
+                # a handoff of the copy the others or the nodes ranked next may hold (it joined
+                # or moved up), else, for the first owner, the store as one node would
+                source = self._source(mount, key, path_qs, [] if first else others)
+                return await self._peer_get(request, source, key)
+            if first:
+                return None  # a HEAD: the store's, as one node
             owners = others  # a HEAD: asked of the other owners, as a non-owner does
         elif request.get("peer"):
             return None  # the asker's ring disagrees (membership changing): answer it here
@@ -282,7 +330,7 @@ class Cluster:
         self._filling.add(oid)
         try:
             path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
-            await self._fill(replica_mount(mount, self._call, path_qs, others), remote)
+            await self._fill(self._source(mount, remote, path_qs, others), remote)
         except (errors.ProxyError, OSError) as exc:
             log.cluster.info("cluster: a replica fill failed (%s)", type(exc).__name__)
         finally:
@@ -311,6 +359,12 @@ class Cluster:
         mount = self._router.resolve(bucket)  # NoSuchBucket: the S3 error
         remote = mount.remote_key(key)
         request["peer"] = True
+        if HANDOFF_HEADER in request.headers and route[0] != "POST":
+            request["op"] = "PeerHandoff"  # answered from the cache only, never the store
+            if not self.holds(mount, remote):
+                return web.Response(
+                    status=404, headers={NOT_CACHED_HEADER: "1"}, text="Not Found: not cached\n"
+                )
         if route == ("POST", peers.REPLICATE_PATH):
             if mount.cacheable:
                 self._spawn(self._fill_replica(mount, remote, oid_of(mount, remote)))

@@ -2,7 +2,13 @@
 the other owners over the peer route, first owner first, and the store only when none of them
 answers. It stands in for the mount's store in the read path (``replica_mount``): its GET and
 HEAD go to the peers, everything else, its name included (so the cache id is the same), is the
-store's."""
+store's.
+
+Handoff (an owner that joined, or moved up the ranking, misses an object another node may
+still hold): the members in ``only_cached`` are asked with HANDOFF_HEADER, which they answer
+from their cache only (a 404 with NOT_CACHED_HEADER when they hold none, never a store fetch);
+any answer but the object's means: the next one. A peer that stops in the middle of a body is
+replaced by the store for the rest (If-Match the peer's ETag), so a fill never fails for it."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any, cast
 
 import aiohttp
 
-from proxy import errors, log
+from proxy import log
 from proxy.backends.base import Backend
 from proxy.backends.s3.codec import get_headers, map_answer, meta_from_headers
 from proxy.model import GetResult, ObjectMeta
@@ -22,6 +28,8 @@ from proxy.routing import Mount
 # a peer request made to fill a replica: the owner that answers it does not ask the other
 # owners to replicate in turn
 REPLICA_HEADER = "x-slipstream-replica"
+HANDOFF_HEADER = "x-slipstream-handoff"  # answer from the cache only
+NOT_CACHED_HEADER = "x-slipstream-not-cached"  # the 404 of a handoff request it cannot serve
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _NEXT = (aiohttp.ClientError, TimeoutError)
 # (method, member, path_qs, headers) -> the response's context manager
@@ -30,11 +38,19 @@ READ_SIZE = 256 * 1024
 
 
 class PeerSource:
-    def __init__(self, store: Backend, call: Call, path_qs: str, members: list[str]) -> None:
+    def __init__(
+        self,
+        store: Backend,
+        call: Call,
+        path_qs: str,
+        members: list[str],
+        only_cached: frozenset[str] = frozenset(),
+    ) -> None:
         self._store = store
         self._call = call
         self._path_qs = path_qs
         self._members = members
+        self._only_cached = only_cached
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -43,9 +59,11 @@ class PeerSource:
         """The first other owner's answer that is the object's (2xx) or says what it is not
         (404, 412, 416: raised as the store's would be); None when none answered."""
         for member in self._members:
+            handoff = member in self._only_cached
+            mark = {HANDOFF_HEADER if handoff else REPLICA_HEADER: "1"}
             try:
                 resp: aiohttp.ClientResponse = await self._call(
-                    method, member, self._path_qs, {**headers, REPLICA_HEADER: "1"}
+                    method, member, self._path_qs, {**headers, **mark}
                 )
             except _NEXT as exc:
                 log.cluster.info(
@@ -57,6 +75,8 @@ class PeerSource:
             if resp.status in (200, 206):
                 return resp
             resp.release()
+            if handoff:
+                continue  # not cached there (or not as asked): the next, the store last
             if resp.status in (404, 412, 416):
                 raise map_answer(resp.status, "", "", "")
             log.cluster.info("cluster: owner %s answered %d to a replica fill", member, resp.status)
@@ -82,30 +102,48 @@ class PeerSource:
         if m:
             first, size = int(m.group(1)), int(m.group(3))
 
+        meta = meta_from_headers(resp.headers, size)
+        rest: list[GetResult] = []  # the store's read of what the peer did not send
+
         async def release() -> None:
             resp.release()
+            for result in rest:
+                await result.aclose()
+
+        async def pieces() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                async for piece in resp.content.iter_chunked(READ_SIZE):
+                    sent += len(piece)
+                    yield piece
+                if sent == length:
+                    return
+                why = "a short body"
+            except _NEXT as exc:
+                why = type(exc).__name__
+            log.cluster.info("cluster: a peer stopped in a fill (%s); the store for the rest", why)
+            resp.release()
+            rest.append(
+                await self._store.get(bucket, key, first + sent, first + length - 1, meta.etag)
+            )
+            async for piece in rest[0].body:
+                yield piece
 
         return GetResult(
-            meta=meta_from_headers(resp.headers, size),
-            start=first,
-            end=first + length - 1,
-            body=_pieces(resp),
-            release=release,
+            meta=meta, start=first, end=first + length - 1, body=pieces(), release=release
         )
 
 
-async def _pieces(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for piece in resp.content.iter_chunked(READ_SIZE):
-            yield piece
-    except _NEXT as exc:
-        why = f"An owner stopped answering: {type(exc).__name__}."
-        raise errors.BackendUnavailable(why) from exc
-
-
-def replica_mount(mount: Mount, call: Call, path_qs: str, members: list[str]) -> Mount:
-    """``mount`` with its reads going to ``members`` (the other owners) first."""
-    source = PeerSource(mount.backend, call, path_qs, members)
+def replica_mount(
+    mount: Mount,
+    call: Call,
+    path_qs: str,
+    members: list[str],
+    only_cached: frozenset[str] = frozenset(),
+) -> Mount:
+    """``mount`` with its reads going to ``members`` (the other owners, or the nodes that may
+    hold it: ``only_cached``) first."""
+    source = PeerSource(mount.backend, call, path_qs, members, only_cached)
     return dataclasses.replace(mount, backend=cast(Backend, source))
 
 
