@@ -7,6 +7,8 @@ still read as before.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import urllib.request
 from pathlib import Path
@@ -42,12 +44,36 @@ def test_bitmap_of_many_chunks_round_trips() -> None:
 
 def test_record_with_integer_bitmap_still_reads() -> None:
     """A record written before the bitmap became bytes decodes as it did."""
-    doc = json.loads(_record(3 * 8 * MIB).dumps())
+    doc = dataclasses.asdict(_record(3 * 8 * MIB))
     doc["chunks"] = 0b101
     old = Record.loads(json.dumps(doc).encode())
     assert old.chunks == 0b101
     assert list(old.present_chunks()) == [0, 2]
     assert Record.loads(old.dumps()) == old
+
+
+def test_binary_records_round_trip_and_json_ones_still_read() -> None:
+    """The index's records are binary (a version byte, fixed fields, length-prefixed texts);
+    JSON records of caches written before read as they did, and a record with a text longer
+    than a u16 length stays JSON."""
+    rec = _record(5 * 8 * MIB, 0b10110)
+    rec.key = "train/\udc80lone surrogate/é/日本.jpg"
+    rec.meta = {"origin": "sensor-7", "empty": ""}
+    rec.headers = {"Cache-Control": "max-age=60", "x-amz-checksum-crc32": "AAAAAA=="}
+    rec.md5, rec.inline, rec.pinned, rec.queue = True, False, True, "M"
+    rec.qseq, rec.gseq, rec.hits, rec.freq, rec.uses, rec.uses_era = 2**40, 7, 9, 3, 15, 2**31
+    rec.atime, rec.quota = 1_700_000_000.25, "imagenet"
+    raw = rec.dumps()
+    assert raw[:1] == b"\x01"
+    assert Record.loads(raw) == rec
+    assert Record.loads(memoryview(raw)) == rec
+    doc = dataclasses.asdict(rec)
+    doc["chunks"] = base64.b64encode(rec.chunks.to_bytes(1, "little")).decode()
+    as_json = json.dumps(doc, separators=(",", ":")).encode()
+    assert Record.loads(as_json) == rec
+    assert len(raw) < 0.7 * len(as_json), (len(raw), len(as_json))
+    rec.headers["x-long"] = "v" * 70_000
+    assert rec.dumps()[:1] == b"{" and Record.loads(rec.dumps()) == rec
 
 
 def _get_range(url: str, first: int, last: int) -> tuple[int, bytes]:

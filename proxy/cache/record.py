@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -103,18 +104,130 @@ class Record:
         return max(1, -(-self.size // chunk_size))
 
     def dumps(self) -> bytes:
+        """The record in the index's binary form (see _FIXED): a third of the JSON it replaced,
+        and parsed in a few struct calls."""
+        flags = (
+            self.md5 * _MD5
+            | self.inline * _INLINE
+            | self.pinned * _PINNED
+            | (self.queue == "M") * _MAIN
+        )
+        texts = [self.key, self.backend, self.bucket, self.etag, self.ctype, self.gen, self.quota]
+        for pairs in (self.meta, self.headers):
+            texts.append(str(len(pairs)))
+            for name, value in pairs.items():
+                texts += (name, value)
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        if max(map(len, encoded)) > 0xFFFF:
+            return self._dumps_json()  # a u16 cannot hold its length: no store sends such
+        bitmap = _bitmap_bytes(self.chunks)
+        head = _FIXED.pack(
+            FORMAT,
+            flags,
+            self.size,
+            self.stored,
+            self.mtime,
+            self.validated,
+            self.atime,
+            self.qseq,
+            self.gseq,
+            self.hits,
+            self.freq,
+            self.uses,
+            self.uses_era,
+            len(bitmap),
+            len(encoded),
+        )
+        lengths = struct.pack(f"<{len(encoded)}H", *map(len, encoded))
+        return b"".join((head, lengths, bitmap, *encoded))
+
+    @classmethod
+    def loads(cls, raw: bytes | memoryview) -> Record:
+        raw = bytes(raw)
+        if raw[:1] == b"{":
+            return cls._loads_json(raw)
+        (
+            _,
+            flags,
+            size,
+            stored,
+            mtime,
+            validated,
+            atime,
+            qseq,
+            gseq,
+            hits,
+            freq,
+            uses,
+            uses_era,
+            nbitmap,
+            ntexts,
+        ) = _FIXED.unpack_from(raw)
+        at = _FIXED.size + 2 * ntexts
+        lengths = struct.unpack_from(f"<{ntexts}H", raw, _FIXED.size)
+        chunks = int.from_bytes(raw[at : at + nbitmap], "little")
+        at += nbitmap
+        texts = []
+        for n in lengths:
+            texts.append(raw[at : at + n].decode("utf-8", "surrogatepass"))
+            at += n
+        key, backend, bucket, etag, ctype, gen, quota = texts[:7]
+        rest = iter(texts[7:])
+        dicts: list[dict[str, str]] = []
+        for _ in range(2):
+            count = int(next(rest))
+            dicts.append({next(rest): next(rest) for _ in range(count)})
+        return cls(
+            key=key,
+            backend=backend,
+            bucket=bucket,
+            etag=etag,
+            size=size,
+            mtime=mtime,
+            ctype=ctype,
+            validated=validated,
+            meta=dicts[0],
+            headers=dicts[1],
+            md5=bool(flags & _MD5),
+            gen=gen,
+            inline=bool(flags & _INLINE),
+            chunks=chunks,
+            stored=stored,
+            queue="M" if flags & _MAIN else "S",
+            qseq=qseq,
+            freq=freq,
+            hits=hits,
+            atime=atime,
+            pinned=bool(flags & _PINNED),
+            quota=quota,
+            gseq=gseq,
+            uses=uses,
+            uses_era=uses_era,
+        )
+
+    def _dumps_json(self) -> bytes:
         doc = asdict(self)
         doc["chunks"] = base64.b64encode(_bitmap_bytes(self.chunks)).decode()
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def loads(cls, raw: bytes | memoryview) -> Record:
-        doc: dict[str, Any] = json.loads(bytes(raw))
+    def _loads_json(cls, raw: bytes) -> Record:
+        """The JSON form: records written before the binary one (rewritten binary when next
+        put), and one holding a text too long for it."""
+        doc: dict[str, Any] = json.loads(raw)
         chunks = doc.get("chunks", 0)
         if isinstance(chunks, str):
             doc["chunks"] = int.from_bytes(base64.b64decode(chunks), "little")
         # else: a record written before the bitmap became bytes holds it as a JSON integer
         return cls(**doc)
+
+
+# The binary form: _FIXED, then a u16 length per text, the chunk bitmap, the texts (UTF-8):
+# key, backend, bucket, etag, content type, gen, quota, then meta and headers, each as its
+# pair count followed by name, value, name, value...
+FORMAT = 1  # the first byte; a JSON record (the form before) starts with "{"
+_FIXED = struct.Struct("<BBqqdddQQQIIIIH")
+_MD5, _INLINE, _PINNED, _MAIN = 1, 2, 4, 8
 
 
 def _bitmap_bytes(bits: int) -> bytes:
