@@ -283,8 +283,8 @@ PREFETCH_OBJECTS = Counter(
 )  # no children made here: a worker of several must not report it (the supervisor does)
 
 
-SERVED_FROM_CACHE = BYTES_SERVED.labels("cache")
-SERVED_FROM_BACKEND = BYTES_SERVED.labels("backend")
+SERVED_FROM_CACHE = Tally(BYTES_SERVED.labels("cache"))
+SERVED_FROM_BACKEND = Tally(BYTES_SERVED.labels("backend"))
 # Jobs run in one process (the supervisor with several workers): the admin listener exports
 # these from that process's memory, not from the workers' multiprocess files.
 JOB_METRICS = (WARM_OBJECTS, WARM_BYTES, JOBS)
@@ -337,11 +337,11 @@ class BucketMetrics:
         self.stall = Tally(STALL_SECONDS.labels(label))
 
     def hit(self) -> None:
-        CACHE_HITS.inc()
+        _HITS.inc()
         self._hits.inc()
 
     def miss(self) -> None:
-        CACHE_MISSES.inc()
+        _MISSES.inc()
         self._misses.inc()
 
     def served(self, source: str, n: int) -> None:
@@ -354,6 +354,8 @@ class BucketMetrics:
             self._backend_bytes.inc(n)
 
 
+_HITS = Tally(CACHE_HITS)
+_MISSES = Tally(CACHE_MISSES)
 _buckets: dict[str, BucketMetrics] = {}
 
 

@@ -139,8 +139,12 @@ def test_prefetch_stays_within_window_and_reads_hit(
     assert status == 201, job
     assert job["keys"] == N and job["window"] == WINDOW
     read_slowly(proxy, relay, bucket, job["id"], WINDOW)
+
+    def hits() -> float:  # a worker's counts reach the supervisor within a second
+        return scrape(proxy.admin_url).get("slipstream_cache_hits_total") - hits0
+
+    assert wait_until(lambda: hits() == N, 5), hits()
     metrics = scrape(proxy.admin_url)
-    assert metrics.get("slipstream_cache_hits_total") - hits0 == N
     assert metrics.get("slipstream_prefetch_objects_total", result="fetched") == N
     assert metrics.get("slipstream_prefetch_objects_total", result="used") == N
     assert metrics.get("slipstream_prefetch_objects_total", result="wasted") == 0
