@@ -6,6 +6,7 @@ their copies before a write is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,11 @@ class Cluster:
         self._lookup: Lookup | None = None  # the cache index: what a handoff may serve
         self._chunk_size = 0
         self._peer_totals: dict[str, tuple[int, int]] = {}  # as each peer's health route said
+        # whether a handoff can help (see settled()): the view this node last saw, whether all
+        # it caches was cached under that view, and each peer's word on both
+        self._view: tuple[str, ...] | None = None
+        self._clean = False
+        self._peer_views: dict[str, tuple[str, bool]] = {}
         self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
     async def start(self) -> None:
@@ -98,6 +104,9 @@ class Cluster:
             timeout=PEER_TIMEOUT, auto_decompress=False, connector=aiohttp.TCPConnector(limit=256)
         )
         await self.members.start()
+        # what the cache held before this start was cached under a view nobody remembers
+        self._clean = self.totals is None or self.totals()[1] == 0
+        self._view = self.members.live()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -129,6 +138,28 @@ class Cluster:
             return False
         return inline is not None or rec.chunks == (1 << rec.chunk_count(self._chunk_size)) - 1
 
+    def view(self) -> tuple[str, bool]:
+        """This node's live view (a fingerprint) and whether everything it caches was cached
+        under that view: once the view changes while it holds anything, it may hold objects
+        other nodes own now (until it restarts with an empty cache)."""
+        live = self.members.live()
+        if live != self._view:
+            if self._view is not None and self.totals is not None and self.totals()[1] > 0:
+                self._clean = False
+            self._view = live
+        return hashlib.blake2b("\n".join(live).encode(), digest_size=8).hexdigest(), self._clean
+
+    def settled(self) -> bool:
+        """No node this one can reach may hold a copy of an object that this node owns and
+        does not hold: each live peer's last health answer said it sees the members this node
+        sees and cached all it holds under that view (every object it holds it owns, so it is
+        on its first owner too). A peer not heard from, or any doubt: not settled (DNS and
+        etcd members are not health-checked: never settled). A peer whose view changed since
+        its last answer (a second at most) is the one window this misjudges: a store read."""
+        mine, _ = self.view()
+        others = [m for m in self.members.live() if m != self.self_addr]
+        return all(self._peer_views.get(m) == (mine, True) for m in others)
+
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -142,6 +173,7 @@ class Cluster:
             "members": list(getattr(self.members, "members", self.members.live())),
             "live": list(self.members.live()),
             "nodes": self.nodes(),
+            "settled": self.settled(),
         }
 
     # -- the client side ----------------------------------------------------------------------
@@ -167,7 +199,9 @@ class Cluster:
             try:
                 said = json.loads(await resp.read())
                 self._peer_totals[member] = (int(said["bytes"]), int(said["objects"]))
+                self._peer_views[member] = (str(said["view"]), said["clean"] is True)
             except (ValueError, KeyError, TypeError):
+                self._peer_views.pop(member, None)
                 pass  # a node that answers "ok" only: live, holdings unknown
             return True
 
@@ -239,8 +273,9 @@ class Cluster:
         """Where this owner, without a copy, fills from: ``others`` (the other owners, asked
         as usual: they read through if they must), then the nodes ranked just below the
         owners, asked for their cached copy only; the first owner (``others`` empty) asks the
-        other owners and those for their cached copies; the store last."""
-        ranked = self.owners(mount, key, HANDOFF_DEPTH)
+        other owners and those for their cached copies; the store last. No one is asked for a
+        cached copy when none can hold one (settled())."""
+        ranked = [] if self.settled() else self.owners(mount, key, HANDOFF_DEPTH)
         only_cached = [m for m in ranked if m != self.self_addr and m not in others]
         members = others + only_cached
         return replica_mount(mount, self._handoff_call, path_qs, members, frozenset(only_cached))
@@ -348,7 +383,10 @@ class Cluster:
             if self.totals is None:
                 return web.Response(text="ok\n")
             used, objects = self.totals()
-            return web.json_response({"bytes": used, "objects": objects})
+            view, clean = self.view()
+            return web.json_response(
+                {"bytes": used, "objects": objects, "view": view, "clean": clean}
+            )
         if route in self.routes:
             return await self.routes[route](request)
         if route not in _OBJECT_ROUTES:

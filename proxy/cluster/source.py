@@ -6,12 +6,15 @@ store's.
 
 Handoff (an owner that joined, or moved up the ranking, misses an object another node may
 still hold): the members in ``only_cached`` are asked with HANDOFF_HEADER, which they answer
-from their cache only (a 404 with NOT_CACHED_HEADER when they hold none, never a store fetch);
-any answer but the object's means: the next one. A peer that stops in the middle of a body is
-replaced by the store for the rest (If-Match the peer's ETag), so a fill never fails for it."""
+from their cache only (a 404 with NOT_CACHED_HEADER when they hold none, never a store fetch).
+They are asked all at once, after the other owners: the first whole answer (2xx) wins, the
+others are cancelled or released; none: the store. A miss pays one round trip for them. A peer
+that stops in the middle of a body is replaced by the store for the rest (If-Match the peer's
+ETag), so a fill never fails for it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,30 +60,62 @@ class PeerSource:
 
     async def _ask(self, method: str, headers: dict[str, str]) -> aiohttp.ClientResponse | None:
         """The first other owner's answer that is the object's (2xx) or says what it is not
-        (404, 412, 416: raised as the store's would be); None when none answered."""
+        (404, 412, 416: raised as the store's would be), else the handoff's; None when none
+        answered."""
         for member in self._members:
-            handoff = member in self._only_cached
-            mark = {HANDOFF_HEADER if handoff else REPLICA_HEADER: "1"}
-            try:
-                resp: aiohttp.ClientResponse = await self._call(
-                    method, member, self._path_qs, {**headers, **mark}
-                )
-            except _NEXT as exc:
-                log.cluster.info(
-                    "cluster: owner %s did not answer a replica fill (%s)",
-                    member,
-                    type(exc).__name__,
-                )
+            if member in self._only_cached:
+                continue
+            resp = await self._one(method, member, {**headers, REPLICA_HEADER: "1"})
+            if resp is None:
                 continue
             if resp.status in (200, 206):
                 return resp
             resp.release()
-            if handoff:
-                continue  # not cached there (or not as asked): the next, the store last
             if resp.status in (404, 412, 416):
                 raise map_answer(resp.status, "", "", "")
             log.cluster.info("cluster: owner %s answered %d to a replica fill", member, resp.status)
-        return None
+        asked = [m for m in self._members if m in self._only_cached]
+        return (
+            await self._handoff(method, {**headers, HANDOFF_HEADER: "1"}, asked) if asked else None
+        )
+
+    async def _one(
+        self, method: str, member: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse | None:
+        try:
+            resp: aiohttp.ClientResponse = await self._call(method, member, self._path_qs, headers)
+        except _NEXT as exc:
+            why = type(exc).__name__  # not str(exc): it may name the URL
+            log.cluster.info("cluster: node %s did not answer a fill (%s)", member, why)
+            return None
+        return resp
+
+    async def _handoff(
+        self, method: str, headers: dict[str, str], asked: list[str]
+    ) -> aiohttp.ClientResponse | None:
+        """Every node in ``asked`` at once, for its cached copy: the first 2xx answer; the
+        others are cancelled, or released when they answered too (their connections closed or
+        given back). Any other answer (not cached there, or not as asked) counts for nothing."""
+        pending = {asyncio.ensure_future(self._one(method, m, headers)) for m in asked}
+        winner: aiohttp.ClientResponse | None = None
+        try:
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    resp = task.result()
+                    if resp is None:
+                        continue
+                    if winner is None and resp.status in (200, 206):
+                        winner = resp
+                    else:
+                        resp.release()
+            return winner
+        finally:
+            for task in pending:
+                task.cancel()
+            for late in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(late, aiohttp.ClientResponse):
+                    late.release()
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         resp = await self._ask("HEAD", {})

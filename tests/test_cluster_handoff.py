@@ -1,0 +1,77 @@
+"""What a handoff costs a cold miss (replicas: 2 on three nodes over SeaweedFS behind a
+CountingRelay; each node's PeerHandoff requests counted from its /metrics). On a cluster whose
+members have seen one view since they started with empty caches, no node can hold an object it
+does not own, so a cold read asks no one for a cached copy: 0 handoff requests, one store GET per
+object. Once a node held objects across a view change (kill -9 and restart of one), a miss asks
+the nodes that may hold a copy, each once, all at once: at most one handoff round per miss, and
+a fresh object still costs one store GET."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import get_body, scrape, wait_until
+from tests.proxyproc import ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
+from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
+from tests.test_cluster_replicas import store_gets
+
+CANDIDATES = 2  # the nodes a handoff of one miss may ask on three nodes: every other one
+
+
+def handoffs(nodes: list[ProxyProcess]) -> float:
+    return sum(
+        scrape(n.admin_url).get("slipstream_requests_total", operation="PeerHandoff") for n in nodes
+    )
+
+
+def settled(nodes: list[ProxyProcess]) -> bool:
+    return all(admin(n, "/admin/v1/cluster")["settled"] for n in nodes)
+
+
+def test_a_cold_miss_asks_for_handoffs_only_when_a_copy_may_exist_and_once_at_most(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bucket, bodies, nodes = start_cluster(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2
+    )
+    keys = list(bodies)
+    first, second = keys[:30], keys[30:]
+    members = [n.config["listen"] for n in nodes]
+    rnd = random.Random(11)
+
+    def read(some: list[str], through: list[ProxyProcess]) -> None:
+        for key in some:
+            node = rnd.choice(through)
+            assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
+
+    # one view since each started, empty caches: settled once the health answers say so
+    assert wait_until(lambda: settled(nodes), timeout=15), [
+        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
+    ]
+    read(first, nodes)
+    assert store_gets(relay) == Counter({f"/{bucket}/{k}": 1 for k in first}), relay.counts
+    assert handoffs(nodes) == 0
+
+    # a node that held objects goes and comes back: now copies may be anywhere
+    nodes[0].kill9()
+    wait_live(nodes[1:], members[1:], timeout=10)
+    nodes[0].start()
+    wait_live(nodes, members, timeout=15)
+    assert not settled(nodes)
+    relay.reset()
+    before = handoffs(nodes)
+    read(second, nodes)
+    assert store_gets(relay) == Counter({f"/{bucket}/{k}": 1 for k in second}), relay.counts
+    asked = handoffs(nodes) - before
+    # each miss of a first owner (one per object) asks each other node once at most (the
+    # replica's fill asks the first owner, which holds it by then: no handoff)
+    assert 0 < asked <= CANDIDATES * len(second), asked
