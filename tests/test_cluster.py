@@ -28,7 +28,7 @@ from proxy.cache.record import object_id
 from proxy.cluster import peers, ring
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.etcd_server import EtcdServer
-from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
+from tests.faultkit import get_body, new_bucket, payload, proxy_config, scrape, store_env
 from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint, free_port, loopback_nodes
@@ -125,14 +125,23 @@ def test_each_object_is_fetched_once_and_cached_on_its_owner_only(
     cluster: tuple[str, dict[str, bytes], list[ProxyProcess]], relay: CountingRelay
 ) -> None:
     bucket, bodies, nodes = cluster
+    members = [n.config["listen"] for n in nodes]
     rnd = random.Random(7)
+    forwarded = 0  # reads through a node that does not own the object: the owner streams it
     for _ in range(2):
         for key, body in bodies.items():
-            status, got = get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}")
+            node = rnd.choice(nodes)
+            status, got = get_body(f"{node.url}/{bucket}/{key}")
             assert (status, got == body) == (200, True), key
+            owner = ring.owners(object_id("store", bucket, key), members, 1)[0]
+            forwarded += SIZE if node.config["listen"] != owner else 0
+    # what owners sent their peers is what the others received from them, each read's bytes
+    peer = [scrape(n.admin_url) for n in nodes]
+    sent = sum(m.get("slipstream_peer_bytes_total", direction="sent") for m in peer)
+    received = sum(m.get("slipstream_peer_bytes_total", direction="received") for m in peer)
+    assert forwarded > 0 and sent == received == forwarded, (forwarded, sent, received)
     gets = Counter({path: n for (method, path), n in relay.counts.items() if method == "GET"})
     assert gets == Counter({f"/{bucket}/{key}": 1 for key in bodies}), relay.counts
-    members = [n.config["listen"] for n in nodes]
     # each node on its own loopback address, all on one port: nothing tells them apart by port
     assert len({m.rpartition(":")[0] for m in members}) == 3, members
     assert len({m.rpartition(":")[2] for m in members}) == 1, members
