@@ -168,7 +168,7 @@ class S3ReadHandlers:
         if (
             self.forward is not None
             and "partNumber" not in query
-            and not self.reads.cached(mount, key)
+            and not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
         ):
             forwarded = await self.forward(request, mount, key)
             if forwarded is not None:
