@@ -275,6 +275,12 @@ JOBS = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+PEER_BYTES = Counter(
+    "slipstream_peer_bytes_total",
+    "Object bytes between cluster nodes: sent to peers (answering their reads) and received "
+    "from peers (reads forwarded to an owner, replica fills, handoffs)",
+    ["direction"],  # sent, received
+)
 SLOWDOWNS = Counter("slipstream_slowdown_total", "Requests refused with 503 SlowDown")
 PREFETCH_OBJECTS = Counter(
     "slipstream_prefetch_objects_total",
@@ -283,6 +289,8 @@ PREFETCH_OBJECTS = Counter(
 )  # no children made here: a worker of several must not report it (the supervisor does)
 
 
+PEER_SENT = PEER_BYTES.labels("sent")
+PEER_RECEIVED = PEER_BYTES.labels("received")
 SERVED_FROM_CACHE = Tally(BYTES_SERVED.labels("cache"))
 SERVED_FROM_BACKEND = Tally(BYTES_SERVED.labels("backend"))
 # Jobs run in one process (the supervisor with several workers): the admin listener exports
@@ -344,8 +352,11 @@ class BucketMetrics:
         _MISSES.inc()
         self._misses.inc()
 
-    def served(self, source: str, n: int) -> None:
-        """``n`` object bytes sent from ``source`` ("cache", else the store)."""
+    def served(self, source: str, n: int, peer: bool = False) -> None:
+        """``n`` object bytes sent from ``source`` ("cache", else the store), to a peer node
+        (``peer``) or a client."""
+        if peer:
+            PEER_SENT.inc(n)
         if source == "cache":
             SERVED_FROM_CACHE.inc(n)
             self._cache_bytes.inc(n)

@@ -31,6 +31,7 @@ __all__ = [
     "SeaweedFS",
     "die_with_parent",
     "free_port",
+    "loopback_nodes",
     "log_tail",
     "make_s3_client",
     "wait_for_http",
@@ -64,6 +65,63 @@ def free_port(host: str = "127.0.0.1") -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where one node of a test cluster listens: its own loopback address, an S3 port and an
+    admin port (the same port numbers on every node's address)."""
+
+    host: str
+    port: int
+    admin_port: int
+
+    @property
+    def listen(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def admin_listen(self) -> str:
+        return f"{self.host}:{self.admin_port}"
+
+
+def loopback_nodes(count: int, first: int = 2) -> list[NodeAddress]:
+    """``count`` nodes on their own loopback addresses (127.0.0.<first>, <first>+1, ...), each
+    listening on the same two port numbers, as a deployment's nodes do: nothing may tell nodes
+    apart by port. Linux routes all of 127/8 to lo; where another address cannot be bound
+    (macOS has only 127.0.0.1 unless aliased) this raises, rather than fall back to ports."""
+    hosts = [f"127.0.0.{first + i}" for i in range(count)]
+    for host in hosts:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, 0))
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot bind {host}: the cluster tests need the loopback addresses "
+                    f"127.0.0.{first}-{first + count - 1} (on Linux all of 127/8 is on lo; "
+                    f"elsewhere alias them to the loopback interface): {exc}"
+                ) from exc
+    port = _port_free_on(hosts)
+    return [NodeAddress(host, port, _port_free_on(hosts)) for host in hosts]
+
+
+def _port_free_on(hosts: list[str], tries: int = 100) -> int:
+    """A port free on every one of ``hosts`` right now (racy by nature, as free_port)."""
+    for _ in range(tries):
+        port = free_port(hosts[0])
+        held: list[socket.socket] = []
+        try:
+            for host in hosts[1:]:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind((host, port))
+            return port
+        except OSError:
+            continue  # taken on one of them: another
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no port free on all of {hosts} after {tries} tries")
 
 
 def wait_for_http(url: str, timeout: float = 30.0, *, status: int | None = None) -> int:

@@ -1,9 +1,10 @@
 """Three proxies as one cache over SeaweedFS (static membership, replicas 1), each its own cache
-dir and ports, with the store behind a CountingRelay: each object is fetched from the store once
-for the whole cluster and cached on its owner only; a node killed with -9 during a read loop
-costs the clients nothing and leaves the others' live members within seconds; the peer route
-refuses requests without a valid, fresh, unreplayed signature. Two nodes find each other through
-a real etcd (leases), and a node with DNS membership resolves its name."""
+dir and loopback address (127.0.0.2, .3, .4: one port number on all, as in a deployment), with
+the store behind a CountingRelay: each object is fetched from the store once for the whole
+cluster and cached on its owner only; a node killed with -9 during a read loop costs the
+clients nothing and leaves the others' live members within seconds; the peer route refuses
+requests without a valid, fresh, unreplayed signature. Two nodes find each other through a real
+etcd (leases), and a node with DNS membership resolves its name."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ from proxy.cache.record import object_id
 from proxy.cluster import peers, ring
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.etcd_server import EtcdServer
-from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
+from tests.faultkit import get_body, new_bucket, payload, proxy_config, scrape, store_env
 from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint, free_port
+from tests.servers import S3Endpoint, free_port, loopback_nodes
 
 SECRET = "cluster-test-secret"
 OBJECTS = 60
@@ -85,31 +86,65 @@ def start_cluster(
     bodies = {f"obj/{i:03d}": payload(SIZE, seed=i) for i in range(OBJECTS)}
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
-    listens = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
-    nodes = []
-    for i, listen in enumerate(listens):
-        cfg = proxy_config(relay.url, bucket, tmp_path / f"cache{i}")
-        cfg["listen"] = listen
-        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "members": listens, "replicas": replicas}
-        nodes.append(proxy_factory(cfg, env))
-    wait_live(nodes, listens)
+    static = {"replicas": replicas}
+    nodes = start_nodes(seaweedfs, proxy_factory, relay.url, bucket, tmp_path, 3, static)
     relay.reset()
     return bucket, bodies, nodes
+
+
+def start_nodes(
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    store_url: str,
+    bucket: str,
+    tmp_path: Path,
+    count: int,
+    cluster: dict[str, Any],
+    workers: int = 1,
+) -> list[ProxyProcess]:
+    """``count`` nodes serving ``bucket`` from ``store_url``, each on its own loopback address
+    (127.0.0.2, .3, ...) and the same port numbers, ``cluster`` their cluster section (the
+    static members list added unless it names another membership); started, and live in each
+    other's view."""
+    addrs = loopback_nodes(count)
+    listens = [a.listen for a in addrs]
+    if "etcd" not in cluster and "dns" not in cluster:
+        cluster = {**cluster, "members": listens}
+    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
+    nodes = []
+    for i, addr in enumerate(addrs):
+        cfg = proxy_config(store_url, bucket, tmp_path / f"cache{i}", workers=workers)
+        cfg["listen"], cfg["admin_listen"] = addr.listen, addr.admin_listen
+        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", **cluster}  # self: listen (default)
+        nodes.append(proxy_factory(cfg, env))
+    wait_live(nodes, listens)
+    return nodes
 
 
 def test_each_object_is_fetched_once_and_cached_on_its_owner_only(
     cluster: tuple[str, dict[str, bytes], list[ProxyProcess]], relay: CountingRelay
 ) -> None:
     bucket, bodies, nodes = cluster
+    members = [n.config["listen"] for n in nodes]
     rnd = random.Random(7)
+    forwarded = 0  # reads through a node that does not own the object: the owner streams it
     for _ in range(2):
         for key, body in bodies.items():
-            status, got = get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}")
+            node = rnd.choice(nodes)
+            status, got = get_body(f"{node.url}/{bucket}/{key}")
             assert (status, got == body) == (200, True), key
+            owner = ring.owners(object_id("store", bucket, key), members, 1)[0]
+            forwarded += SIZE if node.config["listen"] != owner else 0
+    # what owners sent their peers is what the others received from them, each read's bytes
+    peer = [scrape(n.admin_url) for n in nodes]
+    sent = sum(m.get("slipstream_peer_bytes_total", direction="sent") for m in peer)
+    received = sum(m.get("slipstream_peer_bytes_total", direction="received") for m in peer)
+    assert forwarded > 0 and sent == received == forwarded, (forwarded, sent, received)
     gets = Counter({path: n for (method, path), n in relay.counts.items() if method == "GET"})
     assert gets == Counter({f"/{bucket}/{key}": 1 for key in bodies}), relay.counts
-    members = [n.config["listen"] for n in nodes]
+    # each node on its own loopback address, all on one port: nothing tells them apart by port
+    assert len({m.rpartition(":")[0] for m in members}) == 3, members
+    assert len({m.rpartition(":")[2] for m in members}) == 1, members
     expected = Counter(ring.owners(object_id("store", bucket, k), members, 1)[0] for k in bodies)
     held = {n.config["listen"]: admin(n, "/admin/v1/cache")["objects"] for n in nodes}
     assert held == dict(expected)  # each object on exactly its owner, nowhere else
@@ -227,18 +262,11 @@ def test_nodes_find_each_other_through_etcd_and_dns(
     s3.create_bucket(Bucket=bucket)
     for i in range(12):
         s3.put_object(Bucket=bucket, Key=f"e/{i}", Body=payload(SIZE, seed=i))
-    listens = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
-    nodes = []
-    for i, listen in enumerate(listens):
-        cfg = proxy_config(relay.url, bucket, tmp_path / f"cache{i}")
-        cfg["listen"] = listen
-        cfg["cluster"] = {
-            "secret_env": "CLUSTER_SECRET",
-            "etcd": {"endpoints": [etcd.url], "prefix": "/slipstream-test/", "ttl": "3s"},
-        }
-        nodes.append(proxy_factory(cfg, env))
-    wait_live(nodes, listens)
+    etcd_cfg = {"endpoints": [etcd.url], "prefix": "/slipstream-test/", "ttl": "3s"}
+    nodes = start_nodes(
+        seaweedfs, proxy_factory, relay.url, bucket, tmp_path, 2, {"etcd": etcd_cfg}
+    )
+    listens = [n.config["listen"] for n in nodes]
     assert admin(nodes[0], "/admin/v1/cluster")["membership"] == "etcd"
     relay.reset()
     for i in range(12):  # through either node: one store fetch per object for both
@@ -249,7 +277,8 @@ def test_nodes_find_each_other_through_etcd_and_dns(
     nodes[1].stop()  # a clean stop revokes its lease: it leaves at once
     wait_live(nodes[:1], listens[:1], timeout=10)
 
-    port = free_port()
+    port = free_port()  # "localhost" resolves to 127.0.0.1 (and ::1): this node listens there
+    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
     cfg = proxy_config(relay.url, bucket, tmp_path / "cache-dns")
     cfg["listen"] = f"127.0.0.1:{port}"
     cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "dns": f"localhost:{port}"}

@@ -18,11 +18,11 @@ import pytest
 from proxy.cache.record import object_id
 from proxy.cluster import ring
 from tests.conftest import ProxyFactory, S3ClientFactory
-from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env
+from tests.faultkit import get_body, new_bucket, payload
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint, free_port
-from tests.test_cluster import SECRET, wait_live
+from tests.servers import S3Endpoint
+from tests.test_cluster import start_nodes
 
 SIZE = 256 * 1024
 CLIENTS = 64
@@ -47,15 +47,8 @@ def cluster(
     s3.create_bucket(Bucket=bucket)
     for i in range(4):
         s3.put_object(Bucket=bucket, Key=f"k/{i}", Body=payload(SIZE, seed=i))
-    listens = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
-    nodes = []
-    for i, listen in enumerate(listens):
-        cfg = proxy_config(slow_relay.url, bucket, tmp_path / f"cache{i}", workers=2)
-        cfg["listen"] = listen
-        cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", "members": listens, "replicas": 1}
-        nodes.append(proxy_factory(cfg, env))
-    wait_live(nodes, listens)
+    static = {"replicas": 1}
+    nodes = start_nodes(seaweedfs, proxy_factory, slow_relay.url, bucket, tmp_path, 3, static, 2)
     # wait_live reads each supervisor's view; each worker checks its peers on its own (every
     # second) and may still lack a node started after it for a round or two: a worker with
     # another ring sends the key to another owner, a second store GET

@@ -103,3 +103,22 @@ def test_each_object_on_exactly_its_two_owners_and_a_dead_owner_costs_no_refetch
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.read() == bodies[key] and resp.headers["Content-Type"] == "text/x-check"
     assert store_gets(relay) == Counter({f"/{bucket}/{key}": 1}), relay.counts
+
+    # a HEAD first through the first owner caches the metadata there; its GET next still has
+    # the other owner fill its replica (from the first owner: one store GET), unasked
+    key = list(bodies)[KEYS + 6]
+    first, second = ring.owners(object_id("store", bucket, key), members[1:], 2)
+    node = next(n for n in survivors if n.config["listen"] == first)
+    other = next(n for n in survivors if n.config["listen"] == second)
+    held = held_by(survivors)
+    before, before_first = held()[second], held()[first]
+    relay.reset()
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{node.url}/{bucket}/{key}", method="HEAD")
+    ):
+        pass
+    assert wait_until(lambda: held()[first] == before_first + 1, timeout=10), held()  # its record
+    assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key])
+    assert wait_until(lambda: held()[second] == before + 1, timeout=20), held()
+    assert get_body(f"{other.url}/{bucket}/{key}") == (200, bodies[key])
+    assert store_gets(relay) == Counter({f"/{bucket}/{key}": 1}), relay.counts

@@ -6,10 +6,12 @@ answer the invalidation (stopped with SIGSTOP) does not fail the write; the writ
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import time
 import urllib.request
+import zlib
 from typing import Any
 
 from proxy.cache.record import object_id
@@ -65,6 +67,7 @@ def test_writes_through_a_non_owner_reach_every_node_before_the_answer(
         assert resp.read() == bodies[keys[0]]  # from the owner, with the client's overrides
         assert resp.headers["Content-Type"] == "text/x-check"
         assert resp.headers["Cache-Control"] == "no-store"
+    checksum_mode_is_forwarded(nodes, bucket, s3_client_factory)
     unsigned = urllib.request.Request(
         nodes[0].url + peers.object_path(bucket, keys[0], peers.INVALIDATE_PATH), method="POST"
     )
@@ -109,6 +112,34 @@ def test_writes_through_a_non_owner_reach_every_node_before_the_answer(
         newer = payload(SIZE, seed=2000 + i)
         s3_client_factory(writers[(i + 1) % 2].url).put_object(Bucket=bucket, Key=key, Body=newer)
         assert everywhere(nodes, bucket, key) == {(200, newer)}, (i, key)
+
+
+def checksum_mode_is_forwarded(
+    nodes: list[ProxyProcess], bucket: str, s3_client_factory: S3ClientFactory
+) -> None:
+    """A GET or HEAD with x-amz-checksum-mode through a node that does not own the object gets
+    the checksum the owner keeps (uploaded through it, verified, cached with the copy); a
+    ranged read none, as from one node."""
+    key = "checksummed"
+    owner = owner_of(nodes, bucket, key)
+    body = payload(SIZE, seed=5)
+    want = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    put = s3_client_factory(owner.url).put_object(
+        Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC32"
+    )
+    assert put["ChecksumCRC32"] == want
+    for other in (n for n in nodes if n is not owner):
+        s3: Any = s3_client_factory(other.url)
+        got = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        assert got["Body"].read() == body and got.get("ChecksumCRC32") == want, got
+        assert (
+            s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["ChecksumCRC32"] == want
+        )
+        ranged = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-9", ChecksumMode="ENABLED")
+        assert ranged["Body"].read() == body[:10] and "ChecksumCRC32" not in ranged
+        with urllib.request.urlopen(f"{other.url}/{bucket}/{key}", timeout=10) as resp:
+            assert resp.read() == body  # not asked (botocore asks by default): none
+            assert "x-amz-checksum-crc32" not in resp.headers
 
 
 def test_an_owner_that_does_not_answer_does_not_fail_the_write(

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy import errors, log
+from proxy import errors, log, metrics
 from proxy.cache.record import Record
 from proxy.cluster import peers, ring
 from proxy.cluster.config import ClusterConfig
@@ -41,8 +41,12 @@ Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, ref
 Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Lookup = Callable[[bytes], tuple[Record | None, bytes | None]]  # the index's entry of an oid
 
-# request headers a forwarded GET carries to the owner; answer headers it carries back
-_PASS_REQUEST = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+# request headers a forwarded GET carries to the owner (x-amz-checksum-mode: the owner adds
+# the object's x-amz-checksum-* answer headers, carried back as all but _DROP_ANSWER are)
+_PASS_REQUEST = (
+    *("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"),
+    "x-amz-checksum-mode",
+)
 _DROP_ANSWER = frozenset(
     {"x-amz-request-id", "x-amz-id-2", "connection", "keep-alive", "transfer-encoding", "date"}
     | {"server", "content-length"}
@@ -341,6 +345,7 @@ class Cluster:
             request["source"] = "peer"
             await resp.prepare(request)
             async for piece in upstream.content.iter_any():
+                metrics.PEER_RECEIVED.inc(len(piece))
                 await resp.write(piece)
             await resp.write_eof()
             return resp

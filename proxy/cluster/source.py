@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import aiohttp
 
-from proxy import log
+from proxy import log, metrics
 from proxy.backends.base import Backend
 from proxy.backends.s3.codec import get_headers, map_answer, meta_from_headers
 from proxy.model import GetResult, ObjectMeta
@@ -150,6 +150,7 @@ class PeerSource:
             try:
                 async for piece in resp.content.iter_chunked(READ_SIZE):
                     sent += len(piece)
+                    metrics.PEER_RECEIVED.inc(len(piece))
                     yield piece
                 if sent == length:
                     return

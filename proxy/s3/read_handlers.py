@@ -168,7 +168,7 @@ class S3ReadHandlers:
         if (
             self.forward is not None
             and "partNumber" not in query
-            and not self.reads.cached(mount, key)
+            and not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
         ):
             forwarded = await self.forward(request, mount, key)
             if forwarded is not None:
@@ -202,7 +202,7 @@ class S3ReadHandlers:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            stats.served(read.source, len(read.body))
+            stats.served(read.source, len(read.body), request.get("peer", False))
             first_byte.observe(time.perf_counter() - started)
             return web.Response(status=status, headers=headers, body=read.body)
         resp = web.StreamResponse(status=status, headers=headers)
@@ -224,7 +224,7 @@ class S3ReadHandlers:
             _abort(request)
             return resp
         finally:
-            stats.served(read.source, sent)
+            stats.served(read.source, sent, request.get("peer", False))
         await resp.write_eof()
         return resp
 
