@@ -404,7 +404,10 @@ def run_wrk(
     duration: int,
     payload: int,
     timeout: int = 60,
+    method: str = "GET",
 ) -> Load:
+    """wrk over the targets in ``paths`` (see wrk_paths.lua); ``payload``: body bytes per
+    response (0 for HEAD)."""
     threads = max(1, min(threads, connections))
     cmd = [
         "wrk",
@@ -418,6 +421,7 @@ def run_wrk(
         "--",
         str(paths),
         str(threads),
+        method,
     ]
     proc = subprocess.Popen(
         cmd,
@@ -748,6 +752,7 @@ class Bench:
         verify_errors: Mapping[str, int],
         server: Sequence[str],
         admin_url: str | None = None,
+        method: str = "GET",
     ) -> Row:
         if self.args.warmup > 0:
             run_wrk(
@@ -757,6 +762,7 @@ class Bench:
                 threads=self.wrk_threads,
                 duration=self.args.warmup,
                 payload=payload,
+                method=method,
             )
         m0 = scrape_settled(admin_url) if admin_url else None
         c0 = self.cpu.snap()
@@ -767,6 +773,7 @@ class Bench:
             threads=self.wrk_threads,
             duration=self.args.duration,
             payload=payload,
+            method=method,
         )
         c1 = self.cpu.snap()
         metrics = None
@@ -883,6 +890,10 @@ class Bench:
                     raise BenchError(f"ceiling server died: {log_tail(log)}")
 
     def start_proxy(self) -> ProxyProcess:
+        return self.launch_proxy(*self.proxy_config())
+
+    def proxy_config(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Slipstream's config over the store, and the environment holding its credentials."""
         cache: dict[str, Any] = {"dir": str(self.tmp / "proxy" / "cache"), "max_size": "4GiB"}
         if self.args.metadata_ttl != "proxy":
             cache["metadata_ttl"] = self.args.metadata_ttl
@@ -901,8 +912,18 @@ class Bench:
             "buckets": {"*": {"backend": "store"}},
         }
         env = {ACCESS_ENV: self.weed.access_key, SECRET_ENV: self.weed.secret_key}
-        with self.phase("start Slipstream"):
-            proxy = ProxyProcess(config, self.tmp / "proxy", env, ready_timeout=60)
+        return config, env
+
+    def launch_proxy(
+        self,
+        config: Mapping[str, Any],
+        env: Mapping[str, str],
+        name: str = "start Slipstream",
+        where: str = "proxy",
+    ) -> ProxyProcess:
+        """Start Slipstream (in ``tmp/where``), wait until every worker listens."""
+        with self.phase(name):
+            proxy = ProxyProcess(config, self.tmp / where, env, ready_timeout=60)
             self.stack.callback(proxy.stop)
             proxy.start()
             wait_listeners(int(proxy.config["listen"].rsplit(":", 1)[1]), self.args.workers)

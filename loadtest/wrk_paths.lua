@@ -1,9 +1,11 @@
 -- wrk script: cycle through a list of request targets, one per line in a file.
 --
---   wrk -t2 -c64 -d10s -s loadtest/wrk_paths.lua http://127.0.0.1:9900 -- paths.txt 2
+--   wrk -t2 -c64 -d10s -s loadtest/wrk_paths.lua http://127.0.0.1:9900 -- paths.txt 2 [METHOD]
 --
 -- A line is "PATH" or "PATH<TAB>RANGE" (RANGE is sent as the Range header, e.g.
--- "bytes=0-8388607"). PATH may carry a query string (presigned URLs). Requests are
+-- "bytes=0-8388607"), optionally followed by more "<TAB>Name: value" fields, each sent as
+-- a header (pre-signed SigV4 headers; RANGE may then be empty). PATH may carry a query
+-- string (presigned URLs). METHOD (default GET) is the method of every request, e.g. HEAD. Requests are
 -- formatted once in init(); each thread starts at its own offset (thread n of T starts at
 -- n/T of the list) and wraps around. done() prints one machine-readable line:
 --   WRK_RESULT {...json...}
@@ -24,18 +26,27 @@ local i = 0
 function init(args)
   local file = args[1]
   local nthreads = tonumber(args[2] or "1")
+  local method = args[3] or "GET"
   for line in io.lines(file) do
-    local path, range = line:match("^([^\t]+)\t?(.*)$")
+    local path, rest = line:match("^([^\t]+)\t?(.*)$")
     if path ~= nil then
       local headers = {}
       for k, v in pairs(wrk.headers) do
         headers[k] = v
       end
+      local range, extra = rest:match("^([^\t]*)\t?(.*)$")
       if range ~= nil and range ~= "" then
         headers["Range"] = range
       end
+      for field in (extra or ""):gmatch("[^\t]+") do
+        local name, value = field:match("^([^:]+):%s*(.*)$")
+        if name == nil then
+          error("bad header field '" .. field .. "' in " .. tostring(file))
+        end
+        headers[name] = value
+      end
       n = n + 1
-      reqs[n] = wrk.format("GET", path, headers)
+      reqs[n] = wrk.format(method, path, headers)
     end
   end
   if n == 0 then
