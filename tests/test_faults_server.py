@@ -288,10 +288,13 @@ def test_two_workers_serve_and_aggregate_metrics(
             "slipstream_requests_total", operation="GetObject", status="200"
         )
 
-    assert wait_until(lambda: gets() == requests, 5), gets()
-    m = scrape(proxy.admin_url)
-    assert m.get("slipstream_cache_objects") == len(objects)
-    assert m.get("slipstream_cache_hits_total") + m.get("slipstream_cache_misses_total") == requests
+    def reads() -> float:
+        m = scrape(proxy.admin_url)
+        return m.get("slipstream_cache_hits_total") + m.get("slipstream_cache_misses_total")
+
+    assert wait_until(lambda: reads() == requests, 5), reads()
+    assert gets() == requests
+    assert scrape(proxy.admin_url).get("slipstream_cache_objects") == len(objects)
 
     # A worker killed outright is replaced; the survivors keep serving meanwhile.
     victim = sorted(workers)[0]

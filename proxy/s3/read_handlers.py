@@ -20,7 +20,7 @@ from proxy.core.partnumber import PartRanges, PartSpan
 from proxy.core.reads import Reads
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
-from proxy.s3 import parse, xml
+from proxy.s3 import parse, whole, xml
 from proxy.s3.responses import request_ids, xml_response
 
 FILE_BLOCK = 1024 * 1024
@@ -155,11 +155,7 @@ class S3ReadHandlers:
             first, last = rng.resolve(meta.size)
             status, length = 206, last - first + 1
             headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
-        await resp.prepare(request)
-        await resp.write_eof()
-        return resp
+        return whole.respond(request, status, headers, b"", length)
 
     async def get_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
@@ -204,7 +200,7 @@ class S3ReadHandlers:
         if read.body is not None:  # a whole inline object: one write, no streaming
             stats.served(read.source, len(read.body), request.get("peer", False))
             first_byte.observe(time.perf_counter() - started)
-            return web.Response(status=status, headers=headers, body=read.body)
+            return whole.respond(request, status, headers, read.body, len(read.body))
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = read.length
         await resp.prepare(request)
