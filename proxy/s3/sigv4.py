@@ -1,8 +1,9 @@
 """SigV4 as S3 receives it: what the client claims, and the signature it should carry.
 
-The canonical request and the string to sign come from botocore's own signer
-(``S3SigV4Auth``), fed with exactly what the client sent and signed: the raw path and query as
-received, the headers named in SignedHeaders, the declared payload hash. Pure functions.
+The canonical request and the string to sign are built as botocore's signer (``S3SigV4Auth``)
+builds them, from exactly what the client sent and signed: the raw path and query as received,
+the headers named in SignedHeaders, the declared payload hash; straight into strings, with no
+botocore objects per request (tests/test_auth.py checks them against botocore). Pure functions.
 
 https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-authenticating-requests.html
 https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
@@ -18,12 +19,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 
 from proxy import errors
 
@@ -54,7 +53,7 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     """SignatureDoesNotMatch unless ``signed.signature`` is the request's signature under
     ``key``: constant-time, over the raw path and query as received (and, when a client
     encoded them differently, over the forms the spec's encoding gives)."""
-    headers = _SignedHeaders()
+    headers: dict[str, list[str]] = {}
     for name in signed.signed_headers:
         values = request.headers.getall(name, None)
         if values is None:
@@ -63,21 +62,27 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
                 AWSAccessKeyId=signed.access_key,
             )
         headers[name] = values
-    sent_hash = request.headers.get("x-amz-content-sha256", "")
-    payload_hash = UNSIGNED_PAYLOAD if signed.presigned else sent_hash
-    canon = _Canonicaliser(region, headers, payload_hash)
-    aws_request = AWSRequest(method=request.method, url="http://h/")
-    aws_request.headers = headers
-    aws_request.context["timestamp"] = signed.timestamp
+    if "x-amz-content-sha256" in headers:  # as botocore: the signed value wins
+        payload_hash = ",".join(headers["x-amz-content-sha256"])
+    elif signed.presigned:
+        payload_hash = UNSIGNED_PAYLOAD
+    else:
+        payload_hash = request.headers.get("x-amz-content-sha256", "")
+    names = sorted(headers)
+    fixed = "\n".join(f"{n}:{','.join(' '.join(v.split()) for v in headers[n])}" for n in names)
+    tail = f"{fixed}\n\n{';'.join(names)}\n{payload_hash}"
+    scope = f"{signed.timestamp[:8]}/{region}/s3/aws4_request"
+    method = request.method.upper()
     path, _, raw_query = request.raw_path.partition("?")
     first: tuple[str, str] | None = None
-    for canon.path in path_forms(path):
-        for canon.query in query_forms(raw_query, signed.presigned):
-            canonical_request = canon.canonical_request(aws_request)
+    for form in path_forms(path):
+        for query in query_forms(raw_query, signed.presigned):
+            canonical_request = f"{method}\n{form}\n{query}\n{tail}"
             try:
-                string_to_sign = canon.string_to_sign(aws_request, canonical_request)
+                digest = hashlib.sha256(canonical_request.encode()).hexdigest()
             except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
                 raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
+            string_to_sign = f"{ALGORITHM}\n{signed.timestamp}\n{scope}\n{digest}"
             expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, signed.signature):
                 return
@@ -117,44 +122,6 @@ def require_signed_amz_headers(headers: Mapping[str, str], signed: Signed) -> No
             "There were headers present in the request which were not signed",
             HeadersNotSigned=", ".join(unsigned),
         )
-
-
-class _SignedHeaders(dict[str, list[str]]):
-    """The signed headers (lower-case name -> values), read by botocore as its HTTPHeaders:
-    iteration, ``get_all`` and a case-insensitive ``in`` and ``[]``. A plain dict is several
-    times cheaper than the email.message-based original."""
-
-    def get_all(self, name: str) -> list[str]:
-        return self.get(name.lower(), [])
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and super().__contains__(name.lower())
-
-    def __getitem__(self, name: str) -> str:  # type: ignore[override]
-        return ",".join(super().__getitem__(name.lower()))
-
-
-class _Canonicaliser(S3SigV4Auth):  # type: ignore[misc]
-    """botocore's S3 signer, fed what the client signed instead of what botocore would send."""
-
-    def __init__(self, region: str, headers: _SignedHeaders, payload_hash: str) -> None:
-        super().__init__(None, "s3", region)
-        self._headers = headers
-        self._payload_hash = payload_hash
-        self.path = "/"
-        self.query = ""
-
-    def headers_to_sign(self, request: Any) -> _SignedHeaders:
-        return self._headers
-
-    def canonical_query_string(self, request: Any) -> str:
-        return self.query
-
-    def _normalize_url_path(self, path: str) -> str:
-        return self.path  # the raw path as received, never re-split from a URL
-
-    def payload(self, request: Any) -> str:
-        return self._payload_hash
 
 
 def derive_signing_key(secret: bytes, date: str, region: str, service: str = "s3") -> bytes:
