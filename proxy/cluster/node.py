@@ -164,6 +164,19 @@ class Cluster:
         others = [m for m in self.members.live() if m != self.self_addr]
         return all(self._peer_views.get(m) == (mine, True) for m in others)
 
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` until it ends or this node closes (warmer.py's pass loop)."""
+        self._spawn(work)
+
+    def call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+        """A signed peer request's context manager (warmer.py's holdings listing)."""
+        return self._call(method, member, path_qs, headers)
+
+    async def fill(self, source: Mount, remote: str) -> None:
+        """Read all of ``remote`` into this node's cache from ``source`` (warmer.py's)."""
+        assert self._fill is not None, "attach() first"
+        await self._fill(source, remote)
+
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -269,7 +282,7 @@ class Cluster:
         ranked next)."""
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
 
-    def _handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+    def handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
         return self._call(method, member, path_qs, headers, timeout)
 
@@ -282,7 +295,7 @@ class Cluster:
         ranked = [] if self.settled() else self.owners(mount, key, HANDOFF_DEPTH)
         only_cached = [m for m in ranked if m != self.self_addr and m not in others]
         members = others + only_cached
-        return replica_mount(mount, self._handoff_call, path_qs, members, frozenset(only_cached))
+        return replica_mount(mount, self.handoff_call, path_qs, members, frozenset(only_cached))
 
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
