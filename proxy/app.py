@@ -102,7 +102,8 @@ class S3Server:
             )
             read_handlers.forward = self.cluster.forward
             fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
-            warmer.serve(self.cluster, router, self.cache.index, self.cfg.cache.chunk_size)
+            lock = self.cache.root / "warmer.lock"
+            warmer.serve(self.cluster, router, self.cache.index, self.cfg.cache.chunk_size, lock)
             writes.changed = self.cluster.invalidate
         dispatcher = S3Dispatcher(
             reads=read_handlers,

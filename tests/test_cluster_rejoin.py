@@ -4,7 +4,9 @@ owns some of them again, it fills its copies from the nodes that hold them (a ha
 for their cached copy only), so reading everything through every node costs no store GET.
 Each object ends on its owners, and on any node that owned it while the other was down (a
 node keeps a copy it no longer owns until it evicts it). With no client read at all, the
-restarted node is warmed with its share from the survivors (warmer.py), no store GET."""
+restarted node is warmed with its share from the survivors (warmer.py), no store GET; then
+every node is settled again, and reading everything through any node asks no one for a
+cached copy and the store for nothing."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from tests.faultkit import get_body, scrape, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
-from tests.test_cluster import relay, start_cluster, wait_live  # noqa: F401
+from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
+from tests.test_cluster_handoff import handoffs, settled
 from tests.test_cluster_replicas import held_by, store_gets
 
 HALF = 30
@@ -117,3 +120,18 @@ def test_a_restarted_node_is_warmed_with_its_share_without_any_client_read(
     held = held_by([victim])
     assert wait_until(lambda: held() == {members[0]: share}, timeout=30), (held(), share)
     assert store_gets(relay) == Counter(), relay.counts
+    moved = sum(  # the handoffs the survivors answered (a fill asks a range)
+        scrape(n.admin_url).get("slipstream_requests_total", operation="PeerHandoff", status=s)
+        for n in survivors
+        for s in ("200", "206")
+    )
+    assert moved >= share - sum(1 for k in before if members[0] in owners[k]), moved
+
+    assert wait_until(lambda: settled(nodes), timeout=30), [
+        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
+    ]
+    asked = handoffs(nodes)
+    for key in keys:
+        assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, bodies[key]), key
+    assert store_gets(relay) == Counter(), relay.counts
+    assert handoffs(nodes) == asked
