@@ -295,12 +295,12 @@ def markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         "",
         f"Node join (2 warm nodes, a third added, the dataset read again over the 3): "
         f"{re['store_gets']} store GETs for {n} reads ({join['new_owner']} objects now owned by "
-        f"the new node: with replicas 1 its share is fetched from the store again, nothing "
-        f"hands it over; a read through the old owner is still served from its cache); "
-        f"{re['peer_bytes'] / 1e6:.1f} MB streamed owner -> asking node "
-        f"({re['peer_bytes'] // SMALL_SIZE} of {n} reads). Peer bytes are derived by the client "
-        f"from the ring and what each node holds; that model predicts {re['fills']} store "
-        f"GETs (measured {re['store_gets']}).",
+        f"the new node: the old owner hands them over, warmed ahead of reads or on a miss, "
+        f"so the store is not asked again); {re['peer_bytes'] / 1e6:.1f} MB streamed owner -> "
+        f"asking node ({re['peer_bytes'] // SMALL_SIZE} of {n} reads). Peer bytes are derived by "
+        f"the client from the ring and what each node holds; that model (no handoff: the new "
+        f"owner's misses go to the store) predicts {re['fills']} store GETs (measured "
+        f"{re['store_gets']}).",
         "",
         f"What {info['nproc']} cores allow: the 3 nodes, the relay, the store and the client "
         "share them, so 3 nodes cannot add CPU here; round-robin adds a peer hop to 2 reads "

@@ -35,7 +35,7 @@ from proxy.cache import quota
 from proxy.cache.index import Index
 from proxy.cache.staging import StagingSweeper
 from proxy.cache.store import CacheStore
-from proxy.cluster import fanout, peers
+from proxy.cluster import fanout, peers, warmer
 from proxy.cluster.node import Cluster
 from proxy.config import Config
 from proxy.core.fills import Fills
@@ -102,6 +102,8 @@ class S3Server:
             )
             read_handlers.forward = self.cluster.forward
             fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
+            lock = self.cache.root / "warmer.lock"
+            warmer.serve(self.cluster, router, self.cache.index, self.cfg.cache.chunk_size, lock)
             writes.changed = self.cluster.invalidate
         dispatcher = S3Dispatcher(
             reads=read_handlers,

@@ -101,6 +101,7 @@ class Cluster:
         self._view: tuple[str, ...] | None = None
         self._clean = False
         self._peer_views: dict[str, tuple[str, bool]] = {}
+        self._warmed: tuple[str, ...] | None = None  # the view a warm pass last finished for
         self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
     async def start(self) -> None:
@@ -155,14 +156,45 @@ class Cluster:
 
     def settled(self) -> bool:
         """No node this one can reach may hold a copy of an object that this node owns and
-        does not hold: each live peer's last health answer said it sees the members this node
-        sees and cached all it holds under that view (every object it holds it owns, so it is
-        on its first owner too). A peer not heard from, or any doubt: not settled (DNS and
-        etcd members are not health-checked: never settled). A peer whose view changed since
-        its last answer (a second at most) is the one window this misjudges: a store read."""
+        does not hold. Either each live peer's last health answer said it sees the members
+        this node sees and cached all it holds under that view (every object it holds it
+        owns, so it is on its first owner too); or this node finished a warm pass under its
+        view (warmer.py: it pulled every such copy the peers listed) and each live peer's last
+        answer said it sees that view too (so no peer fills what it owns under another view).
+        A peer not heard from, or any doubt: not settled (DNS and etcd members are not
+        health-checked: never settled). A peer whose view changed since its last answer (a
+        second at most) is the one window this misjudges: a store read."""
         mine, _ = self.view()
         others = [m for m in self.members.live() if m != self.self_addr]
-        return all(self._peer_views.get(m) == (mine, True) for m in others)
+        if all(self._peer_views.get(m) == (mine, True) for m in others):
+            return True
+        return self._warmed == self.members.live() and self.peers_agree()
+
+    def peers_agree(self) -> bool:
+        """Each live peer's last health answer said it sees the members this node sees."""
+        mine, _ = self.view()
+        others = [m for m in self.members.live() if m != self.self_addr]
+        return all(m in self._peer_views and self._peer_views[m][0] == mine for m in others)
+
+    def warmed(self, view: tuple[str, ...]) -> None:
+        """A warm pass over ``view`` finished: what the peers held that this node owns under
+        it is here (settled() may hold again)."""
+        self._warmed = view
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` until it ends or this node closes (warmer.py's pass loop)."""
+        self._spawn(work)
+
+    def call(
+        self, method: str, member: str, path_qs: str, headers: dict[str, str], data: bytes
+    ) -> Any:
+        """A signed peer request with a body: its context manager (warmer.py's holdings)."""
+        return self._call(method, member, path_qs, headers, data=data)
+
+    async def fill(self, source: Mount, remote: str) -> None:
+        """Read all of ``remote`` into this node's cache from ``source`` (warmer.py's)."""
+        assert self._fill is not None, "attach() first"
+        await self._fill(source, remote)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -188,11 +220,13 @@ class Cluster:
         path_qs: str,
         headers: dict[str, str],
         timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
+        data: bytes | None = None,
     ) -> Any:
         assert self._session is not None, "start() first"
         signed = peers.sign(self._secret, method, path_qs)
         url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
-        return self._session.request(method, url, headers={**headers, **signed}, timeout=timeout)
+        all_headers = {**headers, **signed}
+        return self._session.request(method, url, headers=all_headers, timeout=timeout, data=data)
 
     async def check(self, member: str) -> bool:
         """The member's peer health route answers 200 to a signed request (and says what it
@@ -269,7 +303,7 @@ class Cluster:
         ranked next)."""
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
 
-    def _handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+    def handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
         return self._call(method, member, path_qs, headers, timeout)
 
@@ -282,7 +316,7 @@ class Cluster:
         ranked = [] if self.settled() else self.owners(mount, key, HANDOFF_DEPTH)
         only_cached = [m for m in ranked if m != self.self_addr and m not in others]
         members = others + only_cached
-        return replica_mount(mount, self._handoff_call, path_qs, members, frozenset(only_cached))
+        return replica_mount(mount, self.handoff_call, path_qs, members, frozenset(only_cached))
 
     async def forward(
         self, request: web.BaseRequest, mount: Mount, key: str
