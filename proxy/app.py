@@ -101,6 +101,8 @@ class S3Server:
                 self._fill,
             )
             read_handlers.forward = self.cluster.forward
+            if self.cluster.cfg.local_copy:
+                read_handlers.forward_cached = self.cluster.keeps_copy
             fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
             lock = self.cache.root / "warmer.lock"
             warmer.serve(self.cluster, router, self.cache.index, self.cfg.cache.chunk_size, lock)

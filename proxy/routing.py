@@ -22,6 +22,7 @@ class Mount:
     read_only: bool = False
     cacheable: bool = True
     prefetch_listed: bool = False  # a listing queues its objects for prefetch
+    group: str = ""  # the cache group records made through it join (quota.LOCAL), "": none
 
     def remote_key(self, key: str) -> str:
         return self.prefix + key

@@ -157,8 +157,8 @@ class Txn:
                 self.add(quota.pinned_key(rec.quota), delta)
 
     def fits(self, oid: bytes, rec: Record, nbytes: int) -> bool:
-        """Whether ``nbytes`` more of ``rec`` fit its bucket's quota (see quota.fits)."""
-        return quota.fits(self, oid, rec.backend, rec.bucket, rec.key, nbytes)
+        """Whether ``nbytes`` more of ``rec`` fit its group (see quota.fits)."""
+        return quota.fits(self, oid, rec, nbytes)
 
     # -- use counts (eviction.place) ------------------------------------------------------------
     def tick(self, uses: int) -> int:

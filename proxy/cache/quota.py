@@ -5,6 +5,11 @@ and holds its place in that bucket's FIFO, kept in the ``queues`` db under ``Q``
 that would take the bucket over its quota evicts that bucket's oldest unpinned entries
 first, never another bucket's; when pinned bytes alone leave no room, the fill is served
 but not cached.
+
+One more group, ``LOCAL`` (``cluster.local_copy``), holds a cluster node's copies of objects
+it does not own, kept for its own clients: its records are put in it by the fill that makes
+them (their ``quota`` preset to LOCAL by their mount's ``group``, see cluster/node.py), not
+by their bucket. It is bounded and evicted as a bucket's quota is.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 _U64 = struct.Struct(">Q")
 MAX_STEPS = 100_000  # queue entries one fill may walk (pinned ones are skipped)
 _no_room = Throttled(log.cache)
+LOCAL = "cluster.local_copy"  # not a valid bucket name (no "_" in one): never a bucket's quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +46,25 @@ def group_of(rules: Sequence[QuotaRule], backend: str, bucket: str, key: str) ->
     """The quota an object (by its remote name) counts toward: the longest matching mount."""
     best: QuotaRule | None = None
     for r in rules:
-        if r.backend == backend and r.bucket == bucket and key.startswith(r.prefix):
+        if (
+            r.name != LOCAL
+            and r.backend == backend
+            and r.bucket == bucket
+            and key.startswith(r.prefix)
+        ):
             if best is None or len(r.prefix) > len(best.prefix):
                 best = r
     return best
+
+
+def rule_of(t: Txn, rec: Record) -> QuotaRule | None:
+    """The group ``rec`` counts toward: LOCAL when the record says so and the group is
+    configured, else its bucket's quota (if any)."""
+    if rec.quota == LOCAL:
+        for r in t.index.quotas:
+            if r.name == LOCAL:
+                return r
+    return group_of(t.index.quotas, rec.backend, rec.bucket, rec.key)
 
 
 def used_key(name: str) -> bytes:
@@ -59,8 +80,8 @@ def fifo_key(name: str, gseq: int) -> bytes:
 
 
 def join(t: Txn, oid: bytes, rec: Record) -> None:
-    """Put a record being inserted (its bytes not counted yet) in its bucket's quota FIFO."""
-    rule = group_of(t.index.quotas, rec.backend, rec.bucket, rec.key)
+    """Put a record being inserted (its bytes not counted yet) in its group's FIFO."""
+    rule = rule_of(t, rec)
     rec.quota = rule.name if rule is not None else ""
     if rule is not None:
         rec.gseq = t.next_seq()
@@ -70,7 +91,7 @@ def join(t: Txn, oid: bytes, rec: Record) -> None:
 def regroup(t: Txn, oid: bytes, rec: Record) -> None:
     """Start-up repair: move a cached record to the quota the configuration gives it now (a
     quota was added, removed or renamed since it was cached), with its bytes."""
-    rule = group_of(t.index.quotas, rec.backend, rec.bucket, rec.key)
+    rule = rule_of(t, rec)
     if rec.quota == (rule.name if rule is not None else ""):
         return
     t.account(rec, -rec.stored)
@@ -81,10 +102,10 @@ def regroup(t: Txn, oid: bytes, rec: Record) -> None:
     t.put(oid, rec)
 
 
-def fits(t: Txn, oid: bytes, backend: str, bucket: str, key: str, nbytes: int) -> bool:
-    """Whether ``nbytes`` more of object ``oid`` fit its bucket's quota, evicting that bucket's
+def fits(t: Txn, oid: bytes, rec: Record, nbytes: int) -> bool:
+    """Whether ``nbytes`` more of object ``oid`` (``rec``) fit its group, evicting that group's
     oldest unpinned entries (never ``oid`` itself) to make room. Runs in a write txn."""
-    rule = group_of(t.index.quotas, backend, bucket, key)
+    rule = rule_of(t, rec)
     if rule is None:
         return True
     name, limit = rule.name, rule.limit
@@ -100,30 +121,30 @@ def fits(t: Txn, oid: bytes, backend: str, bucket: str, key: str, nbytes: int) -
             if not qkey.startswith(prefix) or (cycled and qkey >= cycled):
                 break  # the end, or round to the pinned entries this walk moved
             pos, steps = qkey + b"\x00", steps + 1
-            rec = t.get(victim)
-            if rec is None or rec.quota != name or fifo_key(name, rec.gseq) != qkey:
+            held = t.get(victim)
+            if held is None or held.quota != name or fifo_key(name, held.gseq) != qkey:
                 t.txn.delete(qkey, db=t.index.queues)  # stale: the record went or moved
                 continue
             if victim == oid:
                 continue
-            if rec.pinned:  # to the tail, so the next fill does not walk it again
+            if held.pinned:  # to the tail, so the next fill does not walk it again
                 t.txn.delete(qkey, db=t.index.queues)
-                rec.gseq = t.next_seq()
-                moved = fifo_key(name, rec.gseq)
+                held.gseq = t.next_seq()
+                moved = fifo_key(name, held.gseq)
                 t.txn.put(moved, victim, db=t.index.queues)
-                t.put(victim, rec)
+                t.put(victim, held)
                 cycled = cycled or moved
                 continue
-            t.remove(victim, rec)
+            t.remove(victim, held)
             t.batch.evicted_objects += 1
-            t.batch.evicted_bytes += rec.stored
+            t.batch.evicted_bytes += held.stored
             used = t.counter(used_key(name))
         if used + nbytes <= limit:
             return True
     _no_room.warning(
-        "cache.quotas.%s is full of pinned bytes (or smaller than the object): new fills of"
-        " this bucket are served but not cached",
-        name,
+        "%s is full of pinned bytes (or smaller than the object): new fills of what it holds"
+        " are served but not cached",
+        name if name == LOCAL else f"cache.quotas.{name}",
     )
     return False
 
@@ -134,6 +155,8 @@ def rules_of(cfg: Config) -> list[QuotaRule]:
     for name, limit in cfg.cache.quotas.items():
         m = cfg.buckets[name]
         found.append(QuotaRule(name, m.backend, m.bucket or name, m.prefix, limit))
+    if cfg.cluster is not None and cfg.cluster.local_copy:
+        found.append(QuotaRule(LOCAL, "", "", "", cfg.cluster.local_copy))
     return found
 
 

@@ -29,6 +29,9 @@ class ClusterConfig:
     members: tuple[str, ...] | None = None
     dns: str | None = None
     etcd: EtcdConfig | None = None
+    # bytes of a local copy of what this node's own clients read of objects it does not own
+    # (the cache group quota.LOCAL); 0: none, each such read is streamed from an owner
+    local_copy: int = 0
 
     @property
     def membership(self) -> str:
@@ -88,6 +91,7 @@ def parse_cluster(data: Any, listen: str) -> ClusterConfig | None:
     members = _members(r.take("members")) if "members" in given else None
     dns = r.text("dns")
     etcd = _etcd(r.take("etcd")) if "etcd" in given else None
+    local_copy = r.size("local_copy", 0)
     if "secret" in r.data:
         raise ConfigError(
             "cluster.secret: secrets are not read from the config file; use secret_env or "
@@ -113,4 +117,5 @@ def parse_cluster(data: Any, listen: str) -> ClusterConfig | None:
         members=members,
         dns=dns,
         etcd=etcd,
+        local_copy=local_copy,
     )

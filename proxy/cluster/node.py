@@ -28,6 +28,7 @@ from proxy.cluster.source import (
     NOT_CACHED_HEADER,
     REPLICA_HEADER,
     Fill,
+    local_mount,
     replica_mount,
 )
 from proxy.config_values import split_host_port
@@ -101,6 +102,7 @@ class Cluster:
         self._view: tuple[str, ...] | None = None
         self._clean = False
         self._peer_views: dict[str, tuple[str, bool]] = {}
+        self._peer_local: dict[str, bool] = {}  # whether each peer said it keeps local copies
         self._warmed: tuple[str, ...] | None = None  # the view a warm pass last finished for
         self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
@@ -238,6 +240,7 @@ class Cluster:
                 said = json.loads(await resp.read())
                 self._peer_totals[member] = (int(said["bytes"]), int(said["objects"]))
                 self._peer_views[member] = (str(said["view"]), said["clean"] is True)
+                self._peer_local[member] = said.get("local") is True
             except (ValueError, KeyError, TypeError):
                 self._peer_views.pop(member, None)
                 pass  # a node that answers "ok" only: live, holdings unknown
@@ -267,7 +270,9 @@ class Cluster:
         """The store accepted a write or delete of ``key`` (a remote key) through this node:
         every other live owner drops its copy (and refuses fills begun before) before this
         returns; a copy kept here by a node that does not own the object is dropped too. An
-        owner that does not answer within INVALIDATE_TIMEOUT is logged and passed over."""
+        owner that does not answer within INVALIDATE_TIMEOUT is logged and passed over. Then
+        every other live node that keeps local copies (cluster.local_copy: as its health
+        answer said; a node not heard from, as this one) drops its copy too."""
         if not mount.cacheable:
             return
         owners = self.owners(mount, key)
@@ -275,9 +280,15 @@ class Cluster:
             await self._drop(oid_of(mount, key))
         # the nodes ranked just below the owners too: a handoff may ask them for their copy
         others = [m for m in self.owners(mount, key, HANDOFF_DEPTH) if m != self.self_addr]
+        path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
         if others:
-            path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
+        # then the other nodes that keep local copies (after the owners: a local copy filled
+        # from an owner once its own was dropped is filled from the owner's new one)
+        local = [m for m in self.members.live() if m != self.self_addr and m not in others]
+        local = [m for m in local if self._peer_local.get(m, self.cfg.local_copy > 0)]
+        if local:
+            await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in local))
 
     async def _post(self, member: str, path_qs: str, expect: int) -> str | None:
         """A signed POST with a short timeout; None when answered ``expect``, else why not."""
@@ -303,6 +314,16 @@ class Cluster:
         ranked next)."""
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
 
+    def keeps_copy(self, mount: Mount, key: str) -> bool:
+        """A read of ``key`` (a remote key) here keeps a local copy (cluster.local_copy): this
+        node does not own it. forward() takes such reads even when a copy is cached here: the
+        copy is read, filled and revalidated through the owners."""
+        return (
+            self.cfg.local_copy > 0
+            and mount.cacheable
+            and self.self_addr not in self.owners(mount, key)
+        )
+
     def handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
         return self._call(method, member, path_qs, headers, timeout)
@@ -322,7 +343,9 @@ class Cluster:
         self, request: web.BaseRequest, mount: Mount, key: str
     ) -> web.StreamResponse | None:
         """A GET or HEAD of ``key`` (a remote key) not cached here. This node does not own it:
-        the first owner that answers streams it to the client, nothing is kept here. This node
+        the first owner that answers streams it to the client, nothing is kept here (with
+        cluster.local_copy: read through this node's cache from the owners, kept in the cache
+        group quota.LOCAL; cached or not, see keeps_copy). This node
         is its first owner: None (read through the store here), and a GET asks the other owners
         to replicate it from here. Another owner: a GET fills the replica here from the other
         owners (the store last) while it answers; a HEAD asks them. None also when no owner
@@ -348,6 +371,12 @@ class Cluster:
             owners = others  # a HEAD: asked of the other owners, as a non-owner does
         elif request.get("peer"):
             return None  # the asker's ring disagrees (membership changing): answer it here
+        elif self.cfg.local_copy and self._peer_get is not None and self._peer_head is not None:
+            # keep a local copy: this node's own read, its cache filled from the owners
+            answer = self._peer_get if request.method == "GET" else self._peer_head
+            return await answer(
+                request, local_mount(mount, self.handoff_call, path_qs, owners), key
+            )
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
         wanted = {k: v for k, v in request.query.items() if k in RESPONSE_OVERRIDES}
         overrides = "&" + urllib.parse.urlencode(wanted) if wanted else ""  # response-*
@@ -423,8 +452,9 @@ class Cluster:
                 return web.Response(text="ok\n")
             used, objects = self.totals()
             view, clean = self.view()
+            local = self.cfg.local_copy > 0
             return web.json_response(
-                {"bytes": used, "objects": objects, "view": view, "clean": clean}
+                {"bytes": used, "objects": objects, "view": view, "clean": clean, "local": local}
             )
         if route in self.routes:
             return await self.routes[route](request)

@@ -25,6 +25,7 @@ import aiohttp
 from proxy import log, metrics
 from proxy.backends.base import Backend
 from proxy.backends.s3.codec import get_headers, map_answer, meta_from_headers
+from proxy.cache.quota import LOCAL
 from proxy.model import GetResult, ObjectMeta
 from proxy.routing import Mount
 
@@ -48,8 +49,10 @@ class PeerSource:
         path_qs: str,
         members: list[str],
         only_cached: frozenset[str] = frozenset(),
+        replica: bool = True,
     ) -> None:
         self._store = store
+        self._mark = {REPLICA_HEADER: "1"} if replica else {}
         self._call = call
         self._path_qs = path_qs
         self._members = members
@@ -65,7 +68,7 @@ class PeerSource:
         for member in self._members:
             if member in self._only_cached:
                 continue
-            resp = await self._one(method, member, {**headers, REPLICA_HEADER: "1"})
+            resp = await self._one(method, member, {**headers, **self._mark})
             if resp is None:
                 continue
             if resp.status in (200, 206):
@@ -181,6 +184,14 @@ def replica_mount(
     hold it: ``only_cached``) first."""
     source = PeerSource(mount.backend, call, path_qs, members, only_cached)
     return dataclasses.replace(mount, backend=cast(Backend, source))
+
+
+def local_mount(mount: Mount, call: Call, path_qs: str, owners: list[str]) -> Mount:
+    """``mount`` as a node that does not own the object reads it to keep a local copy: from
+    the owners in turn, the store only when none answers, as a client's read (the first owner
+    has its replicas filled as usual), the records in the cache group quota.LOCAL."""
+    source = PeerSource(mount.backend, call, path_qs, owners, replica=False)
+    return dataclasses.replace(mount, backend=cast(Backend, source), group=LOCAL)
 
 
 Fill = Callable[[Mount, str], Awaitable[None]]

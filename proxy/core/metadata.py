@@ -27,8 +27,11 @@ def oid_of(mount: Mount, key: str) -> bytes:
 
 
 def record_of(mount: Mount, key: str, meta: ObjectMeta) -> Record:
-    """A new index entry for what the store just said about ``key``."""
-    return record_for(meta, mount.backend.name, mount.bucket, key)
+    """A new index entry for what the store just said about ``key`` (in the mount's cache
+    group, if it names one)."""
+    rec = record_for(meta, mount.backend.name, mount.bucket, key)
+    rec.quota = mount.group
+    return rec
 
 
 def fresh(rec: Record, mount: Mount, now: float) -> bool:

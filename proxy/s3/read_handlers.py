@@ -41,6 +41,8 @@ class S3ReadHandlers:
         # with a cluster: a GET or HEAD of an object not cached here that another node owns
         # goes there
         self.forward: Forward | None = None
+        # whether forward also takes a read of an object cached here (a cluster local copy)
+        self.forward_cached: Callable[[Mount, str], bool] | None = None
         self.part_ranges = PartRanges(reads)
         self.listing = listing
         self.region = region
@@ -124,11 +126,14 @@ class S3ReadHandlers:
             )
         return await self.part_ranges.span(mount, key, number)
 
+    def _forward_cached(self, mount: Mount, key: str) -> bool:
+        return self.forward_cached is not None and self.forward_cached(mount, key)
+
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         if self.forward is not None and "partNumber" not in query:
-            if not self.reads.cached(mount, key):
+            if not self.reads.cached(mount, key) or self._forward_cached(mount, key):
                 forwarded = await self.forward(request, mount, key)
                 if forwarded is not None:
                     return forwarded
@@ -164,7 +169,10 @@ class S3ReadHandlers:
         if (
             self.forward is not None
             and "partNumber" not in query
-            and not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
+            and (
+                not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
+                or self._forward_cached(mount, key)
+            )
         ):
             forwarded = await self.forward(request, mount, key)
             if forwarded is not None:
