@@ -9,7 +9,7 @@ import json
 import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.model import ObjectMeta
 
@@ -94,11 +94,7 @@ class Record:
 
     def present_chunks(self) -> Iterator[int]:
         """The index of every chunk file present, in order (one pass over the bitmap)."""
-        for offset, byte in enumerate(_bitmap_bytes(self.chunks)):
-            while byte:
-                low = byte & -byte
-                yield offset * 8 + low.bit_length() - 1
-                byte ^= low
+        return chunk_indices(self.chunks)
 
     def chunk_count(self, chunk_size: int) -> int:
         return max(1, -(-self.size // chunk_size))
@@ -228,6 +224,60 @@ class Record:
 FORMAT = 1  # the first byte; a JSON record (the form before) starts with "{"
 _FIXED = struct.Struct("<BBqqdddQQQIIIIH")
 _MD5, _INLINE, _PINNED, _MAIN = 1, 2, 4, 8
+
+
+_TAIL = struct.Struct("<IH")  # _FIXED's last two fields: bitmap bytes, text count
+_FIRST_TEXTS = struct.Struct("<7H")  # the lengths of key ... quota
+
+
+class Glance(NamedTuple):
+    """The fields of a record the start-up check needs (glance), without building it; the
+    names are "" unless asked for."""
+
+    inline: bool
+    chunks: int
+    gen: str
+    quota: str
+    backend: str = ""
+    bucket: str = ""
+    key: str = ""
+
+
+def glance(raw: bytes, names: bool = False) -> Glance:
+    """Read a record's flags, chunk bitmap, gen and quota in place (and with ``names`` its
+    backend, bucket and key): a few struct calls and short decodes instead of Record.loads
+    (dicts, a dataclass). A JSON record is parsed whole."""
+    if raw[:1] == b"{":
+        r = Record.loads(raw)
+        return Glance(r.inline, r.chunks, r.gen, r.quota, r.backend, r.bucket, r.key)
+    nbitmap, ntexts = _TAIL.unpack_from(raw, _FIXED.size - _TAIL.size)
+    at = _FIXED.size + 2 * ntexts
+    chunks = int.from_bytes(raw[at : at + nbitmap], "little") if nbitmap else 0
+    at += nbitmap
+    n_key, n_backend, n_bucket, n_etag, n_ctype, n_gen, n_quota = _FIRST_TEXTS.unpack_from(
+        raw, _FIXED.size
+    )
+    gen_at = at + n_key + n_backend + n_bucket + n_etag + n_ctype
+    quota_at = gen_at + n_gen
+    gen = raw[gen_at:quota_at].decode() if chunks else ""  # hex: only chunk files are named
+    quota = raw[quota_at : quota_at + n_quota].decode("utf-8", "surrogatepass") if n_quota else ""
+    if not names:
+        return Glance(bool(raw[1] & _INLINE), chunks, gen, quota)
+    key = raw[at : at + n_key].decode("utf-8", "surrogatepass")
+    at += n_key
+    backend = raw[at : at + n_backend].decode("utf-8", "surrogatepass")
+    at += n_backend
+    bucket = raw[at : at + n_bucket].decode("utf-8", "surrogatepass")
+    return Glance(bool(raw[1] & _INLINE), chunks, gen, quota, backend, bucket, key)
+
+
+def chunk_indices(bits: int) -> Iterator[int]:
+    """The index of every bit set in a chunk bitmap, in order (one pass over its bytes)."""
+    for offset, byte in enumerate(_bitmap_bytes(bits)):
+        while byte:
+            low = byte & -byte
+            yield offset * 8 + low.bit_length() - 1
+            byte ^= low
 
 
 def _bitmap_bytes(bits: int) -> bytes:

@@ -6,8 +6,9 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 from proxy import errors, log, metrics
 from proxy.cache import pins, quota
@@ -16,7 +17,7 @@ from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
-from proxy.cache.record import Record
+from proxy.cache.record import Record, chunk_indices, glance
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.model import ObjectMeta
@@ -375,43 +376,74 @@ class CacheStore:
         """Blocking; run before serving. Drops temp files of dead processes, chunk files the
         index does not reference (a crash between rename and commit), and index bits whose file
         is gone. Nothing unverified is ever referenced, so what remains is whole. Each record
-        kept goes to the quota cache.quotas gives it now (quota.regroup)."""
+        kept goes to the quota cache.quotas gives it now (quota.regroup).
+
+        Restart to ready waits for this, so the walk reads each record in place (glance: no
+        Record built) and asks the data tree only whether an inline value is there (a cursor
+        positioned on the key, the value never copied); only the few records it changes are
+        parsed, after the walk."""
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
             "stale_uploads": self.uploads.sweep(),
             "orphans": 0,
             "missing": 0,
         }
-        on_disk: set[tuple[bytes, str, int]] = set()
         idx = self._idx
-        for oid, gen, i, path in self.blobs.scan():
-            rec = idx.get(oid) if oid else None
-            if rec is None or rec.gen != gen or not rec.has_chunk(i) or rec.inline:
-                os.unlink(path)
-                stats["orphans"] += 1
-            else:
-                on_disk.add((oid, gen, i))
+        on_disk = self._chunk_files(stats)
 
         def repair(t: Txn) -> None:
-            cur = t.txn.cursor(db=idx.objects)
-            for key, raw in list(cur.iternext()):
-                oid, rec = bytes(key), Record.loads(raw)
-                if rec.inline:
-                    if t.txn.get(oid, db=idx.data) is None:
-                        t.remove(oid, rec)
-                        stats["missing"] += 1
-                    else:
-                        quota.regroup(t, oid, rec)
-                    continue
-                lost = [i for i in rec.present_chunks() if (oid, rec.gen, i) not in on_disk]
-                if lost:
-                    t.remove(oid, rec)  # its other chunk files go too; refetched on demand
-                    stats["missing"] += 1
+            rules = idx.quotas
+            # (bytes, not buffers: the transaction is not opened with buffers=True)
+            values = cast("Iterator[bytes]", t.txn.cursor(db=idx.data).iternext(values=False))
+            value_key = next(values, None)  # both trees are in key order: walked side by side
+            gone: list[bytes] = []  # its inline value or a chunk file is missing
+            moved: list[bytes] = []  # cache.quotas gives it another quota now
+            records = cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext())
+            for key, raw in records:
+                g = glance(raw)
+                if g.inline:
+                    while value_key is not None and value_key < key:
+                        value_key = next(values, None)
+                    lost = value_key != key
                 else:
-                    quota.regroup(t, oid, rec)  # cache.quotas may have changed
+                    lost = any((key, g.gen, i) not in on_disk for i in chunk_indices(g.chunks))
+                if lost:
+                    gone.append(key)
+                elif rules or g.quota:
+                    g = glance(raw, names=True)
+                    rule = quota.group_of(rules, g.backend, g.bucket, g.key)
+                    if g.quota != (rule.name if rule is not None else ""):
+                        moved.append(key)
+            for oid in gone:  # its other chunk files go too; refetched on demand
+                rec = t.get(oid)
+                assert rec is not None
+                t.remove(oid, rec)
+            for oid in moved:
+                rec = t.get(oid)
+                assert rec is not None
+                quota.regroup(t, oid, rec)
+            stats["missing"] = len(gone)
 
         idx.run_sync(repair)
         return stats
+
+    def _chunk_files(self, stats: dict[str, int]) -> set[tuple[bytes, str, int]]:
+        """Blocking: every chunk file the index references; the others are unlinked."""
+        on_disk: set[tuple[bytes, str, int]] = set()
+        idx = self._idx
+        txn = idx.env.begin(db=idx.objects)
+        try:
+            for oid, gen, i, path in self.blobs.scan():
+                raw = txn.get(oid) if oid else None
+                g = glance(raw) if raw is not None else None
+                if g is None or g.gen != gen or g.inline or not g.chunks >> i & 1:
+                    os.unlink(path)
+                    stats["orphans"] += 1
+                else:
+                    on_disk.add((oid, gen, i))
+        finally:
+            txn.abort()
+        return on_disk
 
 
 def _write_wins(t: Txn, oid: bytes, cur: Record | None, seen: int, write: bool) -> bool:
