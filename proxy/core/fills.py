@@ -222,6 +222,14 @@ class Fills:
             tasks = [f.task for f in list(self._fills.values()) if f.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def settled(self, oids: list[bytes]) -> None:
+        """Wait until the fills under way of these objects committed their bytes or gave up (a
+        reader may finish reading a fill before its commit lands)."""
+        wanted = set(oids)
+        tasks = [f.task for (o, _), f in self._fills.items() if o in wanted and f.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def close(self) -> None:
         # A fill whose bytes are all in has only its commit left: let it finish (briefly), or its
         # chunk file would be published without an index entry (an orphan until the next fsck).

@@ -360,6 +360,7 @@ class WarmJob:
         """A keys job with ``pin``: pin the objects it has cached so far (in batches)."""
         oids, self._to_pin = self._to_pin, []
         if oids:
+            await self._core.reads.fills.settled(oids)  # a record to pin, not one on its way
             await self._core.reads.cache.pin_objects(oids)
 
     async def _fetch(self, key: str) -> BaseException | None:
