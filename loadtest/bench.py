@@ -974,13 +974,19 @@ class Bench:
                 admin_url=admin,
             )
         self.ceiling("B")
-        self.proxy_log_problems = [
-            ln
-            for ln in proxy.log(200_000).splitlines()
-            if any(w in ln for w in ("ERROR", "Traceback", "CRITICAL", "exception"))
-        ]
-        if proxy.proc is not None and proxy.proc.poll() is not None:
-            raise BenchError(f"Slipstream exited with {proxy.proc.returncode}:\n{proxy.log()}")
+        self.proxy_log_problems = proxy_problems(proxy)
+
+
+def proxy_problems(proxy: ProxyProcess) -> list[str]:
+    """The problem lines of Slipstream's log; BenchError if it has exited."""
+    problems = [
+        ln
+        for ln in proxy.log(200_000).splitlines()
+        if any(w in ln for w in ("ERROR", "Traceback", "CRITICAL", "exception"))
+    ]
+    if proxy.proc is not None and proxy.proc.poll() is not None:
+        raise BenchError(f"Slipstream exited with {proxy.proc.returncode}:\n{proxy.log()}")
+    return problems
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -1117,19 +1123,35 @@ def print_report(
             mark += "  PASS" if value >= floor else "  BELOW TARGET"
         shown = "n/a" if value is None else f"{value:.2f}x"
         p(f"  {name:<34} {shown:>7}{mark}")
+    errors = [(f"{r.workload} {r.name}", k, v) for r in rows for k, v in r.errors.items()]
+    none = (
+        "Errors: none (every row: 0 socket errors, 0 non-2xx, body sizes checked; samples",
+        "        and every cold request also checked byte for byte)",
+    )
+    return print_footer(phases, errors, none, log_problems)
+
+
+def print_footer(
+    phases: Mapping[str, float],
+    errors: Sequence[tuple[str, str, int]],
+    none: Sequence[str],
+    log_problems: Sequence[str],
+) -> bool:
+    """The end of a report: durations, environment notes, ``errors`` (row, kind, count; else
+    the lines ``none``) and Slipstream's log problems. True when there were no errors."""
+    p = print
     p()
     p("Durations (s): " + ", ".join(f"{k} {v}" for k, v in phases.items()))
     for note in environment_notes():
         p(f"Note: {note}")
-    errors = [(r, k, v) for r in rows for k, v in r.errors.items()]
     p()
     if errors:
         p(f"ERRORS ({sum(v for _, _, v in errors)}) -- this run is NOT a valid result:")
-        for r, k, v in errors:
-            p(f"  {r.workload} {r.name}: {k}: {v}")
+        for name, k, v in errors:
+            p(f"  {name}: {k}: {v}")
     else:
-        p("Errors: none (every row: 0 socket errors, 0 non-2xx, body sizes checked; samples")
-        p("        and every cold request also checked byte for byte)")
+        for line in none:
+            p(line)
     if log_problems:
         p(f"Slipstream log: {len(log_problems)} problem line(s), first ones:")
         for ln in log_problems[:10]:

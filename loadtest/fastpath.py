@@ -66,11 +66,13 @@ from loadtest.bench import (  # noqa: E402
     Req,
     Row,
     _percentile,
+    _raise_interrupt,
     background,
-    environment_notes,
     machine_info,
     make_row,
     metric_delta,
+    print_footer,
+    proxy_problems,
     py_load,
     say,
     scrape_settled,
@@ -556,13 +558,7 @@ class FastBench(Bench):
         self.stop_proxy(proxy)
 
     def stop_proxy(self, proxy: ProxyProcess) -> None:
-        self.proxy_log_problems += [
-            ln
-            for ln in proxy.log(200_000).splitlines()
-            if any(w in ln for w in ("ERROR", "Traceback", "CRITICAL", "exception"))
-        ]
-        if proxy.proc is not None and proxy.proc.poll() is not None:
-            raise BenchError(f"Slipstream exited with {proxy.proc.returncode}:\n{proxy.log()}")
+        self.proxy_log_problems += proxy_problems(proxy)
         proxy.stop()
         del self.cpu.groups["slipstream"]
 
@@ -750,26 +746,12 @@ def print_report(
         mark = {True: "PASS", False: "BELOW", None: "n/a"}[v["ok"]]
         cpu = f"  (per CPU-s {v['per_cpu']:.2f}x)" if "per_cpu" in v else ""
         p(f"  {v['name']:<58} {value:>10}   target {v['target']:<30} {mark}{cpu}")
-    p()
-    p("Durations (s): " + ", ".join(f"{k} {v}" for k, v in phases.items()))
-    for note in environment_notes():
-        p(f"Note: {note}")
-    bad = [(r, k, v) for r in rows for k, v in r.errors.items()]
-    p()
-    if bad:
-        p(f"ERRORS ({sum(v for _, _, v in bad)}) -- this run is NOT a valid result:")
-        for r, k, v in bad:
-            p(f"  {r.name}: {k}: {v}")
-    else:
-        p("Errors: none (every row: samples checked byte for byte, 0 socket errors, no status")
-        p("        >= 400, body sizes checked; warm rows: no store request, no miss)")
-    if log_problems:
-        p(f"Slipstream log: {len(log_problems)} problem line(s), first ones:")
-        for ln in log_problems[:10]:
-            p(f"  {ln}")
-    else:
-        p("Slipstream log: no ERROR/Traceback lines")
-    return not bad
+    bad = [(r.name, k, v) for r in rows for k, v in r.errors.items()]
+    none = (
+        "Errors: none (every row: samples checked byte for byte, 0 socket errors, no status",
+        "        >= 400, body sizes checked; warm rows: no store request, no miss)",
+    )
+    return print_footer(phases, bad, none, log_problems)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -798,16 +780,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
         print("fastpath: wrk not found (apt-get install -y wrk)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     info = machine_info(args)
     for k in ("store_latency_ms", "metadata_ttl", "concurrency_b"):
         info.pop(k, None)

@@ -18,9 +18,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -59,37 +59,52 @@ def wait_live(nodes: list[ProxyProcess], want: list[str], timeout: float = 15.0)
     raise AssertionError(f"live members never became {sorted(want)}: {views}")
 
 
+Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
+
+
+class ClusterFactory(Protocol):
+    def __call__(self, replicas: int, objects: int = OBJECTS, **cluster: Any) -> Cluster: ...
+
+
 @pytest.fixture
-def cluster(
+def make_cluster(
     seaweedfs: S3Endpoint,
     s3_client_factory: S3ClientFactory,
     proxy_factory: ProxyFactory,
     relay: CountingRelay,
     tmp_path: Path,
-) -> tuple[str, dict[str, bytes], list[ProxyProcess]]:
-    return start_cluster(seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 1)
+) -> ClusterFactory:
+    """Three nodes over this test's ``relay`` (its counts reset once they see each other),
+    ``objects`` objects of SIZE (obj/000, obj/001, ...) in a new bucket; ``replicas`` and any
+    other ``cluster`` keys make their cluster section (the static members list added)."""
+
+    def make(replicas: int, objects: int = OBJECTS, **cluster: Any) -> Cluster:
+        bucket = new_bucket("cluster")
+        s3 = s3_client_factory(seaweedfs)
+        s3.create_bucket(Bucket=bucket)
+        bodies = {f"obj/{i:03d}": payload(SIZE, seed=i) for i in range(objects)}
+        for key, body in bodies.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+        section = {"replicas": replicas, **cluster}
+        nodes = start_nodes(seaweedfs, proxy_factory, relay.url, bucket, tmp_path, 3, section)
+        relay.reset()
+        return bucket, bodies, nodes
+
+    return make
 
 
-def start_cluster(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
-    replicas: int,
-) -> tuple[str, dict[str, bytes], list[ProxyProcess]]:
-    """Three nodes over ``relay`` (its counts reset once they see each other), OBJECTS objects
-    in a new bucket."""
-    bucket = new_bucket("cluster")
-    s3 = s3_client_factory(seaweedfs)
-    s3.create_bucket(Bucket=bucket)
-    bodies = {f"obj/{i:03d}": payload(SIZE, seed=i) for i in range(OBJECTS)}
-    for key, body in bodies.items():
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-    static = {"replicas": replicas}
-    nodes = start_nodes(seaweedfs, proxy_factory, relay.url, bucket, tmp_path, 3, static)
-    relay.reset()
-    return bucket, bodies, nodes
+@pytest.fixture
+def cluster(make_cluster: ClusterFactory) -> Cluster:
+    return make_cluster(1)
+
+
+def placement(
+    bucket: str, nodes: list[ProxyProcess], keys: Iterable[str], replicas: int
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The nodes' member names (their listen addresses) and each key's ``replicas`` owners
+    among them."""
+    members = [n.config["listen"] for n in nodes]
+    return members, {k: ring.owners(object_id("store", bucket, k), members, replicas) for k in keys}
 
 
 def start_nodes(

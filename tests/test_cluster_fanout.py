@@ -11,36 +11,29 @@ import random
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.cache.record import object_id
-from proxy.cluster import ring
 from proxy.jobs.client import AdminClient
-from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import get_body
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint
-from tests.test_cluster import OBJECTS, admin, start_cluster
-
-Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
-
-
-@pytest.fixture
-def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
-    with CountingRelay(seaweedfs.url) as r:
-        yield r
+from tests.test_cluster import (  # noqa: F401 (the fixtures)
+    OBJECTS,
+    ClusterFactory,
+    admin,
+    make_cluster,
+    placement,
+    relay,
+)
 
 
 def post(node: ProxyProcess, path: str, body: dict[str, Any]) -> Any:
     return AdminClient(node.admin_url).call("POST", path, body)
 
 
-def object_gets(relay: CountingRelay, bucket: str) -> Counter[str]:
+def object_gets(relay: CountingRelay, bucket: str) -> Counter[str]:  # noqa: F811
     prefix = f"/{bucket}/obj/"
     return Counter(
         {p: n for (m, p), n in relay.counts.items() if m == "GET" and p.startswith(prefix)}
@@ -52,17 +45,11 @@ def held(nodes: list[ProxyProcess]) -> dict[str, int]:
 
 
 def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    make_cluster: ClusterFactory,  # noqa: F811
+    relay: CountingRelay,  # noqa: F811
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
-    )
-    members = [n.config["listen"] for n in nodes]
-    owners = {k: ring.owners(object_id("store", bucket, k), members, 2) for k in bodies}
+    bucket, bodies, nodes = make_cluster(replicas=2)
+    _, owners = placement(bucket, nodes, bodies, 2)
     # the node the job is posted to: the one that owns the fewest objects (it owns some: R=2 of 3)
     per_member = Counter(m for o in owners.values() for m in o)
     poster = min(nodes, key=lambda n: per_member[n.config["listen"]])
@@ -101,15 +88,10 @@ def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
 
 
 def test_pin_and_unpin_through_one_node_hold_on_every_node(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    make_cluster: ClusterFactory,  # noqa: F811
+    relay: CountingRelay,  # noqa: F811
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=1
-    )
+    bucket, bodies, nodes = make_cluster(replicas=1)
     answer = post(nodes[1], "/admin/v1/pin", {"bucket": bucket, "prefix": "obj/"})
     assert (answer["applied"], answer["failed"], answer["objects"]) == (3, 0, 0), answer
     for key, body in bodies.items():  # cached after the pin: pinned on whichever node owns it
@@ -134,15 +116,10 @@ def test_pin_and_unpin_through_one_node_hold_on_every_node(
 
 
 def test_evict_through_one_node_drops_the_prefix_everywhere(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    make_cluster: ClusterFactory,  # noqa: F811
+    relay: CountingRelay,  # noqa: F811
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
-    )
+    bucket, bodies, nodes = make_cluster(replicas=2)
     rnd = random.Random(11)
     for key, body in bodies.items():
         assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, body), key

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
-from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import get_body, scrape, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint
-from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
+from tests.test_cluster import (  # noqa: F401 (the fixtures)
+    ClusterFactory,
+    admin,
+    make_cluster,
+    relay,
+    wait_live,
+)
 from tests.test_cluster_replicas import store_gets
 
 CANDIDATES = 2  # the nodes a handoff of one miss may ask on three nodes: every other one
@@ -30,20 +33,30 @@ def handoffs(nodes: list[ProxyProcess]) -> float:
     )
 
 
+def served_handoffs(nodes: list[ProxyProcess]) -> float:
+    """The handoff requests ``nodes`` answered with bytes (a fill asks a range: 200 or 206)."""
+    return sum(
+        scrape(n.admin_url).get("slipstream_requests_total", operation="PeerHandoff", status=s)
+        for n in nodes
+        for s in ("200", "206")
+    )
+
+
 def settled(nodes: list[ProxyProcess]) -> bool:
     return all(admin(n, "/admin/v1/cluster")["settled"] for n in nodes)
 
 
+def wait_settled(nodes: list[ProxyProcess], timeout: float) -> None:
+    assert wait_until(lambda: settled(nodes), timeout=timeout), [
+        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
+    ]
+
+
 def test_a_cold_miss_asks_for_handoffs_only_when_a_copy_may_exist_and_once_at_most(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
+    make_cluster: ClusterFactory,  # noqa: F811
     relay: CountingRelay,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2
-    )
+    bucket, bodies, nodes = make_cluster(2)
     keys = list(bodies)
     first, second, third = keys[:20], keys[20:40], keys[40:]
     members = [n.config["listen"] for n in nodes]
@@ -55,9 +68,7 @@ def test_a_cold_miss_asks_for_handoffs_only_when_a_copy_may_exist_and_once_at_mo
             assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
 
     # one view since each started, empty caches: settled once the health answers say so
-    assert wait_until(lambda: settled(nodes), timeout=15), [
-        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
-    ]
+    wait_settled(nodes, timeout=15)
     read(first, nodes)
     assert store_gets(relay) == Counter({f"/{bucket}/{k}": 1 for k in first}), relay.counts
     assert handoffs(nodes) == 0
@@ -78,9 +89,7 @@ def test_a_cold_miss_asks_for_handoffs_only_when_a_copy_may_exist_and_once_at_mo
     assert asked <= CANDIDATES * len(second) + len(first), asked
 
     # each node finished a warm pass under this view: settled again, a miss asks no one
-    assert wait_until(lambda: settled(nodes), timeout=30), [
-        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
-    ]
+    wait_settled(nodes, timeout=30)
     relay.reset()
     before = handoffs(nodes)
     read(third, nodes)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
-from proxy.cache.record import object_id
-from proxy.cluster import ring
-from tests.conftest import ProxyFactory, S3ClientFactory
-from tests.faultkit import get_body, new_bucket, payload, scrape, wait_until
+from tests.conftest import S3ClientFactory
+from tests.faultkit import get_body, payload, scrape, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint
-from tests.test_cluster import SIZE, admin, relay, start_nodes  # noqa: F401
+from tests.test_cluster import (  # noqa: F401 (the fixtures)
+    SIZE,
+    ClusterFactory,
+    admin,
+    make_cluster,
+    placement,
+    relay,
+)
 
 KEEP = 5  # objects of SIZE the local copies may hold
 
@@ -46,26 +49,15 @@ def local_used(node: ProxyProcess) -> float:
 
 
 def test_a_non_owner_keeps_a_bounded_local_copy_that_a_write_elsewhere_drops(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
+    make_cluster: ClusterFactory,  # noqa: F811
     relay: CountingRelay,  # noqa: F811
-    tmp_path: Path,
+    s3_client_factory: S3ClientFactory,
 ) -> None:
-    bucket = new_bucket("local")
-    s3 = s3_client_factory(seaweedfs)
-    s3.create_bucket(Bucket=bucket)
-    bodies = {f"obj/{i:03d}": payload(SIZE, seed=i) for i in range(40)}
-    for key, body in bodies.items():
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-    cluster = {"replicas": 1, "local_copy": KEEP * SIZE}
-    nodes = start_nodes(seaweedfs, proxy_factory, relay.url, bucket, tmp_path, 3, cluster)
+    bucket, bodies, nodes = make_cluster(1, objects=40, local_copy=KEEP * SIZE)
     reader = nodes[0]
-    members = [n.config["listen"] for n in nodes]
-    owner = {k: ring.owners(object_id("store", bucket, k), members, 1)[0] for k in bodies}
-    foreign = [k for k in bodies if owner[k] != reader.config["listen"]]
+    _, owners = placement(bucket, nodes, bodies, 1)
+    foreign = [k for k in bodies if owners[k][0] != reader.config["listen"]]
     assert len(foreign) > 2 * KEEP
-    relay.reset()
 
     hot = foreign[:3]
     for key in hot:  # cold: through the owner (one store GET each), a copy kept here
@@ -94,7 +86,7 @@ def test_a_non_owner_keeps_a_bounded_local_copy_that_a_write_elsewhere_drops(
     before = peer_bytes(reader)
     assert get_body(f"{reader.url}/{bucket}/{key}") == (200, bodies[key])
     assert peer_bytes(reader) == before  # a local hit
-    writer = next(n for n in nodes[1:] if n.config["listen"] != owner[key])
+    writer = next(n for n in nodes[1:] if n.config["listen"] != owners[key][0])
     new = payload(SIZE + 7, seed=99)
     s3_client_factory(writer.url).put_object(Bucket=bucket, Key=key, Body=new)
     assert get_body(f"{reader.url}/{bucket}/{key}") == (200, new)

@@ -12,36 +12,48 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
-from proxy.cache.record import object_id
-from proxy.cluster import ring
-from tests.conftest import ProxyFactory, S3ClientFactory
-from tests.faultkit import get_body, scrape, wait_until
+import pytest
+
+from tests.faultkit import get_body, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint
-from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
-from tests.test_cluster_handoff import handoffs, settled
+from tests.test_cluster import (  # noqa: F401 (the fixtures)
+    ClusterFactory,
+    admin,
+    make_cluster,
+    placement,
+    relay,
+    wait_live,
+)
+from tests.test_cluster_handoff import handoffs, served_handoffs, wait_settled
 from tests.test_cluster_replicas import held_by, store_gets
 
 HALF = 30
+Three = tuple[str, dict[str, bytes], list[ProxyProcess], list[str], dict[str, list[str]]]
+
+
+@pytest.fixture
+def three(make_cluster: ClusterFactory) -> Three:  # noqa: F811
+    """Three nodes, replicas: 2; the bucket, its objects, the nodes, their member names and
+    each object's two owners among them."""
+    bucket, bodies, nodes = make_cluster(2)
+    members, owners = placement(bucket, nodes, bodies, 2)
+    return bucket, bodies, nodes, members, owners
+
+
+def halves(bodies: dict[str, bytes]) -> tuple[list[str], list[str], list[str]]:
+    """The keys, the first HALF (read before the victim goes) and the next (read while down)."""
+    keys = list(bodies)
+    return keys, keys[:HALF], keys[HALF : 2 * HALF]
 
 
 def test_a_restarted_node_takes_its_share_back_from_the_others_not_the_store(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
+    three: Three,
     relay: CountingRelay,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2
-    )
-    keys = list(bodies)
-    before, during = keys[:HALF], keys[HALF : 2 * HALF]
-    members = [n.config["listen"] for n in nodes]
-    owners = {k: ring.owners(object_id("store", bucket, k), members, 2) for k in keys}
+    bucket, bodies, nodes, members, owners = three
+    keys, before, during = halves(bodies)
     victim, survivors = nodes[0], nodes[1:]
     rnd = random.Random(12)
 
@@ -80,29 +92,15 @@ def test_a_restarted_node_takes_its_share_back_from_the_others_not_the_store(
     # the path this covers: objects whose first owner is the victim, read while it was down
     assert any(owners[k][0] == members[0] for k in during)
     # the victim's fills were handed off: answered from a survivor's cache (a fill asks a range)
-    handed = [scrape(n.admin_url) for n in survivors]
-    served = sum(
-        m.get("slipstream_requests_total", operation="PeerHandoff", status=status)
-        for m in handed
-        for status in ("200", "206")
-    )
-    assert served > 0
+    assert served_handoffs(survivors) > 0
 
 
 def test_a_restarted_node_is_warmed_with_its_share_without_any_client_read(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
+    three: Three,
     relay: CountingRelay,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    bucket, bodies, nodes = start_cluster(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2
-    )
-    keys = list(bodies)
-    before, during = keys[:HALF], keys[HALF : 2 * HALF]
-    members = [n.config["listen"] for n in nodes]
-    owners = {k: ring.owners(object_id("store", bucket, k), members, 2) for k in keys}
+    bucket, bodies, nodes, members, owners = three
+    keys, before, during = halves(bodies)
     victim, survivors = nodes[0], nodes[1:]
     rnd = random.Random(13)
     for key in before:
@@ -120,16 +118,10 @@ def test_a_restarted_node_is_warmed_with_its_share_without_any_client_read(
     held = held_by([victim])
     assert wait_until(lambda: held() == {members[0]: share}, timeout=30), (held(), share)
     assert store_gets(relay) == Counter(), relay.counts
-    moved = sum(  # the handoffs the survivors answered (a fill asks a range)
-        scrape(n.admin_url).get("slipstream_requests_total", operation="PeerHandoff", status=s)
-        for n in survivors
-        for s in ("200", "206")
-    )
+    moved = served_handoffs(survivors)
     assert moved >= share - sum(1 for k in before if members[0] in owners[k]), moved
 
-    assert wait_until(lambda: settled(nodes), timeout=30), [
-        admin(n, "/admin/v1/cluster")["settled"] for n in nodes
-    ]
+    wait_settled(nodes, timeout=30)
     asked = handoffs(nodes)
     for key in keys:
         assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, bodies[key]), key

@@ -10,32 +10,30 @@ import random
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from proxy.cache.record import object_id
 from proxy.cluster import ring
-from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.conftest import S3ClientFactory
 from tests.faultkit import get_body, payload, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.servers import S3Endpoint
-from tests.test_cluster import admin, relay, start_cluster, wait_live  # noqa: F401
+from tests.test_cluster import (  # noqa: F401 (the fixtures)
+    Cluster,
+    ClusterFactory,
+    admin,
+    make_cluster,
+    relay,
+    wait_live,
+)
 
-Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
 KEYS = 30
 
 
 @pytest.fixture
-def cluster2(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,  # noqa: F811
-    tmp_path: Path,
-) -> Cluster:
-    return start_cluster(seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, 2)
+def cluster2(make_cluster: ClusterFactory) -> Cluster:  # noqa: F811
+    return make_cluster(2)
 
 
 def store_gets(relay: CountingRelay) -> Counter[str]:  # noqa: F811

@@ -20,7 +20,7 @@ from tests.conftest import S3ClientFactory
 from tests.faultkit import get_body, payload, wait_until
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
-from tests.test_cluster import SIZE, cluster, relay  # noqa: F401 (the fixtures)
+from tests.test_cluster import SIZE, cluster, make_cluster, relay  # noqa: F401 (the fixtures)
 
 Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]
 

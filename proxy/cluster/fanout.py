@@ -19,6 +19,7 @@ import asyncio
 import json
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -155,19 +156,15 @@ class Fanout:
             return {"address": member, "error": "its answer was not one"}
 
 
+@dataclass(frozen=True, slots=True)
 class _Owner:
     """The server side: the peer routes a node answers as owner."""
 
-    def __init__(
-        self,
-        cluster: Cluster,
-        router: Router,
-        reads: Reads,
-        cache: CacheStore,
-        buckets: Mapping[str, MountConfig],
-    ) -> None:
-        self._cluster, self._router, self._reads = cluster, router, reads
-        self._cache, self._buckets = cache, buckets
+    _cluster: Cluster
+    _router: Router
+    _reads: Reads
+    _cache: CacheStore
+    _buckets: Mapping[str, MountConfig]
 
     async def fill(self, request: web.BaseRequest) -> web.StreamResponse:
         bucket, key = request.query.get("bucket"), request.query.get("key")
