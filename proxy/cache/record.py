@@ -100,7 +100,7 @@ class Record:
         return max(1, -(-self.size // chunk_size))
 
     def dumps(self) -> bytes:
-        """The record in the index's binary form (see _FIXED): a third of the JSON it replaced,
+        """The record in the index's binary form (see _FIXED): about half the JSON it replaced,
         and parsed in a few struct calls."""
         flags = (
             self.md5 * _MD5
