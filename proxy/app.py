@@ -46,6 +46,7 @@ from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore, Owners
+from proxy.model import ByteRange
 from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
@@ -101,8 +102,8 @@ class S3Server:
                 self._fill,
             )
             read_handlers.forward = self.cluster.forward
-            if self.cluster.cfg.local_copy:
-                read_handlers.forward_cached = self.cluster.keeps_copy
+            read_handlers.forward_cached = self.cluster.forward_cached
+            read_handlers.chunks = self.cluster.chunk_reads
             fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
             lock = self.cache.root / "warmer.lock"
             warmer.serve(self.cluster, router, self.cache.index, self.cfg.cache.chunk_size, lock)
@@ -128,10 +129,13 @@ class S3Server:
         await self.cache.drop(oid)
         self.reads.invalidate(oid)
 
-    async def _fill(self, mount: Mount, key: str) -> None:
-        """Read the whole object through the cache (a replica's fill), the bytes dropped."""
+    async def _fill(self, mount: Mount, key: str, index: int) -> None:
+        """Read chunk ``index`` of the object through the cache (a replica's fill), the bytes
+        dropped: chunk 0 is the whole object when it fits one."""
         assert self.reads is not None, "start() first"
-        read = await self.reads.read(mount, key, None, {})
+        cs = self.cfg.cache.chunk_size
+        rng = ByteRange(index * cs, (index + 1) * cs - 1) if index else None
+        read = await self.reads.read(mount, key, rng, {}, clip=True)
         async for _ in self.reads.bytes_of(read, mount, key):
             pass
 

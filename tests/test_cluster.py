@@ -116,6 +116,7 @@ def start_nodes(
     count: int,
     cluster: dict[str, Any],
     workers: int = 1,
+    cache: dict[str, Any] | None = None,
 ) -> list[ProxyProcess]:
     """``count`` nodes serving ``bucket`` from ``store_url``, each on its own loopback address
     (127.0.0.2, .3, ...) and the same port numbers, ``cluster`` their cluster section (the
@@ -128,7 +129,7 @@ def start_nodes(
     env = {**store_env(seaweedfs), "CLUSTER_SECRET": SECRET}
     nodes = []
     for i, addr in enumerate(addrs):
-        cfg = proxy_config(store_url, bucket, tmp_path / f"cache{i}", workers=workers)
+        cfg = proxy_config(store_url, bucket, tmp_path / f"cache{i}", workers=workers, cache=cache)
         cfg["listen"], cfg["admin_listen"] = addr.listen, addr.admin_listen
         cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", **cluster}  # self: listen (default)
         nodes.append(proxy_factory(cfg, env))

@@ -18,29 +18,32 @@ from yarl import URL
 
 from proxy import errors, log, metrics
 from proxy.cache.record import Record
-from proxy.cluster import peers, ring
+from proxy.cluster import chunks, peers, ring
 from proxy.cluster.config import ClusterConfig
 from proxy.cluster.dns import DnsMembers
 from proxy.cluster.etcd import EtcdMembers
 from proxy.cluster.members import Members, StaticMembers
 from proxy.cluster.source import (
+    CLIP_HEADER,
     HANDOFF_HEADER,
     NOT_CACHED_HEADER,
     REPLICA_HEADER,
-    Fill,
     local_mount,
     replica_mount,
 )
 from proxy.config_values import split_host_port
 from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
+from proxy.s3 import parse
 from proxy.s3.parse import RESPONSE_OVERRIDES
 from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
+Write = Callable[[bytes], Awaitable[None]]
 Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
 Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Lookup = Callable[[bytes], tuple[Record | None, bytes | None]]  # the index's entry of an oid
+Fill = Callable[[Mount, str, int], Awaitable[None]]  # read one chunk of an object into the cache
 
 # request headers a forwarded GET carries to the owner (x-amz-checksum-mode: the owner adds
 # the object's x-amz-checksum-* answer headers, carried back as all but _DROP_ANSWER are)
@@ -92,10 +95,12 @@ class Cluster:
         self._drop: Drop | None = None
         self._fill: Fill | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._filling: set[bytes] = set()  # replicas being filled here on an owner's word
+        # replicas being filled here on an owner's word: (oid, chunk index)
+        self._filling: set[tuple[bytes, int]] = set()
         self.totals: Callable[[], tuple[int, int]] | None = None  # (bytes, objects) cached here
         self._lookup: Lookup | None = None  # the cache index: what a handoff may serve
         self._chunk_size = 0
+        self.chunk_reads: chunks.ChunkReads | None = None  # set by use_index()
         self._peer_totals: dict[str, tuple[int, int]] = {}  # as each peer's health route said
         # whether a handoff can help (see settled()): the view this node last saw, whether all
         # it caches was cached under that view, and each peer's word on both
@@ -133,17 +138,28 @@ class Cluster:
         self._drop, self._fill = drop, fill
 
     def use_index(self, lookup: Lookup, chunk_size: int) -> None:
-        """How to tell whether this node holds a whole object (a handoff serves only those)."""
+        """How to tell whether this node holds a whole object (a handoff serves only those),
+        and how large objects are cut into chunks, each placed on its own."""
         self._lookup, self._chunk_size = lookup, chunk_size
+        self.chunk_reads = chunks.ChunkReads(self, chunk_size)
 
-    def holds(self, mount: Mount, key: str) -> bool:
-        """This node's cache holds all of ``key`` (a remote key): inline, or every chunk."""
+    def holds(self, mount: Mount, key: str, rng: str | None = None) -> bool:
+        """This node's cache holds all of ``key`` (a remote key): inline, or every chunk (the
+        chunks the Range header ``rng`` needs, with one)."""
         if not mount.cacheable or self._lookup is None:
             return False
         rec, inline = self._lookup(oid_of(mount, key))
         if rec is None:
             return False
-        return inline is not None or rec.chunks == (1 << rec.chunk_count(self._chunk_size)) - 1
+        if inline is not None:
+            return True
+        asked = parse.parse_range(rng)
+        try:
+            first, last = asked.resolve(rec.size) if asked else (0, max(0, rec.size - 1))
+        except errors.S3Error:
+            return False
+        cs = self._chunk_size
+        return all(rec.has_chunk(i) for i in range(first // cs, last // cs + 1))
 
     def view(self) -> tuple[str, bool]:
         """This node's live view (a fingerprint) and whether everything it caches was cached
@@ -194,9 +210,10 @@ class Cluster:
         return self._call(method, member, path_qs, headers, data=data)
 
     async def fill(self, source: Mount, remote: str) -> None:
-        """Read all of ``remote`` into this node's cache from ``source`` (warmer.py's)."""
+        """Read ``remote`` into this node's cache from ``source`` (warmer.py's): all of it,
+        or its first chunk when it spans more (the others have their own owners)."""
         assert self._fill is not None, "attach() first"
-        await self._fill(source, remote)
+        await self._fill(source, remote, 0)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -290,6 +307,17 @@ class Cluster:
         if local:
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in local))
 
+    def call_peer(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
+        """A signed peer request: its context manager (chunks.py's)."""
+        return self._call(method, member, path_qs, headers)
+
+    def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
+        """The cache index's entry of ``oid`` (none before use_index())."""
+        return self._lookup(oid) if self._lookup is not None else (None, None)
+
+    async def post(self, member: str, path_qs: str, expect: int) -> str | None:
+        return await self._post(member, path_qs, expect)
+
     async def _post(self, member: str, path_qs: str, expect: int) -> str | None:
         """A signed POST with a short timeout; None when answered ``expect``, else why not."""
         try:
@@ -314,6 +342,13 @@ class Cluster:
         ranked next)."""
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
 
+    def forward_cached(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
+        """A read of ``key`` (a remote key) goes through forward() though this node caches
+        some of it: keeps_copy, or a large object's chunk read elsewhere (chunks.py)."""
+        if self.keeps_copy(mount, key):
+            return True
+        return self.chunk_reads is not None and self.chunk_reads.elsewhere(request, mount, key)
+
     def keeps_copy(self, mount: Mount, key: str) -> bool:
         """A read of ``key`` (a remote key) here keeps a local copy (cluster.local_copy): this
         node does not own it. forward() takes such reads even when a copy is cached here: the
@@ -324,17 +359,25 @@ class Cluster:
             and self.self_addr not in self.owners(mount, key)
         )
 
+    def chunk_owners(self, oid: bytes, index: int, beyond: int = 0) -> list[str]:
+        """Chunk ``index``'s owners over the live members, best first (chunk 0: the
+        object's)."""
+        return ring.chunk_owners(oid, index, self.members.live(), self.cfg.replicas + beyond)
+
     def handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
         return self._call(method, member, path_qs, headers, timeout)
 
-    def _source(self, mount: Mount, key: str, path_qs: str, others: list[str]) -> Mount:
+    def _source(
+        self, mount: Mount, key: str, path_qs: str, others: list[str], index: int = 0
+    ) -> Mount:
         """Where this owner, without a copy, fills from: ``others`` (the other owners, asked
         as usual: they read through if they must), then the nodes ranked just below the
         owners, asked for their cached copy only; the first owner (``others`` empty) asks the
         other owners and those for their cached copies; the store last. No one is asked for a
         cached copy when none can hold one (settled())."""
-        ranked = [] if self.settled() else self.owners(mount, key, HANDOFF_DEPTH)
+        oid = oid_of(mount, key)
+        ranked = [] if self.settled() else self.chunk_owners(oid, index, HANDOFF_DEPTH)
         only_cached = [m for m in ranked if m != self.self_addr and m not in others]
         members = others + only_cached
         return replica_mount(mount, self.handoff_call, path_qs, members, frozenset(only_cached))
@@ -353,18 +396,21 @@ class Cluster:
         if not mount.cacheable or request.get("routed"):
             return None
         request["routed"] = True  # the answer below may come back here: once is enough
-        owners = self.owners(mount, key)
+        reads, clip, index = self.chunk_reads, False, 0
+        if reads is not None and reads.clips(request, mount):
+            clip, index = True, await reads.first(request, mount, key)
+        owners = self.chunk_owners(oid_of(mount, key), index)
         path_qs = peers.object_path(mount.name, key[len(mount.prefix) :])
         others = [m for m in owners if m != self.self_addr]
         if len(others) < len(owners):  # an owner, without a copy
             first = owners[0] == self.self_addr
             if first and request.method == "GET" and REPLICA_HEADER not in request.headers:
                 if others:
-                    self._spawn(self._replicate(others, path_qs))
+                    self._spawn(self._replicate(others, path_qs, index))
             if request.method == "GET" and self._peer_get is not None:
                 # a handoff of the copy the others or the nodes ranked next may hold (it joined
                 # or moved up), else, for the first owner, the store as one node would
-                source = self._source(mount, key, path_qs, [] if first else others)
+                source = self._source(mount, key, path_qs, [] if first else others, index)
                 return await self._peer_get(request, source, key)
             if first:
                 return None  # a HEAD: the store's, as one node
@@ -378,6 +424,8 @@ class Cluster:
                 request, local_mount(mount, self.handoff_call, path_qs, owners), key
             )
         passed = {h: request.headers[h] for h in _PASS_REQUEST if h in request.headers}
+        if clip:
+            passed[CLIP_HEADER] = "1"
         wanted = {k: v for k, v in request.query.items() if k in RESPONSE_OVERRIDES}
         overrides = "&" + urllib.parse.urlencode(wanted) if wanted else ""  # response-*
         for member in owners:
@@ -391,53 +439,90 @@ class Cluster:
                 log.server.info("cluster: owner %s answered %d; next", member, resp.status)
                 resp.release()
                 continue
-            return await self._relay(request, resp)
+            return await self._relay(request, resp, mount, key)
         return None
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, mount: Mount, key: str
     ) -> web.StreamResponse:
-        """Stream the owner's answer to the client, with backpressure, a piece at a time."""
+        """Stream the owner's answer to the client, with backpressure, a piece at a time; an
+        answer that stopped at its first chunk's end (chunks.CLIPPED_HEADER) is followed by
+        the rest of the range the client asked, from the other chunks' owners."""
         try:
-            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_ANSWER}
-            resp = web.StreamResponse(
-                status=upstream.status, headers={**headers, **request_ids(request)}
-            )
-            if upstream.content_length is not None:
+            drop = _DROP_ANSWER
+            clipped = chunks.clipped(request, upstream)
+            if clipped is not None:
+                drop = drop | {"content-range", chunks.CLIPPED_HEADER}
+            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
+            status = upstream.status
+            if clipped is not None:
+                meta, first, last, ranged = clipped
+                status = 206 if ranged else 200
+                if ranged:
+                    headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
+            resp = web.StreamResponse(status=status, headers={**headers, **request_ids(request)})
+            if clipped is not None:
+                resp.content_length = last - first + 1
+            elif upstream.content_length is not None:
                 resp.content_length = upstream.content_length
             request["source"] = "peer"
             await resp.prepare(request)
+            sent = 0
             async for piece in upstream.content.iter_any():
                 metrics.PEER_RECEIVED.inc(len(piece))
+                sent += len(piece)
                 await resp.write(piece)
+            if clipped is not None:
+                upstream.release()
+                try:
+                    if sent != upstream.content_length:
+                        raise errors.BackendUnavailable("an owner sent a short chunk")
+                    assert self.chunk_reads is not None, "clipped: asked by this node"
+                    await self.chunk_reads.send_rest(
+                        mount, key, meta, first + sent, last, resp.write
+                    )
+                except (errors.ProxyError, OSError) as exc:
+                    # headers are gone: the only honest signal left is a short body
+                    log.server.warning("aborting a chunked GET after its first chunk (%s)", exc)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
             await resp.write_eof()
             return resp
         finally:
             upstream.release()
 
-    async def _replicate(self, others: list[str], path_qs: str) -> None:
-        """Ask the other owners to fill their replicas (from this node: the first owner)."""
+    async def _replicate(self, others: list[str], path_qs: str, index: int) -> None:
+        """Ask the other owners of chunk ``index`` (of the object: 0) to fill their replicas
+        (from this node: the first owner)."""
         path_qs = peers.REPLICATE_PATH + path_qs[len(peers.OBJECT_PATH) :]
+        if index:
+            path_qs += f"&chunk={index}"
         for member in others:
             why = await self._post(member, path_qs, 202)
             if why is not None:
                 log.cluster.info("cluster: owner %s was not told to replicate (%s)", member, why)
 
-    async def _fill_replica(self, mount: Mount, remote: str, oid: bytes) -> None:
-        """Fill this node's replica from the other owners (the store only if none answers)."""
+    async def _fill_replica(self, mount: Mount, remote: str, oid: bytes, index: int) -> None:
+        """Fill this node's replica of chunk ``index`` (of the object: 0) from the other
+        owners (the store only if none answers)."""
         assert self._fill is not None, "attach() first"
-        owners = self.owners(mount, remote)
+        owners = self.chunk_owners(oid, index)
         others = [m for m in owners if m != self.self_addr]
-        if len(others) == len(owners) or owners[0] == self.self_addr or oid in self._filling:
+        if (
+            len(others) == len(owners)
+            or owners[0] == self.self_addr
+            or (oid, index) in self._filling
+        ):
             return  # no longer a replica here (membership changed), or already under way
-        self._filling.add(oid)
+        self._filling.add((oid, index))
         try:
             path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
-            await self._fill(self._source(mount, remote, path_qs, others), remote)
+            await self._fill(self._source(mount, remote, path_qs, others, index), remote, index)
         except (errors.ProxyError, OSError) as exc:
             log.cluster.info("cluster: a replica fill failed (%s)", type(exc).__name__)
         finally:
-            self._filling.discard(oid)
+            self._filling.discard((oid, index))
 
     # -- the server side ----------------------------------------------------------------------
     async def serve_peer(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -468,13 +553,17 @@ class Cluster:
         request["peer"] = True
         if HANDOFF_HEADER in request.headers and route[0] != "POST":
             request["op"] = "PeerHandoff"  # answered from the cache only, never the store
-            if not self.holds(mount, remote):
+            if not self.holds(mount, remote, request.headers.get("Range")):
                 return web.Response(
                     status=404, headers={NOT_CACHED_HEADER: "1"}, text="Not Found: not cached\n"
                 )
         if route == ("POST", peers.REPLICATE_PATH):
+            index = request.query.get("chunk", "0")
+            if not index.isdigit() or len(index) > 12:
+                return web.Response(status=400, text="Bad Request: chunk is a chunk index\n")
             if mount.cacheable:
-                self._spawn(self._fill_replica(mount, remote, oid_of(mount, remote)))
+                oid = oid_of(mount, remote)
+                self._spawn(self._fill_replica(mount, remote, oid, int(index)))
             return web.Response(status=202)
         if route[0] == "POST":
             assert self._drop is not None, "attach() first"

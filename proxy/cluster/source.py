@@ -34,6 +34,7 @@ from proxy.routing import Mount
 REPLICA_HEADER = "x-slipstream-replica"
 HANDOFF_HEADER = "x-slipstream-handoff"  # answer from the cache only
 NOT_CACHED_HEADER = "x-slipstream-not-cached"  # the 404 of a handoff request it cannot serve
+CLIP_HEADER = "x-slipstream-clip"  # cluster/chunks.py's: answer no further than one chunk
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _NEXT = (aiohttp.ClientError, TimeoutError)
 # (method, member, path_qs, headers) -> the response's context manager
@@ -60,6 +61,11 @@ class PeerSource:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    @property
+    def store(self) -> Backend:
+        """The store behind the peers."""
+        return self._store
 
     async def _ask(self, method: str, headers: dict[str, str]) -> aiohttp.ClientResponse | None:
         """The first other owner's answer that is the object's (2xx) or says what it is not
@@ -130,7 +136,8 @@ class PeerSource:
     async def get(
         self, bucket: str, key: str, start: int | None, end: int | None, if_match: str | None = None
     ) -> GetResult:
-        headers = get_headers(start, end, if_match)
+        # read at the peer no further than its chunk (and no read-ahead there: cluster/chunks.py)
+        headers = get_headers(start, end, if_match) | {CLIP_HEADER: "1"}
         resp = await self._ask("GET", headers)
         if resp is None:
             return await self._store.get(bucket, key, start, end, if_match)

@@ -34,6 +34,9 @@ class ObjectRead:
     source: str  # "cache" or "backend"
     parts: AsyncIterator[Part]
     body: bytes | None = None  # set when the whole answer is already in memory
+    # the read stopped at the end of its first chunk (Reads.read's clip): the rest of the
+    # range is other nodes' (a cluster's per-chunk ownership)
+    clipped: bool = False
 
     @property
     def length(self) -> int:

@@ -62,9 +62,17 @@ class Reads:
         self.metadata.forget(oid)
 
     async def read(
-        self, mount: Mount, key: str, rng: ByteRange | None, headers: Mapping[str, str]
+        self,
+        mount: Mount,
+        key: str,
+        rng: ByteRange | None,
+        headers: Mapping[str, str],
+        clip: bool = False,
     ) -> ObjectRead:
-        """Resolve metadata, conditionals and range; the body streams from ``parts``."""
+        """Resolve metadata, conditionals and range; the body streams from ``parts``. With
+        ``clip``, a read of an object larger than one chunk stops at the end of the chunk the
+        range starts in (``clipped``): a cluster node reads here only a chunk it owns, and
+        starts no read-ahead of the chunks after it."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
         if self.on_read is not None:
@@ -88,9 +96,13 @@ class Reads:
         check_conditions(headers, meta.etag, meta.last_modified)
         if rng is not None:
             first, last = rng.resolve(meta.size)
-            self.ahead.note(mount, key, oid, rec, meta, first, last)
+            if not clip:
+                self.ahead.note(mount, key, oid, rec, meta, first, last)
         else:
             first, last = 0, meta.size - 1
+        clipped = clip and meta.size > self.cs and last >= (first // self.cs + 1) * self.cs
+        if clipped:
+            last = (first // self.cs + 1) * self.cs - 1
         if rec is not None:
             if rec.inline and inline is not None:
                 stats.hit()
@@ -109,7 +121,8 @@ class Reads:
         else:
             source = "backend"
         parts = self._parts(mount, key, oid, rec, meta, first, last, first_fill)
-        return ObjectRead(meta, first, last, rng is not None, source, parts)
+        partial = rng is not None or clipped
+        return ObjectRead(meta, first, last, partial, source, parts, clipped=clipped)
 
     async def _parts(
         self,

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate
+from typing import Protocol
 
 from aiohttp import web
 
@@ -25,6 +26,22 @@ from proxy.s3.responses import request_ids, xml_response
 
 FILE_BLOCK = 1024 * 1024
 Forward = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse | None]]
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class Chunks(Protocol):
+    """A cluster's per-chunk ownership of large objects (cluster/chunks.py)."""
+
+    def clips(self, request: web.BaseRequest, mount: Mount) -> bool:
+        """This GET reads here only the chunk its range starts in."""
+
+    def clipped_header(self) -> str:
+        """The answer header that tells a peer the read stopped at its first chunk's end."""
+
+    async def send_rest(
+        self, mount: Mount, key: str, meta: ObjectMeta, first: int, last: int, write: Write
+    ) -> None:
+        """Bytes ``first``..``last`` (from a chunk boundary) from their chunks' owners."""
 
 
 @functools.lru_cache(maxsize=8192)
@@ -41,8 +58,10 @@ class S3ReadHandlers:
         # with a cluster: a GET or HEAD of an object not cached here that another node owns
         # goes there
         self.forward: Forward | None = None
-        # whether forward also takes a read of an object cached here (a cluster local copy)
-        self.forward_cached: Callable[[Mount, str], bool] | None = None
+        # whether forward also takes a read of an object cached here (a cluster local copy,
+        # a chunk another node owns)
+        self.forward_cached: Callable[[web.BaseRequest, Mount, str], bool] | None = None
+        self.chunks: Chunks | None = None
         self.part_ranges = PartRanges(reads)
         self.listing = listing
         self.region = region
@@ -126,14 +145,14 @@ class S3ReadHandlers:
             )
         return await self.part_ranges.span(mount, key, number)
 
-    def _forward_cached(self, mount: Mount, key: str) -> bool:
-        return self.forward_cached is not None and self.forward_cached(mount, key)
+    def _forward_cached(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
+        return self.forward_cached is not None and self.forward_cached(request, mount, key)
 
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
         if self.forward is not None and "partNumber" not in query:
-            if not self.reads.cached(mount, key) or self._forward_cached(mount, key):
+            if not self.reads.cached(mount, key) or self._forward_cached(request, mount, key):
                 forwarded = await self.forward(request, mount, key)
                 if forwarded is not None:
                     return forwarded
@@ -171,7 +190,7 @@ class S3ReadHandlers:
             and "partNumber" not in query
             and (
                 not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
-                or self._forward_cached(mount, key)
+                or self._forward_cached(request, mount, key)
             )
         ):
             forwarded = await self.forward(request, mount, key)
@@ -183,8 +202,9 @@ class S3ReadHandlers:
             rng = ByteRange(span.first, span.last) if span.meta.size else None
         else:
             rng = parse.parse_range(request.headers.get("Range"))
+        clip = span is None and self.chunks is not None and self.chunks.clips(request, mount)
         try:
-            read = await self.reads.read(mount, key, rng, request.headers)
+            read = await self.reads.read(mount, key, rng, request.headers, clip)
         except errors.NotModified as exc:
             meta = await self.reads.head(mount, key)
             exc.fields.update(_validators(meta))
@@ -198,19 +218,30 @@ class S3ReadHandlers:
         parts = (
             read.parts if hit else _stalls(read.parts, stats.stall, time.perf_counter() - started)
         )
-        headers = _object_headers(request, read.meta, query, whole=not read.partial)
+        # a clipped read for a client: the answer is the whole range asked, the rest of it
+        # from the other chunks' owners after the bytes read here
+        rest = read.clipped and not request.get("peer")
+        if rest:
+            size = read.meta.size
+            first, last = rng.resolve(size) if rng is not None else (0, size - 1)
+            partial = rng is not None
+        else:
+            first, last, partial = read.first, read.last, read.partial
+        headers = _object_headers(request, read.meta, query, whole=not partial)
         if span is not None:
             _part_headers(headers, span)
         status = 200
-        if read.partial:
+        if partial:
             status = 206
-            headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
+            headers["Content-Range"] = f"bytes {first}-{last}/{read.meta.size}"
+        if read.clipped and not rest and self.chunks is not None:
+            headers[self.chunks.clipped_header()] = "1"
         if read.body is not None:  # a whole inline object: one write, no streaming
             stats.served(read.source, len(read.body), request.get("peer", False))
             first_byte.observe(time.perf_counter() - started)
             return whole.respond(request, status, headers, read.body, len(read.body))
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = read.length
+        resp.content_length = last - first + 1 if read.meta.size else 0
         await resp.prepare(request)
         first_byte.observe(time.perf_counter() - started)
         sent = 0
@@ -222,6 +253,8 @@ class S3ReadHandlers:
                     await resp.write(part)
                     sent += len(part)
                 del part  # a slice of a fill keeps its whole chunk buffer alive
+            if rest and self.chunks is not None:  # not counted in ``sent``: not from here
+                await self.chunks.send_rest(mount, key, read.meta, read.last + 1, last, resp.write)
         except (errors.ProxyError, OSError, ValueError) as exc:
             # Headers are gone: the only honest signal left is a short body.
             log.server.warning("aborting GET %s/%s after %d bytes: %s", mount.name, key, sent, exc)

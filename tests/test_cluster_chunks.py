@@ -1,0 +1,216 @@
+"""Per-chunk ownership (issue 11: "each chunk, for large objects"): three nodes over SeaweedFS
+behind a CountingRelay, replicas 1, cache.chunk_size 1MiB. An object of seven chunks read
+through each node, whole and by Range, comes back right; each node then caches exactly the
+chunks the ring gives it (chunk i: ring.chunk_owners(oid, i)), the chunks lie on all three
+nodes, and the store was asked for each chunk once. Objects of one chunk stay on their
+object-level owner, fetched once."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cache.record import object_id
+from proxy.cluster import ring
+from tests.conftest import ProxyFactory, S3ClientFactory
+from tests.faultkit import audit_cache, get_body, new_bucket, payload
+from tests.proxyproc import ProxyProcess
+from tests.relay import CountingRelay
+from tests.servers import S3Endpoint
+from tests.test_cluster import start_nodes
+
+CHUNK = 1024 * 1024
+BIG = 6 * CHUNK + 123_457  # seven chunks, the last a short one
+CHUNKS = -(-BIG // CHUNK)
+SMALL = 40 * 1024
+
+
+@pytest.fixture
+def relay(seaweedfs: S3Endpoint) -> Iterator[CountingRelay]:
+    with CountingRelay(seaweedfs.url) as r:
+        yield r
+
+
+def ranged(node: ProxyProcess, bucket: str, key: str, spec: str) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(f"{node.url}/{bucket}/{key}", headers={"Range": spec})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status, resp.headers["Content-Range"], resp.read()
+
+
+def held_chunks(cache_dir: Path, oid: bytes) -> set[int]:
+    rec = audit_cache(cache_dir).records.get(oid)
+    return set() if rec is None else {i for i in range(CHUNKS) if rec.has_chunk(i)}
+
+
+Setup = tuple[str, str, dict[str, bytes], list[ProxyProcess], list[str]]
+
+
+def setup(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+    replicas: int = 1,
+) -> Setup:
+    """Three nodes (chunk_size 1MiB, ``replicas``) and a bucket holding a large object whose
+    chunks lie on all three (its key found for these members: their names change with the
+    port) and three small ones: (bucket, the large key, bodies, nodes, each chunk's owner)."""
+    bucket = new_bucket("chunks")
+    s3 = s3_client_factory(seaweedfs)
+    s3.create_bucket(Bucket=bucket)
+    cache: dict[str, Any] = {"chunk_size": "1MiB"}
+    nodes = start_nodes(
+        seaweedfs,
+        proxy_factory,
+        relay.url,
+        bucket,
+        tmp_path,
+        3,
+        {"replicas": replicas},
+        cache=cache,
+    )
+    members = [n.config["listen"] for n in nodes]
+
+    def owner_of(key: str) -> list[str]:
+        oid = object_id("store", bucket, key)
+        return [ring.chunk_owners(oid, i, members, 1)[0] for i in range(CHUNKS)]
+
+    big = next(k for k in (f"big/{j}" for j in range(1000)) if len(set(owner_of(k))) == 3)
+    bodies = {big: payload(BIG, seed=1)}
+    bodies.update({f"small/{i}": payload(SMALL, seed=10 + i) for i in range(3)})
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    relay.reset()
+    return bucket, big, bodies, nodes, owner_of(big)
+
+
+def test_a_large_object_is_cached_chunk_by_chunk_on_each_chunks_owner(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    bucket, big, bodies, nodes, owner_of = setup(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
+    )
+    members = [n.config["listen"] for n in nodes]
+    oid = object_id("store", bucket, big)
+    assert owner_of[0] == ring.owners(oid, members, 1)[0]  # chunk 0: the object's own owner
+
+    want = hashlib.sha256(bodies[big]).hexdigest()
+    spans = [(0, 99), (CHUNK - 10, CHUNK + 9), (3 * CHUNK + 5, BIG - 1), (BIG - 1000, BIG - 1)]
+    for node in nodes:
+        status, got = get_body(f"{node.url}/{bucket}/{big}")
+        assert (status, len(got), hashlib.sha256(got).hexdigest()) == (200, BIG, want), node
+        for first, last in spans:
+            status, crange, got = ranged(node, bucket, big, f"bytes={first}-{last}")
+            assert (status, crange) == (206, f"bytes {first}-{last}/{BIG}")
+            assert got == bodies[big][first : last + 1], (node, first, last)
+        status, crange, got = ranged(node, bucket, big, "bytes=-2000000")  # a suffix: 2 chunks
+        assert (status, got) == (206, bodies[big][-2000000:]) and crange.endswith(f"/{BIG}")
+        for key in bodies:
+            if key != big:
+                assert get_body(f"{node.url}/{bucket}/{key}") == (200, bodies[key]), key
+
+    # each node caches the chunks it owns and no other (fills commit just after their answers)
+    wanted = {i: {c for c in range(CHUNKS) if owner_of[c] == m} for i, m in enumerate(members)}
+    deadline = time.monotonic() + 15
+    held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    while held != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    assert held == wanted, (held, owner_of)
+    assert all(held.values())  # the chunks lie on every node
+    for i in range(3):
+        assert audit_cache(tmp_path / f"cache{i}").missing_or_wrong_size(CHUNK) == []
+    # a small object: on its object-level owner only, as before
+    for key in bodies:
+        if key == big:
+            continue
+        owner = ring.owners(object_id("store", bucket, key), members, 1)[0]
+        small_oid = object_id("store", bucket, key)
+        on = {
+            m
+            for i, m in enumerate(members)
+            if small_oid in audit_cache(tmp_path / f"cache{i}").records
+        }
+        assert on == {owner}, key
+    # the store was asked once per chunk of the large object (each owner's ranged read of its
+    # own chunk), once per small object
+    gets = {path: n for (method, path), n in relay.counts.items() if method == "GET"}
+    assert gets == {f"/{bucket}/{k}": CHUNKS if k == big else 1 for k in bodies}, gets
+
+
+def test_a_dead_chunk_owner_is_replaced_by_the_store_and_a_changed_object_aborts(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    bucket, big, bodies, nodes, owner_of = setup(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
+    )
+    by_name = {n.config["listen"]: n for n in nodes}
+    entry = by_name[owner_of[0]]  # it keeps the metadata (fresh for metadata_ttl)
+    assert get_body(f"{entry.url}/{bucket}/{big}") == (200, bodies[big])
+    victim = next(by_name[m] for m in owner_of if m != owner_of[0])
+    lost = [i for i, m in enumerate(owner_of) if m == victim.config["listen"]]
+    victim.kill9()
+    # its chunks come from the store now (ranged, If-Match): right bytes, whole and by Range
+    before = relay.count_of("GET", f"/{bucket}/{big}")
+    assert get_body(f"{entry.url}/{bucket}/{big}") == (200, bodies[big])
+    first, last = lost[0] * CHUNK + 7, min(BIG - 1, lost[0] * CHUNK + CHUNK + 7)
+    assert ranged(entry, bucket, big, f"bytes={first}-{last}")[2] == bodies[big][first : last + 1]
+    assert relay.count_of("GET", f"/{bucket}/{big}") > before
+    # the object changes in the store behind the cluster's back (same size): the chunks the
+    # live owners cache are the old object's, the store's are the new one's. A read through
+    # the cluster may not mix them: the store refuses If-Match, the connection is cut short.
+    s3 = s3_client_factory(seaweedfs)
+    s3.put_object(Bucket=bucket, Key=big, Body=payload(BIG, seed=2))
+    req = urllib.request.Request(f"{entry.url}/{bucket}/{big}")
+    with pytest.raises(http.client.IncompleteRead):
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+            resp.read()
+
+
+def test_with_two_replicas_each_chunk_lies_on_its_two_owners_fetched_once(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    """replicas 2: the first owner of each chunk reads it from the store, the second fills its
+    replica from the first (not the store), whichever node the client asked."""
+    bucket, big, bodies, nodes, _ = setup(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
+    )
+    members = [n.config["listen"] for n in nodes]
+    oid = object_id("store", bucket, big)
+    owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
+    for node in nodes:
+        assert get_body(f"{node.url}/{bucket}/{big}") == (200, bodies[big]), node
+    first, last = 2 * CHUNK + 3, 4 * CHUNK + 3  # a range over three chunks, from the last node
+    assert (
+        ranged(nodes[2], bucket, big, f"bytes={first}-{last}")[2] == bodies[big][first : last + 1]
+    )
+
+    wanted = {i: {c for c in range(CHUNKS) if m in owners[c]} for i, m in enumerate(members)}
+    deadline = time.monotonic() + 15
+    held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    while held != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    assert held == wanted, (held, owners)
+    assert relay.count_of("GET", f"/{bucket}/{big}") == CHUNKS  # one store read per chunk
