@@ -45,8 +45,7 @@ from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
-from proxy.jobs.warm import JobCore, Owners
-from proxy.model import ByteRange
+from proxy.jobs.warm import JobCore, Owners, drain_chunk
 from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
@@ -133,11 +132,7 @@ class S3Server:
         """Read chunk ``index`` of the object through the cache (a replica's fill), the bytes
         dropped: chunk 0 is the whole object when it fits one."""
         assert self.reads is not None, "start() first"
-        cs = self.cfg.cache.chunk_size
-        rng = ByteRange(index * cs, (index + 1) * cs - 1) if index else None
-        read = await self.reads.read(mount, key, rng, {}, clip=True)
-        async for _ in self.reads.bytes_of(read, mount, key):
-            pass
+        await drain_chunk(self.reads, mount, key, index)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -19,6 +19,7 @@ import pytest
 
 from proxy.cache.record import object_id
 from proxy.cluster import ring
+from proxy.jobs.client import AdminClient
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import audit_cache, get_body, new_bucket, payload
 from tests.proxyproc import ProxyProcess
@@ -214,3 +215,38 @@ def test_with_two_replicas_each_chunk_lies_on_its_two_owners_fetched_once(
         held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
     assert held == wanted, (held, owners)
     assert relay.count_of("GET", f"/{bucket}/{big}") == CHUNKS  # one store read per chunk
+
+
+def test_a_warm_job_fills_each_chunk_on_its_owners_once(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    """A warm job posted to any node: the large object's chunks land on their owners (each
+    on its two owners, replicas 2), one store GET per chunk; then reads through any node
+    cost no store GET."""
+    bucket, big, bodies, nodes, _ = setup(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
+    )
+    members = [n.config["listen"] for n in nodes]
+    oid = object_id("store", bucket, big)
+    owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
+    client = AdminClient(nodes[1].admin_url)
+    job_id = client.warm({"bucket": bucket, "prefix": "", "concurrency": 4})
+    deadline = time.monotonic() + 120
+    while (job := client.job(job_id))["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "done", job
+    assert (job["objects_done"], job["failed"]) == (len(bodies), 0), job
+    assert job["bytes_done"] == sum(len(b) for b in bodies.values()), job
+    wanted = {i: {c for c in range(CHUNKS) if m in owners[c]} for i, m in enumerate(members)}
+    assert {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)} == wanted
+    gets = {p: n for (method, p), n in relay.counts.items() if method == "GET" and "/" in p[1:]}
+    assert gets == {f"/{bucket}/{k}": CHUNKS if k == big else 1 for k in bodies}, gets
+    relay.reset()
+    for node in nodes:
+        assert get_body(f"{node.url}/{bucket}/{big}") == (200, bodies[big]), node
+    assert relay.count_of("GET", f"/{bucket}/{big}") == 0

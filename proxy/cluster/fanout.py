@@ -1,6 +1,7 @@
 """Warm jobs and the cache's admin operations across the cluster.
 
-A warm job on any node fills each object on its owners, not on the node that runs it: a signed
+A warm job on any node fills each object on its owners (each chunk of a large object on that
+chunk's owners: cluster/chunks.py), not on the node that runs it: a signed
 ``POST fill`` to each owner in the ring's order, which reads the object through its own cache
 (coalesced with its client reads; the first owner from the store, the others from the owners
 before them) and answers its source and size, never the body. An owner that does not answer
@@ -35,13 +36,14 @@ from proxy.cluster.source import replica_mount
 from proxy.config import MountConfig
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
-from proxy.jobs.warm import drain
+from proxy.jobs.warm import drain_chunk
 from proxy.routing import Mount, Router, remote_of
 
 FILL_PATH = peers.PREFIX + "fill"
 ACTIONS = ("pin", "unpin", "evict")
 CACHE_PATHS = {action: peers.PREFIX + "cache/" + action for action in ACTIONS}
 KEEPALIVE = 5.0  # seconds between the newlines a fill in progress sends
+CHUNKS_AT_ONCE = 4  # a large object's chunks a warm job fills at once on their owners
 FILL_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=30.0)
 APPLY_TIMEOUT = aiohttp.ClientTimeout(total=300.0, connect=2.0)  # a scan of a large index
 _NEXT = (aiohttp.ClientError, TimeoutError)
@@ -67,20 +69,42 @@ class Fanout:
 
     # -- warm jobs ----------------------------------------------------------------------------
     async def fill(self, mount: Mount, key: str, etag: str | None, pin: bool) -> tuple[str, int]:
-        """Fill ``key`` (a remote key) on its owners, one after the other in the ring's order;
-        with ``etag`` (as listed), an owner whose copy has another ETag drops it first; with
-        ``pin``, each owner pins its copy. The source ("cache" when every owner had it) and
-        the size. Raises the object's own error (NoSuchKey...) as the owner met it, and
-        BackendUnavailable when no member answered."""
+        """Fill ``key`` (a remote key) on its owners: the object's owners fill it, or its first
+        chunk when it spans more, then each other chunk's owners fill that chunk (CHUNKS_AT_ONCE
+        at a time). With ``etag`` (as listed), an owner whose copy has another ETag drops it
+        first; with ``pin``, each owner pins its copy. The source ("cache" when every owner
+        had it) and the size. Raises the object's own error (NoSuchKey...) as the owner met
+        it, and BackendUnavailable when no member answered."""
+        source, size = await self._fill_chunk(mount, key, etag, pin, 0)
+        cs = self._cluster.chunk_size
+        if cs <= 0 or size <= cs:
+            return source, size
+        rest = range(1, -(-size // cs))
+        limit = asyncio.Semaphore(CHUNKS_AT_ONCE)
+
+        async def one(index: int) -> str:
+            async with limit:
+                return (await self._fill_chunk(mount, key, etag, pin, index))[0]
+
+        sources = await asyncio.gather(*(one(i) for i in rest))
+        return next((s for s in (source, *sources) if s != "cache"), "cache"), size
+
+    async def _fill_chunk(
+        self, mount: Mount, key: str, etag: str | None, pin: bool, index: int
+    ) -> tuple[str, int]:
+        """Fill chunk ``index`` on its owners, one after the other in the ring's order, until
+        ``replicas`` have it: its source and the object's size."""
         c = self._cluster
         live = c.members.live()
-        ranked = ring.owners(oid_of(mount, key), live, len(live))
+        ranked = ring.chunk_owners(oid_of(mount, key), index, live, len(live))
         want = min(c.cfg.replicas, len(ranked))
         query = {"bucket": mount.name, "key": key[len(mount.prefix) :]}
         if etag is not None:
             query["etag"] = etag
         if pin:
             query["pin"] = "1"
+        if index:
+            query["chunk"] = str(index)
         path_qs = FILL_PATH + "?" + urllib.parse.urlencode(query)
         filled, source, size, missed = 0, "cache", 0, []
         for member in ranked:
@@ -95,7 +119,7 @@ class Fanout:
             if "error" in said:
                 raise _s3_error(said)  # the object's own answer: no other owner does better
             filled += 1
-            size = int(said.get("bytes", 0))
+            size = int(said.get("size", said.get("bytes", 0)))  # "size": the object's
             if said.get("source") != "cache":
                 source = str(said.get("source"))
         if filled == 0:
@@ -175,15 +199,18 @@ class _Owner:
             return web.Response(status=400, text="Bad Request: this bucket is not cached\n")
         remote = mount.remote_key(key)
         etag, pin = request.query.get("etag"), request.query.get("pin") == "1"
+        index = request.query.get("chunk", "0")
+        if not index.isdigit() or len(index) > 12:
+            return web.Response(status=400, text="Bad Request: chunk is a chunk index\n")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        task = asyncio.ensure_future(self._fill(mount, remote, etag, pin))
+        task = asyncio.ensure_future(self._fill(mount, remote, etag, pin, int(index)))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # asker gone: no warning
         while not (await asyncio.wait({task}, timeout=KEEPALIVE))[0]:
             await resp.write(b"\n")
         try:
-            source, size = task.result()
-            said: dict[str, Any] = {"source": source, "bytes": size}
+            source, got, size = task.result()
+            said: dict[str, Any] = {"source": source, "bytes": got, "size": size}
         except errors.S3Error as exc:
             said = {"error": exc.code, "message": exc.message, "status": exc.status}
         except (errors.ProxyError, OSError) as exc:
@@ -193,11 +220,12 @@ class _Owner:
         return resp
 
     async def _fill(
-        self, mount: Mount, remote: str, etag: str | None, pin: bool
-    ) -> tuple[str, int]:
-        """Read the object through this node's cache: from the store as its first owner, else
-        from the owners before it (the store last). A copy whose ETag is not ``etag`` is
-        dropped first (the store's object was rewritten)."""
+        self, mount: Mount, remote: str, etag: str | None, pin: bool, index: int
+    ) -> tuple[str, int, int]:
+        """Read chunk ``index`` of the object (0: all of an object of one chunk) through this
+        node's cache: from the store as its first owner, else from the owners before it (the
+        store last). A copy whose ETag is not ``etag`` is dropped first (the store's object
+        was rewritten). The source, the bytes read and the object's size."""
         c, oid = self._cluster, oid_of(mount, remote)
         if etag is not None:
             rec, _ = self._cache.lookup(oid)
@@ -205,13 +233,13 @@ class _Owner:
                 self._reads.invalidate(oid)
                 await self._cache.drop(oid)
                 self._reads.invalidate(oid)
-        owners = c.owners(mount, remote)
+        owners = c.chunk_owners(oid, index)
         others = [m for m in owners if m != c.self_addr]
         source = mount
         if others and owners[0] != c.self_addr:
             path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
             source = replica_mount(mount, c._call, path_qs, others)
-        got = await drain(self._reads, source, remote)
+        got = await drain_chunk(self._reads, source, remote, index)
         if pin:
             await self._cache.pin_objects([oid])
         return got

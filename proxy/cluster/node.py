@@ -307,6 +307,11 @@ class Cluster:
         if local:
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in local))
 
+    @property
+    def chunk_size(self) -> int:
+        """How large objects are cut into chunks, each placed on its own (0: not known yet)."""
+        return self._chunk_size
+
     def call_peer(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         """A signed peer request: its context manager (chunks.py's)."""
         return self._call(method, member, path_qs, headers)

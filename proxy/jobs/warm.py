@@ -28,7 +28,7 @@ from proxy.core.reads import Reads
 from proxy.jobs.gate import JobGate, job_share
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
-from proxy.model import ListEntry, ObjectMeta
+from proxy.model import ByteRange, ListEntry, ObjectMeta
 from proxy.routing import Mount, Router
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -131,6 +131,27 @@ async def drain(
         if close is not None:
             await close()
     return read.source, size
+
+
+async def drain_chunk(reads: Reads, mount: Mount, key: str, index: int) -> tuple[str, int, int]:
+    """Read chunk ``index`` of ``key`` through the core (chunk 0: all of an object of one
+    chunk), the bytes dropped (the fills cache them): its source, the bytes read and the
+    object's size. A cluster node's fill of a chunk it owns (cluster/chunks.py)."""
+    cs = reads.cs
+    rng = ByteRange(index * cs, (index + 1) * cs - 1) if index else None
+    read = await reads.read(mount, key, rng, {}, clip=True)
+    if read.body is not None:
+        return read.source, len(read.body), read.meta.size
+    got = 0
+    try:
+        async for part in read.parts:
+            got += part.length if isinstance(part, FileSlice) else len(part)
+            del part  # a slice keeps the whole chunk buffer alive
+    finally:  # a failed or cancelled read lets go of its fills now
+        close = getattr(read.parts, "aclose", None)
+        if close is not None:
+            await close()
+    return read.source, got, read.meta.size
 
 
 class NoRoom(Exception):
