@@ -25,7 +25,7 @@ from tests.faultkit import audit_cache, get_body, new_bucket, payload
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
-from tests.test_cluster import start_nodes
+from tests.test_cluster import start_nodes, wait_live
 
 CHUNK = 1024 * 1024
 BIG = 6 * CHUNK + 123_457  # seven chunks, the last a short one
@@ -249,4 +249,39 @@ def test_a_warm_job_fills_each_chunk_on_its_owners_once(
     relay.reset()
     for node in nodes:
         assert get_body(f"{node.url}/{bucket}/{big}") == (200, bodies[big]), node
+    assert relay.count_of("GET", f"/{bucket}/{big}") == 0
+
+
+def test_a_restarted_node_is_warmed_with_its_chunks_from_the_others(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> None:
+    """A node is down while the large object is read: its chunks land on the survivors (the
+    ring without it). It restarts: its warmer pulls the chunks it owns again from them, with
+    no client read and no store GET."""
+    bucket, big, bodies, nodes, owner_of = setup(
+        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
+    )
+    members = [n.config["listen"] for n in nodes]
+    oid = object_id("store", bucket, big)
+    at = max(range(3), key=lambda i: owner_of.count(members[i]))
+    victim, survivors = nodes[at], [n for i, n in enumerate(nodes) if i != at]
+    victim.kill9()
+    wait_live(survivors, [m for m in members if m != members[at]], timeout=10)
+    assert get_body(f"{survivors[0].url}/{bucket}/{big}") == (200, bodies[big])
+    assert relay.count_of("GET", f"/{bucket}/{big}") == CHUNKS
+
+    relay.reset()
+    victim.start()
+    wait_live(nodes, members, timeout=15)
+    want = {c for c in range(CHUNKS) if owner_of[c] == members[at]}
+    deadline = time.monotonic() + 30
+    while held_chunks(tmp_path / f"cache{at}", oid) != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert held_chunks(tmp_path / f"cache{at}", oid) == want
+    assert relay.count_of("GET", f"/{bucket}/{big}") == 0
+    assert get_body(f"{victim.url}/{bucket}/{big}") == (200, bodies[big])
     assert relay.count_of("GET", f"/{bucket}/{big}") == 0

@@ -209,11 +209,11 @@ class Cluster:
         """A signed peer request with a body: its context manager (warmer.py's holdings)."""
         return self._call(method, member, path_qs, headers, data=data)
 
-    async def fill(self, source: Mount, remote: str) -> None:
-        """Read ``remote`` into this node's cache from ``source`` (warmer.py's): all of it,
-        or its first chunk when it spans more (the others have their own owners)."""
+    async def fill(self, source: Mount, remote: str, index: int) -> None:
+        """Read chunk ``index`` of ``remote`` (0: all of an object of one chunk) into this
+        node's cache from ``source`` (warmer.py's)."""
         assert self._fill is not None, "attach() first"
-        await self._fill(source, remote, 0)
+        await self._fill(source, remote, index)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

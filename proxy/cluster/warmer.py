@@ -1,14 +1,16 @@
-"""Active warming after a membership change: a node whose view of the members changed asks
-each live peer for the objects the peer holds that this node owns *under this node's view*
-(HOLDINGS_PATH: the asker posts its live members; the answer is NDJSON, one ``{"bucket",
-"key"}`` per line, read from the peer's LMDB index in a thread, a page at a time) and fills
-each it does not hold from that peer's cache (a handoff: the store only if the peer lost it
-meanwhile). WARM_CONCURRENCY at a time, behind client reads (it yields before each object);
-it stops when the view changes again and starts over for the new view. The first view after
-start counts as a change (a node that restarted or joined late). A pass that did not finish
-(a peer did not answer, a fill failed, the peers did not yet see the members this node sees)
-is tried again for the same view after RETRY_DELAYS, then left to the lazy handoff on a miss.
-A pass that finished tells the node (Cluster.warmed): it may skip handoff asks (settled()).
+"""Active warming after a membership change: a node whose view of the members changed asks each
+live peer for the objects the peer holds that this node owns *under this node's view*
+(HOLDINGS_PATH: the asker posts its live members; the answer is NDJSON, one ``{"bucket", "key",
+"chunks"}`` per line: the chunks it holds that the asker owns, each chunk of a large object
+placed on its own, cluster/chunks.py; read from the peer's LMDB index in a thread, a page at a
+time) and fills each it does not hold from that peer's cache (a handoff: the store only if the
+peer lost it meanwhile). WARM_CONCURRENCY at a time, behind client reads (it yields before each
+object); it stops when the view changes again and starts over for the new view. The first view
+after start counts as a change (a node that restarted or joined late). A pass that did not
+finish (a peer did not answer, a fill failed, the peers did not yet see the members this node
+sees) is tried again for the same view after RETRY_DELAYS, then left to the lazy handoff on a
+miss. A pass that finished tells the node (Cluster.warmed): it may skip handoff asks
+(settled()).
 
 One process per node warms (an flock on the cache directory: with ``workers > 1`` the first
 worker to take it; another takes over when it dies)."""
@@ -34,6 +36,7 @@ from proxy.cache.record import Record
 from proxy.cluster import peers, ring
 from proxy.cluster.node import Cluster
 from proxy.cluster.source import replica_mount
+from proxy.core.metadata import oid_of
 from proxy.routing import Mount, Router
 
 HOLDINGS_PATH = peers.PREFIX + "holdings"
@@ -52,10 +55,11 @@ class Ask:
     chunk_size: int  # the cache's (whether a record is of a whole object)
 
 
-def _page(index: Index, after: bytes, ask: Ask) -> tuple[bytes, list[Record]]:
+def _page(index: Index, after: bytes, ask: Ask) -> tuple[bytes, list[tuple[Record, list[int]]]]:
     """The oid the page ended at (b"" at the end) and the records in it, up to PAGE looked at
-    after oid ``after``, of whole objects ``ask.member`` owns under ``ask.live`` (in a thread)."""
-    out: list[Record] = []
+    after oid ``after``, with the chunks of each that this node holds and ``ask.member`` owns
+    under ``ask.live`` (an object of one chunk: [0] when held whole) (in a thread)."""
+    out: list[tuple[Record, list[int]]] = []
     last = b""
     with index.env.begin(db=index.objects) as txn:
         cursor = txn.cursor()
@@ -66,11 +70,16 @@ def _page(index: Index, after: bytes, ask: Ask) -> tuple[bytes, list[Record]]:
             if oid != after:
                 seen += 1
                 last = oid
-                if ask.member in ring.owners(oid, ask.live, ask.replicas):
-                    rec = Record.loads(cursor.value())
-                    whole = rec.inline or rec.chunks == (1 << rec.chunk_count(ask.chunk_size)) - 1
-                    if whole:
-                        out.append(rec)
+                rec = Record.loads(cursor.value())
+                count = 1 if rec.inline else rec.chunk_count(ask.chunk_size)
+                held = [0] if rec.inline else [i for i in range(count) if rec.has_chunk(i)]
+                owned = [
+                    i
+                    for i in held
+                    if ask.member in ring.chunk_owners(oid, i, ask.live, ask.replicas)
+                ]
+                if owned:
+                    out.append((rec, owned))
             found = cursor.next()
     return last, out
 
@@ -124,9 +133,10 @@ class Holdings:
         while True:
             after, page = await asyncio.to_thread(_page, index, after, ask)
             lines = []
-            for rec in page:
+            for rec, owned in page:
                 for bucket, key in self._named(rec):
-                    lines.append(json.dumps({"bucket": bucket, "key": key}) + "\n")
+                    said = {"bucket": bucket, "key": key, "chunks": owned}
+                    lines.append(json.dumps(said) + "\n")
             if lines:
                 await resp.write("".join(lines).encode())
             if not after:
@@ -250,30 +260,37 @@ class Warmer:
                     done.failed += 1
 
     async def _one(self, peer: str, said: dict[str, Any], gate: asyncio.Semaphore) -> bool | None:
-        """Fill one listed object here from ``peer``: True when filled, None when there was
-        nothing to do (held already, or no longer owned here), False when it failed."""
+        """Fill the listed chunks of one object here from ``peer`` (an object of one chunk:
+        chunk 0): True when filled, None when there was nothing to do (held already, or no
+        longer owned here), False when it failed."""
         try:
             await asyncio.sleep(0)  # behind whatever client read is ready to run
             mount = self._router.resolve(str(said["bucket"]))
             remote = mount.remote_key(str(said["key"]))
-            if self._cluster.self_addr not in self._cluster.owners(mount, remote):
-                return None
-            if self._cluster.holds(mount, remote):
-                return None
-            return await self._fill(peer, mount, str(said["key"]), remote)
-        except (errors.ProxyError, KeyError) as exc:
+            oid, cs, c = oid_of(mount, remote), self._cluster.chunk_size, self._cluster
+            moved: bool | None = None
+            for index in [int(i) for i in said.get("chunks", [0])]:
+                if c.self_addr not in c.chunk_owners(oid, index):
+                    continue
+                if c.holds(mount, remote, f"bytes={index * cs}-{(index + 1) * cs - 1}"):
+                    continue
+                if not await self._fill(peer, mount, str(said["key"]), remote, index):
+                    return False
+                moved = True
+            return moved
+        except (errors.ProxyError, KeyError, ValueError, TypeError) as exc:
             log.cluster.info("cluster: a warm fill failed (%s)", type(exc).__name__)
             return False
         finally:
             gate.release()
 
-    async def _fill(self, peer: str, mount: Mount, key: str, remote: str) -> bool:
+    async def _fill(self, peer: str, mount: Mount, key: str, remote: str, index: int) -> bool:
         path_qs = peers.object_path(mount.name, key)
         source = replica_mount(
             mount, self._cluster.handoff_call, path_qs, [peer], frozenset([peer])
         )
         try:
-            await self._cluster.fill(source, remote)
+            await self._cluster.fill(source, remote, index)
         except (errors.ProxyError, OSError, aiohttp.ClientError, TimeoutError) as exc:
             log.cluster.info("cluster: a warm fill failed (%s)", type(exc).__name__)
             return False
