@@ -11,7 +11,8 @@ import hashlib
 import http.client
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,33 @@ def held_chunks(cache_dir: Path, oid: bytes) -> set[int]:
     return set() if rec is None else {i for i in range(CHUNKS) if rec.has_chunk(i)}
 
 
+def held_everywhere(
+    tmp_path: Path, oid: bytes, wanted: dict[int, set[int]], timeout: float = 15
+) -> dict[int, set[int]]:
+    """The chunks each node's cache holds, once they are ``wanted`` (fills commit just after
+    their answers) or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(len(wanted))}
+        if held == wanted or time.monotonic() > deadline:
+            return held
+        time.sleep(0.2)
+
+
 Setup = tuple[str, str, dict[str, bytes], list[ProxyProcess], list[str]]
+Factory = Callable[..., Setup]
+
+
+@pytest.fixture
+def cluster(
+    seaweedfs: S3Endpoint,
+    s3_client_factory: S3ClientFactory,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    tmp_path: Path,
+) -> Factory:
+    """setup() with this test's servers: ``cluster(replicas=2)``."""
+    return partial(setup, seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path)
 
 
 def setup(
@@ -94,15 +121,9 @@ def setup(
 
 
 def test_a_large_object_is_cached_chunk_by_chunk_on_each_chunks_owner(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    cluster: Factory, relay: CountingRelay, tmp_path: Path
 ) -> None:
-    bucket, big, bodies, nodes, owner_of = setup(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
-    )
+    bucket, big, bodies, nodes, owner_of = cluster()
     members = [n.config["listen"] for n in nodes]
     oid = object_id("store", bucket, big)
     assert owner_of[0] == ring.owners(oid, members, 1)[0]  # chunk 0: the object's own owner
@@ -124,11 +145,7 @@ def test_a_large_object_is_cached_chunk_by_chunk_on_each_chunks_owner(
 
     # each node caches the chunks it owns and no other (fills commit just after their answers)
     wanted = {i: {c for c in range(CHUNKS) if owner_of[c] == m} for i, m in enumerate(members)}
-    deadline = time.monotonic() + 15
-    held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
-    while held != wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    held = held_everywhere(tmp_path, oid, wanted)
     assert held == wanted, (held, owner_of)
     assert all(held.values())  # the chunks lie on every node
     for i in range(3):
@@ -152,15 +169,12 @@ def test_a_large_object_is_cached_chunk_by_chunk_on_each_chunks_owner(
 
 
 def test_a_dead_chunk_owner_is_replaced_by_the_store_and_a_changed_object_aborts(
+    cluster: Factory,
+    relay: CountingRelay,
     seaweedfs: S3Endpoint,
     s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
 ) -> None:
-    bucket, big, bodies, nodes, owner_of = setup(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
-    )
+    bucket, big, bodies, nodes, owner_of = cluster()
     by_name = {n.config["listen"]: n for n in nodes}
     entry = by_name[owner_of[0]]  # it keeps the metadata (fresh for metadata_ttl)
     assert get_body(f"{entry.url}/{bucket}/{big}") == (200, bodies[big])
@@ -186,17 +200,11 @@ def test_a_dead_chunk_owner_is_replaced_by_the_store_and_a_changed_object_aborts
 
 
 def test_with_two_replicas_each_chunk_lies_on_its_two_owners_fetched_once(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    cluster: Factory, relay: CountingRelay, tmp_path: Path
 ) -> None:
     """replicas 2: the first owner of each chunk reads it from the store, the second fills its
     replica from the first (not the store), whichever node the client asked."""
-    bucket, big, bodies, nodes, _ = setup(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
-    )
+    bucket, big, bodies, nodes, _ = cluster(replicas=2)
     members = [n.config["listen"] for n in nodes]
     oid = object_id("store", bucket, big)
     owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
@@ -208,28 +216,18 @@ def test_with_two_replicas_each_chunk_lies_on_its_two_owners_fetched_once(
     )
 
     wanted = {i: {c for c in range(CHUNKS) if m in owners[c]} for i, m in enumerate(members)}
-    deadline = time.monotonic() + 15
-    held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
-    while held != wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        held = {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)}
+    held = held_everywhere(tmp_path, oid, wanted)
     assert held == wanted, (held, owners)
     assert relay.count_of("GET", f"/{bucket}/{big}") == CHUNKS  # one store read per chunk
 
 
 def test_a_warm_job_fills_each_chunk_on_its_owners_once(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    cluster: Factory, relay: CountingRelay, tmp_path: Path
 ) -> None:
     """A warm job posted to any node: the large object's chunks land on their owners (each
     on its two owners, replicas 2), one store GET per chunk; then reads through any node
     cost no store GET."""
-    bucket, big, bodies, nodes, _ = setup(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path, replicas=2
-    )
+    bucket, big, bodies, nodes, _ = cluster(replicas=2)
     members = [n.config["listen"] for n in nodes]
     oid = object_id("store", bucket, big)
     owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
@@ -243,7 +241,7 @@ def test_a_warm_job_fills_each_chunk_on_its_owners_once(
     assert (job["objects_done"], job["failed"]) == (len(bodies), 0), job
     assert job["bytes_done"] == sum(len(b) for b in bodies.values()), job
     wanted = {i: {c for c in range(CHUNKS) if m in owners[c]} for i, m in enumerate(members)}
-    assert {i: held_chunks(tmp_path / f"cache{i}", oid) for i in range(3)} == wanted
+    assert held_everywhere(tmp_path, oid, wanted) == wanted
     gets = {p: n for (method, p), n in relay.counts.items() if method == "GET" and "/" in p[1:]}
     assert gets == {f"/{bucket}/{k}": CHUNKS if k == big else 1 for k in bodies}, gets
     relay.reset()
@@ -253,18 +251,12 @@ def test_a_warm_job_fills_each_chunk_on_its_owners_once(
 
 
 def test_a_restarted_node_is_warmed_with_its_chunks_from_the_others(
-    seaweedfs: S3Endpoint,
-    s3_client_factory: S3ClientFactory,
-    proxy_factory: ProxyFactory,
-    relay: CountingRelay,
-    tmp_path: Path,
+    cluster: Factory, relay: CountingRelay, tmp_path: Path
 ) -> None:
     """A node is down while the large object is read: its chunks land on the survivors (the
     ring without it). It restarts: its warmer pulls the chunks it owns again from them, with
     no client read and no store GET."""
-    bucket, big, bodies, nodes, owner_of = setup(
-        seaweedfs, s3_client_factory, proxy_factory, relay, tmp_path
-    )
+    bucket, big, bodies, nodes, owner_of = cluster()
     members = [n.config["listen"] for n in nodes]
     oid = object_id("store", bucket, big)
     at = max(range(3), key=lambda i: owner_of.count(members[i]))
