@@ -87,10 +87,11 @@ def setup(
     relay: CountingRelay,
     tmp_path: Path,
     replicas: int = 1,
+    count: int = 3,
 ) -> Setup:
-    """Three nodes (chunk_size 1MiB, ``replicas``) and a bucket holding a large object whose
-    chunks lie on all three (its key found for these members: their names change with the
-    port) and three small ones: (bucket, the large key, bodies, nodes, each chunk's owner)."""
+    """``count`` nodes (chunk_size 1MiB, ``replicas``) and a bucket holding a large object
+    whose chunks lie on all of them (its key found for these members: their names change with
+    the port) and three small ones: (bucket, the large key, bodies, nodes, each chunk's owner)."""
     bucket = new_bucket("chunks")
     s3 = s3_client_factory(seaweedfs)
     s3.create_bucket(Bucket=bucket)
@@ -101,7 +102,7 @@ def setup(
         relay.url,
         bucket,
         tmp_path,
-        3,
+        count,
         {"replicas": replicas},
         cache=cache,
     )
@@ -111,7 +112,7 @@ def setup(
         oid = object_id("store", bucket, key)
         return [ring.chunk_owners(oid, i, members, 1)[0] for i in range(CHUNKS)]
 
-    big = next(k for k in (f"big/{j}" for j in range(1000)) if len(set(owner_of(k))) == 3)
+    big = next(k for k in (f"big/{j}" for j in range(1000)) if len(set(owner_of(k))) == count)
     bodies = {big: payload(BIG, seed=1)}
     bodies.update({f"small/{i}": payload(SMALL, seed=10 + i) for i in range(3)})
     for key, body in bodies.items():
@@ -277,3 +278,27 @@ def test_a_restarted_node_is_warmed_with_its_chunks_from_the_others(
     assert relay.count_of("GET", f"/{bucket}/{big}") == 0
     assert get_body(f"{victim.url}/{bucket}/{big}") == (200, bodies[big])
     assert relay.count_of("GET", f"/{bucket}/{big}") == 0
+
+
+def test_a_write_through_any_node_drops_every_chunk_before_its_answer(
+    cluster: Factory, relay: CountingRelay
+) -> None:
+    """Every chunk cached (on four nodes), then the object rewritten through one node: a read
+    through any node right after the answer, of any chunk, whole or by Range, is the new
+    object's: every node was told to drop its copy, not only the object's owners and the two
+    ranked next (the fourth node holds chunks of it too)."""
+    bucket, big, bodies, nodes, owner_of = cluster(count=4)
+    for node in nodes:
+        assert get_body(f"{node.url}/{bucket}/{big}") == (200, bodies[big])
+    writer = next(n for n in nodes if n.config["listen"] != owner_of[0])
+    new = payload(BIG, seed=3)
+    req = urllib.request.Request(f"{writer.url}/{bucket}/{big}", data=new, method="PUT")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+    for node in nodes:
+        for index in range(CHUNKS):
+            first = index * CHUNK + 11
+            last = min(BIG - 1, first + 1000)
+            got = ranged(node, bucket, big, f"bytes={first}-{last}")[2]
+            assert got == new[first : last + 1], (node, index)
+        assert get_body(f"{node.url}/{bucket}/{big}") == (200, new), node

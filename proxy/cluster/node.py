@@ -107,7 +107,6 @@ class Cluster:
         self._view: tuple[str, ...] | None = None
         self._clean = False
         self._peer_views: dict[str, tuple[str, bool]] = {}
-        self._peer_local: dict[str, bool] = {}  # whether each peer said it keeps local copies
         self._warmed: tuple[str, ...] | None = None  # the view a warm pass last finished for
         self.routes: dict[tuple[str, str], Route] = {}  # more peer routes (fanout.py's)
 
@@ -257,7 +256,6 @@ class Cluster:
                 said = json.loads(await resp.read())
                 self._peer_totals[member] = (int(said["bytes"]), int(said["objects"]))
                 self._peer_views[member] = (str(said["view"]), said["clean"] is True)
-                self._peer_local[member] = said.get("local") is True
             except (ValueError, KeyError, TypeError):
                 self._peer_views.pop(member, None)
                 pass  # a node that answers "ok" only: live, holdings unknown
@@ -288,8 +286,8 @@ class Cluster:
         every other live owner drops its copy (and refuses fills begun before) before this
         returns; a copy kept here by a node that does not own the object is dropped too. An
         owner that does not answer within INVALIDATE_TIMEOUT is logged and passed over. Then
-        every other live node that keeps local copies (cluster.local_copy: as its health
-        answer said; a node not heard from, as this one) drops its copy too."""
+        every other live node drops its copy too: a chunk of a large object may lie on any
+        node (chunks.py), and a node may keep local copies (cluster.local_copy)."""
         if not mount.cacheable:
             return
         owners = self.owners(mount, key)
@@ -300,12 +298,11 @@ class Cluster:
         path_qs = peers.object_path(mount.name, key[len(mount.prefix) :], peers.INVALIDATE_PATH)
         if others:
             await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in others))
-        # then the other nodes that keep local copies (after the owners: a local copy filled
-        # from an owner once its own was dropped is filled from the owner's new one)
-        local = [m for m in self.members.live() if m != self.self_addr and m not in others]
-        local = [m for m in local if self._peer_local.get(m, self.cfg.local_copy > 0)]
-        if local:
-            await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in local))
+        # then the rest (after the owners: a copy filled from an owner once its own was
+        # dropped is filled from the owner's new one)
+        rest = [m for m in self.members.live() if m != self.self_addr and m not in others]
+        if rest:
+            await asyncio.gather(*(self._invalidate_on(m, path_qs) for m in rest))
 
     @property
     def chunk_size(self) -> int:
