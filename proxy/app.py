@@ -423,6 +423,8 @@ async def serve_workers(cfg: Config) -> None:
     health.workers_ready = workers.ready
     try:
         if cluster is not None:
+            # how large objects are cut: a warm job fills each chunk on that chunk's owners
+            cluster.use_index(cache.lookup, cfg.cache.chunk_size)
             await cluster.start()  # before the jobs: a resumed one fills on the owners
         await jobs.attach(await core.start(fanout.Fanout(cluster) if cluster else None))
         await _start_admin(admin, cfg)

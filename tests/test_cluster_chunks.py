@@ -88,6 +88,7 @@ def setup(
     tmp_path: Path,
     replicas: int = 1,
     count: int = 3,
+    workers: int = 1,
 ) -> Setup:
     """``count`` nodes (chunk_size 1MiB, ``replicas``) and a bucket holding a large object
     whose chunks lie on all of them (its key found for these members: their names change with
@@ -104,6 +105,7 @@ def setup(
         tmp_path,
         count,
         {"replicas": replicas},
+        workers=workers,
         cache=cache,
     )
     members = [n.config["listen"] for n in nodes]
@@ -222,13 +224,15 @@ def test_with_two_replicas_each_chunk_lies_on_its_two_owners_fetched_once(
     assert relay.count_of("GET", f"/{bucket}/{big}") == CHUNKS  # one store read per chunk
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_warm_job_fills_each_chunk_on_its_owners_once(
-    cluster: Factory, relay: CountingRelay, tmp_path: Path
+    cluster: Factory, relay: CountingRelay, tmp_path: Path, workers: int
 ) -> None:
     """A warm job posted to any node: the large object's chunks land on their owners (each
     on its two owners, replicas 2), one store GET per chunk; then reads through any node
-    cost no store GET."""
-    bucket, big, bodies, nodes, _ = cluster(replicas=2)
+    cost no store GET. With 2 workers the job runs in the supervisor, which must know the
+    chunk size too."""
+    bucket, big, bodies, nodes, _ = cluster(replicas=2, workers=workers)
     members = [n.config["listen"] for n in nodes]
     oid = object_id("store", bucket, big)
     owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
