@@ -92,10 +92,13 @@ def proxy_factory(tmp_path: Path) -> Iterator[ProxyFactory]:
     """
     procs: list[ProxyProcess] = []
 
-    def start(config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ProxyProcess:
+    def start(
+        config: Mapping[str, Any], env: Mapping[str, str] | None = None, wait: bool = True
+    ) -> ProxyProcess:
+        """``wait=False``: launched only (several start at once; ``wait_ready()`` each)."""
         proc = ProxyProcess(config, tmp_path / f"proxy{len(procs)}", env)
         procs.append(proc)
-        return proc.start()
+        return proc.start() if wait else proc.launch()
 
     yield start
     for proc in procs:

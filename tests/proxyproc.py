@@ -70,7 +70,10 @@ class ProxyProcess:
 
     def start(self) -> ProxyProcess:
         """Start the proxy and wait for ``/readyz``; may be called again after a stop."""
-        self.launch()
+        return self.launch().wait_ready()
+
+    def wait_ready(self) -> ProxyProcess:
+        """Wait for ``/readyz`` of a launched proxy (killed if it never gets there)."""
         try:
             self._wait_ready()
         except BaseException:

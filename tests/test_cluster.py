@@ -132,7 +132,9 @@ def start_nodes(
         cfg = proxy_config(store_url, bucket, tmp_path / f"cache{i}", workers=workers, cache=cache)
         cfg["listen"], cfg["admin_listen"] = addr.listen, addr.admin_listen
         cfg["cluster"] = {"secret_env": "CLUSTER_SECRET", **cluster}  # self: listen (default)
-        nodes.append(proxy_factory(cfg, env))
+        nodes.append(proxy_factory(cfg, env, wait=False))  # all start at once
+    for node in nodes:
+        node.wait_ready()
     wait_live(nodes, listens)
     return nodes
 
