@@ -115,7 +115,9 @@ class S3Server:
             domains=self.cfg.server.domains,
         )
         self._dispatch = dispatcher.dispatch
-        self._sweeper = asyncio.create_task(StagingSweeper(self.cache.root, self.cfg.cache).run())
+        sweeper = StagingSweeper(self.cache.root, self.cfg.cache)
+        self.cache.uploads.on_kept = sweeper.poke
+        self._sweeper = asyncio.create_task(sweeper.run())
         # Everything built so far (botocore's service models, the SDK clients) lives as long as
         # the process: keep it out of the cyclic GC's full collections, which would otherwise
         # walk it every time and show up as latency spikes.

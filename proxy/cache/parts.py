@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ class PartStaging:
     def __init__(self, root: Path, chunk_size: int) -> None:
         self.root = root
         self.chunk_size = chunk_size
+        self.on_kept: Callable[[], None] | None = None  # a part copy was added (staging.py)
 
     def _dir(self, oid: bytes, upload_id: str) -> Path:
         h = hashlib.blake2b(oid + upload_id.encode(), digest_size=16).hexdigest()
@@ -68,6 +69,8 @@ class PartStaging:
     async def keep(self, tmp: Path, number: int) -> None:
         if await asyncio.to_thread(tmp.exists):
             await asyncio.to_thread(os.replace, tmp, tmp.parent / f"part-{number:05d}")
+            if self.on_kept is not None:
+                self.on_kept()
 
     async def drop(self, tmp: Path) -> None:
         await asyncio.to_thread(_unlink, tmp)

@@ -5,14 +5,14 @@ multipart (``staging/<backend>/<upload>``, kit/multipart.py) and parts copied fo
 Every pass removes each upload's directory untouched for ``cache.upload_staging_ttl`` (as S3's
 AbortIncompleteMultipartUpload lifecycle rule would), and reports what is left by kind in
 ``slipstream_upload_staging_bytes``. The parts copied for the cache count against
-``cache.max_size``: beyond it the least recently touched copies go (only their caching is
-lost). Parts staged for a store are the only copy of an upload in progress, so they are bounded
-by age only.
-"""
+``cache.max_size``: beyond it the least recently touched copies go (only their caching is lost),
+checked again a second after each new copy. Parts staged for a store are the only copy of an
+upload in progress, so they are bounded by age only."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ from proxy.cache.parts import StagedDir, staged_dirs, sweep_staging
 from proxy.config import CacheConfig
 
 MAX_INTERVAL = 60.0
+POKE_GAP = 1.0  # seconds from a poke to its sweep (and at least between poked sweeps)
 
 
 class StagingSweeper:
@@ -32,6 +33,12 @@ class StagingSweeper:
         self.ttl = cfg.upload_staging_ttl
         self.max_copies = cfg.max_size
         self.interval = min(self.ttl / 4, MAX_INTERVAL)
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """A part copy was added: sweep soon (within POKE_GAP), not at the next interval, so
+        the copies stay within ``max_size`` while uploads run."""
+        self._poked.set()
 
     def sweep_once(self) -> int:
         """Blocking: one pass; returns the upload directories removed."""
@@ -54,10 +61,14 @@ class StagingSweeper:
         return removed
 
     async def run(self) -> None:
-        """Sweep every ``interval`` until cancelled; a failed pass is logged, not fatal."""
+        """Sweep every ``interval``, and POKE_GAP after a poke, until cancelled; a failed pass
+        is logged, not fatal."""
         while True:
             try:
                 await asyncio.to_thread(self.sweep_once)
             except OSError as exc:
                 log.cache.warning("upload staging sweep failed: %s", exc)
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self.interval)
+                await asyncio.sleep(POKE_GAP)  # the copies of one burst of parts, one sweep
+            self._poked.clear()
