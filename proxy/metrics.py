@@ -377,3 +377,42 @@ def bucket(name: str, wildcard: bool) -> BucketMetrics:
     if found is None:
         found = _buckets[label] = BucketMetrics(label)
     return found
+
+
+# -- stores -------------------------------------------------------------------------------------
+# A cold read counts its store request, times it and counts its bytes: as tallies (the children
+# of one backend and operation resolved once), a miss pays no locked Prometheus write for them.
+
+
+class StoreCallMetrics:
+    """The request count and latency of one (backend, operation), as tallies."""
+
+    __slots__ = ("requests", "latency")
+
+    def __init__(self, backend: str, operation: str) -> None:
+        self.requests = Tally(BACKEND_REQUESTS.labels(backend, operation))
+        self.latency = HistogramTally(BACKEND_LATENCY.labels(backend, operation))
+
+
+_store_calls: dict[tuple[str, str], StoreCallMetrics] = {}
+_store_bytes: dict[str, Tally] = {}
+
+
+def store_call(backend: str, operation: str) -> StoreCallMetrics:
+    """The metrics of ``operation`` on the configured backend ``backend``."""
+    found = _store_calls.get((backend, operation))
+    if found is None:
+        found = _store_calls[(backend, operation)] = StoreCallMetrics(backend, operation)
+    return found
+
+
+def store_bytes(backend: str) -> Tally:
+    """Object bytes read from the configured backend ``backend``."""
+    found = _store_bytes.get(backend)
+    if found is None:
+        found = _store_bytes[backend] = Tally(BACKEND_BYTES.labels(backend))
+    return found
+
+
+FILLS_CACHED = Tally(FILLS.labels("cached"))
+FILLS_NOT_CACHED = Tally(FILLS.labels("not_cached"))
