@@ -380,17 +380,19 @@ def bucket(name: str, wildcard: bool) -> BucketMetrics:
 
 
 # -- stores -------------------------------------------------------------------------------------
-# A cold read counts its store request, times it and counts its bytes: as tallies (the children
-# of one backend and operation resolved once), a miss pays no locked Prometheus write for them.
+# A cold read counts its store request, times it and counts its bytes, with the children of one
+# backend and operation resolved once (no labels() lookup per call). The latency and the bytes
+# are tallies; the request count is written through: tests and operators read it as "did this
+# reach the store", which must hold at once in a scrape of several workers too.
 
 
 class StoreCallMetrics:
-    """The request count and latency of one (backend, operation), as tallies."""
+    """The request count (written through) and latency (a tally) of one (backend, operation)."""
 
     __slots__ = ("requests", "latency")
 
     def __init__(self, backend: str, operation: str) -> None:
-        self.requests = Tally(BACKEND_REQUESTS.labels(backend, operation))
+        self.requests = BACKEND_REQUESTS.labels(backend, operation)
         self.latency = HistogramTally(BACKEND_LATENCY.labels(backend, operation))
 
 
