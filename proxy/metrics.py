@@ -377,3 +377,44 @@ def bucket(name: str, wildcard: bool) -> BucketMetrics:
     if found is None:
         found = _buckets[label] = BucketMetrics(label)
     return found
+
+
+# -- stores -------------------------------------------------------------------------------------
+# A cold read counts its store request, times it and counts its bytes, with the children of one
+# backend and operation resolved once (no labels() lookup per call). The latency and the bytes
+# are tallies; the request count is written through: tests and operators read it as "did this
+# reach the store", which must hold at once in a scrape of several workers too.
+
+
+class StoreCallMetrics:
+    """The request count (written through) and latency (a tally) of one (backend, operation)."""
+
+    __slots__ = ("requests", "latency")
+
+    def __init__(self, backend: str, operation: str) -> None:
+        self.requests = BACKEND_REQUESTS.labels(backend, operation)
+        self.latency = HistogramTally(BACKEND_LATENCY.labels(backend, operation))
+
+
+_store_calls: dict[tuple[str, str], StoreCallMetrics] = {}
+_store_bytes: dict[str, Tally] = {}
+
+
+def store_call(backend: str, operation: str) -> StoreCallMetrics:
+    """The metrics of ``operation`` on the configured backend ``backend``."""
+    found = _store_calls.get((backend, operation))
+    if found is None:
+        found = _store_calls[(backend, operation)] = StoreCallMetrics(backend, operation)
+    return found
+
+
+def store_bytes(backend: str) -> Tally:
+    """Object bytes read from the configured backend ``backend``."""
+    found = _store_bytes.get(backend)
+    if found is None:
+        found = _store_bytes[backend] = Tally(BACKEND_BYTES.labels(backend))
+    return found
+
+
+FILLS_CACHED = Tally(FILLS.labels("cached"))
+FILLS_NOT_CACHED = Tally(FILLS.labels("not_cached"))

@@ -264,18 +264,23 @@ class Fills:
                 fill.claim.release()
 
     async def _wait_turn(self, fill: Fill) -> bool:
-        """Wait for the fill's memory, then a slot; False (the fill finished) on a timeout."""
+        """Wait for the fill's memory, then a slot; False (the fill finished) on a timeout.
+        Memory granted and a slot free (the usual case), it takes them without a timer."""
         try:
-            async with asyncio.timeout(FILL_MEMORY_WAIT):
-                await fill.claim.wait()
+            if not fill.claim.granted:
+                async with asyncio.timeout(FILL_MEMORY_WAIT):
+                    await fill.claim.wait()
         except TimeoutError:
             fill.claim.release()
             metrics.FILLS.labels("no_memory").inc()
             fill.finish(NoFillMemory("Fill memory is spent; this read goes uncached."))
             return False
         try:
-            async with asyncio.timeout(FILL_SLOT_WAIT):
-                await self._slots.acquire()
+            if self._slots.locked():
+                async with asyncio.timeout(FILL_SLOT_WAIT):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # free: returns at once
         except TimeoutError:
             metrics.SLOWDOWNS.inc()
             fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
@@ -414,7 +419,7 @@ class Fills:
             ok = await self.cache.commit_chunk(
                 fill.oid, rec, fill.index, view[:length], seen=fill.seen
             )
-        metrics.FILLS.labels("cached" if ok else "not_cached").inc()
+        (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
 
 
 def _release_on(loop: asyncio.AbstractEventLoop, claim: Claim) -> None:

@@ -8,6 +8,7 @@ import functools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from email.utils import formatdate
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from proxy.s3 import parse, whole, xml
 from proxy.s3.responses import request_ids, xml_response
 
 FILE_BLOCK = 1024 * 1024
+WHOLE_MISS_MAX = 64 * 1024  # a miss this small goes out whole, with its headers
 Forward = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse | None]]
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -240,12 +242,33 @@ class S3ReadHandlers:
             stats.served(read.source, len(read.body), request.get("peer", False))
             first_byte.observe(time.perf_counter() - started)
             return whole.respond(request, status, headers, read.body, len(read.body))
+        gathered: list[bytes] = []
+        failure: BaseException | None = None
+        if not hit and read.length <= WHOLE_MISS_MAX and whole.fits(request, status):
+            # A small miss comes in one store answer: gathered, it goes out with its headers in
+            # one write, as a hit (a streamed answer costs aiohttp's header preparation and a
+            # write each for headers and body).
+            try:
+                async for piece in self.reads.bytes_of(replace(read, parts=parts), mount, key):
+                    gathered.append(piece)
+            except (errors.ProxyError, OSError, ValueError) as exc:
+                failure = exc  # below: the headers, what came, then the cut (as streamed)
+            else:
+                body = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+                stats.served(read.source, len(body), request.get("peer", False))
+                first_byte.observe(time.perf_counter() - started)
+                return whole.respond(request, status, headers, body, len(body))
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = last - first + 1 if read.meta.size else 0
         await resp.prepare(request)
         first_byte.observe(time.perf_counter() - started)
         sent = 0
         try:
+            for piece in gathered:
+                await resp.write(piece)
+                sent += len(piece)
+            if failure is not None:
+                raise failure
             async for part in parts:
                 if isinstance(part, FileSlice):
                     sent += await self._send_file(request, resp, part, mount, key, read.meta)

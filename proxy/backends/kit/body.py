@@ -24,9 +24,10 @@ async def metered(
     broke: str = BROKE,
 ) -> AsyncGenerator[bytes, None]:
     """``pieces``, each counted; ``failures`` while reading become BackendUnavailable."""
+    counted = metrics.store_bytes(calls.name)
     try:
         async for piece in pieces:
-            metrics.BACKEND_BYTES.labels(calls.name).inc(len(piece))
+            counted.inc(len(piece))
             yield piece
     except failures as exc:
         calls.fault(operation, "BodyRead")

@@ -81,7 +81,7 @@ class StoreCalls:
         self._who = who
 
     def count(self, operation: str) -> None:
-        metrics.BACKEND_REQUESTS.labels(self.name, operation).inc()
+        metrics.store_call(self.name, operation).requests.inc()
 
     def fault(self, operation: str, code: str) -> None:
         metrics.BACKEND_ERRORS.labels(self.name, operation, code).inc()
@@ -102,8 +102,9 @@ class StoreCalls:
         timed), or None to accept it. ``target`` (a path) goes into the warning."""
         policy = retry or _ONCE
         failed = 0
+        meters = metrics.store_call(self.name, operation)
         while True:
-            self.count(operation)
+            meters.requests.inc()
             started = time.perf_counter()
             cause: BaseException | None
             try:
@@ -118,9 +119,7 @@ class StoreCalls:
                 )
                 cause = exc
             else:
-                metrics.BACKEND_LATENCY.labels(self.name, operation).observe(
-                    time.perf_counter() - started
-                )
+                meters.latency.observe(time.perf_counter() - started)
                 refused = await check(result) if check is not None else None
                 if refused is None:
                     return result

@@ -267,8 +267,10 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.headers = headers = CIMultiDict(
-            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for k, v in self._header_list
+            [
+                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in self._header_list
+            ]
         )
         self.keep_alive = parser.should_keep_alive()
         if self._head:

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
@@ -19,6 +20,13 @@ _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _PLAIN_MD5 = re.compile(r'"?[0-9a-fA-F]{32}"?')
 _META = "x-amz-meta-"
 _PASSTHROUGH = (*STORED_HEADERS, "x-amz-version-id")
+_KEPT = {h.lower(): h for h in _PASSTHROUGH}
+_MONTHS = {
+    m: n
+    for n, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 PASS_HEADERS = {
     "Cache-Control": "CacheControl",
     "Content-Disposition": "ContentDisposition",
@@ -95,21 +103,43 @@ def get_headers(start: int | None, end: int | None, if_match: str | None) -> dic
 def meta_from_headers(headers: Any, size: int) -> ObjectMeta:
     etag = headers.get("ETag", '""')
     try:
-        last_modified = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
-    except (KeyError, TypeError, ValueError, IndexError):
+        last_modified = http_time(headers["Last-Modified"])
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         last_modified = time.time()
+    metadata: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for k, v in headers.items():  # one pass (a miss's headers are read once, whole)
+        low = k.lower()
+        if low.startswith(_META):
+            metadata[low[len(_META) :]] = v
+        elif (name := _KEPT.get(low)) is not None:
+            kept.setdefault(name, v)
     return ObjectMeta(
         size=size,
         etag=etag,
         last_modified=last_modified,
         content_type=headers.get("Content-Type", "application/octet-stream"),
-        metadata={
-            k[len(_META) :].lower(): v for k, v in headers.items() if k.lower().startswith(_META)
-        },
-        headers={h: headers[h] for h in _PASSTHROUGH if h in headers},
+        metadata=metadata,
+        headers={h: kept[h] for h in _PASSTHROUGH if h in kept},
         etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag))
         and headers.get("x-amz-server-side-encryption") != "aws:kms",
     )
+
+
+@lru_cache(maxsize=1024)
+def http_time(value: str) -> float:
+    """The POSIX time of an HTTP date. The IMF-fixdate every store sends ("Sun, 06 Nov 1994
+    08:49:37 GMT") is read by position (email.utils takes ~10 us); any other form goes to
+    email.utils. Raises ValueError (or TypeError, IndexError) when it is no date."""
+    if len(value) == 29 and value[3:5] == ", " and value[25:] == " GMT":
+        month = _MONTHS.get(value[8:11])
+        fields = (value[12:16], value[5:7], value[17:19], value[20:22], value[23:25])
+        if month is not None and all(f.isdigit() for f in fields):
+            year, day, hour, minute, second = map(int, fields)
+            return datetime.datetime(
+                year, month, day, hour, minute, second, tzinfo=datetime.UTC
+            ).timestamp()
+    return parsedate_to_datetime(value).timestamp()
 
 
 def write_params(

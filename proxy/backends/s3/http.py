@@ -38,6 +38,8 @@ class S3HttpReader:
         self._calls = StoreCalls(cfg.name)
         self._retry = Retry(attempts=cfg.retries + 1, when=_busy, base=0.1)
         self._credentials: Any = None  # botocore/aiobotocore Credentials, refreshable or not
+        self._get_frozen: Any = None
+        self._frozen_async = False
         endpoint = cfg.endpoint or f"https://s3.{cfg.region}.amazonaws.com"
         parts = urlsplit(endpoint)
         self._scheme, self._host = parts.scheme, parts.netloc
@@ -50,6 +52,9 @@ class S3HttpReader:
 
     async def start(self, credentials: Any) -> None:
         self._credentials = credentials
+        # refreshable credentials (aiobotocore's are async) are read at each request
+        self._get_frozen = getattr(credentials, "get_frozen_credentials", None)
+        self._frozen_async = asyncio.iscoroutinefunction(self._get_frozen)
         self._pool = Http1Pool(
             self._cfg.max_connections, self._cfg.connect_timeout, self._cfg.read_timeout
         )
@@ -70,12 +75,13 @@ class S3HttpReader:
     ) -> dict[str, str]:
         if self._credentials is None:
             return headers
-        get_frozen = getattr(self._credentials, "get_frozen_credentials", None)
-        frozen = (
-            await get_frozen()
-            if asyncio.iscoroutinefunction(get_frozen)
-            else (get_frozen() if get_frozen else self._credentials)
-        )
+        get_frozen = self._get_frozen
+        if get_frozen is None:
+            frozen = self._credentials
+        elif self._frozen_async:
+            frozen = await get_frozen()
+        else:
+            frozen = get_frozen()
         return self._signer.sign(
             method, host, path, query, headers, frozen.access_key, frozen.secret_key, frozen.token
         )

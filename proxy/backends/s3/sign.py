@@ -17,6 +17,9 @@ import time
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ALGORITHM = "AWS4-HMAC-SHA256"
+_NAMES = "host;x-amz-content-sha256;x-amz-date"  # the signed headers, in sorted order
+_NAMES_WITH_TOKEN = _NAMES + ";x-amz-security-token"
+_SHA_LINE = f"x-amz-content-sha256:{EMPTY_SHA256}\n"
 
 
 class Signer:
@@ -24,6 +27,7 @@ class Signer:
         self._region = region
         self._service = service
         self._key: tuple[str, str, bytes] | None = None  # (secret, day, signing key)
+        self._second: tuple[int, str, str] = (-1, "", "")  # (second, x-amz-date, scope)
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         cached = self._key
@@ -34,6 +38,17 @@ class Signer:
             k = hmac.digest(k, part.encode(), "sha256")
         self._key = (secret, day, k)
         return k
+
+    def _stamp(self, now: float | None) -> tuple[str, str]:
+        """(x-amz-date, credential scope) of ``now``: formatted once a second."""
+        second = int(time.time() if now is None else now)
+        cached = self._second
+        if cached[0] == second:
+            return cached[1], cached[2]
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        scope = f"{stamp[:8]}/{self._region}/{self._service}/aws4_request"
+        self._second = (second, stamp, scope)
+        return stamp, scope
 
     def sign(
         self,
@@ -49,37 +64,27 @@ class Signer:
     ) -> dict[str, str]:
         """``headers`` plus the SigV4 ones, for a bodiless request. ``query``: one or more
         ``name=value`` pairs, already encoded (empty for none)."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        day = stamp[:8]
-        signed_headers = {
-            "host": host,
-            "x-amz-content-sha256": EMPTY_SHA256,
-            "x-amz-date": stamp,
-        }
-        if token:
-            signed_headers["x-amz-security-token"] = token
-        names = ";".join(signed_headers)  # already in sorted order
+        stamp, scope = self._stamp(now)
         canonical_query = "&".join(sorted(query.split("&"))) if query else ""
-        canonical = "\n".join(
-            (
-                method,
-                path or "/",
-                canonical_query,
-                "".join(f"{k}:{v}\n" for k, v in signed_headers.items()),
-                names,
-                EMPTY_SHA256,
-            )
+        if token:
+            names = _NAMES_WITH_TOKEN
+            signed = f"host:{host}\n{_SHA_LINE}x-amz-date:{stamp}\nx-amz-security-token:{token}\n"
+        else:
+            names = _NAMES
+            signed = f"host:{host}\n{_SHA_LINE}x-amz-date:{stamp}\n"
+        canonical = f"{method}\n{path or '/'}\n{canonical_query}\n{signed}\n{names}\n{EMPTY_SHA256}"
+        to_sign = (
+            f"{_ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         )
-        scope = f"{day}/{self._region}/{self._service}/aws4_request"
-        to_sign = "\n".join(
-            (_ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest())
-        )
-        signature = hmac.new(
-            self._signing_key(secret, day), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
+        signature = hmac.digest(
+            self._signing_key(secret, stamp[:8]), to_sign.encode(), "sha256"
+        ).hex()
         out = dict(headers)
-        out.update(signed_headers)
-        out["Host"] = out.pop("host")  # sent as signed (aiohttp would drop a default port)
+        out["x-amz-content-sha256"] = EMPTY_SHA256
+        out["x-amz-date"] = stamp
+        if token:
+            out["x-amz-security-token"] = token
+        out["Host"] = host  # sent as signed (aiohttp would drop a default port)
         out["Authorization"] = (
             f"{_ALGORITHM} Credential={access_key}/{scope}, "
             f"SignedHeaders={names}, Signature={signature}"
