@@ -244,7 +244,7 @@ class S3ReadHandlers:
             return whole.respond(request, status, headers, read.body, len(read.body))
         gathered: list[bytes] = []
         failure: BaseException | None = None
-        if not hit and read.length <= WHOLE_MISS_MAX and whole.fits(request, status):
+        if not hit and not rest and read.length <= WHOLE_MISS_MAX and whole.fits(request, status):
             # A small miss comes in one store answer: gathered, it goes out with its headers in
             # one write, as a hit (a streamed answer costs aiohttp's header preparation and a
             # write each for headers and body).
