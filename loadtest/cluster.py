@@ -16,6 +16,11 @@ Figures, each from empty caches:
   round-robin over the nodes; aggregate requests/s. With 3 nodes two requests in three reach
   a node that does not own the object, which streams it from its owner (two hops); the row
   "3 nodes, client sends each key to its owner" shows the cluster without that hop.
+- large objects: ``--shards`` (6; quick 3) objects of ``--shard-mib`` (32) MiB, read whole once
+  each (one reader per shard) round-robin over the nodes, then again: MB/s of each pass,
+  store GETs per chunk (the nodes run with ``cache.chunk_size: 2MiB``; target 1.0), and with
+  3 nodes the share of the shards' bytes each node caches beside the share the ring gives it
+  (per-chunk placement: about a third each, not whole shards on one node).
 - node join: 2 nodes of a 3-member list up and warm (the dataset read once through them),
   then the third starts; once all see it live the dataset is read again, spread over the 3:
   store GETs (with replicas 1 the new node's share is fetched from the store again; nothing
@@ -42,6 +47,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -71,6 +77,13 @@ from tests.servers import free_port  # noqa: E402
 from tests.test_cluster import wait_live  # noqa: E402
 
 SECRET_ENV = "BENCH_CLUSTER_SECRET"
+CHUNK_MIB = 2  # the nodes' cache.chunk_size: a quick run's shards make 48 chunks
+
+
+def cached_bytes(node: ProxyProcess) -> int:
+    """What the node's cache holds, as its admin API says (its own totals)."""
+    with urllib.request.urlopen(f"{node.admin_url}/admin/v1/cache", timeout=10) as resp:
+        return int(json.loads(resp.read())["bytes"])
 
 
 @dataclass
@@ -99,7 +112,11 @@ class Cluster:
     def __init__(self, args: argparse.Namespace, stack: ExitStack, tmp: Path) -> None:
         self.args, self.stack, self.tmp = args, stack, tmp
         store_args = argparse.Namespace(
-            objects=args.objects, shards=0, shard_mib=0, seed=args.seed, latency_ms=args.latency_ms
+            objects=args.objects,
+            shards=args.shards,
+            shard_mib=args.shard_mib,
+            seed=args.seed,
+            latency_ms=args.latency_ms,
         )
         self.store = Bench(store_args, stack, tmp)
         self.items: list[Item] = self.store.small
@@ -120,7 +137,11 @@ class Cluster:
             config: dict[str, Any] = {
                 "workers": 1,
                 "listen": listen,
-                "cache": {"dir": str(tmp / "cache"), "metadata_ttl": "10m"},
+                "cache": {
+                    "dir": str(tmp / "cache"),
+                    "metadata_ttl": "10m",
+                    "chunk_size": f"{CHUNK_MIB}MiB",
+                },
                 "backends": {
                     "store": {
                         "type": "s3",
@@ -204,6 +225,63 @@ class Cluster:
         result.store_requests = sum(counts.values())
         return result
 
+    def run_shards(self, nodes: list[ProxyProcess]) -> dict[str, Any]:
+        """Every shard read whole once, one reader each, round-robin over ``nodes``: the pass's
+        MB/s, store GETs and errors."""
+        self.store.store_log.take()
+        errors: dict[str, int] = {}
+        total = 0
+
+        async def one(session: aiohttp.ClientSession, i: int, key: str, size: int) -> None:
+            nonlocal total
+            node = nodes[i % len(nodes)].config["listen"]
+            try:
+                async with session.get(f"http://{node}/{BUCKET}/{key}") as r:
+                    got = 0
+                    async for piece in r.content.iter_any():
+                        got += len(piece)
+                    ok = r.status == 200 and got == size
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            total += got
+            if not ok:
+                errors["short or failed"] = errors.get("short or failed", 0) + 1
+
+        async def main() -> float:
+            timeout = aiohttp.ClientTimeout(total=600)
+            async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+                started = time.perf_counter()
+                shards = self.store.shards
+                await asyncio.gather(*(one(session, i, k, n) for i, (k, n) in enumerate(shards)))
+                return time.perf_counter() - started
+
+        seconds = uvloop.run(main())
+        counts = self.store.store_log.take()
+        return {
+            "mb_s": round(total / seconds / 1e6, 1) if seconds else 0.0,
+            "store_gets": counts.get("GET", 0),
+            "errors": errors,
+        }
+
+    def shard_shares(self, nodes: list[ProxyProcess], before: list[int]) -> dict[str, Any]:
+        """The bytes of the shards each node cached (its cache's growth since ``before``, once
+        the fills committed) beside what the ring says it owns."""
+        members = [n.config["listen"] for n in nodes]
+        owned = dict.fromkeys(members, 0)
+        size = CHUNK_MIB * 1024**2
+        for key, length in self.store.shards:
+            oid = object_id("store", BUCKET, key)
+            for i in range(-(-length // size)):
+                owner = ring.chunk_owners(oid, i, members, 1)[0]
+                owned[owner] += min(size, length - i * size)
+        deadline = time.monotonic() + 30
+        while True:
+            grown = [cached_bytes(n) - b for n, b in zip(nodes, before, strict=True)]
+            if grown == list(owned.values()) or time.monotonic() > deadline:
+                return {"cached": grown, "owned": list(owned.values())}
+            time.sleep(0.5)
+
     def account(self, result: Pass, node: str, owner: str, key: str, size: int) -> None:
         """A read of ``key`` through ``node``: served from its cache if it holds the key, else
         (not the owner) streamed from the owner, who fetches it from the store unless it holds
@@ -243,6 +321,13 @@ def measure(bench: Cluster) -> dict[str, Any]:
             smart = bench.run(nodes, None, args.seconds, smart=True)
             say(f"  to the owner: {smart.per_s:.0f}/s, errors {smart.errors}")
             out[f"{n}"]["warm_to_owner"] = smart.as_json()
+        if bench.store.shards:
+            say(f"{n} node(s): {len(bench.store.shards)} shards read whole, cold then warm")
+            before = [cached_bytes(node) for node in nodes]
+            cold_shards, warm_shards = bench.run_shards(nodes), bench.run_shards(nodes)
+            shares = bench.shard_shares(nodes, before)
+            say(f"  cold {cold_shards}, warm {warm_shards}, {shares}")
+            out[f"{n}"]["shards"] = {"cold": cold_shards, "warm": warm_shards, **shares}
         bench.stop(nodes)
     listens = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     nodes = bench.nodes(listens, 2)
@@ -292,6 +377,7 @@ def markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         f"| {ratio(c3, c1)} |",
         f"| cold pass reads/s | {one['cold']['per_s']:.0f} | {three['cold']['per_s']:.0f} "
         f"| {ratio(three['cold']['per_s'], one['cold']['per_s'])} |",
+        *_shard_rows(one, three, info),
         "",
         f"Node join (2 warm nodes, a third added, the dataset read again over the 3): "
         f"{re['store_gets']} store GETs for {n} reads ({join['new_owner']} objects now owned by "
@@ -310,11 +396,40 @@ def markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         "of percent with other load on the machine (load average at start: "
         f"{info['loadavg']}).",
     ]
-    errors = sum(sum(p["errors"].values()) for r in (one, three) for p in r.values())
+    passes = [p for r in (one, three) for name, p in r.items() if name != "shards"]
+    passes += [r["shards"][k] for r in (one, three) if "shards" in r for k in ("cold", "warm")]
+    errors = sum(sum(p["errors"].values()) for p in passes)
     errors += sum(sum(p["errors"].values()) for p in (join["warm_up"], re))
     if errors:
         lines.append(f"\nINVALID: {errors} reads failed or returned the wrong size")
     return "\n".join(lines)
+
+
+def _shard_rows(one: dict[str, Any], three: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """The large-object rows (none without shards)."""
+    if "shards" not in one:
+        return []
+    chunks = info["shards"] * -(-info["shard_mib"] // CHUNK_MIB)
+    s1, s3 = one["shards"], three["shards"]
+    cached, owned = s3["cached"], s3["owned"]
+    shares = " / ".join(f"{c / max(1, sum(cached)):.2f}" for c in cached)
+    ring_shares = " / ".join(f"{c / max(1, sum(owned)):.2f}" for c in owned)
+    rows = [
+        f"| large objects ({info['shards']} x {info['shard_mib']} MiB, whole GETs), cold MB/s "
+        f"| {s1['cold']['mb_s']:.0f} | {s3['cold']['mb_s']:.0f} "
+        f"| {s3['cold']['mb_s'] / max(s1['cold']['mb_s'], 0.1):.2f} |",
+        f"| large objects, warm MB/s | {s1['warm']['mb_s']:.0f} | {s3['warm']['mb_s']:.0f} "
+        f"| {s3['warm']['mb_s'] / max(s1['warm']['mb_s'], 0.1):.2f} |",
+        f"| large objects: store GETs per {CHUNK_MIB} MiB chunk, cold (target 1.0) "
+        f"| {s1['cold']['store_gets'] / chunks:.2f} | {s3['cold']['store_gets'] / chunks:.2f} "
+        "| - |",
+        "",
+        f"With 3 nodes each node caches this share of the large objects' bytes: {shares} "
+        f"(the ring's chunk owners: {ring_shares}; {'equal' if cached == owned else 'NOT equal'}"
+        " byte for byte); a whole-object placement would put each shard on one node. Warm "
+        f"store GETs: 1 node {s1['warm']['store_gets']}, 3 nodes {s3['warm']['store_gets']}.",
+    ]
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -326,11 +441,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=64, help="concurrent readers (64)")
     ap.add_argument("--seconds", type=float, help="each warm pass (10; quick 5)")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="relay delay per request (20)")
+    ap.add_argument("--shards", type=int, help="large objects (6; quick 3; 0: none)")
+    ap.add_argument("--shard-mib", type=int, default=32, help="MiB per large object (32)")
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     args.objects = args.objects or (1000 if args.quick else 4000)
     args.seconds = args.seconds or (5.0 if args.quick else 10.0)
+    if args.shards is None:
+        args.shards = 3 if args.quick else 6
     return args
 
 
