@@ -206,7 +206,9 @@ class S3ReadHandlers:
             status = 206
             headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.meta.size}"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            stats.served(read.source, len(read.body), request.get("peer", False))
+            # only a cluster's peer requests are marked (a missing key costs an exception)
+            peer = self.forward is not None and request.get("peer", False)
+            stats.served(read.source, len(read.body), peer)
             first_byte.observe(time.perf_counter() - started)
             return whole.respond(request, status, headers, read.body, len(read.body))
         resp = web.StreamResponse(status=status, headers=headers)
