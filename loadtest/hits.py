@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if got:
                         raise SystemExit(f"fill through {name} failed: {got}")
                 else:
-                    got = asyncio.run(_fill_signed(proxy.url, args.objects))
+                    asyncio.run(_fill_signed(proxy.url, args.objects))
                 f, method, size = next(iter(files[name].values()))
                 run_wrk(
                     proxy.url, f, connections=64, threads=2, duration=2, payload=size, method=method

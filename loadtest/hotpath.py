@@ -167,8 +167,8 @@ async def _rows(objects: int, requests: int, rounds: int, profile: str | None) -
             creds = Credentials(USER_KEY, USER_SECRET)
             amz = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             sig = []
-            for p in paths:
-                req = AWSRequest(method="GET", url=f"http://{HOST}{p}")
+            for target in paths:
+                req = AWSRequest(method="GET", url=f"http://{HOST}{target}")
                 auth = S3SigV4Auth(creds, "s3", "us-east-1")
                 req.context["timestamp"] = amz
                 auth._modify_request_before_signing(req)
@@ -177,9 +177,9 @@ async def _rows(objects: int, requests: int, rounds: int, profile: str | None) -
                 )
                 auth._inject_signature_to_request(req, signature)
                 hdrs = {k: v for k, v in req.headers.items() if k.lower() != "host"}
-                sig.append(make("GET", p, hdrs))
+                sig.append(make("GET", target, hdrs))
             rows["SigV4"] = sig
-            import boto3
+            import boto3  # type: ignore[import-untyped]
             from botocore.config import Config as BotoConfig
 
             client = boto3.client(
