@@ -317,3 +317,30 @@ async def test_overwrite_replaces_the_cached_copy(core: Core) -> None:
     read, body = await _read(core, "obj")
     assert (read.source, body) == ("cache", new)
     assert core.store.gets == 1
+
+
+async def test_hits_raise_a_use_count_once_an_era(core: Core) -> None:
+    """A hit of a record already read once raises its use count at most once per era of use
+    counts (S3-FIFO's frequency): noted for the next flush only while the uses entry is of an
+    older era, and again once the era moves on."""
+    core.put_file("hot", _data(500))
+    await _read(core, "hot")
+    await core.reads.fills.wait_idle()
+    cache, oid = core.cache, oid_of(core.mount, "hot")
+    await _read(core, "hot")  # the first hit of a fresh record: its freq is written
+    await cache._flush_hits()
+    rec = core.record("hot")
+    assert rec.freq > 0
+    era = cache._era = cache._idx.era()  # as the flusher does before each flush
+    if cache._idx.uses_era(oid, rec) != era:
+        await _read(core, "hot")
+        assert cache._reads == {oid: 1}
+        await cache._flush_hits()
+    assert cache._idx.uses_era(oid, core.record("hot")) == era
+    for _ in range(3):  # counted already in this era: nothing more to write
+        await _read(core, "hot")
+    assert cache._reads == {}
+    cache._era = era + 1  # the index's era moved on (as the flusher would learn)
+    for _ in range(2):
+        await _read(core, "hot")
+    assert cache._reads == {oid: 2}, "a hit in a new era did not raise the use count"

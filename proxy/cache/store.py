@@ -24,6 +24,7 @@ from proxy.model import ObjectMeta
 
 HIT_FLUSH_INTERVAL = 1.0
 ATIME_REFRESH = 600.0
+COUNTED_MAX = 50_000  # note_hit's memo of use counts raised this era (cleared when full)
 MAKE_ROOM_TRIES = 3  # evictions (S3-FIFO order) to make room for one chunk file
 
 
@@ -39,6 +40,12 @@ class CacheStore:
         self._hits: dict[bytes, int] = {}
         self._reads: dict[bytes, int] = {}  # hits that only raise use counts (note_hit)
         self._era = 0  # the index's era of use counts, as of the last flush
+        # oid -> the record whose use count was seen raised in era _counted_era: a hit of the
+        # same record (the index's shared parsed record: a changed entry is another object)
+        # skips the uses lookup until the era moves. A uses entry lives as long as its record
+        # and its era only grows, so the answer cannot change meanwhile.
+        self._counted: dict[bytes, Record] = {}
+        self._counted_era = 0
         self._flusher: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -109,8 +116,18 @@ class CacheStore:
         # use count admission compares (eviction.place) is raised once an era, beside it.
         if rec.freq == 0 or now - rec.atime > ATIME_REFRESH:
             self._hits[oid] = self._hits.get(oid, 0) + 1
-        elif self._idx.uses_era(oid, rec) != self._era:
+            return
+        if self._counted_era != self._era:
+            self._counted.clear()
+            self._counted_era = self._era
+        if self._counted.get(oid) is rec:
+            return  # this record's use count was already seen raised in this era
+        if self._idx.uses_era(oid, rec) != self._era:
             self._reads[oid] = self._reads.get(oid, 0) + 1
+        else:
+            if len(self._counted) >= COUNTED_MAX:
+                self._counted.clear()
+            self._counted[oid] = rec
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()

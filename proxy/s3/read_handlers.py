@@ -239,7 +239,9 @@ class S3ReadHandlers:
         if read.clipped and not rest and self.chunks is not None:
             headers[self.chunks.clipped_header()] = "1"
         if read.body is not None:  # a whole inline object: one write, no streaming
-            stats.served(read.source, len(read.body), request.get("peer", False))
+            # only a cluster's peer requests are marked (a missing key costs an exception)
+            peer = self.forward is not None and request.get("peer", False)
+            stats.served(read.source, len(read.body), peer)
             first_byte.observe(time.perf_counter() - started)
             return whole.respond(request, status, headers, read.body, len(read.body))
         gathered: list[bytes] = []
