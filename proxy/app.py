@@ -101,7 +101,7 @@ class S3Server:
                 self._fill,
             )
             read_handlers.forward = self.cluster.forward
-            read_handlers.forward_cached = self.cluster.forward_cached
+            read_handlers.forwards = self.cluster.takes
             read_handlers.chunks = self.cluster.chunk_reads
             fanout.serve(self.cluster, router, reads, self.cache, self.cfg.buckets)
             lock = self.cache.root / "warmer.lock"

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from proxy import errors, log, metrics
 from proxy.backends.s3.codec import meta_from_headers
+from proxy.cache.record import Record
 from proxy.cluster import peers, ring
 from proxy.cluster.source import CLIP_HEADER, PeerSource
 from proxy.core.metadata import oid_of
@@ -73,15 +74,12 @@ class ChunkReads:
     def clipped_header(self) -> str:
         return CLIPPED_HEADER
 
-    def elsewhere(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
-        """A GET of a large object cached here in part whose range starts in a chunk another
-        node owns, or one this node owns and lacks (filled from the other owners)."""
+    def elsewhere(self, request: web.BaseRequest, mount: Mount, oid: bytes, rec: Record) -> bool:
+        """A GET of a large object cached here in part (``rec``, its index entry) whose range
+        starts in a chunk another node owns, or one this node owns and lacks (filled from the
+        other owners)."""
         c = self._cluster
-        if not self.clips(request, mount):
-            return False
-        oid = oid_of(mount, key)
-        rec, _ = c.lookup(oid)
-        if rec is None or rec.size <= self._cs:
+        if not self.clips(request, mount) or rec.size <= self._cs:
             return False  # an object of one chunk: the object's own rules
         index = first_chunk(request, self._cs, rec.size)
         if c.self_addr not in c.chunk_owners(oid, index):

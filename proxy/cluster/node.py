@@ -344,12 +344,19 @@ class Cluster:
         ranked next)."""
         return ring.owners(oid_of(mount, key), self.members.live(), self.cfg.replicas + beyond)
 
-    def forward_cached(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
-        """A read of ``key`` (a remote key) goes through forward() though this node caches
-        some of it: keeps_copy, or a large object's chunk read elsewhere (chunks.py)."""
+    def takes(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
+        """forward() takes this GET or HEAD of ``key`` (a remote key): it is not cached here
+        (for a GET: no bytes here, a HEAD's metadata at most), or it is, but read through
+        other nodes: keeps_copy, or a large object's chunk read elsewhere (chunks.py)."""
+        if not mount.cacheable:
+            return False
+        oid = oid_of(mount, key)
+        rec, inline = self.lookup(oid)
+        if rec is None or (request.method == "GET" and inline is None and rec.chunks == 0):
+            return True
         if self.keeps_copy(mount, key):
             return True
-        return self.chunk_reads is not None and self.chunk_reads.elsewhere(request, mount, key)
+        return self.chunk_reads is not None and self.chunk_reads.elsewhere(request, mount, oid, rec)
 
     def keeps_copy(self, mount: Mount, key: str) -> bool:
         """A read of ``key`` (a remote key) here keeps a local copy (cluster.local_copy): this

@@ -43,18 +43,6 @@ class Reads:
     async def head(self, mount: Mount, key: str) -> ObjectMeta:
         return await self.metadata.head(mount, key)
 
-    def cached(self, mount: Mount, key: str) -> bool:
-        """Whether the index holds an entry for ``key`` (fresh or not, whole or not)."""
-        return mount.cacheable and self.cache.lookup(oid_of(mount, key))[0] is not None
-
-    def has_bytes(self, mount: Mount, key: str) -> bool:
-        """Whether the index holds some of ``key``'s body (inline or a chunk), not only the
-        metadata a HEAD cached."""
-        if not mount.cacheable:
-            return False
-        rec, inline = self.cache.lookup(oid_of(mount, key))
-        return rec is not None and (inline is not None or rec.chunks != 0)
-
     def invalidate(self, oid: bytes) -> None:
         """A write or delete of this object is under way or done: no fill or revalidation
         begun before now may speak for it."""

@@ -60,9 +60,9 @@ class S3ReadHandlers:
         # with a cluster: a GET or HEAD of an object not cached here that another node owns
         # goes there
         self.forward: Forward | None = None
-        # whether forward also takes a read of an object cached here (a cluster local copy,
-        # a chunk another node owns)
-        self.forward_cached: Callable[[web.BaseRequest, Mount, str], bool] | None = None
+        # whether forward takes this GET or HEAD (not cached here, or cached but read through
+        # other nodes: a cluster local copy, a chunk another node owns); one index lookup
+        self.forwards: Callable[[web.BaseRequest, Mount, str], bool] | None = None
         self.chunks: Chunks | None = None
         self.part_ranges = PartRanges(reads)
         self.listing = listing
@@ -147,14 +147,11 @@ class S3ReadHandlers:
             )
         return await self.part_ranges.span(mount, key, number)
 
-    def _forward_cached(self, request: web.BaseRequest, mount: Mount, key: str) -> bool:
-        return self.forward_cached is not None and self.forward_cached(request, mount, key)
-
     async def head_object(
         self, request: web.BaseRequest, mount: Mount, key: str, query: dict[str, str]
     ) -> web.StreamResponse:
-        if self.forward is not None and "partNumber" not in query:
-            if not self.reads.cached(mount, key) or self._forward_cached(request, mount, key):
+        if self.forward is not None and self.forwards is not None and "partNumber" not in query:
+            if self.forwards(request, mount, key):
                 forwarded = await self.forward(request, mount, key)
                 if forwarded is not None:
                     return forwarded
@@ -189,11 +186,9 @@ class S3ReadHandlers:
         started = time.perf_counter()
         if (
             self.forward is not None
+            and self.forwards is not None
             and "partNumber" not in query
-            and (
-                not self.reads.has_bytes(mount, key)  # a HEAD's metadata: a miss (replicas)
-                or self._forward_cached(request, mount, key)
-            )
+            and self.forwards(request, mount, key)
         ):
             forwarded = await self.forward(request, mount, key)
             if forwarded is not None:
