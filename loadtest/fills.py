@@ -147,13 +147,21 @@ def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
 
 
 def start_proxy(
-    stack: ExitStack, weed: SeaweedFS, root: Path, checkout: Path, workers: int
+    stack: ExitStack,
+    weed: SeaweedFS,
+    root: Path,
+    checkout: Path,
+    workers: int,
+    more: dict[str, Any] | None = None,
+    env_more: dict[str, str] | None = None,
 ) -> ProxyProcess:
-    """Slipstream from ``checkout`` (its own cache under ``root``), in front of ``weed``."""
+    """Slipstream from ``checkout`` (its own cache under ``root``), in front of ``weed``;
+    ``more``: config sections added (``cache`` merged), ``env_more``: its environment."""
+    more = dict(more or {})
     config: dict[str, Any] = {
         "workers": workers,
         "log": {"access_log": False},
-        "cache": {"dir": str(root / "cache"), "max_size": "4GiB"},
+        "cache": {"dir": str(root / "cache"), "max_size": "4GiB", **more.pop("cache", {})},
         "backends": {
             "store": {
                 "type": "s3",
@@ -164,7 +172,8 @@ def start_proxy(
         },
         "buckets": {"*": {"backend": "store"}},
     }
-    env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key}
+    config.update(more)
+    env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key, **(env_more or {})}
     proxy = ProxyProcess(config, root, env, ready_timeout=60)
     stack.callback(proxy.stop)
     saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout  # imported from there

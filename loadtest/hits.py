@@ -48,8 +48,6 @@ from loadtest.fastpath import (  # noqa: E402
     wrk_line,
 )
 from loadtest.fills import (  # noqa: E402
-    ACCESS_ENV,
-    SECRET_ENV,
     SIZE,
     _get_all,
     group_cpu,
@@ -58,7 +56,7 @@ from loadtest.fills import (  # noqa: E402
     say,
     seed,
 )
-from tests import proxyproc  # noqa: E402
+from loadtest.fills import start_proxy as fills_proxy  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import SeaweedFS, make_s3_client  # noqa: E402
 
@@ -68,34 +66,15 @@ BUCKET = "fills"  # what loadtest.fills.seed creates
 def start_proxy(
     stack: ExitStack, weed: SeaweedFS, root: Path, checkout: Path, signed: bool
 ) -> ProxyProcess:
-    config: dict[str, Any] = {
-        "workers": 1,
-        "log": {"access_log": False},
-        "cache": {"dir": str(root / "cache"), "max_size": "4GiB", "metadata_ttl": "1h"},
-        "backends": {
-            "store": {
-                "type": "s3",
-                "endpoint": weed.url,
-                "access_key_env": ACCESS_ENV,
-                "secret_key_env": SECRET_ENV,
-            }
-        },
-        "buckets": {"*": {"backend": "store"}},
-    }
-    env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key}
+    """fills.py's proxy (1 worker) with a long metadata_ttl; ``signed``: with a reading user."""
+    more: dict[str, Any] = {"cache": {"metadata_ttl": "1h"}}
+    env: dict[str, str] = {}
     if signed:
-        config["auth"] = {
+        more["auth"] = {
             "users": [{"access_key": USER_KEY, "secret_key_env": USER_ENV, "allow": {"*": "read"}}]
         }
         env[USER_ENV] = USER_SECRET
-    proxy = ProxyProcess(config, root, env, ready_timeout=60)
-    stack.callback(proxy.stop)
-    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
-    try:
-        proxy.start()
-    finally:
-        proxyproc.REPO_ROOT = saved
-    return proxy
+    return fills_proxy(stack, weed, root, checkout, 1, more, env)
 
 
 async def _fill_signed(url: str, n: int) -> None:
