@@ -401,7 +401,9 @@ class Cluster:
         is its first owner: None (read through the store here), and a GET asks the other owners
         to replicate it from here. Another owner: a GET fills the replica here from the other
         owners (the store last) while it answers; a HEAD asks them. None also when no owner
-        answered (the caller reads through, as a single node does)."""
+        answered (the caller reads through, as a single node does). A GET's owners are those
+        of the chunk its range starts in (the object's for chunk 0), and the answer stops at
+        that chunk's end when the object spans more (chunks.py: the rest follows)."""
         if not mount.cacheable or request.get("routed"):
             return None
         request["routed"] = True  # the answer below may come back here: once is enough
