@@ -6,7 +6,7 @@ A client's GET through any node goes, as before, to the owners of the chunk its 
 (the object's owners for a plain GET), which answer as always, except that the answer stops at
 the end of that chunk when the object spans more (CLIP_HEADER asks for this, CLIPPED_HEADER on
 the answer says it happened): a small object's GET is unchanged, and a large one's first chunk
-brings its metadata. The node the client asked then sends the rest of the range itself (rest()):
+brings its metadata. The node the client asked then sends the rest of the range itself (send_rest):
 each chunk's span from that chunk's first live owner (a peer GET: Range, If-Match the ETag,
 CLIP_HEADER), which reads it through its own cache (the store on a miss, only that chunk
 cached there); this node asks itself over the same route when it owns the chunk. An owner
