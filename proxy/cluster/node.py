@@ -39,7 +39,6 @@ from proxy.s3.parse import RESPONSE_OVERRIDES
 from proxy.s3.responses import request_ids
 
 PeerGet = Callable[[web.BaseRequest, Mount, str], Awaitable[web.StreamResponse]]
-Write = Callable[[bytes], Awaitable[None]]
 Drop = Callable[[bytes], Awaitable[None]]  # drop the cached copy of an oid, refuse older fills
 Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Lookup = Callable[[bytes], tuple[Record | None, bytes | None]]  # the index's entry of an oid
@@ -145,9 +144,9 @@ class Cluster:
     def holds(self, mount: Mount, key: str, rng: str | None = None) -> bool:
         """This node's cache holds all of ``key`` (a remote key): inline, or every chunk (the
         chunks the Range header ``rng`` needs, with one)."""
-        if not mount.cacheable or self._lookup is None:
+        if not mount.cacheable:
             return False
-        rec, inline = self._lookup(oid_of(mount, key))
+        rec, inline = self.lookup(oid_of(mount, key))
         if rec is None:
             return False
         if inline is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import aiohttp
@@ -199,6 +199,3 @@ def local_mount(mount: Mount, call: Call, path_qs: str, owners: list[str]) -> Mo
     has its replicas filled as usual), the records in the cache group quota.LOCAL."""
     source = PeerSource(mount.backend, call, path_qs, owners, replica=False)
     return dataclasses.replace(mount, backend=cast(Backend, source), group=LOCAL)
-
-
-Fill = Callable[[Mount, str], Awaitable[None]]

@@ -88,7 +88,7 @@ class Reads:
                 self.ahead.note(mount, key, oid, rec, meta, first, last)
         else:
             first, last = 0, meta.size - 1
-        clipped = clip and meta.size > self.cs and last >= (first // self.cs + 1) * self.cs
+        clipped = clip and last >= (first // self.cs + 1) * self.cs  # past its first chunk
         if clipped:
             last = (first // self.cs + 1) * self.cs - 1
         if rec is not None:
