@@ -128,7 +128,7 @@ class Fanout:
 
     async def _fill_on(self, member: str, path_qs: str) -> dict[str, Any]:
         try:
-            async with self._cluster._call("POST", member, path_qs, {}, FILL_TIMEOUT) as resp:
+            async with self._cluster.call_peer("POST", member, path_qs, {}, FILL_TIMEOUT) as resp:
                 if resp.status != 200:
                     raise _Unanswered(f"it answered {resp.status}")
                 lines = (await resp.read()).strip().splitlines()  # keepalives, the answer
@@ -164,7 +164,7 @@ class Fanout:
 
     async def _apply_on(self, member: str, path_qs: str) -> dict[str, Any]:
         try:
-            async with self._cluster._call("POST", member, path_qs, {}, APPLY_TIMEOUT) as resp:
+            async with self._cluster.call_peer("POST", member, path_qs, {}, APPLY_TIMEOUT) as resp:
                 if resp.status != 200:
                     return {"address": member, "error": f"it answered {resp.status}"}
                 said = json.loads(await resp.read())
@@ -238,7 +238,7 @@ class _Owner:
         source = mount
         if others and owners[0] != c.self_addr:
             path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
-            source = replica_mount(mount, c._call, path_qs, others)
+            source = replica_mount(mount, c.call_peer, path_qs, others)
         got = await drain_chunk(self._reads, source, remote, index)
         if pin:
             await self._cache.pin_objects([oid])

@@ -144,9 +144,7 @@ class Cluster:
     def holds(self, mount: Mount, key: str, rng: str | None = None) -> bool:
         """This node's cache holds all of ``key`` (a remote key): inline, or every chunk (the
         chunks the Range header ``rng`` needs, with one)."""
-        if not mount.cacheable:
-            return False
-        rec, inline = self.lookup(oid_of(mount, key))
+        rec, inline = self._held(mount, key)
         if rec is None:
             return False
         if inline is not None:
@@ -158,6 +156,17 @@ class Cluster:
             return False
         cs = self._chunk_size
         return all(rec.has_chunk(i) for i in range(first // cs, last // cs + 1))
+
+    def holds_chunk(self, mount: Mount, key: str, index: int) -> bool:
+        """This node's cache holds chunk ``index`` of ``key`` (a remote key); an inline object
+        is its one chunk."""
+        rec, inline = self._held(mount, key)
+        return rec is not None and (inline is not None or rec.has_chunk(index))
+
+    def _held(self, mount: Mount, key: str) -> tuple[Record | None, bytes | None]:
+        if not mount.cacheable:
+            return None, None
+        return self.lookup(oid_of(mount, key))
 
     def view(self) -> tuple[str, bool]:
         """This node's live view (a fingerprint) and whether everything it caches was cached
@@ -201,12 +210,6 @@ class Cluster:
         """Run ``work`` until it ends or this node closes (warmer.py's pass loop)."""
         self._spawn(work)
 
-    def call(
-        self, method: str, member: str, path_qs: str, headers: dict[str, str], data: bytes
-    ) -> Any:
-        """A signed peer request with a body: its context manager (warmer.py's holdings)."""
-        return self._call(method, member, path_qs, headers, data=data)
-
     async def fill(self, source: Mount, remote: str, index: int) -> None:
         """Read chunk ``index`` of ``remote`` (0: all of an object of one chunk) into this
         node's cache from ``source`` (warmer.py's)."""
@@ -230,7 +233,7 @@ class Cluster:
         }
 
     # -- the client side ----------------------------------------------------------------------
-    def _call(
+    def call_peer(
         self,
         method: str,
         member: str,
@@ -239,6 +242,7 @@ class Cluster:
         timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
         data: bytes | None = None,
     ) -> Any:
+        """A signed request to a peer (``data``: its body): aiohttp's context manager."""
         assert self._session is not None, "start() first"
         signed = peers.sign(self._secret, method, path_qs)
         url = URL(f"http://{member}{path_qs}", encoded=True)  # sent as signed, not requoted
@@ -248,7 +252,7 @@ class Cluster:
     async def check(self, member: str) -> bool:
         """The member's peer health route answers 200 to a signed request (and says what it
         caches, kept for the cluster view)."""
-        async with self._call("GET", member, peers.HEALTH_PATH, {}) as resp:
+        async with self.call_peer("GET", member, peers.HEALTH_PATH, {}) as resp:
             if resp.status != 200:
                 return False
             try:
@@ -308,27 +312,20 @@ class Cluster:
         """How large objects are cut into chunks, each placed on its own (0: not known yet)."""
         return self._chunk_size
 
-    def call_peer(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
-        """A signed peer request: its context manager (chunks.py's)."""
-        return self._call(method, member, path_qs, headers)
-
     def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
         """The cache index's entry of ``oid`` (none before use_index())."""
         return self._lookup(oid) if self._lookup is not None else (None, None)
 
     async def post(self, member: str, path_qs: str, expect: int) -> str | None:
-        return await self._post(member, path_qs, expect)
-
-    async def _post(self, member: str, path_qs: str, expect: int) -> str | None:
         """A signed POST with a short timeout; None when answered ``expect``, else why not."""
         try:
-            async with self._call("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
+            async with self.call_peer("POST", member, path_qs, {}, INVALIDATE_TIMEOUT) as resp:
                 return None if resp.status == expect else f"it answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__  # not str(exc): it may name the URL, the client's key
 
     async def _invalidate_on(self, member: str, path_qs: str) -> None:
-        why = await self._post(member, path_qs, 204)
+        why = await self.post(member, path_qs, 204)
         if why is None:
             return
         log.cluster.warning(
@@ -374,7 +371,7 @@ class Cluster:
 
     def handoff_call(self, method: str, member: str, path_qs: str, headers: dict[str, str]) -> Any:
         timeout = HANDOFF_TIMEOUT if HANDOFF_HEADER in headers else PEER_TIMEOUT
-        return self._call(method, member, path_qs, headers, timeout)
+        return self.call_peer(method, member, path_qs, headers, timeout)
 
     def _source(
         self, mount: Mount, key: str, path_qs: str, others: list[str], index: int = 0
@@ -440,7 +437,7 @@ class Cluster:
         overrides = "&" + urllib.parse.urlencode(wanted) if wanted else ""  # response-*
         for member in owners:
             try:
-                resp = await self._call(request.method, member, path_qs + overrides, passed)
+                resp = await self.call_peer(request.method, member, path_qs + overrides, passed)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = type(exc).__name__  # not str(exc): it may name the URL, the client's key
                 log.server.info("cluster: owner %s did not answer (%s); next", member, why)
@@ -509,7 +506,7 @@ class Cluster:
         if index:
             path_qs += f"&chunk={index}"
         for member in others:
-            why = await self._post(member, path_qs, 202)
+            why = await self.post(member, path_qs, 202)
             if why is not None:
                 log.cluster.info("cluster: owner %s was not told to replicate (%s)", member, why)
 

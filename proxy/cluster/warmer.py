@@ -241,7 +241,9 @@ class Warmer:
         gate = asyncio.Semaphore(WARM_CONCURRENCY)
         tasks: set[asyncio.Task[bool | None]] = set()
         try:
-            async with self._cluster.call("POST", peer, HOLDINGS_PATH, {}, body.encode()) as resp:
+            async with self._cluster.call_peer(
+                "POST", peer, HOLDINGS_PATH, {}, data=body.encode()
+            ) as resp:
                 if resp.status != 200:
                     resp.release()
                     raise ValueError(f"answered {resp.status}")
@@ -267,12 +269,12 @@ class Warmer:
             await asyncio.sleep(0)  # behind whatever client read is ready to run
             mount = self._router.resolve(str(said["bucket"]))
             remote = mount.remote_key(str(said["key"]))
-            oid, cs, c = oid_of(mount, remote), self._cluster.chunk_size, self._cluster
+            oid, c = oid_of(mount, remote), self._cluster
             moved: bool | None = None
             for index in [int(i) for i in said.get("chunks", [0])]:
                 if c.self_addr not in c.chunk_owners(oid, index):
                     continue
-                if c.holds(mount, remote, f"bytes={index * cs}-{(index + 1) * cs - 1}"):
+                if c.holds_chunk(mount, remote, index):
                     continue
                 if not await self._fill(peer, mount, str(said["key"]), remote, index):
                     return False
