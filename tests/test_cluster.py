@@ -26,6 +26,7 @@ import pytest
 
 from proxy.cache.record import object_id
 from proxy.cluster import peers, ring
+from proxy.jobs.client import AdminClient
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.etcd_server import EtcdServer
 from tests.faultkit import get_body, new_bucket, payload, proxy_config, scrape, store_env
@@ -57,6 +58,15 @@ def wait_live(nodes: list[ProxyProcess], want: list[str], timeout: float = 15.0)
         time.sleep(0.1)
     views = [admin(n, "/admin/v1/cluster")["live"] for n in nodes]
     raise AssertionError(f"live members never became {sorted(want)}: {views}")
+
+
+def job_ended(client: AdminClient, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The warm job's record once it left "queued" and "running"."""
+    deadline = time.monotonic() + timeout
+    while (job := client.job(job_id))["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
 
 
 Cluster = tuple[str, dict[str, bytes], list[ProxyProcess]]

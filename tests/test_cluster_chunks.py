@@ -26,7 +26,7 @@ from tests.faultkit import audit_cache, get_body, new_bucket, payload
 from tests.proxyproc import ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
-from tests.test_cluster import start_nodes, wait_live
+from tests.test_cluster import job_ended, start_nodes, wait_live
 
 CHUNK = 1024 * 1024
 BIG = 6 * CHUNK + 123_457  # seven chunks, the last a short one
@@ -249,11 +249,7 @@ def test_a_warm_job_fills_each_chunk_on_its_owners_once(
     oid = object_id("store", bucket, big)
     owners = [ring.chunk_owners(oid, i, members, 2) for i in range(CHUNKS)]
     client = AdminClient(nodes[1].admin_url)
-    job_id = client.warm({"bucket": bucket, "prefix": "", "concurrency": 4})
-    deadline = time.monotonic() + 120
-    while (job := client.job(job_id))["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = job_ended(client, client.warm({"bucket": bucket, "prefix": "", "concurrency": 4}))
     assert job["state"] == "done", job
     assert (job["objects_done"], job["failed"]) == (len(bodies), 0), job
     assert job["bytes_done"] == sum(len(b) for b in bodies.values()), job

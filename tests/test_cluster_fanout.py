@@ -23,6 +23,7 @@ from tests.test_cluster import (  # noqa: F401 (the fixtures)
     OBJECTS,
     ClusterFactory,
     admin,
+    job_ended,
     make_cluster,
     placement,
     relay,
@@ -54,11 +55,7 @@ def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
     per_member = Counter(m for o in owners.values() for m in o)
     poster = min(nodes, key=lambda n: per_member[n.config["listen"]])
     client = AdminClient(poster.admin_url)
-    job_id = client.warm({"bucket": bucket, "prefix": "obj/", "concurrency": 8})
-    deadline = time.monotonic() + 120
-    while (job := client.job(job_id))["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = job_ended(client, client.warm({"bucket": bucket, "prefix": "obj/", "concurrency": 8}))
     assert job["state"] == "done", job
     assert (job["objects_done"], job["fetched"], job["failed"]) == (OBJECTS, OBJECTS, 0), job
     assert job["bytes_done"] == sum(len(b) for b in bodies.values())
@@ -68,9 +65,7 @@ def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
     assert sum(held(nodes).values()) == 2 * OBJECTS
     # the same job again: every owner has every object, nothing is fetched
     relay.reset()
-    again = client.warm({"bucket": bucket, "prefix": "obj/"})
-    while (job := client.job(again))["state"] in ("queued", "running"):
-        time.sleep(0.2)
+    job = job_ended(client, client.warm({"bucket": bucket, "prefix": "obj/"}))
     assert (job["state"], job["cached"], job["fetched"]) == ("done", OBJECTS, 0), job
     assert object_gets(relay, bucket) == Counter()
     # and reads through any node are served by the cluster, no store GET
@@ -79,9 +74,7 @@ def test_a_warm_job_fills_each_object_on_exactly_its_owners_once(
         assert get_body(f"{rnd.choice(nodes).url}/{bucket}/{key}") == (200, body), key
     assert object_gets(relay, bucket) == Counter()
     # a missing key fails on the owner, and the job says which and why
-    bad = client.warm({"bucket": bucket, "keys": ["obj/000", "obj/no-such-key"]})
-    while (job := client.job(bad))["state"] in ("queued", "running"):
-        time.sleep(0.2)
+    job = job_ended(client, client.warm({"bucket": bucket, "keys": ["obj/000", "obj/no-such-key"]}))
     assert job["state"] == "failed" and job["objects_done"] == 1, job
     assert [f["key"] for f in job["failures"]] == ["obj/no-such-key"], job
     assert job["failures"][0]["error"].startswith("NoSuchKey"), job
