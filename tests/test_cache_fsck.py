@@ -3,6 +3,7 @@ keeps, and that its in-place reading of records (record.glance) agrees with Reco
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from proxy.cache.index import Txn
@@ -112,3 +113,105 @@ def test_fsck_regroups_only_records_whose_quota_changed(tmp_path: Path) -> None:
     after.fsck()  # already in place: nothing moves twice
     assert after._idx.counters(used_key("A")) == [10]
     after._idx.close()
+
+
+# -- the clean-stop marker (cleanstop): a clean restart skips the walk, nothing else does --------
+
+
+def _one_inline(store: CacheStore, name: str, *, value: bool = True) -> bytes:
+    """Commit one inline record (``value`` False: its value missing, as a crash could leave)."""
+    oid = object_id("store", "b", name)
+
+    def put(t: Txn) -> None:
+        t.insert(oid, _rec(name, 10, inline=True))
+        if value:
+            t.txn.put(oid, b"v" * 10, db=t.index.data)
+
+    store._idx.run_sync(put)
+    return oid
+
+
+async def _open_checked(
+    root: Path, quotas: tuple[QuotaRule, ...] = ()
+) -> tuple[CacheStore, dict[str, int]]:
+    store = CacheStore(_cfg(root), quotas)
+    store.open_sync()
+    stats = store.fsck()
+    await store.open()
+    return store, stats
+
+
+async def test_a_clean_stop_lets_the_next_start_skip_the_walk(tmp_path: Path) -> None:
+    store, stats = await _open_checked(tmp_path)
+    assert stats["walked"] == 1  # a new cache: no marker
+    oid = _one_inline(store, "kept")
+    await store.close()
+    assert (tmp_path / "index" / "clean-stop").exists()
+
+    store, stats = await _open_checked(tmp_path)
+    assert stats["walked"] == 0
+    assert not (tmp_path / "index" / "clean-stop").exists(), "taken before serving"
+    assert store.lookup(oid)[1] == b"v" * 10
+    store._idx.close()  # a crash: the store is not closed, no marker is written
+
+    store, stats = await _open_checked(tmp_path)
+    assert stats["walked"] == 1
+    await store.close()
+
+
+async def test_after_an_unclean_stop_the_walk_drops_what_lost_its_value(tmp_path: Path) -> None:
+    store, _ = await _open_checked(tmp_path)
+    lost = _one_inline(store, "lost", value=False)
+    store._idx.close()  # killed: no marker
+
+    store, stats = await _open_checked(tmp_path)
+    assert (stats["walked"], stats["missing"]) == (1, 1)
+    assert store.lookup(lost) == (None, None)
+    await store.close()
+
+
+async def test_a_commit_after_the_clean_stop_means_a_walk(tmp_path: Path) -> None:
+    """Another process (an older version too, which knows no marker) committed since the
+    clean stop: the marker no longer speaks for the index."""
+    store, _ = await _open_checked(tmp_path)
+    await store.close()
+    other = CacheStore(_cfg(tmp_path))  # opened without the check, as an older version's
+    other.open_sync()
+    lost = _one_inline(other, "lost", value=False)
+    other._idx.close()
+
+    store, stats = await _open_checked(tmp_path)
+    assert (stats["walked"], stats["missing"]) == (1, 1)
+    assert store.lookup(lost) == (None, None)
+    await store.close()
+
+
+async def test_changed_quotas_after_a_clean_stop_mean_a_walk(tmp_path: Path) -> None:
+    store, _ = await _open_checked(tmp_path)
+    oid = _one_inline(store, "q")
+    await store.close()
+
+    rule = QuotaRule("A", "store", "b", "", 100)
+    store, stats = await _open_checked(tmp_path, (rule,))
+    assert stats["walked"] == 1
+    rec = store._idx.get(oid)
+    assert rec is not None and rec.quota == "A"
+    await store.close()
+    store, stats = await _open_checked(tmp_path, (QuotaRule("A", "store", "b", "", 999),))
+    assert stats["walked"] == 0, "a new limit groups nothing differently"
+    await store.close()
+
+
+async def test_a_marker_of_another_index_is_not_taken_for_this_one(tmp_path: Path) -> None:
+    store, _ = await _open_checked(tmp_path)
+    await store.close()
+    marker = (tmp_path / "index" / "clean-stop").read_bytes()
+    shutil.rmtree(tmp_path / "index")  # the index rebuilt from nothing, an old marker put back
+    store, _ = await _open_checked(tmp_path)
+    lost = _one_inline(store, "lost", value=False)
+    store._idx.close()
+    (tmp_path / "index" / "clean-stop").write_bytes(marker)
+
+    store, stats = await _open_checked(tmp_path)
+    assert stats["walked"] == 1 and store.lookup(lost) == (None, None)
+    await store.close()
