@@ -219,6 +219,28 @@ class Record:
         for _ in range(2):
             count = int(next(rest))
             dicts.append({next(rest): next(rest) for _ in range(count)})
+        return cls._of(
+            flags,
+            (size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era),
+            (key, backend, bucket, etag, ctype, gen, quota),
+            chunks,
+            dicts[0],
+            dicts[1],
+        )
+
+    @classmethod
+    def _of(
+        cls,
+        flags: int,
+        nums: tuple[int, int, float, float, float, int, int, int, int, int, int],
+        texts: tuple[str, str, str, str, str, str, str],
+        chunks: int,
+        meta: dict[str, str],
+        headers: dict[str, str],
+    ) -> Record:
+        """A record from a binary form's fields (``nums`` and ``texts`` in _FIXED's order)."""
+        size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era = nums
+        key, backend, bucket, etag, ctype, gen, quota = texts
         return cls(
             key=key,
             backend=backend,
@@ -228,8 +250,8 @@ class Record:
             mtime=mtime,
             ctype=ctype,
             validated=validated,
-            meta=dicts[0],
-            headers=dicts[1],
+            meta=meta,
+            headers=headers,
             md5=bool(flags & _MD5),
             gen=gen,
             inline=bool(flags & _INLINE),
@@ -286,32 +308,13 @@ class Record:
             dicts.append(pairs)
         if flags & _GEN_DERIVED:
             gen = generation(etag, size)
-        return cls(
-            key=key,
-            backend=backend,
-            bucket=bucket,
-            etag=etag,
-            size=size,
-            mtime=mtime,
-            ctype=ctype,
-            validated=validated,
-            meta=dicts[0],
-            headers=dicts[1],
-            md5=bool(flags & _MD5),
-            gen=gen,
-            inline=bool(flags & _INLINE),
-            chunks=int.from_bytes(bitmap, "little"),
-            stored=stored,
-            queue="M" if flags & _MAIN else "S",
-            qseq=qseq,
-            freq=freq,
-            hits=hits,
-            atime=atime,
-            pinned=bool(flags & _PINNED),
-            quota=quota.decode("utf-8", "surrogatepass"),
-            gseq=gseq,
-            uses=uses,
-            uses_era=uses_era,
+        return cls._of(
+            flags,
+            (size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era),
+            (key, backend, bucket, etag, ctype, gen, quota.decode("utf-8", "surrogatepass")),
+            int.from_bytes(bitmap, "little"),
+            dicts[0],
+            dicts[1],
         )
 
     def _dumps_json(self) -> bytes:
@@ -390,6 +393,9 @@ def _put_text(out: bytearray, data: bytes) -> None:
 
 def _uint(raw: bytes, at: int) -> tuple[int, int]:
     """The varint at ``at`` and where the next field starts."""
+    n = raw[at]
+    if n < 0x80:  # the most common: one byte
+        return n, at + 1
     n, shift = 0, 0
     while True:
         byte = raw[at]
@@ -406,14 +412,10 @@ def _text(raw: bytes, at: int) -> tuple[bytes, int]:
 
 
 def _uints(raw: bytes, at: int, count: int) -> tuple[list[int], int]:
-    """``count`` varints from ``at`` (a one-byte one, the most common, without a call)."""
+    """``count`` varints from ``at``."""
     out = []
     for _ in range(count):
-        n = raw[at]
-        if n < 0x80:
-            at += 1
-        else:
-            n, at = _uint(raw, at)
+        n, at = _uint(raw, at)
         out.append(n)
     return out, at
 
@@ -422,13 +424,8 @@ def _texts(raw: bytes, at: int, count: int) -> tuple[list[str], int]:
     """``count`` UTF-8 texts from ``at``."""
     out = []
     for _ in range(count):
-        n = raw[at]
-        if n < 0x80:
-            at += 1
-        else:
-            n, at = _uint(raw, at)
-        out.append(raw[at : at + n].decode("utf-8", "surrogatepass"))
-        at += n
+        t, at = _text(raw, at)
+        out.append(t.decode("utf-8", "surrogatepass"))
     return out, at
 
 
