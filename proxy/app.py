@@ -333,12 +333,12 @@ async def serve_single(cfg: Config) -> None:
 # -- several worker processes -------------------------------------------------------------------
 
 
-def _worker_main(arg: tuple[Config, ReadFeed, MpEvent], ready: MpEvent) -> None:
+def _worker_main(arg: tuple[Config, ReadFeed, MpEvent, int], ready: MpEvent) -> None:
     """A worker: spawned (and its imports done) while the supervisor checks the cache; it
-    opens the cache and serves once ``checked`` is set, or exits if the supervisor went."""
-    cfg, feed, checked = arg
+    opens the cache and serves once ``checked`` is set, or exits if the supervisor (the
+    process ``supervisor``, perhaps gone before this one got here) is no longer its parent."""
+    cfg, feed, checked, supervisor = arg
     log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
-    supervisor = os.getppid()
     while not checked.wait(1.0):
         if os.getppid() != supervisor:
             return
@@ -432,7 +432,8 @@ async def serve_workers(cfg: Config) -> None:
     # the workers start (a Python start and its imports take seconds) while the cache is
     # checked, and wait for ``checked`` before they open it
     checked = multiprocessing.get_context("spawn").Event()
-    workers = WorkerPool(_worker_main, (cfg, core.feed, checked), cfg.workers, cfg.listen)
+    arg = (cfg, core.feed, checked, os.getpid())
+    workers = WorkerPool(_worker_main, arg, cfg.workers, cfg.listen)
     try:
         health, stop, cache, admin, jobs = await _prepare(
             cfg, core.prefetcher, cache, cluster, early=workers.start
