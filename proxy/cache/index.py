@@ -449,20 +449,16 @@ class Index:
         return result
 
     def identity(self) -> tuple[int, int]:
-        """(the index file's inode, its last committed transaction id): which index, and
-        whether anything was committed to it since (an empty transaction commits nothing)."""
+        """(the index file's inode, the last transaction id: an empty one commits nothing)."""
         return os.stat(self.path / "data.mdb").st_ino, self.env.info()["last_txnid"]
 
     def close(self) -> tuple[int, int] | None:
-        """Stop the writer thread and close; returns identity() as of the close, or None if
-        the writer thread did not stop."""
-        stopped = True
-        if self._thread is not None:
+        """Close; identity() as of the close, None if the writer thread did not stop."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
             self._ops.put(None)
-            self._thread.join(timeout=30)
-            stopped = not self._thread.is_alive()
-            self._thread = None
-        closed = self.identity() if stopped else None
+            thread.join(timeout=30)
+        closed = self.identity() if thread is None or not thread.is_alive() else None
         self.env.close()
         return closed
 
