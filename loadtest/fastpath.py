@@ -1,6 +1,7 @@
 """Fast-path benchmark (issue 10): warm hits beside a bare aiohttp+uvloop server, one run.
 
     .venv/bin/python loadtest/fastpath.py [--quick] [--workers N] [--scale N] [--json out.json]
+    .venv/bin/python loadtest/fastpath.py --only restart --scale 1000000 [--against CHECKOUT]
 
 Everything starts in a temporary directory and goes at the end: SeaweedFS as the store,
 Slipstream (``python -m proxy serve``, ``workers: N``), and two ceiling servers of
@@ -27,6 +28,15 @@ The scale cache is built in this process through Slipstream's own CacheStore.com
 (batches of 2,000), not by N HTTP fills; a warm row that reaches the store or misses the
 cache is invalid, which checks the records are the ones Slipstream would have made.
 
+``--only scale`` runs the scale phase alone (no SeaweedFS, no 16 KiB rows); ``--only restart``
+only builds the scale cache (records of files it does not write: same metadata shape) and times
+restarts on it: ``--restarts R`` rounds, each a start
+to ready after a clean stop (SIGTERM) and one after kill -9, of this checkout and, with
+``--against CHECKOUT`` (e.g. a clone of main), of that one alternately on the same cache;
+each start's own "cache check done in X s" log line is shown beside it. The cache is written
+by this checkout: ``--against`` must name one that reads its records (main before the compact
+record form, FORMAT2, does not).
+
 Every timed row is preceded by a sample check of status and body; an error makes the run
 INVALID (exit status 1). CPU per process and the other tenants' share are shown per row.
 """
@@ -40,6 +50,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -80,6 +91,7 @@ from loadtest.bench import (  # noqa: E402
     verify,
     wait_listeners,
 )
+from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import S3Endpoint, free_port, make_s3_client, wait_for_http  # noqa: E402
 
@@ -267,10 +279,30 @@ def _stat_all(paths: Sequence[Path]) -> list[os.stat_result]:
     return [p.stat() for p in paths]
 
 
+def _stat_like(paths: Sequence[Path]) -> list[os.stat_result]:
+    """What stat would say of files not written (``--only restart``): the same metadata
+    shape (size, an inode per file, now as mtime), so records of the same length."""
+    now = time.time_ns()
+    return [
+        os.stat_result(
+            (0o100644, 10_000_000 + i, 1, 1, 0, 0, SCALE_SIZE, now // 10**9, now // 10**9, 0),
+            {"st_mtime_ns": now, "st_mtime": now / 1e9},
+        )
+        for i in range(len(paths))
+    ]
+
+
 async def _build_cache(
-    config: Path, root: Path, count: int, base: bytes, backend: str, batch: int = 2000
+    config: Path,
+    root: Path,
+    count: int,
+    base: bytes,
+    backend: str,
+    batch: int = 2000,
+    files: bool = True,
 ) -> int:
-    """Commit ``count`` fs objects straight into the cache of ``config`` (as fills would)."""
+    """Commit ``count`` fs objects straight into the cache of ``config`` (as fills would);
+    ``files`` False: records of files never written (a restart reads only the cache)."""
     from proxy import config as pconfig
     from proxy.backends.fs.root import file_meta
     from proxy.cache.record import object_id
@@ -284,7 +316,7 @@ async def _build_cache(
         for first in range(0, count, batch):
             ids = range(first, min(count, first + batch))
             paths = [root / SCALE_BUCKET / scale_key(i) for i in ids]
-            stats = await asyncio.to_thread(_stat_all, paths)
+            stats = await asyncio.to_thread(_stat_all if files else _stat_like, paths)
             seen = store.write_mark()
             oks = await asyncio.gather(
                 *(
@@ -566,8 +598,9 @@ class FastBench(Bench):
         n = self.args.scale
         root = self.tmp / "fsroot"
         base = random.Random(7).randbytes(SCALE_SIZE)
-        with self.phase(f"scale: write {n} files"):
-            for d in range(0, n, 1000):
+        files = self.args.only != "restart"  # a restart reads only the cache
+        with self.phase(f"scale: write {n if files else 0} files"):
+            for d in range(0, n if files else 0, 1000):
                 folder = root / SCALE_BUCKET / scale_key(d).split("/")[0]
                 folder.mkdir(parents=True, exist_ok=True)
                 for i in range(d, min(n, d + 1000)):
@@ -592,7 +625,7 @@ class FastBench(Bench):
         cfg_path.write_text(yaml.safe_dump(config))
         with self.phase(f"scale: build cache of {n} (in-process commit_inline)"):
             t0 = time.monotonic()
-            built = asyncio.run(_build_cache(cfg_path, root, n, base, "data"))
+            built = asyncio.run(_build_cache(cfg_path, root, n, base, "data", files=files))
             build_s = time.monotonic() - t0
         if built != n:
             raise BenchError(f"scale: only {built} of {n} objects were cached")
@@ -605,8 +638,15 @@ class FastBench(Bench):
             "build_s": round(build_s, 1),
             "index_bytes_per_object": stats,
             "start_to_ready_s": round(ready_s, 2),
+            "cache_check_s": _check_seconds(proxy),
         }
         say(f"  scale: {self.checks['scale']}")
+        if self.args.restarts or self.args.only == "restart":
+            self.stop_proxy(proxy)
+            self.restarts(config)
+            if self.args.only == "restart":
+                return
+            proxy = self.launch_proxy(config, {}, name="scale: start again", where="scale")
         url, admin = proxy.url, proxy.admin_url
         paths = [f"/{SCALE_BUCKET}/{scale_key(i)}" for i in range(n)]
         with self.phase("scale: untimed pass over all keys"):
@@ -640,6 +680,55 @@ class FastBench(Bench):
         )
         self.ceiling_row("ceiling GET 4 KiB (scale)", SCALE_SIZE, paths[:near])
         self.stop_proxy(proxy)
+
+    def restarts(self, config: Mapping[str, Any]) -> None:
+        """Start to ready on the scale cache, round by round: after a clean stop and after
+        kill -9, this checkout and (``--against``) the other alternately."""
+        checkouts = {"this": REPO_ROOT}
+        if self.args.against:
+            checkouts["against"] = self.args.against.resolve()
+        times: dict[str, dict[str, list[tuple[float, float | None]]]] = {
+            name: {"clean": [], "kill -9": []} for name in checkouts
+        }
+        for r in range(max(1, self.args.restarts)):
+            order = list(checkouts.items())
+            for name, checkout in order if r % 2 == 0 else order[::-1]:
+                for how in ("clean", "kill -9"):
+                    proxy = ProxyProcess(config, self.tmp / "scale", {}, ready_timeout=120)
+                    self.stack.callback(proxy.stop)
+                    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
+                    try:
+                        t0 = time.monotonic()
+                        proxy.start()
+                        port = int(proxy.config["listen"].rsplit(":", 1)[1])
+                        wait_listeners(port, self.args.workers, timeout=120)
+                        took = time.monotonic() - t0
+                    finally:
+                        proxyproc.REPO_ROOT = saved
+                    check = _check_seconds(proxy)
+                    times[name][how].append((round(took, 2), check))
+                    say(f"  restart ({name}, after {how} stop): {took:.2f} s, check {check} s")
+                    self.proxy_log_problems += proxy_problems(proxy)
+                    # this start's stop is the next start's "how": clean, then a crash
+                    if how == "clean":
+                        proxy.kill9()
+                    else:
+                        proxy.stop()
+        self.checks["restarts"] = {
+            name: {how: [t for t, _ in v] for how, v in runs.items()}
+            | {f"check {how}": [c for _, c in v] for how, v in runs.items()}
+            for name, runs in times.items()
+        }
+
+
+def _check_seconds(proxy: ProxyProcess) -> float | None:
+    """The seconds of the last "cache check done in X s" line of the proxy's log."""
+    found = [
+        line.split("cache check done in ", 1)[1].split("s", 1)[0]
+        for line in proxy.log(200_000).splitlines()
+        if "cache check done in " in line
+    ]
+    return float(found[-1]) if found else None
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -689,7 +778,13 @@ def verdicts(rows: Sequence[Row], checks: Mapping[str, Any]) -> list[dict[str, A
             idx <= INDEX_TARGET_BYTES, "B")  # fmt: skip
         s = scale["start_to_ready_s"]
         at = f"< {RESTART_TARGET_S} s (target at 1,000,000)"
-        add(f"scale: start to ready, {scale['objects']} objects", s, at, s < RESTART_TARGET_S, "s")
+        n = scale["objects"]
+        add(f"scale: start to ready, {n} objects (first start)", s, at, s < RESTART_TARGET_S, "s")
+        for how, runs in checks.get("restarts", {}).get("this", {}).items():
+            if not how.startswith("check"):
+                s = statistics.median(runs)
+                add(f"scale: restart to ready after {how} stop (median)", s, at,
+                    s < RESTART_TARGET_S, "s")  # fmt: skip
     return out
 
 
@@ -738,6 +833,14 @@ def print_report(
             "  index bytes per object: "
             + ", ".join(f"{k} {v:g}" for k, v in scale["index_bytes_per_object"].items())
         )
+    for name, runs in checks.get("restarts", {}).items():
+        p(f"  restarts ({name}): " + "; ".join(f"{how} {v}" for how, v in runs.items()))
+    times = checks.get("restarts", {})
+    if "this" in times and "against" in times:
+        for how in ("clean", "kill -9"):
+            a, b = times["this"][how], times["against"][how]
+            p(f"  restart after {how} stop, this/against (medians): "
+              f"{statistics.median(a) / statistics.median(b):.2f}x")  # fmt: skip
     p()
     p("Targets (issue 10; x: req/s of the row / req/s of the ceiling beside it; per CPU-s: the")
     p("same with req per CPU-second of the serving processes, less sensitive to other tenants):")
@@ -769,6 +872,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--cold-concurrency", type=int, default=8)
     ap.add_argument("--wrk-threads", type=int, default=0, help="default min(2, nproc)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--only", choices=("scale", "restart"), help="the scale phase alone; restart: no rows"
+    )
+    ap.add_argument("--restarts", type=int, default=0, help="restart rounds on the scale cache")
+    ap.add_argument("--against", type=Path, help="restarts: also time this checkout's proxy")
     args = ap.parse_args(argv)
     args.scale = args.scale or (20_000 if args.quick else 200_000)
     args.objects = args.objects or (2000 if args.quick else 10_000)
@@ -798,11 +906,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(shutil.rmtree, tmp, True)
         bench = FastBench(args, stack, tmp)
         try:
-            bench.start_store()
-            bench.seed_small()
-            bench.start_ceilings()
-            bench.anonymous()
-            bench.signed_rows()
+            if not args.only:
+                bench.start_store()
+                bench.seed_small()
+            if args.only != "restart":
+                bench.start_ceilings()
+            if not args.only:
+                bench.anonymous()
+                bench.signed_rows()
             bench.scale()
         except KeyboardInterrupt:
             say("interrupted: stopping every process")

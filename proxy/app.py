@@ -18,6 +18,7 @@ import signal
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
@@ -261,12 +262,15 @@ async def _prepare(
     prefetcher: Prefetcher,
     cache: CacheStore | None = None,
     cluster: Cluster | None = None,
+    early: Callable[[], None] = lambda: None,
 ) -> tuple[Health, asyncio.Event, CacheStore, web.AppRunner, Jobs]:
     """Either mode's start: check both addresses, repair the cache (off the loop), and set up
     the admin app (its listener is not started yet). Returns health, the stop event set by
     SIGTERM or SIGINT, the open cache, the admin runner, and the job table (no core attached
-    yet: jobs are refused until the caller attaches one)."""
+    yet: jobs are refused until the caller attaches one). ``early`` runs once the addresses
+    are checked, before the repair (the supervisor spawns its workers there)."""
     await _probe_listeners(cfg)
+    early()
     health = Health()
     stop = _stop_event()
     cache = cache or CacheStore(cfg.cache, quota.rules_of(cfg))
@@ -329,9 +333,15 @@ async def serve_single(cfg: Config) -> None:
 # -- several worker processes -------------------------------------------------------------------
 
 
-def _worker_main(arg: tuple[Config, ReadFeed], ready: MpEvent) -> None:
-    cfg, feed = arg
+def _worker_main(arg: tuple[Config, ReadFeed, MpEvent, int], ready: MpEvent) -> None:
+    """A worker: spawned (and its imports done) while the supervisor checks the cache; it
+    opens the cache and serves once ``checked`` is set, or exits if the supervisor (the
+    process ``supervisor``, perhaps gone before this one got here) is no longer its parent."""
+    cfg, feed, checked, supervisor = arg
     log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
+    while not checked.wait(1.0):
+        if os.getppid() != supervisor:
+            return
     _run_loop(_worker(cfg, feed, ready))
 
 
@@ -419,9 +429,19 @@ async def serve_workers(cfg: Config) -> None:
     core = SupervisorCore(cfg, cache)
     # the supervisor's own view of the members, for /admin/v1/cluster (each worker has its own)
     cluster = Cluster(cfg.cluster) if cfg.cluster is not None else None
-    health, stop, cache, admin, jobs = await _prepare(cfg, core.prefetcher, cache, cluster)
+    # the workers start (a Python start and its imports take seconds) while the cache is
+    # checked, and wait for ``checked`` before they open it
+    checked = multiprocessing.get_context("spawn").Event()
+    arg = (cfg, core.feed, checked, os.getpid())
+    workers = WorkerPool(_worker_main, arg, cfg.workers, cfg.listen)
+    try:
+        health, stop, cache, admin, jobs = await _prepare(
+            cfg, core.prefetcher, cache, cluster, early=workers.start
+        )
+    except BaseException:
+        await workers.stop(0)
+        raise
     assert cache.index is not None
-    workers = WorkerPool(_worker_main, (cfg, core.feed), cfg.workers, cfg.listen)
     health.workers_ready = workers.ready
     try:
         if cluster is not None:
@@ -430,7 +450,7 @@ async def serve_workers(cfg: Config) -> None:
             await cluster.start()  # before the jobs: a resumed one fills on the owners
         await jobs.attach(await core.start(fanout.Fanout(cluster) if cluster else None))
         await _start_admin(admin, cfg)
-        workers.start()
+        checked.set()
         health.started = True
         _log_serving(cfg, f"{cfg.workers} workers")
         await workers.watch(stop)

@@ -53,9 +53,9 @@ def test_record_with_integer_bitmap_still_reads() -> None:
 
 
 def test_binary_records_round_trip_and_json_ones_still_read() -> None:
-    """The index's records are binary (a version byte, fixed fields, length-prefixed texts);
-    JSON records of caches written before read as they did, and a record with a text longer
-    than a u16 length stays JSON."""
+    """The index's records are compact binary (a version byte, floats, varints, texts with
+    varint lengths); the first binary form and JSON records of caches written before read as
+    they did, and a text longer than a u16 length fits the compact form too."""
     rec = _record(5 * 8 * MIB, 0b10110)
     rec.key = "train/\udc80lone surrogate/é/日本.jpg"
     rec.meta = {"origin": "sensor-7", "empty": ""}
@@ -64,16 +64,20 @@ def test_binary_records_round_trip_and_json_ones_still_read() -> None:
     rec.qseq, rec.gseq, rec.hits, rec.freq, rec.uses, rec.uses_era = 2**40, 7, 9, 3, 15, 2**31
     rec.atime, rec.quota = 1_700_000_000.25, "imagenet"
     raw = rec.dumps()
-    assert raw[:1] == b"\x01"
+    assert raw[:1] == b"\x02"
     assert Record.loads(raw) == rec
     assert Record.loads(memoryview(raw)) == rec
+    first = rec._dumps_v1()  # the first binary form (caches written before the compact one)
+    assert first[:1] == b"\x01" and Record.loads(first) == rec
+    assert len(raw) < len(first) - 60, (len(raw), len(first))  # varints, gen, table
     doc = dataclasses.asdict(rec)
     doc["chunks"] = base64.b64encode(rec.chunks.to_bytes(1, "little")).decode()
     as_json = json.dumps(doc, separators=(",", ":")).encode()
     assert Record.loads(as_json) == rec
     assert len(raw) < 0.7 * len(as_json), (len(raw), len(as_json))
     rec.headers["x-long"] = "v" * 70_000
-    assert rec.dumps()[:1] == b"{" and Record.loads(rec.dumps()) == rec
+    assert rec.dumps()[:1] == b"\x02" and Record.loads(rec.dumps()) == rec
+    assert rec._dumps_v1()[:1] == b"{" and Record.loads(rec._dumps_v1()) == rec
 
 
 def _get_range(url: str, first: int, last: int) -> tuple[int, bytes]:

@@ -9,6 +9,8 @@ reason is still restarted (here, and tests/test_faults_server.py kills one under
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import socket
 import sys
 import time
@@ -18,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from proxy import config
+from proxy.app import _worker_main
 from proxy.errors import ListenError
+from proxy.readfeed import ReadFeed
 from proxy.workers import WorkerPool
 from tests.proxyproc import ProxyProcess
 
@@ -129,3 +135,44 @@ async def test_pool_restarts_a_worker_that_crashed(
         stop.set()
         await watch
         await pool.stop(5)
+
+
+def _supervisor_that_goes(config_path: str, pids: Any) -> None:
+    """Spawn a worker as serve_workers does (before the cache check), then go without ever
+    setting ``checked``: the supervisor crashed during the check."""
+    ctx = multiprocessing.get_context("spawn")
+    cfg = config.load(Path(config_path))
+    arg = (cfg, ReadFeed(ctx), ctx.Event(), os.getpid())
+    pool = WorkerPool(_worker_main, arg, 1, cfg.listen)
+    pool.start()
+    pids.put(pool._procs[0][0].pid)
+    pids.close()
+    pids.join_thread()
+    os._exit(0)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_waiting_for_the_check_exits_when_its_supervisor_goes(tmp_path: Path) -> None:
+    path = tmp_path / "slipstream.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, 2)))
+    ctx = multiprocessing.get_context("spawn")
+    pids = ctx.Queue()
+    supervisor = ctx.Process(target=_supervisor_that_goes, args=(str(path), pids))
+    supervisor.start()
+    worker = pids.get(timeout=EXIT_WITHIN)
+    supervisor.join(EXIT_WITHIN)
+    deadline = time.monotonic() + EXIT_WITHIN
+    try:
+        while not _gone(worker):
+            assert time.monotonic() < deadline, "the waiting worker outlived its supervisor"
+            time.sleep(0.1)
+    finally:
+        if not _gone(worker):
+            os.kill(worker, 9)
+    assert not (tmp_path / "cache" / "index").exists(), "it opened the cache unchecked"

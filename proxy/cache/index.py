@@ -8,6 +8,7 @@ event loop never waits on a commit's fsync. LMDB serialises writers across proce
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import struct
 import threading
@@ -310,6 +311,7 @@ class Index:
         quotas: Sequence[quota.QuotaRule] = (),
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -446,12 +448,19 @@ class Index:
         self.on_commit(batch)
         return result
 
-    def close(self) -> None:
-        if self._thread is not None:
+    def identity(self) -> tuple[int, int]:
+        """(the index file's inode, the last transaction id: an empty one commits nothing)."""
+        return os.stat(self.path / "data.mdb").st_ino, self.env.info()["last_txnid"]
+
+    def close(self) -> tuple[int, int] | None:
+        """Close; identity() as of the close, None if the writer thread did not stop."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
             self._ops.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
+            thread.join(timeout=30)
+        closed = self.identity() if thread is None or not thread.is_alive() else None
         self.env.close()
+        return closed
 
     def _run(self) -> None:
         while True:

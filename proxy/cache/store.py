@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import cast
 
 from proxy import errors, log, metrics
-from proxy.cache import pins, quota
+from proxy.cache import cleanstop, pins, quota
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
@@ -47,6 +47,7 @@ class CacheStore:
         self._counted: dict[bytes, Record] = {}
         self._counted_era = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._checked = False  # this process ran the start-up check: it marks a clean stop
 
     # -- life cycle --------------------------------------------------------------------------
     def open_sync(self) -> None:
@@ -83,9 +84,15 @@ class CacheStore:
                 pass
         await self._flush_hits()
         if self.index is not None:
-            await asyncio.to_thread(self.index.close)
+            await asyncio.to_thread(self._close_index, self.index)
         if self.locks is not None:
             self.locks.close()
+
+    def _close_index(self, index: Index) -> None:
+        """Blocking: close the index; the process that checked it marks the stop clean."""
+        closed = index.close()
+        if self._checked and closed is not None:
+            cleanstop.write(index.path, *closed, self.quotas)
 
     def _after_commit(self, batch: Batch) -> None:
         """Writer thread: drop the files of what the transaction removed."""
@@ -398,14 +405,20 @@ class CacheStore:
         Restart to ready waits for this, so the walk reads each record in place (glance: no
         Record built) and asks the data tree only whether an inline value is there (a cursor
         positioned on the key, the value never copied); only the few records it changes are
-        parsed, after the walk."""
+        parsed, after the walk. After a clean stop with the same cache.quotas grouping and
+        nothing committed since (cleanstop), there is nothing to walk for ("walked": 0)."""
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
             "stale_uploads": self.uploads.sweep(),
             "orphans": 0,
             "missing": 0,
+            "walked": 0,
         }
         idx = self._idx
+        self._checked = True
+        if cleanstop.take(idx.path, *idx.identity(), idx.quotas):
+            return stats
+        stats["walked"] = 1
         on_disk = self._chunk_files(stats)
 
         def repair(t: Txn) -> None:
