@@ -13,7 +13,7 @@ import click
 
 from proxy import __version__, log
 from proxy.config import ENV_PREFIX, Config, load
-from proxy.errors import ConfigError, ListenError
+from proxy.errors import CacheTooNew, ConfigError, ListenError
 from proxy.jobs.client import (
     DEFAULT_ADMIN,
     AdminClient,
@@ -77,7 +77,7 @@ def serve(config: Path | None) -> None:
 
     try:
         run(cfg)
-    except ListenError as exc:
+    except (ListenError, CacheTooNew) as exc:
         log.server.error("%s", exc)
         sys.exit(1)
 

@@ -205,6 +205,11 @@ class ListenError(ProxyError):
     server at start. The message names the address and its config field."""
 
 
+class CacheTooNew(ProxyError):
+    """cache.dir holds an index in a record format newer than this version reads; stops the
+    server at start (the message says what to do)."""
+
+
 class InternalFault(ProxyError):
     """An internal condition the core handles; never shown to a client as such."""
 

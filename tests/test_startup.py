@@ -176,3 +176,39 @@ def test_a_worker_waiting_for_the_check_exits_when_its_supervisor_goes(tmp_path:
         if not _gone(worker):
             os.kill(worker, 9)
     assert not (tmp_path / "cache" / "index").exists(), "it opened the cache unchecked"
+
+
+# -- a cache index written by a newer version ------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_a_cache_index_of_a_newer_record_format_stops_the_start(
+    tmp_path: Path, workers: int
+) -> None:
+    """A start marks the index with its record format; one that finds a newer mark stops with
+    one line that says what to do, and leaves the index as it found it."""
+    import lmdb
+
+    cfg = _config(tmp_path, workers)
+    first = ProxyProcess(cfg, tmp_path / "first").start()
+    first.stop()
+    index = tmp_path / "cache" / "index"
+    env = lmdb.open(str(index), max_dbs=8, subdir=True)
+    with env.begin(db=env.open_db(b"meta"), write=True) as txn:
+        assert int.from_bytes(txn.get(b"record_format"), "big") == 2  # said by the first start
+        txn.put(b"record_format", (3).to_bytes(2, "big"))
+    env.close()
+    proxy = ProxyProcess(cfg, tmp_path / "second")
+    proxy.launch()
+    try:
+        code = proxy.wait_exit(EXIT_WITHIN)
+    finally:
+        proxy.kill9()
+    log = proxy.log()
+    assert code == 1, log
+    assert "written by a newer Slipstream (record format 3" in log, log
+    assert "Traceback" not in log, log
+    env = lmdb.open(str(index), max_dbs=8, subdir=True, readonly=True)
+    with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+        assert int.from_bytes(txn.get(b"record_format"), "big") == 3
+    env.close()

@@ -17,7 +17,7 @@ from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
-from proxy.cache.record import Record, chunk_indices, glance
+from proxy.cache.record import FORMAT2, Record, chunk_indices, glance
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.model import ObjectMeta
@@ -65,6 +65,7 @@ class CacheStore:
             self.root / "index", self.cfg.index_map_size, self.cfg.max_size, volume, self.quotas
         )
         self.index.on_commit = self._after_commit
+        _claim_format(self.index, self.root)
         self.locks = FillLocks(self.root / "locks")
 
     async def open(self) -> None:
@@ -498,3 +499,22 @@ def record_for(
     meta: ObjectMeta, backend: str, bucket: str, key: str, now: float | None = None
 ) -> Record:
     return Record.from_meta(meta, backend, bucket, key, time.time() if now is None else now)
+
+
+_FORMAT_KEY = b"record_format"
+
+
+def _claim_format(index: Index, root: Path) -> None:
+    """Blocking. Stop if a newer version wrote this index (its records may not parse here);
+    else say that records of this version's form may be in it, for the versions after."""
+    with index.env.begin(db=index.meta, write=True) as txn:
+        raw = txn.get(_FORMAT_KEY)
+        found = int.from_bytes(raw, "big") if raw else 0
+        if found > FORMAT2:
+            raise errors.CacheTooNew(
+                f"{root} holds a cache index written by a newer Slipstream (record format"
+                f" {found}; this version reads up to {FORMAT2}): run the newer version, or"
+                " empty cache.dir (a cache: only its copies go)"
+            )
+        if found < FORMAT2:
+            txn.put(_FORMAT_KEY, FORMAT2.to_bytes(2, "big"))
