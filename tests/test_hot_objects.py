@@ -12,6 +12,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from proxy.config import from_mapping
+from proxy.errors import ConfigError
 from proxy.jobs.client import AdminClient
 from tests.conformance import Raw, raw_request, scrape
 from tests.conftest import ProxyFactory
@@ -207,3 +209,22 @@ def test_auth_still_decides(proxy_factory: ProxyFactory, tmp_path: Path) -> None
 
 def _rid(raw: Raw) -> bytes:
     return raw.headers["x-amz-request-id"].encode()
+
+
+def test_hot_objects_config(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """server.hot_objects is a size (default 64 MiB), validated at start; 0 turns it off."""
+    assert from_mapping({}, "t", environ={}).server.hot_objects == 64 * 1024**2
+    raw = {"server": {"hot_objects": "1MiB"}}
+    assert from_mapping(raw, "t", environ={}).server.hot_objects == 1024**2
+    with pytest.raises(ConfigError, match="server.hot_objects"):
+        from_mapping({"server": {"hot_objects": "-1"}}, "t", environ={})
+    with pytest.raises(ConfigError, match="server.hot_objects"):
+        from_mapping({"server": {"hot_objects": "lots"}}, "t", environ={})
+    proxy = proxy_factory(_config(tmp_path, 1, server={"hot_objects": 0}))
+    _client(proxy).put_object(Bucket=BUCKET, Key=KEY, Body=BODY)
+    for _ in range(10):
+        assert raw_request(proxy.url, "GET", PATH).body == BODY
+    time.sleep(1.2)
+    for _ in range(10):
+        assert raw_request(proxy.url, "GET", PATH).body == BODY
+    assert _hot_hits(proxy) == 0
