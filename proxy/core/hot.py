@@ -26,6 +26,7 @@ from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
 ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its strings (objects, dict slots)
+SEEN_MAX = 100_000  # names answered once, remembered until the second answer (then cleared)
 
 
 @dataclass(slots=True)
@@ -44,7 +45,9 @@ class HotEntry:
 
 class HotObjects:
     """At most ``max_bytes`` of entries (their heads and records, not bodies), the oldest
-    admitted dropped first."""
+    admitted dropped first. A name is admitted on its second usual answer (or the first after
+    its entry was dropped for a change): a one-pass scan (an epoch over more keys than a
+    table holds) pays a set insert per read, not an index read and a rendered head."""
 
     def __init__(self, reads: Reads, max_bytes: int) -> None:
         self.reads = reads  # its on_read (the prefetcher's feed) is set after start
@@ -52,6 +55,7 @@ class HotObjects:
         self.max_bytes = max_bytes
         self._entries: dict[Hashable, HotEntry] = {}
         self._bytes = 0
+        self._seen: set[Hashable] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,6 +69,7 @@ class HotObjects:
         raw, body = self.cache.raw_lookup(entry.oid)
         if raw != entry.raw or body is None:
             self._drop(name)
+            self._remember(name)  # hot until now: back in at its next usual answer
             return None
         if time.time() >= entry.expires:
             return None  # due for revalidation: the usual path asks the store
@@ -91,6 +96,10 @@ class HotObjects:
         inline and fresh now; its head and checksums are ``render`` of the record read here."""
         if not mount.cacheable or self.max_bytes <= 0:
             return False
+        if name not in self._seen:
+            self._remember(name)
+            return False
+        self._seen.discard(name)
         oid = oid_of(mount, key)
         raw, body = self.cache.raw_lookup(oid)
         if raw is None or body is None:
@@ -117,6 +126,11 @@ class HotObjects:
         )
         self._bytes += cost
         return True
+
+    def _remember(self, name: Hashable) -> None:
+        if len(self._seen) >= SEEN_MAX:
+            self._seen.clear()
+        self._seen.add(name)
 
     def _drop(self, name: Hashable) -> None:
         entry = self._entries.pop(name, None)
