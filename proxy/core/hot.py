@@ -26,7 +26,7 @@ from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
 ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its strings (objects, dict slots)
-SEEN_MAX = 100_000  # names answered once, remembered until the second answer (then cleared)
+SEEN_MAX = 50_000  # hashes of names answered once (a few MB; cleared when full)
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ class HotObjects:
         self.max_bytes = max_bytes
         self._entries: dict[Hashable, HotEntry] = {}
         self._bytes = 0
-        self._seen: set[Hashable] = set()
+        self._seen: set[int] = set()  # a collision only admits a name one answer early
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -96,10 +96,10 @@ class HotObjects:
         inline and fresh now; its head and checksums are ``render`` of the record read here."""
         if not mount.cacheable or self.max_bytes <= 0:
             return False
-        if name not in self._seen:
+        if hash(name) not in self._seen:
             self._remember(name)
             return False
-        self._seen.discard(name)
+        self._seen.discard(hash(name))
         oid = oid_of(mount, key)
         raw, body = self.cache.raw_lookup(oid)
         if raw is None or body is None:
@@ -130,7 +130,7 @@ class HotObjects:
     def _remember(self, name: Hashable) -> None:
         if len(self._seen) >= SEEN_MAX:
             self._seen.clear()
-        self._seen.add(name)
+        self._seen.add(hash(name))
 
     def _drop(self, name: Hashable) -> None:
         entry = self._entries.pop(name, None)
