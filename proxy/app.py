@@ -40,6 +40,7 @@ from proxy.cluster import fanout, peers, warmer
 from proxy.cluster.node import Cluster
 from proxy.config import Config
 from proxy.core.fills import Fills
+from proxy.core.hot import HotObjects
 from proxy.core.listing import Listing
 from proxy.core.prefetch import Prefetcher
 from proxy.core.reads import Reads
@@ -51,6 +52,7 @@ from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
 from proxy.s3.dispatch import S3Dispatcher
+from proxy.s3.hot import HotPath
 from proxy.s3.middleware import Handler, make_middleware
 from proxy.s3.read_handlers import S3ReadHandlers
 from proxy.s3.write_handlers import S3WriteHandlers
@@ -116,6 +118,15 @@ class S3Server:
             domains=self.cfg.server.domains,
         )
         self._dispatch = dispatcher.dispatch
+        if self.cluster is None and self.cfg.server.hot_objects > 0:
+            # a cluster's reads may belong to other nodes: no table there
+            self._dispatch = HotPath(
+                HotObjects(reads, self.cfg.server.hot_objects),
+                dispatcher.auth,
+                router,
+                self.cfg.server.domains,
+                dispatcher.dispatch,
+            ).handle
         sweeper = StagingSweeper(self.cache.root, self.cfg.cache)
         self.cache.uploads.on_kept = sweeper.poke
         self._sweeper = asyncio.create_task(sweeper.run())

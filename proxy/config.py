@@ -130,6 +130,7 @@ class ServerConfig:
     body_idle_timeout: float = 60.0  # a request body that sends nothing this long: RequestTimeout
     domains: tuple[str, ...] = ("localhost",)  # virtual-hosted style: BUCKET.<domain>
     sendfile: bool = True
+    hot_objects: int = 64 * 1024 * 1024  # per worker: table of hot inline answers; 0 off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -450,6 +451,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         body_idle_timeout=sr.duration("body_idle_timeout", sd.body_idle_timeout) or 0.0,
         domains=_domains(sr.take("domains", list(sd.domains))),
         sendfile=bool(sr.flag("sendfile", sd.sendfile)),
+        hot_objects=sr.size("hot_objects", sd.hot_objects),
     )
     sr.finish()
     if server.body_idle_timeout <= 0:

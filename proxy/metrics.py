@@ -208,6 +208,11 @@ BYTES_SERVED = Counter(
     ["source"],
 )
 CACHE_HITS = Counter("slipstream_cache_hits_total", "Object reads answered wholly from the cache")
+HOT_HITS = Counter(
+    "slipstream_hot_hits_total",
+    "GETs and HEADs of inline objects answered from a worker's table of hot objects"
+    " (also counted as requests, and GETs as cache hits)",
+)
 CACHE_MISSES = Counter(
     "slipstream_cache_misses_total", "Object reads that needed at least one store fetch"
 )
@@ -327,6 +332,7 @@ FIRST_BYTE = Histogram(
     ["result"],
     buckets=_LATENCY_BUCKETS,
 )
+HOT_HIT = Tally(HOT_HITS)
 FIRST_BYTE_HIT = HistogramTally(FIRST_BYTE.labels("hit"))
 FIRST_BYTE_MISS = HistogramTally(FIRST_BYTE.labels("miss"))
 

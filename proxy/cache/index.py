@@ -388,6 +388,16 @@ class Index:
         finally:
             txn.abort()
 
+    def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
+        """The record's raw bytes and the object's inline bytes (None where absent), read in
+        one transaction and not parsed: the cheapest exact look at an entry."""
+        txn = self.env.begin()
+        try:
+            raw = txn.get(oid, db=self.objects)
+            return raw, (txn.get(oid, db=self.data) if raw is not None else None)
+        finally:
+            txn.abort()
+
     def uses_era(self, oid: bytes, rec: Record) -> int:
         """The era of the use count of ``oid`` (whose record is ``rec``)."""
         txn = self.env.begin(db=self.uses)

@@ -112,6 +112,10 @@ class CacheStore:
     def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
         return self._idx.get_with_data(oid)
 
+    def raw_lookup(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
+        """The record's raw bytes and its inline bytes, unparsed (Index.raw_with_data)."""
+        return self._idx.raw_with_data(oid)
+
     def missing(self, oids: list[bytes]) -> list[bool]:
         return self._idx.missing(oids)
 

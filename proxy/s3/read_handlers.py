@@ -379,20 +379,32 @@ _base_headers: dict[int, tuple[ObjectMeta, dict[str, str]]] = {}
 _CHECKSUM_PREFIX = "x-amz-checksum-"
 
 
+def object_fields(meta: ObjectMeta) -> dict[str, str]:
+    """The headers of an answer about ``meta`` that depend on nothing else (no request ids,
+    no checksums: those are asked for; no range, no overrides)."""
+    base = {
+        "ETag": meta.etag,
+        "Last-Modified": http_date(meta.last_modified),
+        "Content-Type": meta.content_type,
+        "Accept-Ranges": "bytes",
+        **{k: v for k, v in meta.headers.items() if not k.startswith(_CHECKSUM_PREFIX)},
+    }
+    for name, value in meta.metadata.items():
+        base[f"x-amz-meta-{name}"] = value
+    return base
+
+
+def checksum_fields(meta: ObjectMeta) -> dict[str, str]:
+    """The whole object's checksums, answered when x-amz-checksum-mode asks."""
+    return {k: v for k, v in meta.headers.items() if k.startswith(_CHECKSUM_PREFIX)}
+
+
 def _object_headers(
     request: web.BaseRequest, meta: ObjectMeta, query: Mapping[str, str], whole: bool = True
 ) -> dict[str, str]:
     entry = _base_headers.get(id(meta))
     if entry is None or entry[0] is not meta:
-        base = {
-            "ETag": meta.etag,
-            "Last-Modified": http_date(meta.last_modified),
-            "Content-Type": meta.content_type,
-            "Accept-Ranges": "bytes",
-            **{k: v for k, v in meta.headers.items() if not k.startswith(_CHECKSUM_PREFIX)},
-        }
-        for name, value in meta.metadata.items():
-            base[f"x-amz-meta-{name}"] = value
+        base = object_fields(meta)
         if len(_base_headers) >= 50_000:
             _base_headers.clear()
         entry = _base_headers[id(meta)] = (meta, base)  # holding meta keeps its id unique

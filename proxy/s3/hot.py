@@ -1,0 +1,156 @@
+"""The S3 side of hot inline objects (core/hot.py): which requests may be answered from the
+table, and answering them as the usual path would.
+
+Only a request whose answer depends on nothing but the object qualifies: GET or HEAD, no
+query but a presigned URL's own parameters, and only request headers from a short allow-list
+(none of the conditionals, a body's framing: a header not listed sends the request the usual
+way; Range and x-amz-checksum-mode are read as the usual path reads them). The table is keyed
+by (HEAD?, raw path, Host when virtual host style is configured); an entry is admitted after
+the usual path answered such a request 200 or 206. A hit still authenticates (the same
+Authenticator, its decision and the bucket permission); a refused or doubtful request goes
+the usual way and gets its usual answer. It runs inside the middleware: request ids, the
+concurrency bound, requests and durations by operation and status, and the access log are
+the middleware's, as for any request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from proxy import errors, metrics
+from proxy.core.hot import HotObjects
+from proxy.model import ObjectMeta
+from proxy.routing import Router
+from proxy.s3 import parse, sigv2, whole
+from proxy.s3.auth import PRESIGN_PARAMS, Authenticator
+from proxy.s3.middleware import Handler
+from proxy.s3.read_handlers import checksum_fields, object_fields
+
+# request headers that cannot change a plain GET's or HEAD's answer (auth reads its own)
+PLAIN_HEADERS = frozenset(
+    (
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"connection",
+        b"keep-alive",
+        b"date",
+        b"authorization",
+        b"x-amz-date",
+        b"x-amz-content-sha256",
+        b"x-amz-security-token",
+        b"x-amz-user-agent",
+        b"amz-sdk-invocation-id",
+        b"amz-sdk-request",
+    )
+)
+_AUTH_PARAMS = PRESIGN_PARAMS | sigv2.QUERY_PARAMS
+_OPS = ("GetObject", "HeadObject")
+_ADMITTED = (200, 206)
+
+
+def _auth_only(query: str) -> bool:
+    """The raw query names only a presigned URL's parameters."""
+    for part in query.split("&"):
+        if part and unquote(part.partition("=")[0]) not in _AUTH_PARAMS:
+            return False
+    return True
+
+
+class HotPath:
+    def __init__(
+        self,
+        table: HotObjects,
+        auth: Authenticator,
+        router: Router,
+        domains: tuple[str, ...],
+        usual: Handler,
+    ) -> None:
+        self.table = table
+        self.auth = auth
+        self.router = router
+        self.domains = domains
+        self.usual = usual
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        method = request.method
+        if method != "GET" and method != "HEAD":
+            return await self.usual(request)
+        raw = request.raw_path
+        path, _, query = raw.partition("?")
+        if query and not _auth_only(query):
+            return await self.usual(request)
+        mode = ranged = False
+        for name, _ in request.raw_headers:
+            lower = name.lower()
+            if lower not in PLAIN_HEADERS:
+                if lower == b"range":
+                    ranged = True
+                elif lower == b"x-amz-checksum-mode":
+                    mode = True
+                else:
+                    return await self.usual(request)
+        head = method == "HEAD"
+        key: Hashable = (head, path, request.host if self.domains else None)
+        found = self.table.find(key) if len(self.table) else None
+        if found is None:
+            resp = await self.usual(request)
+            if resp.status in _ADMITTED and request.get("op") == _OPS[head]:
+                self._admit(request, key)
+            return resp
+        entry, body = found
+        auth = request["auth"] = self.auth.authenticate(request)  # raises as the usual path
+        if (query and not auth.presigned) or not auth.allows(entry.bucket, False):
+            return await self.usual(request)  # refused (or odd): the usual answer
+        size = entry.rec.size
+        rng = parse.parse_range(request.headers.get("Range")) if ranged else None
+        if rng is not None:
+            try:
+                first, last = rng.resolve(size)
+            except errors.S3Error:
+                return await self.usual(request)  # InvalidRange, as the usual path says it
+        rid = request["request_id"]
+        fields = {**entry.fields, "x-amz-request-id": rid, "x-amz-id-2": rid}
+        # as read_handlers._object_headers: checksums of a whole answer, when asked
+        if (
+            mode
+            and rng is None
+            and request.headers.get("x-amz-checksum-mode", "").upper() == ("ENABLED")
+        ):
+            fields.update(entry.checksums)
+        status = 200
+        if rng is not None:
+            status = 206
+            fields["Content-Range"] = f"bytes {first}-{last}/{size}"
+            size = last - first + 1
+            if size != len(body):
+                body = body[first : last + 1]
+        metrics.HOT_HIT.inc()
+        if head:
+            request["op"] = "HeadObject"
+            return whole.respond(request, status, fields, b"", size)
+        request["op"] = "GetObject"
+        request["source"] = "cache"
+        self.table.count_get(entry, len(body), started)
+        return whole.respond(request, status, fields, body, len(body))
+
+    def _admit(self, request: web.BaseRequest, key: Hashable) -> None:
+        try:
+            target = parse.parse_target(request.raw_path, request.host or "", self.domains)
+            if target.bucket is None or target.key is None:
+                return
+            mount = self.router.resolve(target.bucket)
+        except errors.S3Error:
+            return
+        self.table.admit(key, mount, mount.remote_key(target.key), _render)
+
+
+def _render(meta: ObjectMeta) -> tuple[dict[str, str], dict[str, str]]:
+    return object_fields(meta), checksum_fields(meta)
