@@ -330,18 +330,8 @@ class Index:
         self.meta = self.env.open_db(b"meta")
         self.written = self.env.open_db(b"written")  # oid -> the write mark of its last write
         self.uses = self.env.open_db(b"uses")  # oid -> its use count and era (_USES)
-        main = self.env.open_db(None)
-        trees = (
-            main,
-            self.objects,
-            self.data,
-            self.queues,
-            self.ghost,
-            self.meta,
-            self.written,
-            self.uses,
-        )
-        self._trees = trees
+        trees = (self.objects, self.data, self.queues, self.ghost, self.meta, self.written)
+        self._trees = (self.env.open_db(None), *trees, self.uses)
         self.map_size: int = self.env.info()["map_size"]
         self.max_bytes = max_bytes
         self.volume = volume
@@ -373,25 +363,21 @@ class Index:
         Callers must treat the returned Record as read-only: it is shared through the cache of
         parsed values, keyed by the raw bytes so a changed entry is parsed afresh.
         """
-        txn = self.env.begin()  # abort() ends a read txn for half what the `with` form costs
-        try:
-            raw = txn.get(oid, db=self.objects)
-            if raw is None:
-                return None, None
-            rec = self._decoded.get(raw)
-            if rec is None:
-                rec = Record.loads(raw)
-                if len(self._decoded) >= DECODED_CACHE_MAX:
-                    self._decoded.clear()
-                self._decoded[raw] = rec
-            return rec, (txn.get(oid, db=self.data) if rec.inline else None)
-        finally:
-            txn.abort()
+        raw, data = self.raw_with_data(oid)
+        if raw is None:
+            return None, None
+        rec = self._decoded.get(raw)
+        if rec is None:
+            rec = Record.loads(raw)
+            if len(self._decoded) >= DECODED_CACHE_MAX:
+                self._decoded.clear()
+            self._decoded[raw] = rec
+        return rec, (data if rec.inline else None)
 
     def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
         """The record's raw bytes and the object's inline bytes (None where absent), read in
         one transaction and not parsed: the cheapest exact look at an entry."""
-        txn = self.env.begin()
+        txn = self.env.begin()  # abort() ends a read txn for half what the `with` form costs
         try:
             raw = txn.get(oid, db=self.objects)
             return raw, (txn.get(oid, db=self.data) if raw is not None else None)
