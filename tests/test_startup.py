@@ -54,13 +54,18 @@ def _config(tmp_path: Path, workers: int, **listen: str) -> dict[str, Any]:
     }
 
 
-def _exits_naming(proxy: ProxyProcess, address: str) -> str:
+def _exit_of(proxy: ProxyProcess) -> tuple[int | None, str]:
+    """Start ``proxy`` and wait for it to exit: its exit status (None: still running) and log."""
     proxy.launch()
     try:
         code = proxy.wait_exit(EXIT_WITHIN)
     finally:
         proxy.kill9()
-    log = proxy.log()
+    return code, proxy.log()
+
+
+def _exits_naming(proxy: ProxyProcess, address: str) -> str:
+    code, log = _exit_of(proxy)
     assert code is not None, f"still running after {EXIT_WITHIN}s:\n{log}"
     assert code != 0, log
     lines = [line for line in log.splitlines() if address in line and "cannot listen" in line]
@@ -198,13 +203,7 @@ def test_a_cache_index_of_a_newer_record_format_stops_the_start(
         assert int.from_bytes(txn.get(b"record_format"), "big") == 2  # said by the first start
         txn.put(b"record_format", (3).to_bytes(2, "big"))
     env.close()
-    proxy = ProxyProcess(cfg, tmp_path / "second")
-    proxy.launch()
-    try:
-        code = proxy.wait_exit(EXIT_WITHIN)
-    finally:
-        proxy.kill9()
-    log = proxy.log()
+    code, log = _exit_of(ProxyProcess(cfg, tmp_path / "second"))
     assert code == 1, log
     assert "written by a newer Slipstream (record format 3" in log, log
     assert "Traceback" not in log, log
