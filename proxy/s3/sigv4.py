@@ -364,6 +364,7 @@ def request_timestamp(headers: Mapping[str, str]) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1024)  # as _parse: the same few strings
 def valid_timestamp(timestamp: str) -> bool:
     """YYYYMMDDTHHMMSSZ with ASCII digits that make a real date and time."""
     return _AMZ_DATE.fullmatch(timestamp) is not None and _parse(timestamp) is not None
