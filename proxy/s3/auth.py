@@ -159,11 +159,14 @@ class Authenticator:
         self.region = region
         self._now = now
         self._users: dict[str, tuple[bytes, Principal]] = {}
+        # each user's answer to a signed body-less read, header-signed or presigned: shared
+        # (frozen, as _anonymous_read), not built per request
+        self._reads: dict[tuple[str, bool], AuthResult] = {}
         for user in cfg.users:  # secrets are read here, at start, and kept only in memory
-            self._users[user.access_key] = (
-                user.secret().encode(),
-                Principal(user.access_key, dict(user.allow)),
-            )
+            principal = Principal(user.access_key, dict(user.allow))
+            self._users[user.access_key] = (user.secret().encode(), principal)
+            for presigned in (False, True):
+                self._reads[user.access_key, presigned] = AuthResult(principal, _NO_BODY, presigned)
         grants = cfg.anonymous_grants()
         self.anonymous = grants is not None
         self._anonymous = (
@@ -219,6 +222,8 @@ class Authenticator:
         sigv4.verify(request, signed, key, self.region)
         sigv4.require_signed_amz_headers(request.headers, signed)
         spec = self._payload_spec(request, signed, key, signed.presigned)
+        if spec is _NO_BODY:
+            return self._reads[signed.access_key, signed.presigned]
         return AuthResult(principal, spec, signed.presigned)
 
     def _authenticate_v2(self, request: web.BaseRequest, signed: sigv2.SignedV2) -> AuthResult:

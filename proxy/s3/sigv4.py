@@ -55,48 +55,102 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
     """SignatureDoesNotMatch unless ``signed.signature`` is the request's signature under
     ``key``: constant-time, over the raw path and query as received (and, when a client
     encoded them differently, over the forms the spec's encoding gives)."""
-    headers: dict[str, list[str]] = {}
-    for name in signed.signed_headers:
-        values = request.headers.getall(name, None)
-        if values is None:
-            raise errors.SignatureDoesNotMatch(
-                f"The request does not carry the signed header {name!r}.",
-                AWSAccessKeyId=signed.access_key,
-            )
-        headers[name] = values
-    if "x-amz-content-sha256" in headers:  # as botocore: the signed value wins
-        payload_hash = ",".join(headers["x-amz-content-sha256"])
-    elif signed.presigned:
-        payload_hash = UNSIGNED_PAYLOAD
-    else:
-        payload_hash = request.headers.get("x-amz-content-sha256", "")
-    names = sorted(headers)
-    fixed = "\n".join(f"{n}:{','.join(' '.join(v.split()) for v in headers[n])}" for n in names)
-    tail = f"{fixed}\n\n{';'.join(names)}\n{payload_hash}"
+    tail = _canonical_tail(request, signed)
     scope = f"{signed.timestamp[:8]}/{region}/s3/aws4_request"
     method = request.method.upper()
     path, _, raw_query = request.raw_path.partition("?")
-    first: tuple[str, str] | None = None
+    # the forms nearly every client signs (the raw path, botocore's query) first, without
+    # building the alternatives; path_forms and query_forms yield these same two first
+    presigned = signed.presigned
+    query = _first_query(_without_signature(raw_query) if presigned else raw_query, presigned)
+    canonical_request = f"{method}\n{path}\n{query}\n{tail}"
+    string_to_sign = _attempt(canonical_request, signed, key, scope)
+    if string_to_sign is None:
+        return
     for form in path_forms(path):
-        for query in query_forms(raw_query, signed.presigned):
-            canonical_request = f"{method}\n{form}\n{query}\n{tail}"
-            try:
-                digest = hashlib.sha256(canonical_request.encode()).hexdigest()
-            except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
-                raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
-            string_to_sign = f"{ALGORITHM}\n{signed.timestamp}\n{scope}\n{digest}"
-            # the one-shot C digest: hmac.new's Python object costs more than the hash
-            expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
-            if hmac.compare_digest(expected, signed.signature):
+        for other in query_forms(raw_query, presigned):
+            if _attempt(f"{method}\n{form}\n{other}\n{tail}", signed, key, scope) is None:
                 return
-            first = first or (canonical_request, string_to_sign)
-    assert first is not None
     raise errors.SignatureDoesNotMatch(
         AWSAccessKeyId=signed.access_key,
-        StringToSign=first[1],
+        StringToSign=string_to_sign,
         SignatureProvided=signed.signature,
-        CanonicalRequest=first[0],
+        CanonicalRequest=canonical_request,
     )
+
+
+def _attempt(canonical_request: str, signed: Signed, key: bytes, scope: str) -> str | None:
+    """None when ``canonical_request`` carries ``signed.signature``; else its string to sign."""
+    try:
+        digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+    except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
+        raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
+    string_to_sign = f"{ALGORITHM}\n{signed.timestamp}\n{scope}\n{digest}"
+    # the one-shot C digest: hmac.new's Python object costs more than the hash
+    expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
+    return None if hmac.compare_digest(expected, signed.signature) else string_to_sign
+
+
+def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
+    """The canonical request after its query: the signed headers, their names, the payload
+    hash (as botocore: a signed x-amz-content-sha256 wins)."""
+    names, joined = _names(signed.signed_headers)
+    getall = request.headers.getall
+    lines = []
+    payload_hash: str | None = None
+    for name in names:
+        values = getall(name, None)
+        if values is None:
+            missing = next(n for n in signed.signed_headers if n not in request.headers)
+            raise errors.SignatureDoesNotMatch(
+                f"The request does not carry the signed header {missing!r}.",
+                AWSAccessKeyId=signed.access_key,
+            )
+        if len(values) == 1:
+            value = values[0]
+            lines.append(f"{name}:{' '.join(value.split())}")
+        else:
+            lines.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}")
+        if name == "x-amz-content-sha256":
+            payload_hash = ",".join(values)
+    if payload_hash is None:
+        if signed.presigned:
+            payload_hash = UNSIGNED_PAYLOAD
+        else:
+            payload_hash = request.headers.get("x-amz-content-sha256", "")
+    lines.append(f"\n{joined}\n{payload_hash}")
+    return "\n".join(lines)
+
+
+_NAMES: dict[tuple[str, ...], tuple[list[str], str]] = {}
+
+
+def _names(signed_headers: tuple[str, ...]) -> tuple[list[str], str]:
+    """SignedHeaders sorted without repeats, and joined by ';' (memoised: a client signs the
+    same few lists)."""
+    known = _NAMES.get(signed_headers)
+    if known is None:
+        names = sorted(set(signed_headers))
+        known = (names, ";".join(names))
+        if len(_NAMES) >= 1024:
+            _NAMES.clear()
+        _NAMES[signed_headers] = known
+    return known
+
+
+def _without_signature(raw_query: str) -> str:
+    """A presigned query without its trailing X-Amz-Signature pair (botocore puts it last):
+    the rest repeats across one client's URLs, so its canonical form is memoised. The
+    canonical query leaves the signature out either way."""
+    rest, sep, signature = raw_query.rpartition("&X-Amz-Signature=")
+    return rest if sep and "&" not in signature else raw_query
+
+
+@lru_cache(maxsize=4096)
+def _first_query(raw: str, presigned: bool) -> str:
+    """query_forms' first form (botocore's canonical query of the decoded pairs); for a
+    presigned URL the same with or without its signature pair."""
+    return next(query_forms(raw, presigned))
 
 
 # Sent unsigned without harm: the payload hash is part of the canonical request (header auth)
@@ -135,7 +189,50 @@ def derive_signing_key(secret: bytes, date: str, region: str, service: str = "s3
 # -- parsing what the client sent ---------------------------------------------------------------
 
 
+# What a client's signed requests repeat (the credential and SignedHeaders before the
+# signature, the X-Amz-* query before a presigned URL's signature), parsed and checked once:
+# the signature alone is read per request. Only well-formed claims are kept, bounded.
+_CLAIMS: dict[str, Signed] = {}
+_MAX_CLAIM = 1024  # characters of a kept prefix (botocore's are ~200)
+
+
+def _remember(prefix: str, signed: Signed) -> None:
+    if len(prefix) <= _MAX_CLAIM:
+        if len(_CLAIMS) >= 1024:
+            _CLAIMS.clear()
+        _CLAIMS[prefix] = signed
+
+
+def _with_signature(known: Signed, signature: str, timestamp: str) -> Signed:
+    return Signed(
+        known.access_key,
+        known.date,
+        known.region,
+        known.service,
+        known.terminal,
+        known.signed_headers,
+        signature.lower(),
+        timestamp,
+        known.presigned,
+        known.expires,
+    )
+
+
 def parse_header(value: str, timestamp: str | None) -> Signed:
+    """What an Authorization header claims. Its part before ``, Signature=`` decides all but
+    the signature (a well-formed 64-hex-digit one, last), so that part's parse is memoised."""
+    head, sep, signature = value.rpartition(", Signature=")
+    if not sep or not HEX64.fullmatch(signature):
+        return _parse_header(value, timestamp)
+    known = _CLAIMS.get(head)
+    if known is not None and not known.presigned:
+        return _with_signature(known, signature, timestamp or "")
+    signed = _parse_header(value, timestamp)
+    _remember(head, signed)
+    return signed
+
+
+def _parse_header(value: str, timestamp: str | None) -> Signed:
     malformed = errors.AuthorizationHeaderMalformed
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ALGORITHM:
@@ -164,6 +261,20 @@ def parse_header(value: str, timestamp: str | None) -> Signed:
 
 
 def parse_query(query: str) -> Signed:
+    """What a presigned URL's X-Amz-* parameters claim. The query before a last, well-formed
+    ``&X-Amz-Signature=`` (botocore's order) decides all but the signature: memoised."""
+    head, sep, signature = query.rpartition("&X-Amz-Signature=")
+    if not sep or not HEX64.fullmatch(signature) or "X-Amz-Signature" in head:
+        return _parse_query(query)
+    known = _CLAIMS.get(head)
+    if known is not None and known.presigned:
+        return _with_signature(known, signature, known.timestamp)
+    signed = _parse_query(query)
+    _remember(head, signed)
+    return signed
+
+
+def _parse_query(query: str) -> Signed:
     params: dict[str, str] = {}
     signatures = 0
     for part in query.split("&"):
@@ -253,6 +364,7 @@ def request_timestamp(headers: Mapping[str, str]) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1024)  # as _parse: the same few strings
 def valid_timestamp(timestamp: str) -> bool:
     """YYYYMMDDTHHMMSSZ with ASCII digits that make a real date and time."""
     return _AMZ_DATE.fullmatch(timestamp) is not None and _parse(timestamp) is not None

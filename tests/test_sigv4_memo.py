@@ -1,0 +1,146 @@
+"""sigv4's memos (the claims a client repeats, the canonical query of a presigned URL without
+its signature) change no answer: each memoised parse and verification is compared with the
+same work done from scratch, on botocore's requests and on generated ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy import errors
+from proxy.config_access import AuthConfig
+from proxy.s3 import sigv4
+from proxy.s3.auth import Authenticator
+from tests.sigv4kit import Wire, capture, mocked
+from tests.test_auth import KEYS, client, presigned, users
+
+
+@pytest.fixture
+def auth(monkeypatch: pytest.MonkeyPatch) -> Authenticator:
+    monkeypatch.setenv("TEST_AUTH_SECRET", "tr41ner/s3cret+key==")
+    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    return Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")))
+
+
+def _forget() -> None:
+    sigv4._CLAIMS.clear()
+    sigv4._NAMES.clear()
+    sigv4._first_query.cache_clear()
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
+    """What a call answers: its value, or its S3 error's class, message and fields."""
+    try:
+        return ("ok", fn())
+    except errors.S3Error as e:
+        return (type(e), e.message, e.fields)
+
+
+def _flip(text: str, at: int) -> str:
+    return text[:at] + ("0" if text[at] != "0" else "1") + text[at + 1 :]
+
+
+def _wires() -> Iterator[Wire]:
+    c = client()
+    for key in KEYS:
+        yield capture(c, "get_object", Bucket="data", Key=key, Range="bytes=0-9")
+        yield capture(c, "list_objects_v2", Bucket="data", Prefix=key, MaxKeys=7)
+        yield presigned(c, "GET", key)
+
+
+def _tampered(wire: Wire) -> Wire:
+    authz = wire.headers.get("Authorization")
+    if authz is not None:
+        return wire.with_headers(Authorization=_flip(authz, authz.rindex("=") + 1))
+    return Wire(wire.method, _flip(wire.target, wire.target.rindex("=") + 1), wire.headers)
+
+
+def test_memoised_answers_equal_fresh_ones(auth: Authenticator) -> None:
+    wires = list(_wires())
+    fresh = []
+    for wire in wires:  # each from scratch
+        _forget()
+        fresh.append(
+            [outcome(lambda w=w: auth.authenticate(mocked(w))) for w in (wire, _tampered(wire))]
+        )
+    _forget()
+    for _ in range(2):  # then with the memos filled by the requests before
+        for wire, want in zip(wires, fresh, strict=True):
+            got = [
+                outcome(lambda w=w: auth.authenticate(mocked(w))) for w in (wire, _tampered(wire))
+            ]
+            assert got[0][0] == "ok" and got[0][1].principal is not None
+            assert got[1] == want[1]  # the same refusal, the same canonical request in it
+            assert want[1][0] is errors.SignatureDoesNotMatch
+    assert sigv4._CLAIMS and sigv4._first_query.cache_info().hits
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_HEX = st.from_regex(r"\A[0-9a-fA-F]{64}\Z")
+_CREDENTIAL = st.one_of(
+    _TEXT, st.sampled_from(["AK/20240101/us-east-1/s3/aws4_request", "AK/20240101/eu/s3/x"])
+)
+_SIGNED_HEADERS = st.one_of(_TEXT, st.sampled_from(["host", "host;x-amz-date", "Host;x"]))
+_FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(
+    head=st.one_of(
+        _TEXT,
+        st.builds(
+            "AWS4-HMAC-SHA256 Credential={}, SignedHeaders={}".format, _CREDENTIAL, _SIGNED_HEADERS
+        ),
+        st.builds("{}, {}".format, _TEXT, _TEXT),
+    ),
+    signatures=st.lists(_HEX, min_size=2, max_size=3),
+    timestamp=st.one_of(st.none(), st.just("20240101T000000Z")),
+)
+def test_header_claims_parse_as_unmemoised(
+    head: str, signatures: list[str], timestamp: str | None
+) -> None:
+    _forget()
+    for signature in [*signatures, "zz"]:
+        value = f"{head}, Signature={signature}"
+        want = outcome(lambda v=value: sigv4._parse_header(v, timestamp))
+        assert outcome(lambda v=value: sigv4.parse_header(v, timestamp)) == want
+
+
+_PARAM = st.one_of(
+    st.sampled_from(
+        [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Credential=AK%2F20240101%2Fus-east-1%2Fs3%2Faws4_request",
+            "X-Amz-Date=20240101T000000Z",
+            "X-Amz-Date=2024",
+            "X-Amz-Expires=3600",
+            "X-Amz-Expires=0",
+            "X-Amz-SignedHeaders=host",
+            "X-Amz-Signature=" + "a" * 64,
+            "X-Amz-Signature",
+            "partNumber=1",
+        ]
+    ),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20),
+)
+
+
+@_FUZZ
+@given(params=st.lists(_PARAM, max_size=8), signatures=st.lists(_HEX, min_size=2, max_size=3))
+def test_query_claims_parse_as_unmemoised(params: list[str], signatures: list[str]) -> None:
+    _forget()
+    head = "&".join(params)
+    for signature in [*signatures, "zz", f"{signatures[0]}&x=1"]:
+        query = f"{head}&X-Amz-Signature={signature}"
+        want = outcome(lambda q=query: sigv4._parse_query(q))
+        assert outcome(lambda q=query: sigv4.parse_query(q)) == want
+        pairs = "&".join(sorted(query.split("&")))  # no signature last: the memo is not used
+        assert outcome(lambda q=pairs: sigv4.parse_query(q)) == outcome(
+            lambda q=pairs: sigv4._parse_query(q)
+        )
+        raw = sigv4._without_signature(query)
+        assert sigv4._first_query(raw, True) == next(sigv4.query_forms(query, True))
