@@ -243,3 +243,29 @@ def test_hot_objects_config(proxy_factory: ProxyFactory, tmp_path: Path) -> None
     for _ in range(10):
         assert raw_request(proxy.url, "GET", PATH).body == BODY
     assert _hot_hits(proxy) == 0
+
+
+def test_a_name_is_admitted_on_its_second_usual_answer(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    """A key's first usual answer in a process only marks it seen (a one-pass scan over more
+    keys than the table holds costs a set insert per read, not a rendered head): its second
+    request is still answered the usual way; later ones come from the table."""
+    config = _config(tmp_path, 1)
+    paths = [f"/{BUCKET}/scan/{i:02d}.bin" for i in range(10)]
+    for path in paths:
+        file = tmp_path / "store" / path.lstrip("/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(BODY)
+    proxy = proxy_factory(config)
+    for path in paths:
+        assert raw_request(proxy.url, "GET", path).body == BODY  # filled
+    time.sleep(1.5)  # the fills' commits and their first hit counts are written
+    proxy.stop()
+    proxy.start()  # a new process: nothing seen yet, an empty table; the objects cached
+    hits = _hot_hits(proxy)
+    for path in paths:
+        assert raw_request(proxy.url, "GET", path).body == BODY  # a usual hit: seen
+        assert raw_request(proxy.url, "GET", path).body == BODY  # usual again: admitted now
+    assert _hot_hits(proxy) == hits
+    _heat(proxy, 1, paths[0])  # then the table answers it
