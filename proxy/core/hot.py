@@ -27,7 +27,7 @@ from proxy.core.reads import Reads
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
-ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its strings (objects, dict slots)
+ENTRY_OVERHEAD = 800  # bytes an entry costs beyond its texts (objects, dict slots, names)
 SEEN_MAX = 50_000  # hashes of names answered once (a few MB; cleared when full)
 
 
@@ -126,9 +126,8 @@ class HotObjects:
         if time.time() >= expires:
             return False
         fields, checksums = render(rec.to_meta())
-        cost = ENTRY_OVERHEAD + len(raw)
-        cost += sum(len(k) + len(v) for d in (fields, checksums) for k, v in d.items())
-        cost += len(key) * 2
+        # the fields are rendered from the record: its bytes twice over bound their texts
+        cost = ENTRY_OVERHEAD + 2 * len(raw) + 2 * len(key)
         if cost > self.max_bytes:
             return False
         self._drop(name)
