@@ -74,8 +74,8 @@ def _pid(raw: Raw) -> str:
 
 
 def _heat(proxy: ProxyProcess, workers: int, path: str = PATH) -> None:
-    """GET ``path`` until every worker answers it from its table: the first hits' use count
-    rewrites the record (dropping the entries) within a second, so wait that out first."""
+    """GET ``path`` until every worker answers it from its table (each admits it on its own
+    second usual answer), then check that the table answers."""
     for _ in range(10):
         assert raw_request(proxy.url, "GET", path).status == 200
     time.sleep(1.5)
@@ -269,3 +269,22 @@ def test_a_name_is_admitted_on_its_second_usual_answer(
         assert raw_request(proxy.url, "GET", path).body == BODY  # usual again: admitted now
     assert _hot_hits(proxy) == hits
     _heat(proxy, 1, paths[0])  # then the table answers it
+
+
+def test_a_hit_flush_keeps_the_entry(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """The first hit's count rewrites the object's record (its frequency) a moment after the
+    entry was admitted from it: only statistics changed, so the entry stays and every later
+    read comes from the table (dropping it would send two more reads the usual way)."""
+    config = _config(tmp_path, 1, buckets={BUCKET: {"backend": "local", "metadata_ttl": "1h"}})
+    proxy = proxy_factory(config)
+    (tmp_path / "store" / BUCKET / "flush.bin").write_bytes(BODY)
+    path = f"/{BUCKET}/flush.bin"
+    assert raw_request(proxy.url, "GET", path).body == BODY  # the fill: seen
+    time.sleep(1.5)  # the fill is committed
+    assert raw_request(proxy.url, "GET", path).body == BODY  # the first hit: admitted
+    time.sleep(1.5)  # its count is flushed: the record is rewritten
+    hits = _hot_hits(proxy)
+    for _ in range(3):
+        assert raw_request(proxy.url, "GET", path).body == BODY
+    time.sleep(1.2)  # a worker's tallies reach the scrape within a second
+    assert _hot_hits(proxy) - hits == 3

@@ -153,7 +153,7 @@ class _StoreType(Protocol):
 # type -> (module, class). A store's module, and its SDK, load only when a backend of its
 # type is configured: each worker process would otherwise carry every SDK (tens of MB).
 _STORES = {
-    "s3": ("proxy.backends.s3", "S3Backend"),
+    "s3": ("proxy.backends.s3.backend", "S3Backend"),
     "fs": ("proxy.backends.fs", "FsBackend"),
     "azure": ("proxy.backends.azure", "AzureBackend"),
     "gcs": ("proxy.backends.gcs", "GcsBackend"),

@@ -366,13 +366,18 @@ class Index:
         raw, data = self.raw_with_data(oid)
         if raw is None:
             return None, None
+        rec = self.parsed(raw)
+        return rec, (data if rec.inline else None)
+
+    def parsed(self, raw: bytes) -> Record:
+        """``raw`` parsed, through the cache of parsed values (read-only: see get_with_data)."""
         rec = self._decoded.get(raw)
         if rec is None:
             rec = Record.loads(raw)
             if len(self._decoded) >= DECODED_CACHE_MAX:
                 self._decoded.clear()
             self._decoded[raw] = rec
-        return rec, (data if rec.inline else None)
+        return rec
 
     def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
         """The record's raw bytes and the object's inline bytes (None where absent), read in

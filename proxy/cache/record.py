@@ -87,6 +87,23 @@ class Record:
             etag_is_md5=self.md5,
         )
 
+    def answer(self) -> tuple[object, ...]:
+        """What an answer about this record is rendered from (not its place in the queues,
+        use counts or validation time)."""
+        return (
+            self.etag,
+            self.size,
+            self.mtime,
+            self.ctype,
+            self.meta,
+            self.headers,
+            self.md5,
+            self.inline,
+            self.key,
+            self.backend,
+            self.bucket,
+        )
+
     def same_version(self, meta: ObjectMeta) -> bool:
         return self.etag == meta.etag and self.size == meta.size
 

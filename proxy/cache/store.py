@@ -116,6 +116,10 @@ class CacheStore:
         """The record's raw bytes and its inline bytes, unparsed (Index.raw_with_data)."""
         return self._idx.raw_with_data(oid)
 
+    def parsed(self, raw: bytes) -> Record:
+        """A raw record (raw_lookup) parsed, shared with lookup's parsed records (read-only)."""
+        return self._idx.parsed(raw)
+
     def missing(self, oids: list[bytes]) -> list[bool]:
         return self._idx.missing(oids)
 

@@ -5,8 +5,10 @@ rendered from. Each use reads the record's raw bytes and the object's bytes agai
 read transaction (no parsing) and compares the record byte for byte with the entry's: the
 index is shared by every worker, so a fill, write, delete, eviction, revalidation, hit flush
 or another process's commit is seen by the very next use, without a signal between processes.
-The body is never held here: it is the one the index holds now, read with the record. Any
-difference drops the entry and the request takes the usual path, which may admit it again.
+The body is never held here: it is the one the index holds now, read with the record. A
+record that changed only in what the answer is not rendered from (hit statistics, its queue,
+the validation time) is parsed once and the entry keeps it; any other difference drops the
+entry and the request takes the usual path, which may admit it again.
 
 A use counts what a usual inline hit counts (the bucket's hit and bytes, the use count that
 eviction reads, the prefetcher's read feed, first-byte time), so nothing observable moves.
@@ -25,7 +27,7 @@ from proxy.core.reads import Reads
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
-ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its strings (objects, dict slots)
+ENTRY_OVERHEAD = 800  # bytes an entry costs beyond its texts (objects, dict slots, names)
 SEEN_MAX = 50_000  # hashes of names answered once (a few MB; cleared when full)
 
 
@@ -37,6 +39,7 @@ class HotEntry:
     fields: dict[str, str]  # the answer's headers but the request ids and what aiohttp adds
     checksums: dict[str, str]  # added after them when the request asks (x-amz-checksum-mode)
     expires: float  # time.time() after which the record needs revalidation (metadata_ttl)
+    ttl: float | None  # the mount's metadata_ttl
     bucket: str  # the client-facing bucket (the prefetcher's read feed)
     key: str  # the remote key
     stats: metrics.BucketMetrics
@@ -67,13 +70,25 @@ class HotObjects:
         if entry is None:
             return None
         raw, body = self.cache.raw_lookup(entry.oid)
-        if raw != entry.raw or body is None:
+        if (raw != entry.raw and not self._same_answer(entry, raw)) or body is None:
             self._drop(name)
             self._remember(name)  # hot until now: back in at its next usual answer
             return None
         if time.time() >= entry.expires:
             return None  # due for revalidation: the usual path asks the store
         return entry, body
+
+    def _same_answer(self, entry: HotEntry, raw: bytes | None) -> bool:
+        """Whether ``raw`` renders the answer ``entry`` holds (a hit flush, a revalidation or a
+        move between queues rewrote the record, not the object): if so the entry now holds it."""
+        if raw is None:
+            return False
+        rec = self.cache.parsed(raw)
+        if rec.answer() != entry.rec.answer():
+            return False
+        entry.raw, entry.rec = raw, rec
+        entry.expires = float("inf") if entry.ttl is None else rec.validated + entry.ttl
+        return True
 
     def count_get(self, entry: HotEntry, size: int, started: float) -> None:
         """What a usual whole inline GET hit counts (Reads.read and the read handler)."""
@@ -99,12 +114,11 @@ class HotObjects:
         if hash(name) not in self._seen:
             self._remember(name)
             return False
-        self._seen.discard(hash(name))
         oid = oid_of(mount, key)
         raw, body = self.cache.raw_lookup(oid)
         if raw is None or body is None:
             return False
-        rec = Record.loads(raw)
+        rec = self.cache.parsed(raw)  # the usual answer just parsed it: shared, read-only
         if not rec.inline:
             return False
         ttl = mount.metadata_ttl
@@ -112,9 +126,8 @@ class HotObjects:
         if time.time() >= expires:
             return False
         fields, checksums = render(rec.to_meta())
-        cost = ENTRY_OVERHEAD + len(raw)
-        cost += sum(len(k) + len(v) for d in (fields, checksums) for k, v in d.items())
-        cost += len(key) * 2
+        # the fields are rendered from the record: its bytes twice over bound their texts
+        cost = ENTRY_OVERHEAD + 2 * len(raw) + 2 * len(key)
         if cost > self.max_bytes:
             return False
         self._drop(name)
@@ -122,9 +135,10 @@ class HotObjects:
             self._drop(next(iter(self._entries)))
         stats = metrics.bucket(mount.name, mount.wildcard)
         self._entries[name] = HotEntry(
-            oid, raw, rec, fields, checksums, expires, mount.name, key, stats, cost
+            oid, raw, rec, fields, checksums, expires, ttl, mount.name, key, stats, cost
         )
         self._bytes += cost
+        self._seen.discard(hash(name))  # (until now a fill not yet committed stays seen)
         return True
 
     def _remember(self, name: Hashable) -> None:

@@ -58,7 +58,10 @@ _ADMITTED = (200, 206)
 def _auth_only(query: str) -> bool:
     """The raw query names only a presigned URL's parameters."""
     for part in query.split("&"):
-        if part and unquote(part.partition("=")[0]) not in _AUTH_PARAMS:
+        name = part.partition("=")[0]
+        if "%" in name:
+            name = unquote(name)
+        if part and name not in _AUTH_PARAMS:
             return False
     return True
 
@@ -142,14 +145,9 @@ class HotPath:
         return whole.respond(request, status, fields, body, len(body))
 
     def _admit(self, request: web.BaseRequest, key: Hashable) -> None:
-        try:
-            target = parse.parse_target(request.raw_path, request.host or "", self.domains)
-            if target.bucket is None or target.key is None:
-                return
-            mount = self.router.resolve(target.bucket)
-        except errors.S3Error:
-            return
-        self.table.admit(key, mount, mount.remote_key(target.key), _render)
+        found = request.get("object")  # (mount, remote key), as dispatch resolved them
+        if found is not None:
+            self.table.admit(key, found[0], found[1], _render)
 
 
 def _render(meta: ObjectMeta) -> tuple[dict[str, str], dict[str, str]]:
