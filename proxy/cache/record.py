@@ -116,15 +116,18 @@ class Record:
             _put_text(out, _bitmap_bytes(chunks))
         else:
             out.append(0)  # an empty bitmap
+        quota = self.quota
+        if quota:
+            _put_texts(out, (quota,))
+        else:
+            out.append(0)
         if not chunks and gen == generation(etag, self.size):
             flags |= _GEN_DERIVED  # an inline or metadata-only record: loads derives it
-            _put_texts(out, (self.quota,))
         elif len(gen) == 12 and not gen.strip(_HEX):  # (strips to "": hex digits only)
             flags |= _GEN_HEX
-            _put_texts(out, (self.quota,))
             out += bytes.fromhex(gen)
         else:
-            _put_texts(out, (self.quota, gen))
+            _put_texts(out, (gen,))
         ctype = _CTYPES.get(self.ctype)
         _put_uints(out, (*ints, self.uses_era, len(meta), len(headers), ctype or 0))
         md5 = _MD5_ETAG.fullmatch(etag)
@@ -280,13 +283,15 @@ class Record:
     def _loads_v2(cls, raw: bytes) -> Record:
         flags = raw[1]
         mtime, validated, atime = _TIMES.unpack_from(raw, 2)
-        if flags & (_GEN_HEX | _GEN_DERIVED):
-            (bitmap, quota), at = _slices(raw, _HEAD2.size, 2)
-            gen = ""
-            if flags & _GEN_HEX:
-                gen, at = raw[at : at + 6].hex(), at + 6
+        if not (raw[26] or raw[27]):  # the most common: no chunk files, no quota
+            bitmap, quota, at = b"", b"", 28
         else:
-            (bitmap, quota, g), at = _slices(raw, _HEAD2.size, 3)
+            (bitmap, quota), at = _slices(raw, _HEAD2.size, 2)
+        gen = ""
+        if flags & _GEN_HEX:
+            gen, at = raw[at : at + 6].hex(), at + 6
+        elif not flags & _GEN_DERIVED:
+            (g,), at = _slices(raw, at, 1)
             gen = g.decode("utf-8", "surrogatepass")
         ints, at = _uints(raw, at, 11)
         size, stored, qseq, gseq, hits, freq, uses, uses_era, nmeta, nheaders, ctype_no = ints
@@ -310,7 +315,7 @@ class Record:
             flags,
             (size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era),
             (key, backend, bucket, etag, ctype, gen, quota.decode("utf-8", "surrogatepass")),
-            int.from_bytes(bitmap, "little"),
+            int.from_bytes(bitmap, "little") if bitmap else 0,
             meta,
             headers,
         )
@@ -427,21 +432,19 @@ def _uint(raw: bytes, at: int) -> tuple[int, int]:
 
 
 def _uints(raw: bytes, at: int, count: int) -> tuple[list[int], int]:
-    """``count`` varints from ``at`` (_uint's loop inline) and where the next field starts."""
+    """``count`` varints from ``at`` and where the next field starts (the short ones inline)."""
     out = []
     for _ in range(count):
         n = raw[at]
-        at += 1
-        if n > 0x7F:
-            n &= 0x7F
-            shift = 7
-            while True:
-                byte = raw[at]
-                at += 1
-                n |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
+        if n < 0x80:
+            at += 1
+        else:
+            high = raw[at + 1]
+            if high < 0x80:  # two bytes: up to 16383
+                n = n & 0x7F | high << 7
+                at += 2
+            else:
+                n, at = _uint(raw, at)
         out.append(n)
     return out, at
 
@@ -529,6 +532,8 @@ def glance(raw: bytes, names: bool = False) -> Glance:
 
 def _glance_v2(raw: bytes, names: bool) -> Glance:
     flags = raw[1]
+    if not (names or raw[26] or raw[27]):  # the most common: no chunk files, no quota
+        return Glance(bool(flags & _INLINE), 0, "", "")
     (bitmap, q), at = _slices(raw, _HEAD2.size, 2)
     chunks = int.from_bytes(bitmap, "little") if bitmap else 0
     quota = q.decode("utf-8", "surrogatepass") if q else ""
