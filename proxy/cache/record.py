@@ -8,8 +8,9 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any, NamedTuple
 
 from proxy.model import ObjectMeta
@@ -23,6 +24,7 @@ def object_id(backend: str, bucket: str, key: str) -> bytes:
     ).digest()
 
 
+@functools.lru_cache(maxsize=8192)  # pure: a fill derives it, then dumps and loads do again
 def generation(etag: str, size: int) -> str:
     """Names one version's chunk files; every process derives the same name for it."""
     return hashlib.blake2b(f"{etag}\x00{size}".encode(), digest_size=6).hexdigest()
@@ -125,38 +127,44 @@ class Record:
         if min(*ints, self.uses_era) < 0:
             return self._dumps_v1()  # none is ever negative; varints are unsigned
         flags = self._flags()
-        out = bytearray()
-        bitmap = _bitmap_bytes(self.chunks)
-        _put_text(out, bitmap)
-        _put_text(out, self.quota.encode("utf-8", "surrogatepass"))
-        if not self.chunks and self.gen == generation(self.etag, self.size):
-            flags |= _GEN_DERIVED  # an inline or metadata-only record: loads derives it
-        elif _HEX12.fullmatch(self.gen):
-            flags |= _GEN_HEX
-            out += bytes.fromhex(self.gen)
+        out = bytearray(_HEAD2.size)  # packed last, once the flags are known
+        chunks, gen, etag, meta, headers = self.chunks, self.gen, self.etag, self.meta, self.headers
+        if chunks:
+            _put_text(out, _bitmap_bytes(chunks))
         else:
-            _put_text(out, self.gen.encode("utf-8", "surrogatepass"))
+            out.append(0)  # an empty bitmap
+        quota = self.quota
+        if quota:
+            _put_texts(out, (quota,))
+        else:
+            out.append(0)
+        if not chunks and gen == generation(etag, self.size):
+            flags |= _GEN_DERIVED  # an inline or metadata-only record: loads derives it
+        elif len(gen) == 12 and not gen.strip(_HEX):  # (strips to "": hex digits only)
+            flags |= _GEN_HEX
+            out += bytes.fromhex(gen)
+        else:
+            _put_texts(out, (gen,))
         ctype = _CTYPES.get(self.ctype)
+        _put_uints(out, (*ints, self.uses_era, len(meta), len(headers), ctype or 0))
+        md5 = _MD5_ETAG.fullmatch(etag)
+        if md5 is not None:
+            flags |= _ETAG_HEX
+            _put_texts(out, (self.key, self.backend, self.bucket))
+            out += bytes.fromhex(md5[1])
+            _put_texts(out, (md5[2] or "",))
+        else:
+            _put_texts(out, (self.key, self.backend, self.bucket, etag))
         if ctype is not None:
             flags |= _CTYPE_TABLE
-        for n in (*ints, self.uses_era, len(self.meta), len(self.headers), ctype or 0):
-            _put_uint(out, n)
-        for text in (self.key, self.backend, self.bucket):
-            _put_text(out, text.encode("utf-8", "surrogatepass"))
-        etag = _MD5_ETAG.fullmatch(self.etag)
-        if etag is not None:
-            flags |= _ETAG_HEX
-            out += bytes.fromhex(etag[1])
-            _put_text(out, (etag[2] or "").encode())
         else:
-            _put_text(out, self.etag.encode("utf-8", "surrogatepass"))
-        if ctype is None:
-            _put_text(out, self.ctype.encode("utf-8", "surrogatepass"))
-        for pairs in (self.meta, self.headers):
-            for name, value in pairs.items():
-                _put_text(out, name.encode("utf-8", "surrogatepass"))
-                _put_text(out, value.encode("utf-8", "surrogatepass"))
-        return _HEAD2.pack(FORMAT2, flags, self.mtime, self.validated, self.atime) + out
+            _put_texts(out, (self.ctype,))
+        if meta:
+            _put_texts(out, chain.from_iterable(meta.items()))
+        if headers:
+            _put_texts(out, chain.from_iterable(headers.items()))
+        _HEAD2.pack_into(out, 0, FORMAT2, flags, self.mtime, self.validated, self.atime)
+        return bytes(out)
 
     def _flags(self) -> int:
         return (
@@ -200,11 +208,13 @@ class Record:
 
     @classmethod
     def loads(cls, raw: bytes | memoryview) -> Record:
-        raw = bytes(raw)
-        if raw[:1] == b"{":
-            return cls._loads_json(raw)
-        if raw[0] == FORMAT2:
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        form = raw[0]
+        if form == FORMAT2:
             return cls._loads_v2(raw)
+        if form == 0x7B:  # "{"
+            return cls._loads_json(raw)
         (
             _,
             flags,
@@ -258,80 +268,73 @@ class Record:
         """A record from a binary form's fields (``nums`` and ``texts`` in _FIXED's order)."""
         size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era = nums
         key, backend, bucket, etag, ctype, gen, quota = texts
-        return cls(
-            key=key,
-            backend=backend,
-            bucket=bucket,
-            etag=etag,
-            size=size,
-            mtime=mtime,
-            ctype=ctype,
-            validated=validated,
-            meta=meta,
-            headers=headers,
-            md5=bool(flags & _MD5),
-            gen=gen,
-            inline=bool(flags & _INLINE),
-            chunks=chunks,
-            stored=stored,
-            queue="M" if flags & _MAIN else "S",
-            qseq=qseq,
-            freq=freq,
-            hits=hits,
-            atime=atime,
-            pinned=bool(flags & _PINNED),
-            quota=quota,
-            gseq=gseq,
-            uses=uses,
-            uses_era=uses_era,
+        return cls(  # positional (the fields' order): a quarter of the keywords' cost
+            key,
+            backend,
+            bucket,
+            etag,
+            size,
+            mtime,
+            ctype,
+            validated,
+            meta,
+            headers,
+            bool(flags & _MD5),
+            gen,
+            bool(flags & _INLINE),
+            chunks,
+            stored,
+            "M" if flags & _MAIN else "S",
+            qseq,
+            freq,
+            hits,
+            atime,
+            bool(flags & _PINNED),
+            quota,
+            gseq,
+            uses,
+            uses_era,
         )
 
     @classmethod
     def _loads_v2(cls, raw: bytes) -> Record:
-        _, flags, mtime, validated, atime = _HEAD2.unpack_from(raw)
-        bitmap, at = _text(raw, _HEAD2.size)
-        quota, at = _text(raw, at)
+        flags = raw[1]
+        mtime, validated, atime = _TIMES.unpack_from(raw, 2)
+        if not (raw[26] or raw[27]):  # the most common: no chunk files, no quota
+            bitmap, quota, at = b"", b"", 28
+        else:
+            (bitmap, quota), at = _slices(raw, _HEAD2.size, 2)
         gen = ""
         if flags & _GEN_HEX:
             gen, at = raw[at : at + 6].hex(), at + 6
         elif not flags & _GEN_DERIVED:
-            g, at = _text(raw, at)
+            (g,), at = _slices(raw, at, 1)
             gen = g.decode("utf-8", "surrogatepass")
         ints, at = _uints(raw, at, 11)
         size, stored, qseq, gseq, hits, freq, uses, uses_era, nmeta, nheaders, ctype_no = ints
-        texts, at = _texts(raw, at, 3)
-        key, backend, bucket = texts
         if flags & _ETAG_HEX:
+            (key, backend, bucket), at = _texts(raw, at, 3)
             digest = raw[at : at + 16].hex()
-            suffix, at = _text(raw, at + 16)
+            (suffix,), at = _slices(raw, at + 16, 1)
             etag = f'"{digest}{suffix.decode()}"'
         else:
-            e, at = _text(raw, at)
-            etag = e.decode("utf-8", "surrogatepass")
+            (key, backend, bucket, etag), at = _texts(raw, at, 4)
+        rest, at = _texts(raw, at, 2 * (nmeta + nheaders) + (not flags & _CTYPE_TABLE))
         if flags & _CTYPE_TABLE:
             ctype = CTYPES[ctype_no]
         else:
-            c, at = _text(raw, at)
-            ctype = c.decode("utf-8", "surrogatepass")
-        dicts: list[dict[str, str]] = []
-        for count in (nmeta, nheaders):
-            pairs: dict[str, str] = {}
-            for _ in range(count):
-                name, at = _text(raw, at)
-                value, at = _text(raw, at)
-                pairs[name.decode("utf-8", "surrogatepass")] = value.decode(
-                    "utf-8", "surrogatepass"
-                )
-            dicts.append(pairs)
+            ctype = rest.pop(0)
+        meta = _pairs(rest, 0, nmeta) if nmeta else {}
+        headers = _pairs(rest, 2 * nmeta, nheaders) if nheaders else {}
         if flags & _GEN_DERIVED:
             gen = generation(etag, size)
         return cls._of(
             flags,
             (size, stored, mtime, validated, atime, qseq, gseq, hits, freq, uses, uses_era),
             (key, backend, bucket, etag, ctype, gen, quota.decode("utf-8", "surrogatepass")),
-            int.from_bytes(bitmap, "little"),
-            dicts[0],
-            dicts[1],
+            int.from_bytes(bitmap, "little") if bitmap else 0,
+            meta,
+            headers,
         )
 
     def _dumps_json(self) -> bytes:
@@ -368,8 +371,9 @@ _MD5, _INLINE, _PINNED, _MAIN = 1, 2, 4, 8
 # LEB128; a text is a varint length and that many bytes (UTF-8).
 FORMAT2 = 2
 _HEAD2 = struct.Struct("<BBddd")
+_TIMES = struct.Struct("<ddd")  # _HEAD2's times (after its two bytes)
 _GEN_DERIVED, _GEN_HEX, _ETAG_HEX, _CTYPE_TABLE = 16, 32, 64, 128
-_HEX12 = re.compile("[0-9a-f]{12}")
+_HEX = "0123456789abcdef"  # a gen of 12 of these is held as 6 bytes (_GEN_HEX)
 _MD5_ETAG = re.compile('"([0-9a-f]{32})(-[0-9]+)?"')
 # Content types held by their number here (FORMAT2, _CTYPE_TABLE): append only, never reorder.
 CTYPES = (
@@ -403,9 +407,30 @@ def _put_uint(out: bytearray, n: int) -> None:
     out.append(n)
 
 
+def _put_uints(out: bytearray, ints: Iterable[int]) -> None:
+    """Varints (_put_uint's loop inline: dumps writes eleven)."""
+    for n in ints:
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+
+
 def _put_text(out: bytearray, data: bytes) -> None:
     _put_uint(out, len(data))
     out += data
+
+
+def _put_texts(out: bytearray, texts: Iterable[str]) -> None:
+    """Each text as UTF-8 (a surrogate-escaped byte kept) after its length."""
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        n = len(data)
+        if n < 0x80:  # the most common: a one-byte length
+            out.append(n)
+        else:
+            _put_uint(out, n)
+        out += data
 
 
 def _uint(raw: bytes, at: int) -> tuple[int, int]:
@@ -423,27 +448,56 @@ def _uint(raw: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _text(raw: bytes, at: int) -> tuple[bytes, int]:
-    n, at = _uint(raw, at)
-    return raw[at : at + n], at + n
-
-
 def _uints(raw: bytes, at: int, count: int) -> tuple[list[int], int]:
-    """``count`` varints from ``at``."""
+    """``count`` varints from ``at`` and where the next field starts (the short ones inline)."""
     out = []
     for _ in range(count):
-        n, at = _uint(raw, at)
+        n = raw[at]
+        if n < 0x80:
+            at += 1
+        else:
+            high = raw[at + 1]
+            if high < 0x80:  # two bytes: up to 16383
+                n = n & 0x7F | high << 7
+                at += 2
+            else:
+                n, at = _uint(raw, at)
         out.append(n)
     return out, at
 
 
-def _texts(raw: bytes, at: int, count: int) -> tuple[list[str], int]:
-    """``count`` UTF-8 texts from ``at``."""
+def _slices(raw: bytes, at: int, count: int) -> tuple[list[bytes], int]:
+    """``count`` texts' bytes from ``at`` and where the next field starts."""
     out = []
     for _ in range(count):
-        t, at = _text(raw, at)
-        out.append(t.decode("utf-8", "surrogatepass"))
+        n = raw[at]
+        if n < 0x80:  # the most common: a one-byte length
+            at += 1
+        else:
+            n, at = _uint(raw, at)
+        out.append(raw[at : at + n])
+        at += n
     return out, at
+
+
+def _texts(raw: bytes, at: int, count: int) -> tuple[list[str], int]:
+    """``count`` UTF-8 texts from ``at`` and where the next field starts."""
+    out = []
+    for _ in range(count):
+        n = raw[at]
+        if n < 0x80:
+            at += 1
+        else:
+            n, at = _uint(raw, at)
+        out.append(raw[at : at + n].decode("utf-8", "surrogatepass"))
+        at += n
+    return out, at
+
+
+def _pairs(texts: list[str], at: int, count: int) -> dict[str, str]:
+    """``count`` name-value pairs from ``texts[at:]``."""
+    end = at + 2 * count
+    return dict(zip(texts[at:end:2], texts[at + 1 : end : 2], strict=True))
 
 
 _TAIL = struct.Struct("<IH")  # _FIXED's last two fields: bitmap bytes, text count
@@ -495,22 +549,26 @@ def glance(raw: bytes, names: bool = False) -> Glance:
 
 def _glance_v2(raw: bytes, names: bool) -> Glance:
     flags = raw[1]
-    bitmap, at = _text(raw, _HEAD2.size)
+    if not (names or raw[26] or raw[27]):  # the most common: no chunk files, no quota
+        return Glance(bool(flags & _INLINE), 0, "", "")
+    (bitmap, q), at = _slices(raw, _HEAD2.size, 2)
     chunks = int.from_bytes(bitmap, "little") if bitmap else 0
-    q, at = _text(raw, at)
     quota = q.decode("utf-8", "surrogatepass") if q else ""
     gen = ""  # hex: only chunk files are named
     if flags & _GEN_HEX:
         gen, at = (raw[at : at + 6].hex() if chunks else ""), at + 6
     elif not flags & _GEN_DERIVED:  # (derived: a record without chunk files)
-        g, at = _text(raw, at)
+        (g,), at = _slices(raw, at, 1)
         gen = g.decode("utf-8", "surrogatepass") if chunks else ""
     inline = bool(flags & _INLINE)
     if not names:
         return Glance(inline, chunks, gen, quota)
-    _, at = _uints(raw, at, 11)
-    texts, _ = _texts(raw, at, 3)
-    return Glance(inline, chunks, gen, quota, texts[1], texts[2], texts[0])
+    left = 11  # the varints: skipped (the last byte of each is below 0x80)
+    while left:
+        left -= raw[at] < 0x80
+        at += 1
+    (key, backend, bucket), _ = _texts(raw, at, 3)
+    return Glance(inline, chunks, gen, quota, backend, bucket, key)
 
 
 def chunk_indices(bits: int) -> Iterator[int]:
