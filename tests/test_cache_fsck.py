@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from proxy.cache.index import Txn
 from proxy.cache.quota import QuotaRule, used_key
-from proxy.cache.record import CTYPES, Record, generation, glance, object_id
+from proxy.cache.record import (
+    CTYPES,
+    FORMAT2,
+    Record,
+    generation,
+    glance,
+    object_id,
+    plain_inline,
+)
 from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
 
@@ -53,6 +61,8 @@ def _agrees(rec: Record) -> None:
             if names:
                 assert (g.backend, g.bucket, g.key) == (back.backend, back.bucket, back.key)
             assert g.gen == back.gen or (not back.chunks and g.gen == "")
+        plain = back.inline and not back.chunks and not back.quota  # the walk's shortcut
+        assert plain_inline(raw) == (plain and raw[0] == FORMAT2)
 
 
 def test_glance_reads_what_loads_reads() -> None:

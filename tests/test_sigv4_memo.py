@@ -4,6 +4,7 @@ same work done from scratch, on botocore's requests and on generated ones."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -144,3 +145,41 @@ def test_query_claims_parse_as_unmemoised(params: list[str], signatures: list[st
         )
         raw = sigv4._without_signature(query)
         assert sigv4._first_query(raw, True) == next(sigv4.query_forms(query, True))
+
+
+def test_a_verified_presigned_url_answers_as_a_fresh_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presigned URL that verified once skips the HMACs when it is read again (a dataset's
+    URL list, each epoch), but every answer stays what a fresh Authenticator gives: the time
+    window, the method, the Host, unsigned x-amz-* headers and the signature still decide."""
+    monkeypatch.setenv("TEST_AUTH_SECRET", "tr41ner/s3cret+key==")
+    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    clock = [time.time()]
+    memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+
+    def fresh(wire: Wire) -> tuple[Any, ...]:
+        auth = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+        return outcome(lambda: auth.authenticate(mocked(wire)))
+
+    wire = presigned(client(), "GET", "shard/0001.tar", expires=60)
+    first = outcome(lambda: memo.authenticate(mocked(wire)))
+    assert first[0] == "ok" and memo._verified_urls  # remembered
+    variants = [
+        wire,
+        Wire("HEAD", wire.target, wire.headers),  # signed for GET
+        wire.with_headers(Host="elsewhere:9000"),
+        wire.with_headers(x_amz_meta_extra="1"),  # an x-amz-* header nobody signed
+        _tampered(wire),
+    ]
+    answers = [outcome(lambda w=w: memo.authenticate(mocked(w))) for w in variants]
+    assert answers == [fresh(w) for w in variants]
+    assert [a[0] for a in answers] == [
+        "ok",
+        errors.SignatureDoesNotMatch,
+        errors.SignatureDoesNotMatch,
+        errors.AccessDenied,
+        errors.SignatureDoesNotMatch,
+    ]
+    clock[0] += 120  # the URL expired
+    answers = [outcome(lambda w=w: memo.authenticate(mocked(w))) for w in variants]
+    assert answers == [fresh(w) for w in variants]
+    assert answers[0][:2] == (errors.AccessDenied, "Request has expired")

@@ -547,6 +547,12 @@ def glance(raw: bytes, names: bool = False) -> Glance:
     return Glance(bool(raw[1] & _INLINE), chunks, gen, quota, backend, bucket, key)
 
 
+def plain_inline(raw: bytes) -> bool:
+    """Whether ``raw`` is a compact record of an inline object without a quota (the most
+    common record: the start-up check's walk looks at nothing else of it)."""
+    return raw[0] == FORMAT2 and bool(raw[1] & _INLINE) and not (raw[26] or raw[27])
+
+
 def _glance_v2(raw: bytes, names: bool) -> Glance:
     flags = raw[1]
     if not (names or raw[26] or raw[27]):  # the most common: no chunk files, no quota

@@ -17,7 +17,7 @@ from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
-from proxy.cache.record import FORMAT2, Record, chunk_indices, glance
+from proxy.cache.record import FORMAT2, Record, chunk_indices, glance, plain_inline
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.model import ObjectMeta
@@ -439,8 +439,8 @@ class CacheStore:
             moved: list[bytes] = []  # cache.quotas gives it another quota now
             records = cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext())
             for key, raw in records:
-                g = glance(raw)
-                if g.inline:
+                g = None if not rules and plain_inline(raw) else glance(raw)
+                if g is None or g.inline:
                     while value_key is not None and value_key < key:
                         value_key = next(values, None)
                     lost = value_key != key
@@ -448,7 +448,7 @@ class CacheStore:
                     lost = any((key, g.gen, i) not in on_disk for i in chunk_indices(g.chunks))
                 if lost:
                     gone.append(key)
-                elif rules or g.quota:
+                elif g is not None and (rules or g.quota):
                     g = glance(raw, names=True)
                     rule = quota.group_of(rules, g.backend, g.bucket, g.key)
                     if g.quota != (rule.name if rule is not None else ""):

@@ -43,6 +43,7 @@ _MODES: dict[str, PayloadMode] = {
     STREAMING_SIGNED_TRAILER: "streaming-signed-trailer",
 }
 _READ_METHODS = frozenset(("GET", "HEAD"))
+VERIFIED_URLS_MAX = 100_000  # (a few hundred bytes each; cleared when full)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ class Authenticator:
         self._open_reads = self.anonymous and not self._users
         self._anonymous_read = AuthResult(self._anonymous, _NO_BODY)
         self._keys: dict[tuple[str, str], bytes] = {}
+        # presigned URLs (only Host signed) that verified, for a body-less read: a dataset's
+        # URL list is read again each epoch
+        self._verified_urls: dict[tuple[str, str, str], Signed] = {}
 
     def authenticate(self, request: web.BaseRequest) -> AuthResult:
         """Verify the request's signature (if any) and describe its payload, or raise."""
@@ -204,9 +208,17 @@ class Authenticator:
             return self._authenticate_v2(request, sigv2.parse_header(authorization))
         if authorization is None and not presigned_v4:
             return self._authenticate_v2(request, sigv2.parse_query(query))
+        url = None  # a presigned body-less read: (method, Host, raw path), for _verified_urls
         if authorization is not None:
             signed = sigv4.parse_header(authorization, sigv4.request_timestamp(headers))
         else:
+            if request.method in _READ_METHODS and not request.body_exists:
+                url = (request.method, headers.get("Host", ""), request.raw_path)
+                known = self._verified_urls.get(url)
+                if known is not None and request.content_length is None:
+                    self._check_time(known)  # (its scope and signature were checked)
+                    sigv4.require_signed_amz_headers(headers, known)
+                    return self._reads[known.access_key, True]
             signed = sigv4.parse_query(query)
         entry = self._users.get(signed.access_key)
         if entry is None:
@@ -223,6 +235,12 @@ class Authenticator:
         sigv4.require_signed_amz_headers(request.headers, signed)
         spec = self._payload_spec(request, signed, key, signed.presigned)
         if spec is _NO_BODY:
+            if url is not None and signed.signed_headers == ("host",):
+                # the same URL verifies the same (the canonical request is made of the
+                # method, the Host and the raw path alone): later uses skip the HMACs
+                if len(self._verified_urls) >= VERIFIED_URLS_MAX:
+                    self._verified_urls.clear()
+                self._verified_urls[url] = signed
             return self._reads[signed.access_key, signed.presigned]
         return AuthResult(principal, spec, signed.presigned)
 
