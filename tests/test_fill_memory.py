@@ -16,11 +16,11 @@ from proxy.config import BackendConfig, CacheConfig
 from proxy.core import fills as fills_module
 from proxy.core.body import FileSlice, ObjectRead, read_slice
 from proxy.core.budget import MemoryBudget
-from proxy.core.fills import Fills
+from proxy.core.fills import Fill, Fills
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
 from proxy.errors import ConfigError
-from proxy.model import ByteRange
+from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
 
 CHUNK = 64 * 1024
@@ -175,3 +175,52 @@ def test_fill_memory_is_validated_and_documented() -> None:
             config.from_mapping({"cache": {"fill_memory": bad}}, "t", {})
     example = Path(__file__).parent.parent / "config" / "slipstream.example.yaml"
     assert "fill_memory: 512MiB" in example.read_text()
+
+
+async def test_a_cold_read_in_one_chunk_names_its_fill_weakly(
+    core: tuple[Reads, Mount, Path],
+) -> None:
+    """A cold read whose answer lies in one chunk names that fill (the handler takes the bytes
+    whole from it); one that spans chunks names none; a read kept after its parts were
+    dropped keeps no fill buffer."""
+    reads, mount, store = core
+    data = _data(2 * CHUNK + 5)
+    (store / "k").write_bytes(data)
+    read = await reads.read(mount, "k", ByteRange(CHUNK + 3, CHUNK + 99), {})
+    assert read.fill is not None
+    fill = read.fill()
+    assert (
+        fill is not None
+        and await fill.whole(read.first, read.last) == data[CHUNK + 3 : CHUNK + 100]
+    )
+    del fill
+    await reads.fills.wait_idle()
+    read.parts = _no_parts()  # the unstarted parts held the fill: dropped, nothing holds it
+    gc.collect()
+    assert read.fill() is None and reads.fills.memory.used == 0
+    spanning = await reads.read(mount, "k", ByteRange(CHUNK - 1, CHUNK), {})
+    assert spanning.fill is None
+    assert await _body(spanning) == data[CHUNK - 1 : CHUNK + 1]
+
+
+async def _no_parts() -> AsyncIterator[FileSlice]:
+    return
+    yield
+
+
+async def test_a_failed_fill_is_never_whole() -> None:
+    """Fill.whole gives nothing for a fill that failed, even with every byte in: the caller
+    streams what came and the cut, never a clean answer."""
+    budget = MemoryBudget(100)
+    claim = budget.claim(10)
+    fill = Fill(b"o" * 16, 0, claim, 0)
+    meta = ObjectMeta(size=10, etag='"e"', last_modified=0.0)
+    fill.begin(meta, 0, 10, verified=True)
+    fill.append(b"x" * 10)
+    fill.finish(ConnectionError("the check failed"))
+    assert await fill.whole(0, 9) is None
+    ok = Fill(b"p" * 16, 0, budget.claim(10), 0)
+    ok.begin(meta, 0, 10)
+    ok.append(b"0123456789")
+    ok.finish()
+    assert await ok.whole(2, 4) == b"234" and await ok.whole(0, 9) == b"0123456789"

@@ -12,6 +12,7 @@ import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ _GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the co
 # stays valid and no JSON is encoded. Records written before that carry them as fields.
 _USES = struct.Struct(">II")
 GHOST_LIMIT = 200_000
+# A read's fill commits its bytes after its readers have them: the writer waits this long for
+# other fills to join its transaction (one fsync for many; a fill per commit costs the writer
+# about as much CPU again). A write's op never waits and ends the wait of those before it.
+LINGER = 0.005
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
 LOW_WATER = 0.95  # over budget, evict down to this share of it
@@ -337,7 +342,8 @@ class Index:
         self.volume = volume
         self.quotas = tuple(quotas)
         self.env.reader_check()
-        self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any], bool] | None]
+        self._ops = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.on_commit: Callable[[Batch], None] = lambda batch: None
         self._decoded: dict[bytes, Record] = {}  # raw value -> parsed; hits skip json parsing
@@ -427,9 +433,11 @@ class Index:
         self._thread = threading.Thread(target=self._run, name="lmdb-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
+    def submit(self, op: Op, lazy: bool = False) -> asyncio.Future[Any]:
+        """Run ``op`` in the writer's next transaction. ``lazy``: nobody waits on it but the
+        fill that keeps its bytes: its commit may wait up to LINGER for company."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._ops.put((op, fut))
+        self._ops.put((op, fut, lazy))
         return fut
 
     def make_room(self, nbytes: int) -> asyncio.Future[Any]:
@@ -468,16 +476,22 @@ class Index:
             first = self._ops.get()
             if first is None:
                 return
-            items = [first]
+            items = [(first[0], first[1])]
+            # only lazy ops so far (a read's fill): wait a moment for more to share the commit
+            # (its fsync and the pages it rewrites); an eager one ends the wait
+            until = time.monotonic() + LINGER if first[2] else 0.0
             while len(items) < 256:
                 try:
-                    nxt = self._ops.get_nowait()
+                    left = until - time.monotonic() if until else 0.0
+                    nxt = self._ops.get(timeout=left) if left > 0 else self._ops.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._ops.put(None)
                     break
-                items.append(nxt)
+                items.append((nxt[0], nxt[1]))
+                if not nxt[2]:
+                    until = 0.0
             self._commit(items)
 
     def _commit(self, items: list[tuple[Op, asyncio.Future[Any]]]) -> None:

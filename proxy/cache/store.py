@@ -211,7 +211,7 @@ class CacheStore:
             t.insert(oid, new)
             return True
 
-        return await self._try_commit(op)
+        return await self._try_commit(op, lazy=not write)
 
     async def commit_chunk(
         self, oid: bytes, new: Record, index: int, data: memoryview, *, seen: int
@@ -250,7 +250,7 @@ class CacheStore:
                 t.grow(oid, cur, size)
             return True
 
-        ok = await self._try_commit(op)
+        ok = await self._try_commit(op, lazy=True)
         if not ok:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok
@@ -357,8 +357,8 @@ class CacheStore:
 
         await self._submit(op)
 
-    async def _submit(self, op: object) -> object:
-        return await self._idx.submit(op)  # type: ignore[arg-type]
+    async def _submit(self, op: object, lazy: bool = False) -> object:
+        return await self._idx.submit(op, lazy)  # type: ignore[arg-type]
 
     async def _try_submit(self, op: object) -> bool:
         try:
@@ -368,10 +368,11 @@ class CacheStore:
             return False
         return True
 
-    async def _try_commit(self, op: object) -> bool:
-        """As _try_submit, for an op that answers whether it committed what it was given."""
+    async def _try_commit(self, op: object, lazy: bool = False) -> bool:
+        """As _try_submit, for an op that answers whether it committed what it was given
+        (``lazy``: a read's fill, see Index.submit)."""
         try:
-            return bool(await self._submit(op))
+            return bool(await self._submit(op, lazy))
         except errors.IndexFull as exc:
             metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
             return False

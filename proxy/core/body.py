@@ -5,11 +5,16 @@ A part is a slice of a cached chunk file (``FileSlice``, for sendfile) or bytes 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.model import ObjectMeta
+
+if TYPE_CHECKING:
+    from proxy.core.fills import Fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,10 @@ class ObjectRead:
     # the read stopped at the end of its first chunk (Reads.read's clip): the rest of the
     # range is other nodes' (a cluster's per-chunk ownership)
     clipped: bool = False
+    # a cold read whose answer lies in one fill: ``parts`` stream it; a caller that wants it
+    # whole may await ``fill().whole(first, last)`` instead (None: the fill failed, stream).
+    # Weak: a read kept after its parts were passed on does not keep the fill's buffer.
+    fill: weakref.ref[Fill] | None = None
 
     @property
     def length(self) -> int:

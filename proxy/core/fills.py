@@ -111,6 +111,19 @@ class Fill:
             raise self.error
         return self.meta
 
+    async def whole(self, first: int, last: int) -> bytes | None:
+        """Object bytes first..last at once, when the fill is done and verified; None when it
+        failed (``read`` then gives what came and the error)."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            return None
+        buf = self.buf
+        pos, end = first - self.start, last - self.start + 1
+        if pos < 0 or end > len(buf):
+            raise ValueError("range outside this chunk")
+        return bytes(buf) if pos == 0 and end == len(buf) else bytes(memoryview(buf)[pos:end])
+
     async def read(self, first: int, last: int) -> AsyncIterator[memoryview]:
         """Object bytes first..last (inclusive) as they arrive."""
         await self.wait_meta()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from proxy import errors, metrics
@@ -110,7 +111,11 @@ class Reads:
             source = "backend"
         parts = self._parts(mount, key, oid, rec, meta, first, last, first_fill)
         partial = rng is not None or clipped
-        return ObjectRead(meta, first, last, partial, source, parts, clipped=clipped)
+        one = first_fill if first_fill is not None and meta.size else None
+        if one is not None and not one.index == first // self.cs == last // self.cs:
+            one = None  # the answer does not lie in the first fill's chunk alone
+        held = weakref.ref(one) if one is not None else None  # ``parts`` holds it
+        return ObjectRead(meta, first, last, partial, source, parts, clipped=clipped, fill=held)
 
     async def _parts(
         self,

@@ -245,6 +245,16 @@ class S3ReadHandlers:
             # A small miss comes in one store answer: gathered, it goes out with its headers in
             # one write, as a hit (a streamed answer costs aiohttp's header preparation and a
             # write each for headers and body).
+            fill = read.fill() if read.fill is not None else None
+            if fill is not None:  # one fill holds it: its bytes at once, once all came
+                body_of = await fill.whole(read.first, read.last)
+                del fill
+                if body_of is not None:
+                    waited = time.perf_counter() - started
+                    stats.stall.inc(waited)  # as _stalls: all of it waited for the store
+                    stats.served(read.source, len(body_of), request.get("peer", False))
+                    first_byte.observe(waited)
+                    return whole.respond(request, status, headers, body_of, len(body_of))
             try:
                 async for piece in self.reads.bytes_of(replace(read, parts=parts), mount, key):
                     gathered.append(piece)
