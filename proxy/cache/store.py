@@ -413,10 +413,11 @@ class CacheStore:
         kept goes to the quota cache.quotas gives it now (quota.regroup).
 
         Restart to ready waits for this, so the walk reads each record in place (glance: no
-        Record built) and asks the data tree only whether an inline value is there (a cursor
-        positioned on the key, the value never copied); only the few records it changes are
-        parsed, after the walk. After a clean stop with the same cache.quotas grouping and
-        nothing committed since (cleanstop), there is nothing to walk for ("walked": 0)."""
+        Record built; a plain inline record's first bytes only) and counts the inline ones: the
+        data tree is walked beside the records (_valueless) only when it holds another number
+        of values; only the few records it changes are parsed, after the walk. After a clean
+        stop with the same cache.quotas grouping and nothing committed since (cleanstop),
+        there is nothing to walk for ("walked": 0)."""
         stats = {
             "tmp_dirs": self.blobs.sweep_tmp(),
             "stale_uploads": self.uploads.sweep(),
@@ -433,32 +434,33 @@ class CacheStore:
 
         def repair(t: Txn) -> None:
             rules = idx.quotas
-            # (bytes, not buffers: the transaction is not opened with buffers=True)
-            values = cast("Iterator[bytes]", t.txn.cursor(db=idx.data).iternext(values=False))
-            value_key = next(values, None)  # both trees are in key order: walked side by side
             gone: list[bytes] = []  # its inline value or a chunk file is missing
             moved: list[bytes] = []  # cache.quotas gives it another quota now
+            inline = 0
             records = cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext())
             for key, raw in records:
                 g = None if not rules and plain_inline(raw) else glance(raw)
                 if g is None or g.inline:
-                    while value_key is not None and value_key < key:
-                        value_key = next(values, None)
-                    lost = value_key != key
-                else:
-                    lost = any((key, g.gen, i) not in on_disk for i in chunk_indices(g.chunks))
-                if lost:
+                    inline += 1
+                elif any((key, g.gen, i) not in on_disk for i in chunk_indices(g.chunks)):
                     gone.append(key)
-                elif g is not None and (rules or g.quota):
+                    continue
+                if g is not None and (rules or g.quota):
                     g = glance(raw, names=True)
                     rule = quota.group_of(rules, g.backend, g.bucket, g.key)
                     if g.quota != (rule.name if rule is not None else ""):
                         moved.append(key)
+            if inline != t.txn.stat(idx.data)["entries"]:
+                gone += _valueless(t, idx)  # (never after a crash: a value and its record
+                # commit together; a read of a record without its value is a miss anyway)
             for oid in gone:  # its other chunk files go too; refetched on demand
                 rec = t.get(oid)
                 assert rec is not None
                 t.remove(oid, rec)
+            dropped = set(gone)
             for oid in moved:
+                if oid in dropped:
+                    continue
                 rec = t.get(oid)
                 assert rec is not None
                 quota.regroup(t, oid, rec)
@@ -484,6 +486,22 @@ class CacheStore:
         finally:
             txn.abort()
         return on_disk
+
+
+def _valueless(t: Txn, idx: Index) -> list[bytes]:
+    """Inline records whose value is missing: both trees walked side by side in key order,
+    the values never copied."""
+    # (bytes, not buffers: the transaction is not opened with buffers=True)
+    values = cast("Iterator[bytes]", t.txn.cursor(db=idx.data).iternext(values=False))
+    value_key = next(values, None)
+    out = []
+    for key, raw in cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext()):
+        if plain_inline(raw) or glance(raw).inline:
+            while value_key is not None and value_key < key:
+                value_key = next(values, None)
+            if value_key != key:
+                out.append(key)
+    return out
 
 
 def _write_wins(t: Txn, oid: bytes, cur: Record | None, seen: int, write: bool) -> bool:
