@@ -194,6 +194,28 @@ async def test_inline_object_hit_is_one_body(core: Core) -> None:
     assert core.store.gets == 1
 
 
+async def test_an_inline_record_without_its_value_is_a_miss(core: Core) -> None:
+    """The start-up walk walks the inline values only when their number differs from the
+    inline records' (cache/store.py fsck): a record that lost its value anyway is read as a
+    miss, fetched again and cached again, never answered short."""
+    data = _data(300)
+    core.put_file("gone", data)
+    await _read(core, "gone")
+    await core.reads.fills.wait_idle()
+    oid = oid_of(core.mount, "gone")
+    idx = core.cache.index
+    assert idx is not None
+    with idx.env.begin(write=True) as txn:
+        assert txn.delete(oid, db=idx.data)
+    assert core.cache.lookup(oid) == (core.record("gone"), None)
+
+    read, body = await _read(core, "gone")
+    assert (read.source, body, core.store.gets) == ("backend", data, 2)
+    await core.reads.fills.wait_idle()
+    read = await core.reads.read(core.mount, "gone", None, {})
+    assert (read.source, read.body, core.store.gets) == ("cache", data, 2)
+
+
 async def test_single_chunk_object(core: Core) -> None:
     data = _data(CHUNK - 10)  # above inline_max: one chunk file
     core.put_file("one", data)

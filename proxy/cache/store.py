@@ -200,8 +200,8 @@ class CacheStore:
                 return False
             if cur is not None:
                 if cur.etag == new.etag and cur.size == new.size:
-                    if cur.inline and not write:
-                        return True
+                    if cur.inline and not write and t.txn.get(oid, db=t.index.data) is not None:
+                        return True  # (a record that lost its value is replaced below)
                     new.freq, new.hits = cur.freq, cur.hits
                 t.remove(oid, cur)
             if not t.fits(oid, new, len(data)):
