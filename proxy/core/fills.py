@@ -57,10 +57,13 @@ class FillBuffer(bytearray):
 
     def __del__(self) -> None:
         # the garbage collector may run in any thread: the claim goes back on the loop's
-        if threading.get_ident() == self.thread:
-            self.claim.release()
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.claim.release)
+        try:
+            if threading.get_ident() == self.thread:
+                self.claim.release()
+            elif not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.claim.release)
+        except (AttributeError, TypeError):  # at interpreter exit: modules already torn down
+            pass
 
 
 class Fill:
