@@ -85,3 +85,27 @@ def test_meta_from_headers_without_a_date_is_now() -> None:
     meta = meta_from_headers(CIMultiDict([("Last-Modified", "Sun, 30 Feb 2020 12:34:56 GMT")]), 0)
     assert before <= meta.last_modified <= time.time()
     assert meta.etag == '""' and not meta.etag_is_md5
+
+
+def test_meta_from_headers_reads_names_in_any_case_first_one_first() -> None:
+    """The names it takes (ETag, Last-Modified, Content-Type, the encryption) are read in
+    any case, the first of a repeated one counting; a KMS-encrypted object's ETag is no MD5;
+    more user metadata names than its table of names holds are all read."""
+    many = [(f"X-Amz-Meta-K{i}", str(i)) for i in range(3000)]
+    headers = CIMultiDict(
+        [
+            ("etag", '"0123456789abcdef0123456789abcdef"'),
+            ("ETAG", '"ffffffffffffffffffffffffffffffff"'),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("CONTENT-TYPE", "image/png"),
+            ("content-type", "text/plain"),
+            ("X-Amz-Server-Side-Encryption", "aws:kms"),
+            *many,
+        ]
+    )
+    meta = meta_from_headers(headers, 1)
+    assert meta.etag == '"0123456789abcdef0123456789abcdef"'
+    assert meta.last_modified == 784111777.0 and meta.content_type == "image/png"
+    assert not meta.etag_is_md5 and dict(meta.headers) == {}
+    assert meta.metadata == {f"k{i}": str(i) for i in range(3000)}
+    assert meta_from_headers(headers, 1) == meta  # read again through the table: the same

@@ -12,7 +12,6 @@ import os
 import queue
 import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ class Batch:
 
 
 Op = Callable[["Txn"], Any]
+Settled = tuple["asyncio.Future[Any]", Any, "BaseException | None"]  # an op's future, result, error
 
 
 class Txn:
@@ -344,6 +344,7 @@ class Index:
         self.env.reader_check()
         self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any], bool] | None]
         self._ops = queue.SimpleQueue()
+        self._eager = threading.Event()  # an op that must not wait was queued (or a close)
         self._thread: threading.Thread | None = None
         self.on_commit: Callable[[Batch], None] = lambda batch: None
         self._decoded: dict[bytes, Record] = {}  # raw value -> parsed; hits skip json parsing
@@ -438,6 +439,8 @@ class Index:
         fill that keeps its bytes: its commit may wait up to LINGER for company."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._ops.put((op, fut, lazy))
+        if not lazy:
+            self._eager.set()  # ends a lingering batch's wait
         return fut
 
     def make_room(self, nbytes: int) -> asyncio.Future[Any]:
@@ -466,6 +469,7 @@ class Index:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._ops.put(None)
+            self._eager.set()
             thread.join(timeout=30)
         closed = self.identity() if thread is None or not thread.is_alive() else None
         self.env.close()
@@ -477,26 +481,26 @@ class Index:
             if first is None:
                 return
             items = [(first[0], first[1])]
-            # only lazy ops so far (a read's fill): wait a moment for more to share the commit
-            # (its fsync and the pages it rewrites); an eager one ends the wait
-            until = time.monotonic() + LINGER if first[2] else 0.0
+            if first[2]:
+                # only lazy ops so far (a read's fill): wait a moment for more to share the
+                # commit (its fsync and the pages it rewrites); an eager one ends the wait. The
+                # wait is one sleep, not a wake-up (and a turn at the GIL) per op queued.
+                self._eager.wait(LINGER)
+            self._eager.clear()  # what set it is queued already: taken below or next round
             while len(items) < 256:
                 try:
-                    left = until - time.monotonic() if until else 0.0
-                    nxt = self._ops.get(timeout=left) if left > 0 else self._ops.get_nowait()
+                    nxt = self._ops.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._ops.put(None)
                     break
                 items.append((nxt[0], nxt[1]))
-                if not nxt[2]:
-                    until = 0.0
             self._commit(items)
 
     def _commit(self, items: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         batch = Batch()
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Settled] = []
         try:
             with self.env.begin(write=True) as txn:
                 t = Txn(self, txn, batch)
@@ -531,8 +535,11 @@ class Index:
             self.on_commit(batch)
         except Exception:
             log.cache.exception("post-commit work failed")
-        for fut, value, failure in results:
-            fut.get_loop().call_soon_threadsafe(_settle, fut, value, failure)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
+        for settled in results:
+            by_loop.setdefault(settled[0].get_loop(), []).append(settled)
+        for loop, settling in by_loop.items():  # one wake-up of each loop per commit
+            loop.call_soon_threadsafe(_settle_all, settling)
 
     def _evict_if_needed(self, t: Txn) -> None:
         """Keep the budget: max_size; the reserve on the volume (evicting chunk files, which
@@ -603,6 +610,11 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, lmdb.DiskError) or (
         isinstance(exc, lmdb.Error) and "Input/output error" in str(exc)
     )
+
+
+def _settle_all(settling: list[Settled]) -> None:
+    for fut, value, exc in settling:
+        _settle(fut, value, exc)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -46,25 +46,50 @@ class NoFillMemory(errors.SlowDown):
 
 
 class FillBuffer(bytearray):
-    """A chunk's buffer; a bytearray that can be watched (weakref) until it is freed."""
+    """A chunk's buffer; a bytearray that can be watched (weakref) until it is freed. Freed,
+    it gives its memory claim back on its loop (``__del__``: no weakref.finalize per fill)."""
+
+    __slots__ = ("claim", "loop", "thread", "__weakref__")
+
+    def __init__(self, length: int, claim: Claim, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(length)
+        self.claim, self.loop, self.thread = claim, loop, threading.get_ident()
+
+    def __del__(self) -> None:
+        # the garbage collector may run in any thread: the claim goes back on the loop's
+        try:
+            if threading.get_ident() == self.thread:
+                self.claim.release()
+            elif not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.claim.release)
+        except (AttributeError, TypeError):  # at interpreter exit: modules already torn down
+            pass
 
 
 class Fill:
-    def __init__(self, oid: bytes, index: int, claim: Claim, seen: int) -> None:
+    def __init__(
+        self,
+        oid: bytes,
+        index: int,
+        claim: Claim,
+        seen: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """``loop``: the running one (given: not looked up again)."""
         self.oid = oid
         self.index = index
         self.claim = claim  # the memory for the buffer; given back when the buffer is freed
         self.seen = seen  # the index's write mark before the store was asked (write_mark)
         self.meta: ObjectMeta | None = None
         self.start = 0  # object offset of buf[0]
-        self.buf: bytearray = FillBuffer()
+        self.buf: bytearray = bytearray()
         self.filled = 0
         self.hold = 0  # bytes at the end readers get only once the fill is verified
         self.done = False
         self.error: BaseException | None = None
         self.from_cache = False
-        self._changed = asyncio.Event()
-        self._meta_ready = asyncio.Event()
+        self._loop = loop or asyncio.get_running_loop()
+        self._waiters: list[asyncio.Future[None]] = []  # readers waiting for news (_wake)
         self.task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
 
@@ -73,11 +98,9 @@ class Fill:
         """``verified``: the bytes are checked once all are in; hold the last one back."""
         self.meta, self.start = meta, start
         self.claim.shrink(length)
-        self.buf = buf = FillBuffer(length)
-        freed = weakref.finalize(buf, _release_on, asyncio.get_running_loop(), self.claim)
-        freed.atexit = False
+        self.buf = FillBuffer(length, self.claim, self._loop)
         self.hold = 1 if verified and length else 0
-        self._meta_ready.set()
+        self._wake()
 
     def append(self, piece: bytes) -> None:
         end = self.filled + len(piece)
@@ -91,7 +114,6 @@ class Fill:
         if self.done:
             return
         self.done, self.error = True, error
-        self._meta_ready.set()
         self._wake()
 
     @property
@@ -100,22 +122,33 @@ class Fill:
         return self.done and self.error is None
 
     def _wake(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled reader's is done
+                    waiter.set_result(None)
 
     # -- readers' side ----------------------------------------------------------------------
+    async def _changed(self) -> None:
+        """Until the next change: metadata, bytes, or the end."""
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
     async def wait_meta(self) -> ObjectMeta:
-        await self._meta_ready.wait()
-        if self.meta is None:
-            assert self.error is not None
-            raise self.error
+        while self.meta is None:
+            if self.done:
+                assert self.error is not None
+                raise self.error
+            await self._changed()
         return self.meta
 
     async def whole(self, first: int, last: int) -> bytes | None:
         """Object bytes first..last at once, when the fill is done and verified; None when it
         failed (``read`` then gives what came and the error)."""
         while not self.done:
-            await self._changed.wait()
+            await self._changed()
         if self.error is not None:
             return None
         buf = self.buf
@@ -142,7 +175,7 @@ class Fill:
                 continue
             if self.done:
                 raise self.error or ConnectionError("the fill ended short")
-            await self._changed.wait()
+            await self._changed()
 
 
 class Fills:
@@ -157,6 +190,7 @@ class Fills:
         self.waiting = 0  # fills waiting for memory or a slot: warm jobs hold back meanwhile
         self.unqueued = asyncio.Event()  # set while no fill waits
         self.unqueued.set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one fills run on
 
     @property
     def _locks(self) -> FillLocks:
@@ -208,9 +242,12 @@ class Fills:
         if claim is None:
             return None
         slot = (oid, index)
-        fill = Fill(oid, index, claim, self.cache.write_mark())
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fill = Fill(oid, index, claim, self.cache.write_mark(), loop)
         self._fills[slot] = fill
-        fill.task = asyncio.create_task(self._run(fill, mount, key, expect))
+        fill.task = loop.create_task(self._run(fill, mount, key, expect))
 
         def forget(_: object) -> None:
             if self._fills.get(slot) is fill:
@@ -433,19 +470,6 @@ class Fills:
                 fill.oid, rec, fill.index, view[:length], seen=fill.seen
             )
         (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
-
-
-def _release_on(loop: asyncio.AbstractEventLoop, claim: Claim) -> None:
-    """A buffer was freed: give its claim back on its loop (the garbage collector may run in
-    any thread)."""
-    try:
-        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        claim.release()
-    elif not loop.is_closed():
-        loop.call_soon_threadsafe(claim.release)
 
 
 def _verifiable(meta: ObjectMeta, length: int) -> bool:

@@ -41,6 +41,18 @@ KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's keepalive_time
 _PORTS = {"http": 80, "https": 443}
 
 
+_NAMES: dict[bytes, str] = {}  # header names as sent, decoded (few: decoded once each)
+_NAMES_MAX = 512
+
+
+def _name(raw: bytes) -> str:
+    name = raw.decode("utf-8", "surrogateescape")
+    if len(_NAMES) >= _NAMES_MAX:
+        _NAMES.clear()
+    _NAMES[raw] = name
+    return name
+
+
 class Http1Error(ConnectionError):
     """The connection broke, or the server answered something that is not HTTP/1.x."""
 
@@ -266,9 +278,10 @@ class _Connection(asyncio.Protocol):
             self._head_bytes = 0
             return
         self.status = status
+        names = _NAMES
         self.headers = headers = CIMultiDict(
             [
-                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                (names.get(k) or _name(k), v.decode("utf-8", "surrogateescape"))
                 for k, v in self._header_list
             ]
         )

@@ -101,29 +101,63 @@ def get_headers(start: int | None, end: int | None, if_match: str | None) -> dic
 
 
 def meta_from_headers(headers: Any, size: int) -> ObjectMeta:
-    etag = headers.get("ETag", '""')
-    try:
-        last_modified = http_time(headers["Last-Modified"])
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
-        last_modified = time.time()
+    """An object's metadata from its GET or HEAD answer's headers (case-insensitive: the
+    first of a repeated header counts), in one pass over them."""
+    found: dict[str, str] = {}  # _WANTED's lower-case names -> the first value
     metadata: dict[str, str] = {}
     kept: dict[str, str] = {}
+    sorts = _SORTS
     for k, v in headers.items():  # one pass (a miss's headers are read once, whole)
-        low = k.lower()
-        if low.startswith(_META):
-            metadata[low[len(_META) :]] = v
-        elif (name := _KEPT.get(low)) is not None:
+        sort = sorts.get(k)
+        if sort is None:
+            sort = _sort_of(k)
+        kind, name = sort
+        if kind is _WANT:
+            found.setdefault(name, v)
+        elif kind is _USER:
+            metadata[name] = v
+        elif kind is _KEEP:
             kept.setdefault(name, v)
+    etag = found.get("etag", '""')
+    try:
+        last_modified = http_time(found["last-modified"])
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        last_modified = time.time()
     return ObjectMeta(
         size=size,
         etag=etag,
         last_modified=last_modified,
-        content_type=headers.get("Content-Type", "application/octet-stream"),
+        content_type=found.get("content-type", "application/octet-stream"),
         metadata=metadata,
-        headers={h: kept[h] for h in _PASSTHROUGH if h in kept},
+        headers={h: kept[h] for h in _PASSTHROUGH if h in kept} if kept else {},
         etag_is_md5=bool(_PLAIN_MD5.fullmatch(etag))
-        and headers.get("x-amz-server-side-encryption") != "aws:kms",
+        and found.get("x-amz-server-side-encryption") != "aws:kms",
     )
+
+
+_WANT, _USER, _KEEP, _SKIP = "want", "user", "keep", "skip"
+_WANTED = ("etag", "last-modified", "content-type", "x-amz-server-side-encryption")
+_SORTS: dict[str, tuple[str, str]] = {}  # a header name as sent -> (kind, the name we use)
+_SORTS_MAX = 1024
+
+
+def _sort_of(name: str) -> tuple[str, str]:
+    """What meta_from_headers does with a header: take it (_WANT, its lower-case name),
+    user metadata (_USER, the name after x-amz-meta-), a stored header (_KEEP, its name as
+    STORED_HEADERS spells it) or nothing (_SKIP); remembered by the name as sent."""
+    low = name.lower()
+    if low in _WANTED:
+        sort = (_WANT, low)
+    elif low.startswith(_META):
+        sort = (_USER, low[len(_META) :])
+    elif (kept := _KEPT.get(low)) is not None:
+        sort = (_KEEP, kept)
+    else:
+        sort = (_SKIP, "")
+    if len(_SORTS) >= _SORTS_MAX:  # user metadata names are many: keep the table bounded
+        _SORTS.clear()
+    _SORTS[name] = sort
+    return sort
 
 
 @lru_cache(maxsize=1024)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from proxy import errors
-from proxy.backends.kit.body import READ_SIZE, metered
+from proxy.backends.kit.body import MeteredBody
 from proxy.backends.kit.calls import Retry, StoreCalls
 from proxy.backends.kit.http1 import Http1Pool, Response
 from proxy.backends.s3.codec import get_headers, map_answer, meta_from_headers
@@ -26,6 +27,12 @@ from proxy.model import GetResult, ObjectMeta
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*")  # what quote(key, safe="/~") leaves as it is
+
+
+@lru_cache(maxsize=256)
+def _quoted_bucket(bucket: str) -> str:
+    return quote(bucket, safe="")
 
 
 def _busy(failure: errors.S3Error) -> bool:
@@ -65,10 +72,10 @@ class S3HttpReader:
 
     def _where(self, bucket: str, key: str) -> tuple[str, str]:
         """(host, path) of ``key``: path- or virtual-hosted-style, the path encoded."""
-        path = quote(key, safe="/~")
+        path = key if _PLAIN.fullmatch(key) else quote(key, safe="/~")
         if self._virtual:
             return f"{bucket}.{self._host}", f"{self._base_path}/{path}"
-        return self._host, f"{self._base_path}/{quote(bucket, safe='')}/{path}"
+        return self._host, f"{self._base_path}/{_quoted_bucket(bucket)}/{path}"
 
     async def _signed(
         self, method: str, host: str, path: str, query: str, headers: dict[str, str]
@@ -163,6 +170,6 @@ class S3HttpReader:
             meta=meta_from_headers(resp.headers, size),
             start=first,
             end=first + length - 1,
-            body=metered(self._calls, resp.pieces(READ_SIZE)),
+            body=MeteredBody(self._calls, resp),
             release=release,
         )
