@@ -5,6 +5,7 @@ same work done from scratch, on botocore's requests and on generated ones."""
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -311,3 +312,12 @@ def _any_outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
 @functools.cache
 def _signed_get() -> Wire:
     return capture(client(), "get_object", Bucket="data", Key="plain.txt")
+
+
+@_FUZZ
+@given(key=st.binary(max_size=100), messages=st.lists(st.binary(max_size=300), max_size=3))
+def test_hmac_pads_give_hmac(key: bytes, messages: list[bytes]) -> None:
+    """The kept inner and outer hashes sign as hmac.digest, message after message."""
+    pads = sigv4.hmac_pads(key)
+    for message in messages:
+        assert sigv4.hmac_hex(pads, message) == hmac.digest(key, message, "sha256").hex()

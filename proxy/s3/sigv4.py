@@ -82,22 +82,40 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
 
 def _attempt(canonical_request: str, signed: Signed, key: bytes, scope: str) -> str | None:
     """None when ``canonical_request`` carries ``signed.signature``; else its string to sign."""
-    return _check(
-        canonical_request, signed.signature, signed.timestamp, key, scope, signed.access_key
-    )
+    string_to_sign = _string_to_sign(canonical_request, signed.timestamp, scope, signed.access_key)
+    # the one-shot C digest: hmac.new's Python object costs more than the hash
+    expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
+    return None if hmac.compare_digest(expected, signed.signature) else string_to_sign
 
 
-def _check(
-    canonical_request: str, signature: str, timestamp: str, key: bytes, scope: str, access_key: str
-) -> str | None:
+def _string_to_sign(canonical_request: str, timestamp: str, scope: str, access_key: str) -> str:
     try:
         digest = hashlib.sha256(canonical_request.encode()).hexdigest()
     except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
         raise errors.SignatureDoesNotMatch(AWSAccessKeyId=access_key) from None
-    string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
-    # the one-shot C digest: hmac.new's Python object costs more than the hash
-    expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
-    return None if hmac.compare_digest(expected, signature) else string_to_sign
+    return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256 under ``key`` (RFC 2104) as its inner and outer hashes after the padded
+    key: a copy of each per message costs a third of hmac.digest, which pads and sets up
+    both hashes again on every call."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
+def hmac_hex(pads: tuple[hashlib._Hash, hashlib._Hash], message: bytes) -> str:
+    """hmac.digest(key, message, "sha256").hex() for ``pads`` = hmac_pads(key)."""
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(message)
+    outer.update(inner.digest())
+    return outer.hexdigest()
 
 
 class HeaderClaim(NamedTuple):
@@ -110,14 +128,14 @@ class HeaderClaim(NamedTuple):
     names: list[str]  # as _names gives them
     joined: str
     scope: str  # date/region/s3/aws4_request
-    key: bytes  # the signing key of the access key and date
+    pads: tuple[hashlib._Hash, hashlib._Hash]  # hmac_pads of the access key's signing key
 
 
 def header_claim(signed: Signed, key: bytes, region: str) -> HeaderClaim:
     names, joined = _names(signed.signed_headers)
     scope = f"{signed.date}/{region}/s3/aws4_request"
     return HeaderClaim(
-        signed.access_key, signed.date, signed.signed_headers, names, joined, scope, key
+        signed.access_key, signed.date, signed.signed_headers, names, joined, scope, hmac_pads(key)
     )
 
 
@@ -137,10 +155,8 @@ def verify_plain(
     if tail is None:
         return False
     canonical_request = f"{method}\n{path}\n\n{tail}"
-    found = _check(
-        canonical_request, signature, timestamp, claim.key, claim.scope, claim.access_key
-    )
-    return found is None
+    string_to_sign = _string_to_sign(canonical_request, timestamp, claim.scope, claim.access_key)
+    return hmac.compare_digest(hmac_hex(claim.pads, string_to_sign.encode()), signature)
 
 
 def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
