@@ -2,7 +2,10 @@
 
 ``Authenticator.authenticate`` verifies the Authorization header or a presigned URL (pure CPU,
 no awaits; a cached signing key per user and day) and describes how the body is framed and
-what it must match (``PayloadSpec``, consumed by ``payload.payload``).
+what it must match (``PayloadSpec``, consumed by ``payload.payload``). A header-signed read's
+claim (the Authorization header before its signature) that verified is kept with its checks
+and its signing key's HMAC state; a later read with that claim still has its own signature,
+date, clock skew and headers checked (no verdict is kept for a header-signed request).
 
 SigV4 has no nonce: a request replayed inside its validity window (15 minutes of clock skew
 for header auth, X-Amz-Expires for presigned URLs) is accepted again, as by S3 itself. TLS in
