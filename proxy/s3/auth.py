@@ -2,7 +2,10 @@
 
 ``Authenticator.authenticate`` verifies the Authorization header or a presigned URL (pure CPU,
 no awaits; a cached signing key per user and day) and describes how the body is framed and
-what it must match (``PayloadSpec``, consumed by ``payload.payload``).
+what it must match (``PayloadSpec``, consumed by ``payload.payload``). A header-signed read's
+claim (the Authorization header before its signature) that verified is kept with its checks
+and its signing key's HMAC state; a later read with that claim still has its own signature,
+date, clock skew and headers checked (no verdict is kept for a header-signed request).
 
 SigV4 has no nonce: a request replayed inside its validity window (15 minutes of clock skew
 for header auth, X-Amz-Expires for presigned URLs) is accepted again, as by S3 itself. TLS in
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from proxy import errors
 from proxy.config_access import OPEN_ACCESS, AccessLevel, AuthConfig
@@ -44,6 +48,9 @@ _MODES: dict[str, PayloadMode] = {
 }
 _READ_METHODS = frozenset(("GET", "HEAD"))
 VERIFIED_URLS_MAX = 100_000  # (a few hundred bytes each; cleared when full)
+CLAIMS_MAX = 1024  # header claims kept per Authenticator (cleared when full)
+_CLAIM_CHARS = 1024  # the longest Authorization header part kept (botocore's are ~200)
+_NAME_SETS_MAX = 64  # header name lists known clean per claim (cleared when full)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,17 @@ PRESIGN_PARAMS = frozenset(
 )
 
 
+@dataclass(slots=True)
+class _HeaderRead:
+    """A claim (an Authorization header before its signature) that verified for a body-less
+    read without a query, and the lists of header names seen with it that carry no unsigned
+    x-amz-* header (a function of the names and the claim's SignedHeaders alone)."""
+
+    claim: sigv4.HeaderClaim
+    read: AuthResult
+    clean: set[tuple[str, ...]] = field(default_factory=set)
+
+
 @dataclass(frozen=True)
 class AuthResult:
     principal: Principal | None
@@ -179,6 +197,10 @@ class Authenticator:
         # presigned URLs (only Host signed) that verified, for a body-less read: a dataset's
         # URL list is read again each epoch
         self._verified_urls: dict[tuple[str, str, str], Signed] = {}
+        # header claims that verified for a body-less read without a query (each request's
+        # own signature, date and headers are still checked; only the claim's parse and the
+        # checks of the claim alone are kept): see _header_read
+        self._claims: dict[str, _HeaderRead] = {}
 
     def authenticate(self, request: web.BaseRequest) -> AuthResult:
         """Verify the request's signature (if any) and describe its payload, or raise."""
@@ -189,6 +211,10 @@ class Authenticator:
                 return self._anonymous_read
         headers = request.headers
         authorization = headers.get("Authorization")
+        if authorization is not None and self._claims and "?" not in request.raw_path:
+            read = self._header_read(request, headers, authorization)
+            if read is not None:
+                return read
         query = request.raw_path.partition("?")[2]
         presigned_v4 = "X-Amz-Signature=" in query or "X-Amz-Algorithm=" in query
         presigned = presigned_v4 or sigv2.is_presigned(query)
@@ -241,8 +267,58 @@ class Authenticator:
                 if len(self._verified_urls) >= VERIFIED_URLS_MAX:
                     self._verified_urls.clear()
                 self._verified_urls[url] = signed
+            elif authorization is not None and "?" not in request.raw_path:
+                self._remember_claim(authorization, signed, key)
             return self._reads[signed.access_key, signed.presigned]
         return AuthResult(principal, spec, signed.presigned)
+
+    def _header_read(
+        self, request: web.BaseRequest, headers: CIMultiDictProxy[str], authorization: str
+    ) -> AuthResult | None:
+        """The answer to a header-signed GET or HEAD without a query or body whose claim
+        verified before, when it verifies too (what the full path checks per request: the
+        signature, X-Amz-Date against the claim's date and the clock, x-amz-content-sha256,
+        unsigned x-amz-* headers); None sends it the full way, which answers or refuses."""
+        head, sep, signature = authorization.rpartition(", Signature=")
+        known = self._claims.get(head)
+        if known is None or not sep or not signature.isascii():
+            return None
+        method = request.method
+        if method not in _READ_METHODS or request.body_exists or "Content-Length" in headers:
+            return None  # (the full path reads the length: a bad one is its error, in its turn)
+        claim = known.claim
+        timestamp = sigv4.request_timestamp(headers)
+        if (
+            not timestamp
+            or timestamp[:8] != claim.date
+            or "x-amz-content-sha256" not in headers
+            or abs(self._now() - sigv4.epoch(timestamp)) > MAX_SKEW
+        ):
+            return None
+        names = tuple(headers)
+        if names not in known.clean:
+            if sigv4.unsigned_amz_headers(names, claim.signed_headers, False):
+                return None
+            if len(known.clean) >= _NAME_SETS_MAX:
+                known.clean.clear()
+            known.clean.add(names)
+        path = request.raw_path
+        if not sigv4.verify_plain(headers, method, path, claim, signature.lower(), timestamp):
+            return None
+        return known.read
+
+    def _remember_claim(self, authorization: str, signed: Signed, key: bytes) -> None:
+        """Keep the claim of a header-signed body-less read without a query that verified,
+        when its signature ends the header (well-formed: as sigv4.parse_header memoises)."""
+        head, sep, signature = authorization.rpartition(", Signature=")
+        if not sep or not sigv4.HEX64.fullmatch(signature) or len(head) > _CLAIM_CHARS:
+            return
+        if head in self._claims:
+            return
+        if len(self._claims) >= CLAIMS_MAX:
+            self._claims.clear()
+        claim = sigv4.header_claim(signed, key, self.region)
+        self._claims[head] = _HeaderRead(claim, self._reads[signed.access_key, False])
 
     def _authenticate_v2(self, request: web.BaseRequest, signed: sigv2.SignedV2) -> AuthResult:
         entry = self._users.get(signed.access_key)

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 from botocore.auth import S3SigV4Auth
+from multidict import CIMultiDictProxy
 
 from proxy import errors
 
@@ -81,31 +82,108 @@ def verify(request: web.BaseRequest, signed: Signed, key: bytes, region: str) ->
 
 def _attempt(canonical_request: str, signed: Signed, key: bytes, scope: str) -> str | None:
     """None when ``canonical_request`` carries ``signed.signature``; else its string to sign."""
-    try:
-        digest = hashlib.sha256(canonical_request.encode()).hexdigest()
-    except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
-        raise errors.SignatureDoesNotMatch(AWSAccessKeyId=signed.access_key) from None
-    string_to_sign = f"{ALGORITHM}\n{signed.timestamp}\n{scope}\n{digest}"
+    string_to_sign = _string_to_sign(canonical_request, signed.timestamp, scope, signed.access_key)
     # the one-shot C digest: hmac.new's Python object costs more than the hash
     expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
     return None if hmac.compare_digest(expected, signed.signature) else string_to_sign
+
+
+def _string_to_sign(canonical_request: str, timestamp: str, scope: str, access_key: str) -> str:
+    try:
+        digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+    except UnicodeEncodeError:  # a signed header carried bytes that are not UTF-8
+        raise errors.SignatureDoesNotMatch(AWSAccessKeyId=access_key) from None
+    return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256 under ``key`` (RFC 2104) as its inner and outer hashes after the padded
+    key: a copy of each per message costs a third of hmac.digest, which pads and sets up
+    both hashes again on every call."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
+def hmac_hex(pads: tuple[hashlib._Hash, hashlib._Hash], message: bytes) -> str:
+    """hmac.digest(key, message, "sha256").hex() for ``pads`` = hmac_pads(key)."""
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(message)
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+class HeaderClaim(NamedTuple):
+    """What a header-signed request without a query repeats from one that verified (its
+    Authorization header before the signature), prepared for ``verify_plain``."""
+
+    access_key: str
+    date: str  # of the credential scope, which X-Amz-Date must start with
+    signed_headers: tuple[str, ...]
+    names: list[str]  # as _names gives them
+    joined: str
+    scope: str  # date/region/s3/aws4_request
+    pads: tuple[hashlib._Hash, hashlib._Hash]  # hmac_pads of the access key's signing key
+
+
+def header_claim(signed: Signed, key: bytes, region: str) -> HeaderClaim:
+    names, joined = _names(signed.signed_headers)
+    scope = f"{signed.date}/{region}/s3/aws4_request"
+    return HeaderClaim(
+        signed.access_key, signed.date, signed.signed_headers, names, joined, scope, hmac_pads(key)
+    )
+
+
+def verify_plain(
+    headers: CIMultiDictProxy[str],
+    method: str,
+    path: str,
+    claim: HeaderClaim,
+    signature: str,
+    timestamp: str,
+) -> bool:
+    """Whether a header-signed request without a query (``method`` upper-case, ``path`` its
+    raw path), whose claim, date and scope are ``claim``'s, carries ``signature`` (lower-case
+    hex) in the form ``verify`` tries first. False leaves the answer to ``verify`` (the other
+    forms, or the refusal)."""
+    tail = _tail(headers, claim.names, claim.joined, False)
+    if tail is None:
+        return False
+    canonical_request = f"{method}\n{path}\n\n{tail}"
+    string_to_sign = _string_to_sign(canonical_request, timestamp, claim.scope, claim.access_key)
+    return hmac.compare_digest(hmac_hex(claim.pads, string_to_sign.encode()), signature)
 
 
 def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
     """The canonical request after its query: the signed headers, their names, the payload
     hash (as botocore: a signed x-amz-content-sha256 wins)."""
     names, joined = _names(signed.signed_headers)
-    getall = request.headers.getall
+    tail = _tail(request.headers, names, joined, signed.presigned)
+    if tail is None:
+        missing = next(n for n in signed.signed_headers if n not in request.headers)
+        raise errors.SignatureDoesNotMatch(
+            f"The request does not carry the signed header {missing!r}.",
+            AWSAccessKeyId=signed.access_key,
+        )
+    return tail
+
+
+def _tail(
+    headers: CIMultiDictProxy[str], names: list[str], joined: str, presigned: bool
+) -> str | None:
+    """_canonical_tail's text, or None when a signed header is missing."""
+    getall = headers.getall
     lines = []
     payload_hash: str | None = None
     for name in names:
         values = getall(name, None)
         if values is None:
-            missing = next(n for n in signed.signed_headers if n not in request.headers)
-            raise errors.SignatureDoesNotMatch(
-                f"The request does not carry the signed header {missing!r}.",
-                AWSAccessKeyId=signed.access_key,
-            )
+            return None
         if len(values) == 1:
             value = values[0]
             lines.append(f"{name}:{' '.join(value.split())}")
@@ -114,10 +192,10 @@ def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
         if name == "x-amz-content-sha256":
             payload_hash = ",".join(values)
     if payload_hash is None:
-        if signed.presigned:
+        if presigned:
             payload_hash = UNSIGNED_PAYLOAD
         else:
-            payload_hash = request.headers.get("x-amz-content-sha256", "")
+            payload_hash = headers.get("x-amz-content-sha256", "")
     lines.append(f"\n{joined}\n{payload_hash}")
     return "\n".join(lines)
 
@@ -164,18 +242,26 @@ def require_signed_amz_headers(headers: Mapping[str, str], signed: Signed) -> No
     not sign: such a header could change what the request does (x-amz-copy-source turns a
     presigned PUT into a copy). https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
     """
-    exempt = _MAY_BE_UNSIGNED_PRESIGNED if signed.presigned else _MAY_BE_UNSIGNED
-    found = set()
-    for name in headers:
-        low = name.lower()
-        if low.startswith("x-amz-") and low not in exempt and low not in signed.signed_headers:
-            found.add(low)
-    unsigned = sorted(found)
+    unsigned = unsigned_amz_headers(headers, signed.signed_headers, signed.presigned)
     if unsigned:
         raise errors.AccessDenied(
             "There were headers present in the request which were not signed",
             HeadersNotSigned=", ".join(unsigned),
         )
+
+
+def unsigned_amz_headers(
+    names: Iterable[str], signed_headers: tuple[str, ...], presigned: bool
+) -> list[str]:
+    """The x-amz-* header names (lower-case, sorted) among ``names`` that must be signed and
+    are not: a function of the names alone."""
+    exempt = _MAY_BE_UNSIGNED_PRESIGNED if presigned else _MAY_BE_UNSIGNED
+    found = set()
+    for name in names:
+        low = name.lower()
+        if low.startswith("x-amz-") and low not in exempt and low not in signed_headers:
+            found.add(low)
+    return sorted(found)
 
 
 def derive_signing_key(secret: bytes, date: str, region: str, service: str = "s3") -> bytes:
