@@ -216,6 +216,20 @@ async def test_an_inline_record_without_its_value_is_a_miss(core: Core) -> None:
     assert (read.source, read.body, core.store.gets) == ("cache", data, 2)
 
 
+async def test_a_read_before_the_fills_commit_counts_as_a_use(core: Core) -> None:
+    """A fill's commit may wait a moment for company (index.LINGER): a read of the object in
+    that moment joins the finished fill and is counted as a use once the commit lands, so an
+    object read again at once is not taken for a one-time read by eviction (S3-FIFO)."""
+    for key in ("once", "twice"):
+        core.put_file(key, _data(200))
+        await _read(core, key)
+    await _read(core, "twice")  # the fill is whole; its commit still waits
+    await core.reads.fills.wait_idle()
+    await core.cache._flush_hits()
+    assert (core.record("once").freq, core.record("twice").freq) == (0, 1)
+    assert core.store.gets == 2
+
+
 async def test_single_chunk_object(core: Core) -> None:
     data = _data(CHUNK - 10)  # above inline_max: one chunk file
     core.put_file("one", data)

@@ -21,12 +21,12 @@ import lmdb
 
 from proxy import errors, log
 from proxy.cache import eviction, pins, quota
+from proxy.cache.lmdb_queues import U64, LmdbQueues
 from proxy.cache.record import Record
 from proxy.cache.space import Throttled, Volume, disk_full
 
 T = TypeVar("T")
 
-_U64 = struct.Struct(">Q")
 _GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the count's era
 # A record's use count and the count's era live beside it in their own tree (``uses``), so
 # counting a hit rewrites eight bytes, not the record: the parsed-record cache of the readers
@@ -80,14 +80,14 @@ class Txn:
 
     def counter(self, name: bytes) -> int:
         raw = self.txn.get(name, db=self.index.meta)
-        return _U64.unpack(raw)[0] if raw else 0
+        return U64.unpack(raw)[0] if raw else 0
 
     def add(self, name: bytes, delta: int) -> None:
-        self.txn.put(name, _U64.pack(max(0, self.counter(name) + delta)), db=self.index.meta)
+        self.txn.put(name, U64.pack(max(0, self.counter(name) + delta)), db=self.index.meta)
 
     def next_seq(self) -> int:
         seq = self.counter(b"seq") + 1
-        self.txn.put(b"seq", _U64.pack(seq), db=self.index.meta)
+        self.txn.put(b"seq", U64.pack(seq), db=self.index.meta)
         return seq
 
     def insert(self, oid: bytes, rec: Record) -> None:
@@ -105,7 +105,7 @@ class Txn:
             remembered = eviction.aged(uses, uses_era, era)
         elif raw is not None:
             remembered = 0  # a ghost written before use counts
-        queues = _LmdbQueues(self)
+        queues = LmdbQueues(self)
         full = not rec.pinned and (
             self.index._held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
         )
@@ -120,7 +120,7 @@ class Txn:
         rec.qseq = head[2].qseq - 1 if head is not None and head[2].qseq > 1 else self.next_seq()
         if where.at_head:
             self.batch.refused.append(oid)
-        self.txn.put(rec.queue.encode() + _U64.pack(rec.qseq), oid, db=self.index.queues)
+        self.txn.put(rec.queue.encode() + U64.pack(rec.qseq), oid, db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), rec.stored)
         self.add(b"objects", 1)
         self.put(oid, rec)
@@ -137,7 +137,7 @@ class Txn:
         self.txn.delete(oid, db=self.index.data)
         count, count_era = self.uses_of(oid, rec)
         self.txn.delete(oid, db=self.index.uses)
-        self.txn.delete(rec.queue.encode() + _U64.pack(rec.qseq), db=self.index.queues)
+        self.txn.delete(rec.queue.encode() + U64.pack(rec.qseq), db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), -rec.stored)
         self.add(b"objects", -1)
         self.account(rec, -rec.stored)
@@ -150,7 +150,7 @@ class Txn:
             seq, era = self.next_seq(), self.counter(b"era")
             uses = eviction.aged(count, count_era, era)
             self.txn.put(oid, _GHOST.pack(seq, uses, era), db=self.index.ghost)
-            self.txn.put(b"G" + _U64.pack(seq), oid, db=self.index.queues)
+            self.txn.put(b"G" + U64.pack(seq), oid, db=self.index.queues)
             self._trim_ghosts()
 
     def account(self, rec: Record, delta: int) -> None:
@@ -172,8 +172,8 @@ class Txn:
         era, in_era = self.counter(b"era"), self.counter(b"in_era") + uses
         if in_era >= eviction.era_length(self.counter(b"objects")):
             era, in_era = era + 1, 0
-            self.txn.put(b"era", _U64.pack(era), db=self.index.meta)
-        self.txn.put(b"in_era", _U64.pack(in_era), db=self.index.meta)
+            self.txn.put(b"era", U64.pack(era), db=self.index.meta)
+        self.txn.put(b"in_era", U64.pack(in_era), db=self.index.meta)
         return era
 
     def uses_of(self, oid: bytes, rec: Record | None) -> tuple[int, int]:
@@ -213,7 +213,7 @@ class Txn:
         """A write of ``oid`` (a PUT, a DELETE, a completed upload) commits in this txn: a read
         that noted an older write mark (Index.write_mark) no longer speaks for the object."""
         seq = self.counter(b"wseq") + 1
-        packed = _U64.pack(seq)
+        packed = U64.pack(seq)
         self.txn.put(b"wseq", packed, db=self.index.meta)
         old = self.txn.get(oid, db=self.index.written)
         if old is not None:
@@ -232,7 +232,7 @@ class Txn:
         """Whether a write of ``oid`` committed after the write mark ``seen`` was read (for an
         object whose own mark was trimmed: whether any trimmed one may have)."""
         raw = self.txn.get(oid, db=self.index.written)
-        mark = _U64.unpack(raw)[0] if raw is not None else self.counter(b"wfloor")
+        mark = U64.unpack(raw)[0] if raw is not None else self.counter(b"wfloor")
         return mark > seen
 
     def _trim_ghosts(self) -> None:
@@ -243,64 +243,6 @@ class Txn:
             oid = cur.value()
             cur.delete()
             self.txn.delete(oid, db=self.index.ghost)
-
-
-class _LmdbQueues:
-    """eviction.Queues over one write transaction."""
-
-    def __init__(self, t: Txn) -> None:
-        self.t = t
-        self._heads: dict[str, tuple[bytes, Record] | None] = {}
-
-    def _head(self, q: eviction.Queue) -> tuple[bytes, bytes, Record] | None:
-        cur = self.t.txn.cursor(db=self.t.index.queues)
-        prefix = q.encode()
-        while cur.set_range(prefix) and cur.key()[:1] == prefix:
-            qkey, oid = bytes(cur.key()), bytes(cur.value())
-            rec = self.t.get(oid)
-            if rec is not None and rec.queue == q and _U64.pack(rec.qseq) == qkey[1:]:
-                return qkey, oid, rec
-            cur.delete()  # stale queue entry: the record moved or went
-        return None
-
-    def head(self, queue: eviction.Queue) -> eviction.Entry | None:
-        found = self._head(queue)
-        if found is None:
-            return None
-        _, oid, rec = found
-        uses = eviction.aged(*self.t.uses_of(oid, rec), self.t.counter(b"era"))
-        return eviction.Entry(id=oid, size=rec.stored, freq=rec.freq, pinned=rec.pinned, count=uses)
-
-    def pop_head(self, queue: eviction.Queue) -> None:
-        found = self._head(queue)
-        if found is not None:
-            qkey, _, rec = found
-            self.t.txn.delete(qkey, db=self.t.index.queues)
-            self.t.add(b"bytes:" + queue.encode(), -rec.stored)
-
-    def push_tail(self, queue: eviction.Queue, entry: eviction.Entry) -> None:
-        rec = self.t.get(entry.id)
-        if rec is None:
-            return
-        rec.queue = queue
-        rec.qseq = self.t.next_seq()
-        rec.freq = entry.freq
-        self.t.txn.put(queue.encode() + _U64.pack(rec.qseq), entry.id, db=self.t.index.queues)
-        self.t.add(b"bytes:" + queue.encode(), rec.stored)
-        self.t.put(entry.id, rec)
-
-    def queue_bytes(self, queue: eviction.Queue) -> int:
-        return self.t.counter(b"bytes:" + queue.encode())
-
-    def evict(self, entry: eviction.Entry) -> None:
-        rec = self.t.get(entry.id)
-        if rec is None:
-            return
-        # pop_head already took its bytes off the queue total; remove() takes them again
-        self.t.add(b"bytes:" + rec.queue.encode(), rec.stored)
-        self.t.remove(entry.id, rec, to_ghost=True)  # remembered with its use count
-        self.t.batch.evicted_objects += 1
-        self.t.batch.evicted_bytes += rec.stored
 
 
 class Index:
@@ -419,7 +361,7 @@ class Index:
         one transaction."""
         with self.env.begin(db=self.meta) as txn:
             raws = [txn.get(name) for name in names]
-        return [_U64.unpack(raw)[0] if raw else 0 for raw in raws]
+        return [U64.unpack(raw)[0] if raw else 0 for raw in raws]
 
     def era(self) -> int:
         """The era of use counts (Txn.tick)."""
@@ -554,7 +496,7 @@ class Index:
                 t.batch.evicted_objects += 1
                 t.batch.evicted_bytes += rec.stored
         if self._held(t) > self.max_bytes:
-            eviction.evict_until(_LmdbQueues(t), self.max_bytes, low)
+            eviction.evict_until(LmdbQueues(t), self.max_bytes, low)
         map_limit = self.map_size
         if self.volume is not None:
             spare = self.volume.spare()
@@ -566,12 +508,12 @@ class Index:
         if used > map_limit * MAP_HIGH_WATER:
             held = self._held(t)
             target = int(held * max(0, map_limit) * MAP_LOW_WATER / used)
-            eviction.evict_until(_LmdbQueues(t), held, target)
+            eviction.evict_until(LmdbQueues(t), held, target)
 
     def _free_files(self, t: Txn, nbytes: int) -> None:
         """Evict in S3-FIFO order until chunk files of ``nbytes`` go with this transaction
         (values held inside LMDB give no room back to the volume), or none are left."""
-        queues = _LmdbQueues(t)
+        queues = LmdbQueues(t)
         while t.batch.file_bytes < nbytes:
             held = self._held(t)
             if held <= self._pages(t.txn, self.data)[0]:
@@ -599,7 +541,7 @@ class Index:
                 batch = Batch()
                 t = Txn(self, txn, batch)
                 total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
-                eviction.evict_until(_LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
+                eviction.evict_until(LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
             self.on_commit(batch)
         except lmdb.Error as exc:
             _index_full.warning("could not free index space: %s", exc)

@@ -88,6 +88,7 @@ class Fill:
         self.done = False
         self.error: BaseException | None = None
         self.from_cache = False
+        self.rereads = 0  # reads that joined it once it was verified: uses, counted at commit
         self._loop = loop or asyncio.get_running_loop()
         self._waiters: list[asyncio.Future[None]] = []  # readers waiting for news (_wake)
         self.task: asyncio.Task[None] | None = None
@@ -206,6 +207,8 @@ class Fills:
         fill = self._joined(oid, index, expect)
         if fill is None:
             fill = self._start(mount, key, oid, index, expect, self.memory.claim)
+        elif fill.verified:
+            fill.rereads += 1  # read again after it was whole, before its commit landed
         assert fill is not None
         return fill
 
@@ -470,6 +473,10 @@ class Fills:
                 fill.oid, rec, fill.index, view[:length], seen=fill.seen
             )
         (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
+        if ok and fill.rereads:  # each a use, as a hit of the committed copy would count
+            now = time.time()
+            for _ in range(fill.rereads):
+                self.cache.note_hit(fill.oid, rec, now)
 
 
 def _verifiable(meta: ObjectMeta, length: int) -> bool:
