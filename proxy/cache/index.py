@@ -460,12 +460,16 @@ class Index:
             batch = Batch()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
             if _disk_full(exc):
+                self._evict_some()  # pages freed inside the index file are reused
+                if len(items) > 1:  # fills batched with it must not sink a small write
+                    for item in items:
+                        self._commit([item])
+                    return
                 disk_full.warning(
                     "the disk under the cache index is full; these writes are dropped"
                 )
                 results = [(fut, None, errors.IndexFull("disk_full")) for _, fut in items]
                 batch = Batch()
-                self._evict_some()  # pages freed inside the index file are reused
             elif len(items) > 1:
                 for item in items:
                     self._commit([item])

@@ -169,7 +169,8 @@ class CacheStore:
     # -- writes -----------------------------------------------------------------------------
     async def put_meta(self, oid: bytes, new: Record, *, seen: int) -> Record | None:
         """Record what a HEAD or revalidation learnt; a changed version drops the old bytes.
-        None (nothing changed) when a write committed since ``seen``: the answer is older."""
+        None (nothing changed) when a write committed since ``seen``: the answer is older; or
+        when the index could not take it (full): the caller reads from the store."""
 
         def op(t: Txn) -> Record | None:
             if t.written_since(oid, seen):
@@ -184,7 +185,11 @@ class CacheStore:
             t.insert(oid, new)
             return new
 
-        result: Record | None = await self._idx.submit(op)
+        try:
+            result: Record | None = await self._idx.submit(op)
+        except errors.IndexFull as exc:
+            metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
+            return None
         return result
 
     async def commit_inline(
@@ -343,7 +348,10 @@ class CacheStore:
             if seen is None:
                 t.mark_written(oid)
 
-        await self._submit(op)
+        if seen is None:
+            await self._submit(op)  # a write's: it fails if the index cannot take it
+        else:
+            await self._try_submit(op)  # a read's: the record is checked again next time
 
     async def forget_chunk(self, oid: bytes, gen: str, index: int) -> None:
         """A chunk file went missing: clear its bit so it is fetched again."""
@@ -355,7 +363,7 @@ class CacheStore:
                 size = min(self.cfg.chunk_size, cur.size - index * self.cfg.chunk_size)
                 t.grow(oid, cur, -min(cur.stored, size))
 
-        await self._submit(op)
+        await self._try_submit(op)  # (if the index is full, the next read finds it gone too)
 
     async def _submit(self, op: object, lazy: bool = False) -> object:
         return await self._idx.submit(op, lazy)  # type: ignore[arg-type]
