@@ -14,8 +14,11 @@ at the end (exit status 1 when any read failed or returned the wrong size):
   signature), which is all the read path needs. nginx cannot list, so the warm job is a
   ``keys`` job (no listing) and training-aware prefetch posts keys anyway. Its access log
   counts the store requests of each epoch (one line per request that reached the store).
-- the network: tests/relay.py (CountingRelay, on uvloop) in front of the store adding 20 ms
-  per request (``--latency-ms``): every row reaches the store through it.
+- the network: loadtest/netdelay.py in front of the store, a TCP relay that passes each
+  request's bytes on 20 ms (``--latency-ms``) after they came, at tens of µs of CPU a request:
+  every row reaches the store through it. ``--network http`` uses tests/relay.py instead (an
+  aiohttp proxy, as until 2026-11-30: ~0.5 ms of CPU a request, which capped every row near
+  900 samples/s on 2 cores, direct included).
 - rows, each from an empty cache: direct to the store (through the relay); nginx
   ``proxy_cache`` in front of the relay (slice 8m, proxy_cache_lock on); Slipstream without
   prefetch; Slipstream with a warm job of every key started at t=0 beside training
@@ -458,20 +461,15 @@ class Bench:
         self.store_log = StoreLog(log)
         self.cpu.groups["store"] = store.pid
         relay_port = free_port()
-        code = (
-            "import sys, uvloop; uvloop.install(); from tests.relay import main; main(sys.argv[1:])"
-        )
-        cmd = [
-            sys.executable,
-            "-c",
-            code,
-            "--listen",
-            f"127.0.0.1:{relay_port}",
-            "--target",
-            f"http://127.0.0.1:{port}",
-            "--latency-ms",
-            str(self.args.latency_ms),
-        ]
+        if self.args.network == "http":  # tests/relay.py: an aiohttp server and client
+            code = "import sys, uvloop; uvloop.install(); from tests.relay import main; "
+            code += "main(sys.argv[1:])"
+            target = f"http://127.0.0.1:{port}"
+        else:  # loadtest/netdelay.py: bytes delayed, no HTTP parsed
+            code = "import sys; from loadtest.netdelay import main; main(sys.argv[1:])"
+            target = f"127.0.0.1:{port}"
+        cmd = [sys.executable, "-c", code, "--listen", f"127.0.0.1:{relay_port}"]
+        cmd += ["--target", target, "--latency-ms", str(self.args.latency_ms)]
         env_py = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         os.environ["PYTHONPATH"] = env_py
         proc = self.stack.enter_context(background(cmd, self.tmp / "relay.log"))
@@ -817,6 +815,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--ahead", type=int, default=4, help="batches the readers may run ahead (4)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--latency-ms", type=float, default=20.0, help="relay delay per request (20)")
+    ap.add_argument(
+        "--network",
+        choices=("tcp", "http"),
+        default="tcp",
+        help="the relay that adds the latency: tcp (loadtest/netdelay.py, bytes delayed, tens of"
+        " µs a request) or http (tests/relay.py, an aiohttp proxy, ~0.5 ms of CPU a request,"
+        " which the benchmark's 2 cores then lack)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="Slipstream worker processes (1)")
     ap.add_argument("--window", type=int, default=512, help="prefetch window in keys (512)")
     ap.add_argument("--warm-concurrency", type=int, default=16, help="warm job concurrency (16)")

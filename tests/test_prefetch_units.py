@@ -71,3 +71,23 @@ async def test_a_streamed_order_waits_for_its_parts(core: Core) -> None:  # noqa
         await asyncio.sleep(0.01)
     assert job.state == "done" and job.progress.fetched == 4
     await p.close()
+
+
+async def test_reads_pass_over_what_was_fetched_before_them(core: Core) -> None:  # noqa: F811
+    # "a" is listed twice: its later place counts. A read passes over (wastes) exactly the
+    # fetched keys placed before it, wherever they came in the order.
+    for name in "abcd":
+        core.put_file(name, b"z" * 3000)
+    p = prefetcher_of(core, "off")
+    job = await p.start(BUCKET, ["a", "b", "c", "a", "d"], 10)
+    for _ in range(200):
+        if job.state == "done":
+            break
+        await asyncio.sleep(0.01)
+    assert job.state == "done" and job.progress.fetched + job.progress.cached == 5
+    p.note_read(BUCKET, "c")  # position 2: passes "b" (1), not "a" (now 3)
+    assert (job.progress.used, job.progress.wasted) == (1, 1)
+    p.note_read(BUCKET, "d")  # position 4: passes "a"
+    assert (job.progress.used, job.progress.wasted) == (2, 2)
+    assert not job.busy()
+    await p.close()

@@ -106,7 +106,7 @@ class PrefetchJob:
         metrics.PREFETCH_OBJECTS.labels("used").inc()
         if pos > self.read_pos:
             self.read_pos = pos
-            passed = [k for k, p in self._ahead.items() if p < pos]
+            passed = _before(self._ahead, pos)
             for k in passed:
                 self._drop(k)
             self.progress.wasted += len(passed)
@@ -123,9 +123,8 @@ class PrefetchJob:
         pos = self._upcoming.get(key)
         if pos is None:
             return
-        for k, p in list(self._upcoming.items()):
-            if p <= pos:
-                del self._upcoming[k]
+        for k in _before(self._upcoming, pos + 1):
+            del self._upcoming[k]
         self.read_pos = max(self.read_pos, pos)
         self.next = max(self.next, pos + 1)
         self._moved.set()
@@ -138,10 +137,14 @@ class PrefetchJob:
             del self._upcoming[key]
         self._horizon = max(self._horizon, self.next)
         end = min(len(self.keys), self.next + self.window)
+        upcoming, ahead = self._upcoming, self._ahead
         while self._horizon < end:
-            self._upcoming[self.mount.remote_key(self.keys[self._horizon])] = self._horizon
+            later = self.mount.remote_key(self.keys[self._horizon])
+            upcoming.pop(later, None)  # a key listed twice: its later place, at the end
+            upcoming[later] = self._horizon
             self._horizon += 1
-        self._ahead[key] = pos
+        ahead.pop(key, None)  # likewise: both dicts stay in the order of their positions
+        ahead[key] = pos
         return key
 
     # -- the fetching side --------------------------------------------------------------------
@@ -189,18 +192,21 @@ class PrefetchJob:
 
     async def _run(self) -> None:
         running: set[asyncio.Task[None]] = set()
+
+        def landed(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self._moved.set()
+
         try:
             while self.next < len(self.keys) or running or self.receiving:
                 while self._room(len(running)) and len(running) < min(
                     self.concurrency, self.window
                 ):
-                    running.add(asyncio.create_task(self._fetch(self._take())))
+                    task = asyncio.create_task(self._fetch(self._take()))
+                    running.add(task)
+                    task.add_done_callback(landed)
                 self._moved.clear()
-                waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._moved.wait())}
-                done, _ = await asyncio.wait(running | waits, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
-                running -= done
+                await self._moved.wait()  # a fetch landed, a read moved on, or keys came
             self.state = "done"
         except asyncio.CancelledError:
             for task in running:
@@ -255,6 +261,17 @@ class PrefetchJob:
             "used": p.used,
             "wasted": p.wasted,
         }
+
+
+def _before(positions: dict[str, int], pos: int) -> list[str]:
+    """The keys placed before ``pos``: a job inserts keys in the order of their positions, so
+    they are the dict's first ones (a read costs what it passes, not the window)."""
+    out = []
+    for key, p in positions.items():
+        if p >= pos:
+            break
+        out.append(key)
+    return out
 
 
 def _object_key(key: str) -> bool:
