@@ -24,6 +24,7 @@ from proxy.cache import eviction, pins, quota
 from proxy.cache.lmdb_queues import U64, LmdbQueues
 from proxy.cache.record import Record
 from proxy.cache.space import Throttled, Volume, disk_full
+from proxy.memo import remember
 
 T = TypeVar("T")
 
@@ -322,10 +323,7 @@ class Index:
         """``raw`` parsed, through the cache of parsed values (read-only: see get_with_data)."""
         rec = self._decoded.get(raw)
         if rec is None:
-            rec = Record.loads(raw)
-            if len(self._decoded) >= DECODED_CACHE_MAX:
-                self._decoded.clear()
-            self._decoded[raw] = rec
+            rec = remember(self._decoded, raw, Record.loads(raw), DECODED_CACHE_MAX)
         return rec
 
     def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:

@@ -20,6 +20,7 @@ from proxy.cache.quota import QuotaRule
 from proxy.cache.record import FORMAT2, Record, chunk_indices, glance, plain_inline
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
+from proxy.memo import remember
 from proxy.model import ObjectMeta
 
 T = TypeVar("T")
@@ -143,9 +144,7 @@ class CacheStore:
         if self._idx.uses_era(oid, rec) != self._era:
             self._reads[oid] = self._reads.get(oid, 0) + 1
         else:
-            if len(self._counted) >= COUNTED_MAX:
-                self._counted.clear()
-            self._counted[oid] = rec
+            remember(self._counted, oid, rec, COUNTED_MAX)
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
