@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from proxy import errors
 from proxy.backends.base import Backend
 from proxy.config import CacheConfig, MountConfig
+from proxy.memo import remember
 from proxy.model import valid_bucket_name
 
 
@@ -66,10 +67,7 @@ class Router:
             return mount
         if self._wildcard is not None and valid_bucket_name(bucket):
             mount = self._mount(bucket, self._wildcard, wildcard=True)
-            if len(self._wildcard_mounts) >= 10_000:
-                self._wildcard_mounts.clear()
-            self._wildcard_mounts[bucket] = mount
-            return mount
+            return remember(self._wildcard_mounts, bucket, mount, 10_000)
         raise errors.NoSuchBucket(resource=bucket)
 
     @property

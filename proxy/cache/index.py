@@ -24,6 +24,7 @@ from proxy.cache import eviction, pins, quota
 from proxy.cache.lmdb_queues import U64, LmdbQueues
 from proxy.cache.record import Record
 from proxy.cache.space import Throttled, Volume, disk_full
+from proxy.memo import remember
 
 T = TypeVar("T")
 
@@ -322,10 +323,7 @@ class Index:
         """``raw`` parsed, through the cache of parsed values (read-only: see get_with_data)."""
         rec = self._decoded.get(raw)
         if rec is None:
-            rec = Record.loads(raw)
-            if len(self._decoded) >= DECODED_CACHE_MAX:
-                self._decoded.clear()
-            self._decoded[raw] = rec
+            rec = remember(self._decoded, raw, Record.loads(raw), DECODED_CACHE_MAX)
         return rec
 
     def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
@@ -450,33 +448,22 @@ class Index:
                     results.append((fut, op(t), None))
                 self._evict_if_needed(t)
         except lmdb.MapFullError:
-            self._evict_some()
-            if len(items) > 1:  # room was made: what fits alone still goes in
-                for item in items:
-                    self._commit([item])
+            if self._each_alone(items, evict=True):
                 return
             _index_full.warning("cache index is full (map_size); a write is dropped")
             results = [(items[0][1], None, errors.IndexFull())]
             batch = Batch()
         except Exception as exc:  # one bad op must not sink the batch: retry one by one
-            if _disk_full(exc):
-                self._evict_some()  # pages freed inside the index file are reused
-                if len(items) > 1:  # fills batched with it must not sink a small write
-                    for item in items:
-                        self._commit([item])
-                    return
+            full = _disk_full(exc)
+            if self._each_alone(items, evict=full):
+                return
+            if full:
                 disk_full.warning(
                     "the disk under the cache index is full; these writes are dropped"
                 )
-                results = [(fut, None, errors.IndexFull("disk_full")) for _, fut in items]
-                batch = Batch()
-            elif len(items) > 1:
-                for item in items:
-                    self._commit([item])
-                return
-            else:
-                results = [(items[0][1], None, exc)]
-                batch = Batch()
+            failure = errors.IndexFull("disk_full") if full else exc
+            results = [(items[0][1], None, failure)]
+            batch = Batch()
         try:
             self.on_commit(batch)
         except Exception:
@@ -486,6 +473,19 @@ class Index:
             by_loop.setdefault(settled[0].get_loop(), []).append(settled)
         for loop, settling in by_loop.items():  # one wake-up of each loop per commit
             loop.call_soon_threadsafe(_settle_all, settling)
+
+    def _each_alone(self, items: list[tuple[Op, asyncio.Future[Any]]], evict: bool) -> bool:
+        """After a batch failed: free room first where ``evict`` (index full, or the disk
+        under it: pages freed inside the index file are reused), then commit each op in its
+        own transaction, so that fills batched with a small write do not sink it and one bad
+        op does not sink the rest. False where the batch was one op: the caller settles it."""
+        if evict:
+            self._evict_some()
+        if len(items) == 1:
+            return False
+        for item in items:
+            self._commit([item])
+        return True
 
     def _evict_if_needed(self, t: Txn) -> None:
         """Keep the budget: max_size; the reserve on the volume (evicting chunk files, which

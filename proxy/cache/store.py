@@ -6,9 +6,9 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from proxy import errors, log, metrics
 from proxy.cache import cleanstop, pins, quota
@@ -20,7 +20,10 @@ from proxy.cache.quota import QuotaRule
 from proxy.cache.record import FORMAT2, Record, chunk_indices, glance, plain_inline
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
+from proxy.memo import remember
 from proxy.model import ObjectMeta
+
+T = TypeVar("T")
 
 HIT_FLUSH_INTERVAL = 1.0
 ATIME_REFRESH = 600.0
@@ -141,9 +144,7 @@ class CacheStore:
         if self._idx.uses_era(oid, rec) != self._era:
             self._reads[oid] = self._reads.get(oid, 0) + 1
         else:
-            if len(self._counted) >= COUNTED_MAX:
-                self._counted.clear()
-            self._counted[oid] = rec
+            remember(self._counted, oid, rec, COUNTED_MAX)
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
@@ -185,12 +186,7 @@ class CacheStore:
             t.insert(oid, new)
             return new
 
-        try:
-            result: Record | None = await self._idx.submit(op)
-        except errors.IndexFull as exc:
-            metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
-            return None
-        return result
+        return await self._try_submit(op)
 
     async def commit_inline(
         self, oid: bytes, new: Record, data: bytes, *, seen: int, write: bool = False
@@ -216,7 +212,7 @@ class CacheStore:
             t.insert(oid, new)
             return True
 
-        return await self._try_commit(op, lazy=not write)
+        return bool(await self._try_submit(op, lazy=not write))
 
     async def commit_chunk(
         self, oid: bytes, new: Record, index: int, data: memoryview, *, seen: int
@@ -255,7 +251,7 @@ class CacheStore:
                 t.grow(oid, cur, size)
             return True
 
-        ok = await self._try_commit(op, lazy=True)
+        ok = bool(await self._try_submit(op, lazy=True))
         if not ok:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok
@@ -322,7 +318,7 @@ class CacheStore:
             t.grow(oid, new, sum(length for _, _, length in files))
             return True
 
-        return await self._try_commit(op)
+        return bool(await self._try_submit(op))
 
     async def publish_upload(
         self, oid: bytes, new: Record, upload_id: str, numbers: list[int], *, seen: int
@@ -349,7 +345,7 @@ class CacheStore:
                 t.mark_written(oid)
 
         if seen is None:
-            await self._submit(op)  # a write's: it fails if the index cannot take it
+            await self._idx.submit(op)  # a write's: it fails if the index cannot take it
         else:
             await self._try_submit(op)  # a read's: the record is checked again next time
 
@@ -365,25 +361,15 @@ class CacheStore:
 
         await self._try_submit(op)  # (if the index is full, the next read finds it gone too)
 
-    async def _submit(self, op: object, lazy: bool = False) -> object:
-        return await self._idx.submit(op, lazy)  # type: ignore[arg-type]
-
-    async def _try_submit(self, op: object) -> bool:
+    async def _try_submit(self, op: Callable[[Txn], T], lazy: bool = False) -> T | None:
+        """What ``op`` answered, or None (counted) where the index could not take it (full).
+        ``lazy``: a read's fill, see Index.submit."""
         try:
-            await self._submit(op)
+            result: T = await self._idx.submit(op, lazy)
         except errors.IndexFull as exc:
             metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
-            return False
-        return True
-
-    async def _try_commit(self, op: object, lazy: bool = False) -> bool:
-        """As _try_submit, for an op that answers whether it committed what it was given
-        (``lazy``: a read's fill, see Index.submit)."""
-        try:
-            return bool(await self._submit(op, lazy))
-        except errors.IndexFull as exc:
-            metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
-            return False
+            return None
+        return result
 
     async def _flush_hits_forever(self) -> None:
         while True:

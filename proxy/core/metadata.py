@@ -15,6 +15,7 @@ from proxy import errors, log, metrics
 from proxy.cache.record import Record, object_id
 from proxy.cache.store import CacheStore, record_for
 from proxy.config import CacheConfig
+from proxy.memo import remember
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
@@ -52,11 +53,7 @@ class Metadata:
         entry = self._metas.get(id(rec))
         if entry is not None and entry[0] is rec:
             return entry[1]
-        meta = rec.to_meta()
-        if len(self._metas) >= META_CACHE_MAX:
-            self._metas.clear()
-        self._metas[id(rec)] = (rec, meta)
-        return meta
+        return remember(self._metas, id(rec), (rec, rec.to_meta()), META_CACHE_MAX)[1]
 
     async def current(
         self, mount: Mount, key: str, oid: bytes

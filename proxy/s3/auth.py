@@ -24,6 +24,7 @@ from multidict import CIMultiDictProxy
 
 from proxy import errors
 from proxy.config_access import OPEN_ACCESS, AccessLevel, AuthConfig
+from proxy.memo import remember
 from proxy.s3 import checksums, sigv2, sigv4
 from proxy.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
 
@@ -264,9 +265,7 @@ class Authenticator:
             if url is not None and signed.signed_headers == ("host",):
                 # the same URL verifies the same (the canonical request is made of the
                 # method, the Host and the raw path alone): later uses skip the HMACs
-                if len(self._verified_urls) >= VERIFIED_URLS_MAX:
-                    self._verified_urls.clear()
-                self._verified_urls[url] = signed
+                remember(self._verified_urls, url, signed, VERIFIED_URLS_MAX)
             elif authorization is not None and "?" not in request.raw_path:
                 self._remember_claim(authorization, signed, key)
             return self._reads[signed.access_key, signed.presigned]
@@ -315,10 +314,9 @@ class Authenticator:
             return
         if head in self._claims:
             return
-        if len(self._claims) >= CLAIMS_MAX:
-            self._claims.clear()
         claim = sigv4.header_claim(signed, key, self.region)
-        self._claims[head] = _HeaderRead(claim, self._reads[signed.access_key, False])
+        read = _HeaderRead(claim, self._reads[signed.access_key, False])
+        remember(self._claims, head, read, CLAIMS_MAX)
 
     def _authenticate_v2(self, request: web.BaseRequest, signed: sigv2.SignedV2) -> AuthResult:
         entry = self._users.get(signed.access_key)
@@ -412,9 +410,7 @@ class Authenticator:
         key = self._keys.get(cache_key)
         if key is None:
             key = sigv4.derive_signing_key(secret, date, self.region)
-            if len(self._keys) >= 4096:
-                self._keys.clear()
-            self._keys[cache_key] = key
+            remember(self._keys, cache_key, key, 4096)
         return key
 
     # -- payload ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from proxy.core.conditions import check_conditions
 from proxy.core.listing import Listing
 from proxy.core.partnumber import PartRanges, PartSpan
 from proxy.core.reads import Reads
+from proxy.memo import remember
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
 from proxy.s3 import parse, whole, xml
@@ -414,10 +415,8 @@ def _object_headers(
 ) -> dict[str, str]:
     entry = _base_headers.get(id(meta))
     if entry is None or entry[0] is not meta:
-        base = object_fields(meta)
-        if len(_base_headers) >= 50_000:
-            _base_headers.clear()
-        entry = _base_headers[id(meta)] = (meta, base)  # holding meta keeps its id unique
+        # holding meta keeps its id unique
+        entry = remember(_base_headers, id(meta), (meta, object_fields(meta)), 50_000)
     rid = request.get("request_id", "")
     headers = {**entry[1], "x-amz-request-id": rid, "x-amz-id-2": rid}
     if whole and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":

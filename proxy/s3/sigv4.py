@@ -28,6 +28,7 @@ from botocore.auth import S3SigV4Auth
 from multidict import CIMultiDictProxy
 
 from proxy import errors
+from proxy.memo import remember
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_EXPIRES = 7 * 24 * 3600  # X-Amz-Expires upper bound (604800 s)
@@ -209,10 +210,7 @@ def _names(signed_headers: tuple[str, ...]) -> tuple[list[str], str]:
     known = _NAMES.get(signed_headers)
     if known is None:
         names = sorted(set(signed_headers))
-        known = (names, ";".join(names))
-        if len(_NAMES) >= 1024:
-            _NAMES.clear()
-        _NAMES[signed_headers] = known
+        known = remember(_NAMES, signed_headers, (names, ";".join(names)), 1024)
     return known
 
 
@@ -284,9 +282,7 @@ _MAX_CLAIM = 1024  # characters of a kept prefix (botocore's are ~200)
 
 def _remember(prefix: str, signed: Signed) -> None:
     if len(prefix) <= _MAX_CLAIM:
-        if len(_CLAIMS) >= 1024:
-            _CLAIMS.clear()
-        _CLAIMS[prefix] = signed
+        remember(_CLAIMS, prefix, signed, 1024)
 
 
 def _with_signature(known: Signed, signature: str, timestamp: str) -> Signed:

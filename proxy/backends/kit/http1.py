@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+from proxy.memo import remember
+
 HIGH_WATER = 2 * 64 * 1024
 LOW_WATER = 64 * 1024
 MAX_HEAD = 64 * 1024  # bytes of response headers, at most (aiohttp: 8190 per field, 100 fields)
@@ -46,11 +48,7 @@ _NAMES_MAX = 512
 
 
 def _name(raw: bytes) -> str:
-    name = raw.decode("utf-8", "surrogateescape")
-    if len(_NAMES) >= _NAMES_MAX:
-        _NAMES.clear()
-    _NAMES[raw] = name
-    return name
+    return remember(_NAMES, raw, raw.decode("utf-8", "surrogateescape"), _NAMES_MAX)
 
 
 class Http1Error(ConnectionError):
