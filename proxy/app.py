@@ -83,7 +83,9 @@ class S3Server:
         self.stores = await _open_backends(self.cfg, self.cache)
         self.router = router = Router(self.cfg.buckets, self.stores, self.cfg.cache)
         await self.cache.open()
-        self.reads = reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
+        # workers: 1: this process alone fills the cache (else the workers and the supervisor do)
+        fills = Fills(self.cache, self.cfg.cache, sole=self.cfg.workers <= 1)
+        self.reads = reads = Reads(self.cache, self.cfg.cache, fills)
         self.listing = Listing(router)
         read_handlers = S3ReadHandlers(
             reads=reads,

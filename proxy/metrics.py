@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import bisect
 import multiprocessing.util
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,18 @@ class Tally:
         pending, self._pending = self._pending, 0.0
         if pending:
             self._child.inc(pending)
+
+
+# One process (no multiprocess files): a scrape flushes first, so even a count that a scrape must
+# show at once (a store request, the fills in flight) can be a tally. A worker of several writes
+# those through; the supervisor's own are not exported (see admin.py), so tallies do there.
+ONE_PROCESS = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def exact(child: Any) -> Any:
+    """``child`` (a Counter or Gauge child: its inc() and, for a gauge, inc(-1)), as a tally
+    where a scrape sees it at once anyway (ONE_PROCESS), else itself, written through."""
+    return Tally(child) if ONE_PROCESS else child
 
 
 class HistogramTally:
@@ -245,6 +258,7 @@ BACKEND_BYTES = Counter(
 INFLIGHT_FILLS = Gauge(
     "slipstream_inflight_fills", "Store fetches filling the cache now", multiprocess_mode="livesum"
 )
+FILLS_IN_FLIGHT = exact(INFLIGHT_FILLS)  # inc(1) as one starts, inc(-1) as it ends
 FILLS = Counter("slipstream_fills_total", "Cache fills finished, by result", ["result"])
 EVICTIONS = Counter("slipstream_evictions_total", "Objects evicted from the cache")
 EVICTED_BYTES = Counter("slipstream_evicted_bytes_total", "Bytes evicted from the cache")
@@ -388,17 +402,17 @@ def bucket(name: str, wildcard: bool) -> BucketMetrics:
 # -- stores -------------------------------------------------------------------------------------
 # A cold read counts its store request, times it and counts its bytes, with the children of one
 # backend and operation resolved once (no labels() lookup per call). The latency and the bytes
-# are tallies; the request count is written through: tests and operators read it as "did this
-# reach the store", which must hold at once in a scrape of several workers too.
+# are tallies; the request count is exact(): tests and operators read it as "did this reach the
+# store", which must hold at once in a scrape of several workers too.
 
 
 class StoreCallMetrics:
-    """The request count (written through) and latency (a tally) of one (backend, operation)."""
+    """The request count (exact) and latency (a tally) of one (backend, operation)."""
 
     __slots__ = ("requests", "latency")
 
     def __init__(self, backend: str, operation: str) -> None:
-        self.requests = BACKEND_REQUESTS.labels(backend, operation)
+        self.requests = exact(BACKEND_REQUESTS.labels(backend, operation))
         self.latency = HistogramTally(BACKEND_LATENCY.labels(backend, operation))
 
 
@@ -424,3 +438,4 @@ def store_bytes(backend: str) -> Tally:
 
 FILLS_CACHED = Tally(FILLS.labels("cached"))
 FILLS_NOT_CACHED = Tally(FILLS.labels("not_cached"))
+READS_COALESCED = Tally(COALESCED)

@@ -71,8 +71,10 @@ class Core:
         return self.cache.lookup(oid_of(self.mount, key))[0]
 
 
-@pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Core]:
+@pytest.fixture(params=[False, True], ids=["workers", "sole"])
+async def core(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Core]:
+    """The core pieces, as a worker among others (fills take the chunk locks) and as the only
+    process that fills the cache (``workers: 1``: no locks)."""
     root = tmp_path / "store"
     (root / BUCKET).mkdir(parents=True)
     cfg = CacheConfig(
@@ -90,7 +92,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     await fs.start()
     store = CountingStore(fs)
     mount = Mount(name=BUCKET, backend=store, bucket=BUCKET, prefix="", metadata_ttl=None)
-    reads = Reads(cache, cfg, Fills(cache, cfg))
+    reads = Reads(cache, cfg, Fills(cache, cfg, sole=request.param))
     yield Core(cache, store, mount, reads, Writes(cache, reads), root)
     await reads.close()
     await cache.close()
@@ -380,3 +382,37 @@ async def test_hits_raise_a_use_count_once_an_era(core: Core) -> None:
     for _ in range(2):
         await _read(core, "hot")
     assert cache._reads == {oid: 2}, "a hit in a new era did not raise the use count"
+
+
+# -- a fill whose chunk got cached after its reader looked ------------------------------------
+async def test_a_chunk_cached_since_the_readers_lookup_is_not_fetched_again(core: Core) -> None:
+    """A fill of a known object's chunk (its reader looked the cache up earlier) serves the
+    copy another read committed meanwhile instead of asking the store again, whether or not
+    this is the only process that fills."""
+    data = _data(CHUNK * 2)
+    core.put_file("big", data)
+    read = await core.reads.read(core.mount, "big", ByteRange(0, 9), {})  # fills chunk 0
+    await _collect(read)
+    await core.reads.fills.wait_idle()
+    meta, gets = read.meta, core.store.gets
+    await _read(core, "big", ByteRange(CHUNK, CHUNK + 9))  # another read fills chunk 1
+    await core.reads.fills.wait_idle()
+    assert core.store.gets == gets + 1
+    oid = oid_of(core.mount, "big")
+    fill = core.reads.fills.get(core.mount, "big", oid, 1, meta)  # as a reader of the old view
+    assert await fill.whole(CHUNK, CHUNK * 2 - 1) == data[CHUNK:]
+    assert fill.from_cache and core.store.gets == gets + 1
+
+
+async def test_a_worker_serves_a_chunk_another_worker_filled_meanwhile(core: Core) -> None:
+    """With several processes filling one cache, a cold fill that finds the chunk committed
+    by another worker once it holds the chunk's lock serves that copy: one store GET."""
+    core.put_file("obj", _data(500))
+    await _read(core, "obj")
+    await core.reads.fills.wait_idle()
+    assert core.store.gets == 1
+    other = Fills(core.cache, core.reads.fills.cfg)  # another worker's fills over the same cache
+    fill = other.get(core.mount, "obj", oid_of(core.mount, "obj"), 0, None)
+    assert await fill.whole(0, 499) == _data(500)
+    assert fill.from_cache and core.store.gets == 1
+    await other.close()

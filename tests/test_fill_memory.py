@@ -1,5 +1,6 @@
 """The fill-memory ceiling in-process: claims go back when buffers are freed, the ceiling is
-never passed, and a read whose memory stays spent streams from the store uncached."""
+never passed, and a read whose memory stays spent streams from the store uncached. The fill
+slots (``max_fills``): first come, first served, none lost to a waiter that gives up."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core import fills as fills_module
 from proxy.core.body import FileSlice, ObjectRead, read_slice
-from proxy.core.budget import MemoryBudget
+from proxy.core.budget import MemoryBudget, Slots
 from proxy.core.fills import Fill, Fills
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
@@ -164,6 +165,30 @@ async def test_budget_is_first_come_first_served() -> None:
     c = budget.claim(90)
     c.release()  # given up while queued
     assert budget.used == 20 and budget.claim_now(80) is not None
+
+
+async def test_fill_slots_are_first_come_first_served_and_never_lost() -> None:
+    slots = Slots(2)
+    assert await slots.take(0.01) and await slots.take(0.01)
+    assert not await slots.take(0.01)  # none free: the wait times out
+    first = asyncio.create_task(slots.take(5))
+    second = asyncio.create_task(slots.take(5))
+    gone = asyncio.create_task(slots.take(5))
+    await asyncio.sleep(0)
+    slots.release()  # to the first in line
+    assert await first and not second.done()
+    gone.cancel()  # a waiter that goes away holds nothing
+    await asyncio.gather(gone, return_exceptions=True)
+    slots.release()
+    assert await second
+    slots.release()  # nobody waits: the slot is free again
+    assert slots.free == 1 and await slots.take(0.01) and slots.free == 0
+    handed = asyncio.create_task(slots.take(5))
+    await asyncio.sleep(0)
+    slots.release()  # handed over, then the waiter is cancelled before it runs
+    handed.cancel()
+    await asyncio.gather(handed, return_exceptions=True)
+    assert slots.free == 1  # it passed the slot on
 
 
 def test_fill_memory_is_validated_and_documented() -> None:

@@ -26,7 +26,7 @@ from proxy import errors, log, metrics
 from proxy.cache.locks import FillLocks
 from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
-from proxy.core.budget import Claim, MemoryBudget
+from proxy.core.budget import Claim, MemoryBudget, Slots
 from proxy.core.metadata import fresh, record_of
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
@@ -180,12 +180,14 @@ class Fill:
 
 
 class Fills:
-    def __init__(self, cache: CacheStore, cfg: CacheConfig) -> None:
+    def __init__(self, cache: CacheStore, cfg: CacheConfig, sole: bool = False) -> None:
+        """``sole``: no other process fills this cache (``workers: 1``; see _lock_or_cached)."""
         self.cache = cache
+        self.sole = sole
         self.cfg = cfg
         self.cs = cfg.chunk_size
         self._fills: dict[tuple[bytes, int], Fill] = {}
-        self._slots = asyncio.Semaphore(cfg.max_fills)
+        self._slots = Slots(cfg.max_fills)
         self.memory = MemoryBudget(cfg.fill_memory)
         self._written: dict[bytes, float] = {}  # oid -> monotonic time of its last write
         self.waiting = 0  # fills waiting for memory or a slot: warm jobs hold back meanwhile
@@ -227,7 +229,7 @@ class Fills:
         if fill is not None and (
             expect is None or fill.meta is None or fill.meta.etag == expect.etag
         ):
-            metrics.COALESCED.inc()
+            metrics.READS_COALESCED.inc()
             return fill
         return None
 
@@ -328,13 +330,7 @@ class Fills:
             metrics.FILLS.labels("no_memory").inc()
             fill.finish(NoFillMemory("Fill memory is spent; this read goes uncached."))
             return False
-        try:
-            if self._slots.locked():
-                async with asyncio.timeout(FILL_SLOT_WAIT):
-                    await self._slots.acquire()
-            else:
-                await self._slots.acquire()  # free: returns at once
-        except TimeoutError:
+        if not await self._slots.take(FILL_SLOT_WAIT):
             metrics.SLOWDOWNS.inc()
             fill.finish(errors.SlowDown("Too many store fetches in flight; retry."))
             return False
@@ -343,11 +339,11 @@ class Fills:
     async def _run_in_slot(
         self, fill: Fill, mount: Mount, key: str, expect: ObjectMeta | None
     ) -> None:
-        metrics.INFLIGHT_FILLS.inc()
+        metrics.FILLS_IN_FLIGHT.inc()
         locked = False
         try:
-            locked = await self._lock_or_cached(fill, mount, expect)
-            if locked:
+            if await self._lock_or_cached(fill, mount, expect):
+                locked = not self.sole
                 await self._fetch(fill, mount, key, expect)
         except errors.S3Error as exc:
             fill.finish(exc)
@@ -361,11 +357,19 @@ class Fills:
         finally:
             if locked:
                 self._locks.release(fill.oid, fill.index)
-            metrics.INFLIGHT_FILLS.dec()
+            metrics.FILLS_IN_FLIGHT.inc(-1)
 
     async def _lock_or_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
         """Take the cross-process lock for this chunk; if another worker filled it meanwhile,
-        serve this fill from the cache instead and return False."""
+        serve this fill from the cache instead and return False.
+
+        The only process that fills this cache (``sole``) takes no lock: the in-process table
+        of fills already keeps one filler per chunk. A cold read (no ``expect``) looked the
+        cache up just before it started the fill, so it fetches at once; a fill of a known
+        object's chunk may start long after its reader's lookup (a large object's later
+        chunks), so it still looks again first: another read may have filled it since."""
+        if self.sole:
+            return expect is None or not await self._load_cached(fill, mount, expect)
         locks = self._locks
         delay = LOCK_POLL_START
         while True:
