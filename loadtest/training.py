@@ -607,6 +607,8 @@ class Bench:
                 jobs.append(f"/admin/v1/jobs/{job['id']}")
             elif mode == "prefetch":
                 body = {"bucket": BUCKET, "keys": [i.key for i in order], "window": args.window}
+                if args.prefetch_concurrency:
+                    body["concurrency"] = args.prefetch_concurrency
                 job = await admin_post(admin, "/admin/v1/prefetch", body)
                 jobs.append(f"/admin/v1/prefetch/{job['id']}")
 
@@ -825,6 +827,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--workers", type=int, default=1, help="Slipstream worker processes (1)")
     ap.add_argument("--window", type=int, default=512, help="prefetch window in keys (512)")
+    ap.add_argument(
+        "--prefetch-concurrency",
+        type=int,
+        help="keys a prefetch job fetches at once (the server's default when not given)",
+    )
     ap.add_argument("--warm-concurrency", type=int, default=16, help="warm job concurrency (16)")
     ap.add_argument("--shards", type=int, help="large objects (8; quick 4)")
     ap.add_argument("--shard-mib", type=int, help="MiB per shard (64; quick 32)")

@@ -91,3 +91,26 @@ async def test_reads_pass_over_what_was_fetched_before_them(core: Core) -> None:
     assert (job.progress.used, job.progress.wasted) == (2, 2)
     assert not job.busy()
     await p.close()
+
+
+async def test_an_order_of_cached_keys_asks_the_store_nothing(core: Core) -> None:  # noqa: F811
+    # more cached keys than a job passes over in one turn of the loop, then two missing ones
+    many = prefetch.CHECKS_PER_TURN * 2 + 5
+    names = [f"c{i:03d}" for i in range(many)]
+    for name in names:
+        core.put_file(name, b"q" * 1000)
+        await _read(core, name)
+    await core.reads.fills.wait_idle()
+    core.put_file("new1", b"n" * 1000)
+    core.put_file("new2", b"m" * 1000)
+    gets = core.store.gets
+    p = prefetcher_of(core, "off")
+    job = await p.start(BUCKET, [*names, "new1", "new2"], prefetch.MAX_WINDOW)
+    for _ in range(300):
+        if job.state == "done":
+            break
+        await asyncio.sleep(0.01)
+    assert job.state == "done"
+    assert (job.progress.cached, job.progress.fetched) == (many, 2)
+    assert core.store.gets - gets == 2
+    await p.close()

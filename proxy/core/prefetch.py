@@ -43,6 +43,7 @@ MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes f
 # Keys fetched at once by one job (never more than its window): a job keeps up with readers
 # only if concurrency / store latency beats their rate (32 / 20 ms = 1,600 objects/s).
 DEFAULT_CONCURRENCY = 32
+CHECKS_PER_TURN = 64  # cached keys a job passes over before it lets the loop run
 MAX_CONCURRENCY = 256
 # Listing-driven prefetch (``prefetch: listing``): one job per bucket and listed prefix, the
 # most recently listed kept (the oldest cancelled to make room); each fetches up to a page of
@@ -199,12 +200,23 @@ class PrefetchJob:
 
         try:
             while self.next < len(self.keys) or running or self.receiving:
+                checked = 0
                 while self._room(len(running)) and len(running) < min(
                     self.concurrency, self.window
                 ):
-                    task = asyncio.create_task(self._fetch(self._take()))
+                    key = self._take()
+                    if cached(self._reads, self.mount, key):  # no task for what is there
+                        self.progress.cached += 1
+                        checked += 1
+                        if checked == CHECKS_PER_TURN:
+                            break
+                        continue
+                    task = asyncio.create_task(self._fetch(key))
                     running.add(task)
                     task.add_done_callback(landed)
+                if checked == CHECKS_PER_TURN:  # more may be due: on after the loop's turn
+                    await asyncio.sleep(0)
+                    continue
                 self._moved.clear()
                 await self._moved.wait()  # a fetch landed, a read moved on, or keys came
             self.state = "done"
@@ -281,6 +293,14 @@ def _object_key(key: str) -> bool:
         and not key.endswith("/")
         and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
     )
+
+
+def cached(reads: Reads, mount: Mount, key: str) -> bool:
+    """Whole and fresh in the cache now (one index lookup; False when unsure)."""
+    rec, _ = reads.cache.lookup(oid_of(mount, key))
+    if rec is None or not fresh(rec, mount, time.time()):
+        return False
+    return rec.inline or all(rec.has_chunk(i) for i in range((rec.size + reads.cs - 1) // reads.cs))
 
 
 async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
