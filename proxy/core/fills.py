@@ -31,7 +31,7 @@ from proxy.core.metadata import fresh, record_of
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
-LOCK_POLL_START = 0.002
+LOCK_POLL_START = 0.001
 LOCK_POLL_MAX = 0.05
 FILL_SLOT_WAIT = 10.0
 FILL_MEMORY_WAIT = 10.0  # then the reader streams its slice from the store, uncached
@@ -371,15 +371,17 @@ class Fills:
         if self.sole:
             return expect is None or not await self._load_cached(fill, mount, expect)
         locks = self._locks
-        delay = LOCK_POLL_START
+        began = time.monotonic()
         while True:
             if locks.try_acquire(fill.oid, fill.index):
                 if await self._load_cached(fill, mount, expect):
                     locks.release(fill.oid, fill.index)
                     return False
                 return True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, LOCK_POLL_MAX)
+            # Another process fills it: look again after a quarter of the time waited so far,
+            # so a read waits at most ~25% past that fill's end (a 20 ms fill: ~12 looks).
+            waited = time.monotonic() - began
+            await asyncio.sleep(min(LOCK_POLL_MAX, max(LOCK_POLL_START, waited / 4)))
 
     async def _load_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
         rec, inline = self.cache.lookup(fill.oid)
