@@ -74,21 +74,26 @@ async def test_a_streamed_order_waits_for_its_parts(core: Core) -> None:  # noqa
 
 
 async def test_reads_pass_over_what_was_fetched_before_them(core: Core) -> None:  # noqa: F811
-    # "a" is listed twice: its later place counts. A read passes over (wastes) exactly the
-    # fetched keys placed before it, wherever they came in the order.
-    for name in "abcd":
+    # Window 8: a key is wasted once the reads are 8 // 4 = 2 past it (concurrent readers
+    # finish out of order). "a" is listed twice: its later place (6) counts.
+    for name in "abcdef":
         core.put_file(name, b"z" * 3000)
     p = prefetcher_of(core, "off")
-    job = await p.start(BUCKET, ["a", "b", "c", "a", "d"], 10)
+    job = await p.start(BUCKET, ["a", "b", "c", "d", "e", "f", "a"], 8)
     for _ in range(200):
         if job.state == "done":
             break
         await asyncio.sleep(0.01)
-    assert job.state == "done" and job.progress.fetched + job.progress.cached == 5
-    p.note_read(BUCKET, "c")  # position 2: passes "b" (1), not "a" (now 3)
-    assert (job.progress.used, job.progress.wasted) == (1, 1)
-    p.note_read(BUCKET, "d")  # position 4: passes "a"
-    assert (job.progress.used, job.progress.wasted) == (2, 2)
+    assert job.state == "done" and job.progress.fetched + job.progress.cached == 7
+    p.note_read(BUCKET, "d")  # position 3: "b" (1) and "c" (2) may still be read
+    assert (job.progress.used, job.progress.wasted) == (1, 0)
+    p.note_read(BUCKET, "c")  # a late read, still a use
+    assert (job.progress.used, job.progress.wasted) == (2, 0)
+    p.note_read(BUCKET, "f")  # position 5: 2 past "b", which goes unread; "e" (4) may come
+    assert (job.progress.used, job.progress.wasted) == (3, 1)
+    p.note_read(BUCKET, "e")
+    p.note_read(BUCKET, "a")  # position 6, the last: nothing more to wait for
+    assert (job.progress.used, job.progress.wasted) == (5, 1)
     assert not job.busy()
     await p.close()
 

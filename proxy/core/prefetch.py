@@ -103,6 +103,9 @@ class PrefetchJob:
         self._moved = asyncio.Event()
         self._wake_at = -1  # a read at this position or past it wakes the job
         self._step = max(1, min(WAKE_EVERY, window // 16))  # of room, at a wake-up
+        # Concurrent readers finish out of order: a key is wasted once the reads are this far
+        # past it (not at the first read past it, which a slower reader of it may yet follow).
+        self._slack = window // 4
         self._task: asyncio.Task[None] | None = None
         self.created = time.time()
 
@@ -116,7 +119,7 @@ class PrefetchJob:
         _USED.inc()
         if pos > self.read_pos:
             self.read_pos = pos
-            passed = _before(self._ahead, pos)
+            passed = _before(self._ahead, pos - self._slack)
             for k in passed:
                 self._drop(k)
             if passed:
@@ -263,7 +266,7 @@ class PrefetchJob:
 
     def busy(self) -> bool:
         """Still fetching, or waiting for reads of what it fetched."""
-        return self.state == "running" or bool(self._ahead)
+        return self.state == "running" or (bool(self._ahead) and self.read_pos < len(self.keys) - 1)
 
     def describe(self) -> dict[str, object]:
         p = self.progress
