@@ -19,6 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.relay import parse_listen  # noqa: E402
 
 __all__ = ["DelayRelay", "main"]
 
@@ -132,13 +139,6 @@ class DelayRelay:
             await self._server.wait_closed()
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
-
-
 async def _serve(args: argparse.Namespace) -> None:
     host, port = args.listen
     relay = DelayRelay(args.target, args.latency_ms / 1000.0, host, port)
@@ -154,7 +154,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 0))
+    ap.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0))
     ap.add_argument("--target", required=True, help="HOST:PORT of the server behind")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="added per request (20)")
     args = ap.parse_args(argv)

@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-__all__ = ["CountingRelay", "main"]
+__all__ = ["CountingRelay", "main", "parse_listen"]
 
 # Connection-level headers (RFC 9110 section 7.6.1) are never forwarded. ``Expect`` is
 # answered by the relay itself (aiohttp sends ``100 Continue``); SigV4 never signs it.
@@ -271,7 +271,7 @@ def _abort(request: web.Request) -> None:
         transport.abort()
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
@@ -293,7 +293,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Counting HTTP reverse proxy.")
-    parser.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 0))
+    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0))
     parser.add_argument("--target", required=True, help="origin URL, e.g. http://127.0.0.1:8333")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added per request")
     asyncio.run(_serve(parser.parse_args(argv)))
