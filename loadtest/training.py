@@ -15,7 +15,7 @@ at the end (exit status 1 when any read failed or returned the wrong size):
   ``keys`` job (no listing) and training-aware prefetch posts keys anyway. Its access log
   counts the store requests of each epoch (one line per request that reached the store).
 - the network: loadtest/netdelay.py in front of the store, a TCP relay that passes each
-  request's bytes on 20 ms (``--latency-ms``) after they came, at tens of µs of CPU a request:
+  request's bytes on 20 ms (``--latency-ms``) after they came, at ~0.1 ms of CPU a request:
   every row reaches the store through it. ``--network http`` uses tests/relay.py instead (an
   aiohttp proxy, as until 2026-11-30: ~0.5 ms of CPU a request, which capped every row near
   900 samples/s on 2 cores, direct included).
@@ -821,8 +821,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--network",
         choices=("tcp", "http"),
         default="tcp",
-        help="the relay that adds the latency: tcp (loadtest/netdelay.py, bytes delayed, tens of"
-        " µs a request) or http (tests/relay.py, an aiohttp proxy, ~0.5 ms of CPU a request,"
+        help="the relay that adds the latency: tcp (loadtest/netdelay.py, bytes delayed, ~0.1"
+        " ms of CPU a request) or http (tests/relay.py, an aiohttp proxy, ~0.5 ms of CPU a request,"
         " which the benchmark's 2 cores then lack)",
     )
     ap.add_argument("--workers", type=int, default=1, help="Slipstream worker processes (1)")
