@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
+from proxy.cache.record import Record
 from proxy.core.fills import Fill
 from proxy.core.metadata import fresh, oid_of
 from proxy.core.prefetch_order import MAX_KEY_BYTES, KeyList, Part, PrefetchError, encode_keys
@@ -69,6 +70,7 @@ class Progress:
 
 _USED = metrics.PREFETCH_OBJECTS.labels("used")
 _WASTED = metrics.PREFETCH_OBJECTS.labels("wasted")
+_FETCHED = metrics.PREFETCH_OBJECTS.labels("fetched")
 
 
 class PrefetchJob:
@@ -258,7 +260,7 @@ class PrefetchJob:
             self.progress.cached += 1
             return
         self.progress.fetched += 1
-        metrics.PREFETCH_OBJECTS.labels("fetched").inc()
+        _FETCHED.inc()
         self._typical = size
         if key in self._ahead:  # not read yet: it counts against window_bytes until it is
             self._sizes[key] = size
@@ -313,9 +315,12 @@ def _object_key(key: str) -> bool:
 def cached(reads: Reads, mount: Mount, key: str) -> bool:
     """Whole and fresh in the cache now (one index lookup; False when unsure)."""
     rec, _ = reads.cache.lookup(oid_of(mount, key))
-    if rec is None or not fresh(rec, mount, time.time()):
-        return False
-    return rec.inline or all(rec.has_chunk(i) for i in range((rec.size + reads.cs - 1) // reads.cs))
+    return rec is not None and fresh(rec, mount, time.time()) and _whole(rec, reads.cs)
+
+
+def _whole(rec: Record, cs: int) -> bool:
+    """Every byte of the object is cached: inline, or each of its chunks of ``cs`` bytes."""
+    return rec.inline or all(rec.has_chunk(i) for i in range((rec.size + cs - 1) // cs))
 
 
 async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
@@ -326,11 +331,10 @@ async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
     if rec is not None and not fresh(rec, mount, time.time()):
         rec, _ = await reads.metadata.current(mount, key, oid)
     if rec is not None:
-        meta = reads.metadata.meta_of(rec)
-        chunks = range((meta.size + reads.cs - 1) // reads.cs)
-        if rec.inline or all(rec.has_chunk(i) for i in chunks):
+        if _whole(rec, reads.cs):
             return None
-        missing = [i for i in chunks if not rec.has_chunk(i)]
+        meta = reads.metadata.meta_of(rec)
+        missing = [i for i in range((meta.size + reads.cs - 1) // reads.cs) if not rec.has_chunk(i)]
         first: Fill = reads.fills.get(mount, key, oid, missing[0], meta)
     else:
         first = reads.fills.get(mount, key, oid, 0, None)

@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from proxy import errors
+from proxy.memo import remember
 from proxy.model import STORED_HEADERS, ObjectMeta
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -154,10 +155,7 @@ def _sort_of(name: str) -> tuple[str, str]:
         sort = (_KEEP, kept)
     else:
         sort = (_SKIP, "")
-    if len(_SORTS) >= _SORTS_MAX:  # user metadata names are many: keep the table bounded
-        _SORTS.clear()
-    _SORTS[name] = sort
-    return sort
+    return remember(_SORTS, name, sort, _SORTS_MAX)  # user metadata names are many: bounded
 
 
 @lru_cache(maxsize=1024)
