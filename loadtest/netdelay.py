@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable
@@ -73,10 +74,13 @@ class _Half(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
 
-    def _later(self, fn: object) -> None:
+    def _later(self, fn: Callable[[], None]) -> None:
         # after the delayed bytes already on their way
         loop = asyncio.get_running_loop()
-        loop.call_later(self.delay, fn) if self.delay > 0 else loop.call_soon(fn)  # type: ignore[arg-type]
+        if self.delay > 0:
+            loop.call_later(self.delay, fn)
+        else:
+            loop.call_soon(fn)
 
     def _peer_eof(self) -> None:
         peer = self.peer
