@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ import uvloop
 from aiohttp import web
 
 from proxy import backends as backend_factory
-from proxy import listen, log, metrics
+from proxy import listen, log, metrics, warmfeed
 from proxy.admin import AdminAuth, CacheCollector, Health, build_admin_app, metrics_registry
 from proxy.admin_cache import add_cache_routes
 from proxy.admin_cluster import add_cluster_routes
@@ -42,7 +43,7 @@ from proxy.config import Config
 from proxy.core.fills import Fills
 from proxy.core.hot import HotObjects
 from proxy.core.listing import Listing
-from proxy.core.prefetch import Prefetcher
+from proxy.core.prefetch import Prefetcher, warm
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
@@ -219,6 +220,7 @@ def _admin_runner(
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # the supervisor's own prefetcher counts in this process's memory, not in the files
         registry.register(metrics.PREFETCH_OBJECTS)
+        registry.register(metrics.PREFETCH_FILLS)
 
     def stats() -> dict[str, Any]:
         used, objects = index.totals()
@@ -346,27 +348,30 @@ async def serve_single(cfg: Config) -> None:
 # -- several worker processes -------------------------------------------------------------------
 
 
-def _worker_main(arg: tuple[Config, ReadFeed, MpEvent, int], ready: MpEvent) -> None:
+def _worker_main(arg: tuple[Config, ReadFeed, str, MpEvent, int], ready: MpEvent) -> None:
     """A worker: spawned (and its imports done) while the supervisor checks the cache; it
     opens the cache and serves once ``checked`` is set, or exits if the supervisor (the
     process ``supervisor``, perhaps gone before this one got here) is no longer its parent."""
-    cfg, feed, checked, supervisor = arg
+    cfg, feed, warms, checked, supervisor = arg
     log.configure(cfg.log.level, cfg.log.format)  # a spawned process starts unconfigured
     while not checked.wait(1.0):
         if os.getppid() != supervisor:
             return
-    _run_loop(_worker(cfg, feed, ready))
+    _run_loop(_worker(cfg, feed, warms, ready))
 
 
-async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
+async def _worker(cfg: Config, feed: ReadFeed, warms: str, ready: MpEvent) -> None:
     stop = _stop_event()
     cache = CacheStore(cfg.cache, quota.rules_of(cfg))
     app = S3Server(cfg, cache, Cluster(cfg.cluster) if cfg.cluster is not None else None)
+    handed: asyncio.Transport | None = None
     try:
         await app.start()
-        assert app.reads is not None and app.listing is not None
+        assert app.reads is not None and app.listing is not None and app.router is not None
         app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         app.listing.on_list = feed.list_sender()  # and prefetches what they list
+        # and hands its fetches to the workers
+        handed = await warmfeed.serve(warms, functools.partial(warm, app.reads), app.router)
         s3 = app.runner()
         await s3.setup()
         try:
@@ -383,6 +388,8 @@ async def _worker(cfg: Config, feed: ReadFeed, ready: MpEvent) -> None:
         finally:
             await s3.cleanup()
     finally:
+        if handed is not None:
+            handed.close()
         await app.close()
 
 
@@ -396,6 +403,8 @@ class SupervisorCore:
         self.cfg, self.cache = cfg, cache
         self.prefetcher = Prefetcher()
         self.feed = ReadFeed(multiprocessing.get_context("spawn"))
+        self.warms = warmfeed.new_address()
+        self._dispatch: warmfeed.WarmDispatch | None = None
         self.prefetcher.on_start = self._activate
         self._stores: dict[str, Backend] = {}
         self._reads: Reads | None = None
@@ -417,7 +426,9 @@ class SupervisorCore:
         self._stores = await _open_backends(self.cfg, self.cache)
         router = Router(self.cfg.buckets, self._stores, self.cfg.cache)
         self._reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
-        self.prefetcher.attach(self._reads, router)
+        self._dispatch = warmfeed.WarmDispatch(self.warms, functools.partial(warm, self._reads))
+        await self._dispatch.listen()
+        self.prefetcher.attach(self._reads, router, self._dispatch.warm)
         self._transport = await self.feed.listen(self.prefetcher.note_read, self.prefetcher.listed)
         self._idler = asyncio.create_task(self._idle_off())
         return JobCore(router, self._reads, owners=owners)
@@ -429,6 +440,8 @@ class SupervisorCore:
         if self._transport is not None:
             self._transport.close()
         await self.prefetcher.close()
+        if self._dispatch is not None:
+            await self._dispatch.close()
         if self._reads is not None:
             await self._reads.close()
         await self.cache.close()
@@ -445,7 +458,7 @@ async def serve_workers(cfg: Config) -> None:
     # the workers start (a Python start and its imports take seconds) while the cache is
     # checked, and wait for ``checked`` before they open it
     checked = multiprocessing.get_context("spawn").Event()
-    arg = (cfg, core.feed, checked, os.getpid())
+    arg = (cfg, core.feed, core.warms, checked, os.getpid())
     workers = WorkerPool(_worker_main, arg, cfg.workers, cfg.listen)
     try:
         health, stop, cache, admin, jobs = await _prepare(

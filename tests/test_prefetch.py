@@ -128,7 +128,8 @@ def read_slowly(
 def test_prefetch_stays_within_window_and_reads_hit(
     workers: int, start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, bucket: str
 ) -> None:
-    """With 2 workers the prefetcher runs in the supervisor and learns the reads from them."""
+    """With 2 workers the prefetcher runs in the supervisor, learns the reads from them, and
+    hands them its fetches: each key is filled in a worker."""
     proxy = start_proxy(workers=workers)
     keys = [f"epoch/{i:03d}" for i in range(N)]
     relay.reset()
@@ -148,6 +149,11 @@ def test_prefetch_stays_within_window_and_reads_hit(
     assert metrics.get("slipstream_prefetch_objects_total", result="fetched") == N
     assert metrics.get("slipstream_prefetch_objects_total", result="used") == N
     assert metrics.get("slipstream_prefetch_objects_total", result="wasted") == 0
+    by = {
+        p: metrics.get("slipstream_prefetch_fills_total", process=p)
+        for p in ("worker", "supervisor")
+    }
+    assert by == {"worker": N if workers > 1 else 0, "supervisor": 0}  # workers filled them
     final = progress(proxy, job["id"])
     assert final["state"] == "done" and final["used"] == N and final["read_position"] == N
 

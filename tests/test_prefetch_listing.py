@@ -13,7 +13,15 @@ import pytest
 from proxy.config import from_mapping
 from proxy.errors import ConfigError
 from tests.conftest import ProxyFactory, S3ClientFactory
-from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env, wait_until
+from tests.faultkit import (
+    get_body,
+    new_bucket,
+    payload,
+    proxy_config,
+    scrape,
+    store_env,
+    wait_until,
+)
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
 
@@ -84,6 +92,11 @@ def test_a_listing_prefetches_the_listed_objects(
         assert status == 200 and body == payload(3000 + i, seed=i)
     assert gets(relay, "/listed/") == N  # the reads were hits
     assert gets(relay, "/plain/") == 0
+
+    def handed() -> float:  # with workers, they filled what was listed
+        return scrape(proxy.admin_url).get("slipstream_prefetch_fills_total", process="worker")
+
+    assert wait_until(lambda: handed() == (N if workers > 1 else 0), timeout=10), handed()
 
 
 def test_the_option_is_checked_at_start() -> None:

@@ -13,17 +13,18 @@ Listing-driven prefetch (``prefetch: listing`` buckets) is the same job fed by t
 ``Prefetcher.listed`` queues a page's objects not cached yet on the job of its bucket and
 prefix, within the LISTING_* bounds below.
 
-With ``workers > 1`` the prefetcher runs in the supervisor, over its own fills (coalesced with
-the workers' through the cache's chunk locks), and the workers report their reads to it
-through proxy/readfeed.py.
+With ``workers > 1`` the prefetcher runs in the supervisor: the workers report their reads to
+it through proxy/readfeed.py, and it hands each fetch to a worker (its ``Warm``,
+proxy/warmfeed.py), whose reads of that key then join the fill in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy import errors, log, metrics
@@ -56,6 +57,9 @@ MAX_CONCURRENCY = 256
 LISTING_JOBS = 16
 LISTING_WINDOW = 1000
 LISTING_QUEUE = 100_000
+# Fills a key: its size, or None when it was cached and fresh already (``warm`` below, or a
+# worker's, see proxy/warmfeed.py).
+Warm = Callable[[Mount, str], Awaitable[int | None]]
 
 
 @dataclass
@@ -81,6 +85,7 @@ class PrefetchJob:
         window: int,
         window_bytes: int | None,
         reads: Reads,
+        warm: Warm,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.id = job_id
@@ -95,7 +100,7 @@ class PrefetchJob:
         self.origin = "order"  # or "listing": queued by the listings of a bucket's prefix
         self.read_pos = -1  # the furthest position in the list a client has read
         self.next = 0  # the next position to fetch
-        self._reads = reads
+        self._reads, self._warm = reads, warm
         self._ahead: dict[str, int] = {}  # remote key -> position: fetched, not yet read
         self._sizes: dict[str, int] = {}  # of the keys in _ahead this job fetched
         self._held = 0  # their sum
@@ -245,7 +250,7 @@ class PrefetchJob:
 
     async def _fetch(self, key: str) -> None:
         try:
-            size = await warm(self._reads, self.mount, key)
+            size = await self._warm(self.mount, key)
         except errors.S3Error as exc:
             self.progress.failed += 1
             metrics.PREFETCH_OBJECTS.labels("failed").inc()
@@ -366,6 +371,7 @@ class Prefetcher:
     def __init__(self) -> None:
         self._reads: Reads | None = None
         self._router: Router | None = None
+        self._warm: Warm | None = None
         self._jobs: dict[str, PrefetchJob] = {}
         self._by_bucket: dict[str, list[PrefetchJob]] = {}
         self._listing: dict[tuple[str, str], PrefetchJob] = {}  # (bucket, prefix) -> its job
@@ -373,8 +379,10 @@ class Prefetcher:
         self.unavailable = "the proxy is starting"
         self.on_start: Callable[[], None] | None = None  # a job starts: reads matter now
 
-    def attach(self, reads: Reads, router: Router) -> None:
+    def attach(self, reads: Reads, router: Router, fill: Warm | None = None) -> None:
+        """``fill``: how a job fills a key (default: ``warm`` in this process)."""
         self._reads, self._router = reads, router
+        self._warm = fill or functools.partial(warm, reads)
         reads.on_read = self.note_read
 
     def note_read(self, bucket: str, key: str) -> None:
@@ -428,9 +436,9 @@ class Prefetcher:
         window_bytes: int | None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> PrefetchJob:
-        assert self._reads is not None
+        assert self._reads is not None and self._warm is not None
         job = PrefetchJob(
-            str(next(self._ids)), mount, window, window_bytes, self._reads, concurrency
+            str(next(self._ids)), mount, window, window_bytes, self._reads, self._warm, concurrency
         )
         self._jobs[job.id] = job
         if self.on_start is not None:

@@ -1,0 +1,190 @@
+"""The supervisor handing prefetch fetches to its workers (proxy/warmfeed.py), in-process over
+the core of tests/test_core_units.py (a real cache and fs store): both ends of the socket run
+here, the "worker" end filling through its own counting ``warm``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from proxy import errors, warmfeed
+from proxy.config import MountConfig
+from proxy.core import prefetch
+from proxy.routing import Mount, Router
+from tests.test_core_units import BUCKET, Core, core  # noqa: F401 (the fixture)
+
+Warm = Callable[[Mount, str], Awaitable[int | None]]
+
+
+# uvloop, as the server runs (its transports are not asyncio's classes). pytest-asyncio's new
+# way (the loop-factories hook) would apply to every test of the suite, not this module's.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+
+
+@pytest.fixture(scope="module")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    return uvloop.EventLoopPolicy()
+
+
+def counted(core: Core, calls: list[str]) -> Warm:  # noqa: F811
+    async def warm(mount: Mount, key: str) -> int | None:
+        calls.append(key)
+        return await prefetch.warm(core.reads, mount, key)
+
+    return warm
+
+
+def router_of(core: Core) -> Router:  # noqa: F811
+    mounts = {BUCKET: MountConfig(name=BUCKET, backend="fs")}
+    return Router(mounts, {"fs": core.store}, core.cache.cfg)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not check():  # noqa: ASYNC110 (the states polled have no event of their own)
+            await asyncio.sleep(0.01)
+
+
+async def connected(core: Core) -> tuple[warmfeed.WarmDispatch, list[str], list[str], Any]:  # noqa: F811
+    """A dispatch with one worker connected: (dispatch, its local calls, the worker's calls,
+    the worker's transport)."""
+    local: list[str] = []
+    worker: list[str] = []
+    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, local))
+    await dispatch.listen()
+    transport = await warmfeed.serve(dispatch.address, counted(core, worker), router_of(core))
+    assert transport is not None
+    await until(lambda: len(dispatch.workers) == 1)
+    return dispatch, local, worker, transport
+
+
+async def test_a_handed_fetch_fills_in_the_worker(core: Core) -> None:  # noqa: F811
+    keys = ["plain", "naïve/ключ", "new\nline", "sp ace%2F"]
+    for n, key in enumerate(keys):
+        if "/" in key:
+            (core.root / BUCKET / key).parent.mkdir(parents=True, exist_ok=True)
+        core.put_file(key, b"z" * (100 + n))
+    dispatch, local, worker, transport = await connected(core)
+    sizes = await asyncio.gather(*(dispatch.warm(core.mount, k) for k in keys))
+    assert sizes == [100, 101, 102, 103]
+    assert sorted(worker) == sorted(keys) and local == []
+    assert all(core.record(k) is not None for k in keys)  # committed before the answer
+    assert await dispatch.warm(core.mount, "plain") is None  # cached now: nothing filled
+    transport.close()
+    await dispatch.close()
+
+
+async def test_a_workers_error_comes_back_as_its_code(core: Core) -> None:  # noqa: F811
+    dispatch, local, worker, transport = await connected(core)
+    with pytest.raises(errors.S3Error) as missing:
+        await dispatch.warm(core.mount, "never-written")
+    assert missing.value.code == "NoSuchKey"
+    other = Mount(name="elsewhere", backend=core.store, bucket=BUCKET, prefix="", metadata_ttl=None)
+    with pytest.raises(errors.S3Error) as bucket:
+        await dispatch.warm(other, "plain")
+    assert bucket.value.code == "NoSuchBucket"  # the worker resolves the bucket by its name
+    assert local == []
+    transport.close()
+    await dispatch.close()
+
+
+async def test_with_no_worker_or_a_worker_gone_the_supervisor_fills(core: Core) -> None:  # noqa: F811
+    core.put_file("a", b"a" * 500)
+    core.put_file("b", b"b" * 600)
+    local: list[str] = []
+    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, local))
+    await dispatch.listen()
+    assert await dispatch.warm(core.mount, "a") == 500 and local == ["a"]  # none connected
+    worker: list[str] = []
+    transport = await warmfeed.serve(dispatch.address, counted(core, worker), router_of(core))
+    assert transport is not None
+    await until(lambda: len(dispatch.workers) == 1)
+    core.store.gate.clear()  # the worker's fill waits on the store ...
+    handed = asyncio.create_task(dispatch.warm(core.mount, "b"))
+    await until(lambda: worker == ["b"])
+    transport.close()  # ... and the worker goes away
+    await until(lambda: not dispatch.workers)
+    core.store.gate.set()
+    assert await handed == 600
+    assert local == ["a", "b"]
+    await dispatch.close()
+
+
+async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # noqa: F811
+    """A stand-in supervisor writes one request a byte at a time, then two in one write."""
+    for key in ("x", "y", "z"):
+        core.put_file(key, key.encode() * 10)
+    address = warmfeed.new_address()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+    server.setblocking(False)
+    loop = asyncio.get_running_loop()
+    worker: list[str] = []
+    transport = await warmfeed.serve(address, counted(core, worker), router_of(core))
+    assert transport is not None
+    conn, _ = await loop.sock_accept(server)
+
+    def request(rid: int, key: str) -> bytes:
+        return struct.pack("!IHH", rid, len(BUCKET), len(key)) + BUCKET.encode() + key.encode()
+
+    for byte in request(7, "x"):
+        await loop.sock_sendall(conn, bytes([byte]))
+        await asyncio.sleep(0)
+    await loop.sock_sendall(conn, request(8, "y") + request(9, "z"))
+    answers: dict[int, tuple[int, int]] = {}
+    buf = b""
+    async with asyncio.timeout(5):
+        while len(answers) < 3:
+            buf += await loop.sock_recv(conn, 4096)
+            while len(buf) >= 15:
+                rid, outcome, size, n = struct.unpack_from("!IBqH", buf)
+                answers[rid] = (outcome, size)
+                buf = buf[15 + n :]
+    assert answers == {7: (0, 10), 8: (0, 10), 9: (0, 10)}
+    assert sorted(worker) == ["x", "y", "z"]
+    transport.close()
+    conn.close()
+    server.close()
+
+
+@pytest.mark.may_skip("runs a client as another user: needs root")
+async def test_a_connection_from_another_user_is_refused(core: Core) -> None:  # noqa: F811
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a process as another user")
+    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, []))
+    await dispatch.listen()
+    probe = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM)\n"
+        "s.connect(bytes.fromhex(sys.argv[1]))\n"
+        "s.settimeout(5)\n"
+        "print(repr(s.recv(10)))\n"
+    )
+
+    # a Python that user can run (this one may sit under /root)
+    python = shutil.which("python3", path="/usr/bin") or sys.executable
+
+    def run() -> str:
+        return subprocess.run(
+            [python, "-c", probe, dispatch.address.encode().hex()],
+            user=65534,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+
+    assert await asyncio.to_thread(run) == "b''"  # closed at once, never used
+    assert dispatch.workers == []
+    await dispatch.close()
