@@ -374,7 +374,12 @@ class Fills:
         began = time.monotonic()
         while True:
             if locks.try_acquire(fill.oid, fill.index):
-                if await self._load_cached(fill, mount, expect):
+                try:
+                    cached = await self._load_cached(fill, mount, expect)
+                except BaseException:  # failed or cancelled: the fill does not hold it
+                    locks.release(fill.oid, fill.index)
+                    raise
+                if cached:
                     locks.release(fill.oid, fill.index)
                     return False
                 return True
