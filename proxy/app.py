@@ -48,7 +48,7 @@ from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
-from proxy.jobs.warm import JobCore, Owners, drain_chunk
+from proxy.jobs.warm import JobCore, Owners, drain, drain_chunk
 from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
@@ -220,7 +220,7 @@ def _admin_runner(
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # the supervisor's own prefetcher counts in this process's memory, not in the files
         registry.register(metrics.PREFETCH_OBJECTS)
-        registry.register(metrics.PREFETCH_FILLS)
+        registry.register(metrics.JOB_FILLS)
 
     def stats() -> dict[str, Any]:
         used, objects = index.totals()
@@ -371,7 +371,12 @@ async def _worker(cfg: Config, feed: ReadFeed, warms: str, ready: MpEvent) -> No
         app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         app.listing.on_list = feed.list_sender()  # and prefetches what they list
         # and hands its fetches to the workers
-        handed = await warmfeed.serve(warms, functools.partial(warm, app.reads), app.router)
+        handed = await warmfeed.serve(
+            warms,
+            functools.partial(warm, app.reads),
+            functools.partial(drain, app.reads),
+            app.router,
+        )
         s3 = app.runner()
         await s3.setup()
         try:
@@ -426,12 +431,14 @@ class SupervisorCore:
         self._stores = await _open_backends(self.cfg, self.cache)
         router = Router(self.cfg.buckets, self._stores, self.cfg.cache)
         self._reads = Reads(self.cache, self.cfg.cache, Fills(self.cache, self.cfg.cache))
-        self._dispatch = warmfeed.WarmDispatch(self.warms, functools.partial(warm, self._reads))
+        self._dispatch = warmfeed.WarmDispatch(
+            self.warms, functools.partial(warm, self._reads), functools.partial(drain, self._reads)
+        )
         await self._dispatch.listen()
         self.prefetcher.attach(self._reads, router, self._dispatch.warm)
         self._transport = await self.feed.listen(self.prefetcher.note_read, self.prefetcher.listed)
         self._idler = asyncio.create_task(self._idle_off())
-        return JobCore(router, self._reads, owners=owners)
+        return JobCore(router, self._reads, owners=owners, handoff=self._dispatch.drain)
 
     async def close(self) -> None:
         if self._idler is not None:

@@ -306,11 +306,11 @@ PREFETCH_OBJECTS = Counter(
     "Objects of training-aware prefetch: fetched ahead, then used (read) or wasted (passed over)",
     ["result"],  # fetched, used, wasted, failed
 )  # no children made here: a worker of several must not report it (the supervisor does)
-PREFETCH_FILLS = Counter(
-    "slipstream_prefetch_fills_total",
-    "Keys the supervisor's prefetch jobs had filled (workers > 1), by the process that did:"
-    " a worker, or the supervisor when no worker could",
-    ["process"],  # worker, supervisor
+JOB_FILLS = Counter(
+    "slipstream_job_fills_total",
+    "Keys the supervisor's prefetch and warm jobs had filled (workers > 1), by the process"
+    " that did: a worker, or the supervisor when no worker could",
+    ["kind", "process"],  # prefetch|warm, worker|supervisor
 )  # counted in the supervisor only (in its memory, like PREFETCH_OBJECTS)
 
 

@@ -1,21 +1,25 @@
-"""Supervisor -> workers: the prefetch fetches of the supervisor's jobs, filled in the workers.
+"""Supervisor -> workers: the fetches of the supervisor's jobs, filled in the workers.
 
-With several workers the prefetch jobs run in the supervisor (they follow every worker's
-reads, proxy/readfeed.py), but a fill costs ~1 ms of CPU: filled in the supervisor, every
-job of the server would share one core, and the workers' reads of those keys would wait on
-its fills across processes. So the supervisor hands each fetch to the worker with the fewest
-in flight: ``WarmDispatch.warm`` sends ``(id, bucket, key)`` on that worker's connection and
-the worker answers with the size filled (or "was cached", or the S3 error code) once the
-fill is committed. A read of the key in that worker joins the fill in-process.
+With several workers the jobs (prefetch and warm-up) run in the supervisor (prefetch follows
+every worker's reads, proxy/readfeed.py), but a fill costs ~1 ms of CPU: filled in the
+supervisor, every job of the server would share one core, and the workers' reads of those
+keys would wait on its fills across processes. So the supervisor hands each key to the worker
+with the fewest in flight: ``WarmDispatch.warm`` (a prefetch job's key: ``prefetch.warm``) or
+``WarmDispatch.drain`` (a warm job's object: ``jobs.warm.drain``) sends ``(id, op, bucket,
+key)`` on that worker's connection, and the worker answers with the object's size and whether
+it was cached already (or the S3 error code) once the fill is committed. A read of the key in
+that worker joins the fill in-process.
 
 Each worker connects once at start to the supervisor's unix socket (Linux abstract
 namespace, a random name) and serves on it until it stops; a connection from a process of
-another user is refused. With no worker connected (starting, restarting), or when a worker
-dies with fetches in flight, the supervisor fills those keys itself.
+another user is refused; a worker is ready once the supervisor has greeted it (one byte), so
+keys go to the workers from the moment the server is. With no worker connected (starting,
+restarting), or when a worker dies with keys in flight, the supervisor fills those keys
+itself.
 
-Frames, network byte order: a request is ``!IHH`` (id, bucket length, key length) then the
-bucket and the key in UTF-8; an answer is ``!IBqH`` (id, outcome, size, code length) then the
-code in ASCII.
+Frames, network byte order: a request is ``!IBHH`` (id, op, bucket length, key length) then
+the bucket and the key in UTF-8; an answer is ``!IBqH`` (id, outcome, size, code length) then
+the code in ASCII.
 """
 
 from __future__ import annotations
@@ -24,16 +28,22 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, cast
 
 from proxy import errors, log, metrics
 from proxy.core.prefetch import Warm
 from proxy.routing import Mount, Router
 
-_REQUEST = struct.Struct("!IHH")
+Drain = Callable[[Mount, str], Awaitable[tuple[str, int]]]  # its source ("cache"...) and size
+Kind = Literal["prefetch", "warm"]
+
+_REQUEST = struct.Struct("!IBHH")
 _ANSWER = struct.Struct("!IBqH")
-_FILLED, _CACHED, _S3_ERROR = 0, 1, 2
+_WARM, _DRAIN = 0, 1  # ops
+_FILLED, _CACHED, _S3_ERROR = 0, 1, 2  # outcomes
+_HELLO = b"\x01"  # the supervisor's first byte: this worker is one it hands keys to
+GREETING_TIMEOUT = 10.0
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
@@ -73,7 +83,7 @@ class _Worker(asyncio.Protocol):
     def __init__(self, dispatch: WarmDispatch) -> None:
         self._dispatch = dispatch
         self._buf = bytearray()
-        self.pending: dict[int, asyncio.Future[int | None]] = {}
+        self.pending: dict[int, asyncio.Future[tuple[bool, int]]] = {}
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +97,7 @@ class _Worker(asyncio.Protocol):
             return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._dispatch.workers.append(self)
+        self.transport.write(_HELLO)  # the worker is ready once it knows it is counted
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -94,12 +105,10 @@ class _Worker(asyncio.Protocol):
             fut = self.pending.pop(rid, None)
             if fut is None or fut.done():
                 continue
-            if outcome == _FILLED:
-                fut.set_result(size)
-            elif outcome == _CACHED:
-                fut.set_result(None)
-            else:
+            if outcome == _S3_ERROR:
                 fut.set_exception(_remote_error(code.decode("ascii", "replace")))
+            else:
+                fut.set_result((outcome == _CACHED, size))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self._dispatch.workers:
@@ -109,30 +118,47 @@ class _Worker(asyncio.Protocol):
                 fut.set_exception(WorkerGone("the worker filling it went away"))
         self.pending.clear()
 
-    def send(self, rid: int, bucket: str, key: str) -> asyncio.Future[int | None]:
+    def send(self, rid: int, op: int, bucket: str, key: str) -> asyncio.Future[tuple[bool, int]]:
+        """The answer to come: (was cached, size)."""
         assert self.transport is not None
         b, k = _encode(bucket), _encode(key)
-        self.transport.write(_REQUEST.pack(rid, len(b), len(k)) + b + k)
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.transport.write(_REQUEST.pack(rid, op, len(b), len(k)) + b + k)
+        fut: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         return fut
 
 
+def _s3_errors(cls: type[errors.S3Error]) -> dict[str, type[errors.S3Error]]:
+    """Each S3 error code's class (the first of a code found)."""
+    out: dict[str, type[errors.S3Error]] = {}
+    for sub in cls.__subclasses__():
+        out.setdefault(sub.code, sub)
+        for code, found in _s3_errors(sub).items():
+            out.setdefault(code, found)
+    return out
+
+
+_ERRORS = _s3_errors(errors.S3Error)
+
+
 def _remote_error(code: str) -> errors.S3Error:
-    err = errors.S3Error(f"filled in a worker: {code}")
+    """The error a worker answered, as its class (its standard message)."""
+    cls = _ERRORS.get(code)
+    if cls is not None:
+        return cls()
+    err = errors.S3Error(f"a worker's fill failed: {code}")
     err.code = code
     return err
 
 
 class WarmDispatch:
-    """The supervisor's ``Warm``: a key goes to the connected worker with the fewest fetches
-    in flight; ``local`` fills it here when no worker can."""
+    """The supervisor's jobs' fills: a key goes to the connected worker with the fewest in
+    flight; ``local_warm`` and ``local_drain`` fill it here when no worker can."""
 
-    def __init__(self, address: str, local: Warm) -> None:
-        self.address, self._local = address, local
+    def __init__(self, address: str, local_warm: Warm, local_drain: Drain) -> None:
+        self.address = address
+        self._local_warm, self._local_drain = local_warm, local_drain
         self.workers: list[_Worker] = []
-        self._by_workers = metrics.PREFETCH_FILLS.labels("worker")
-        self._by_us = metrics.PREFETCH_FILLS.labels("supervisor")
         self._ids = 0
         self._server: asyncio.AbstractServer | None = None
 
@@ -144,19 +170,35 @@ class WarmDispatch:
         self._server = await loop.create_unix_server(lambda: _Worker(self), sock=sock)
 
     async def warm(self, mount: Mount, key: str) -> int | None:
+        """``prefetch.warm`` in a worker: the size filled, None when it was cached."""
+        answer = await self._handed("prefetch", _WARM, mount, key)
+        if answer is None:
+            return await self._local_warm(mount, key)
+        cached, size = answer
+        return None if cached else size
+
+    async def drain(self, mount: Mount, key: str) -> tuple[str, int]:
+        """``jobs.warm.drain`` in a worker: the object's source and size."""
+        answer = await self._handed("warm", _DRAIN, mount, key)
+        if answer is None:
+            return await self._local_drain(mount, key)
+        cached, size = answer
+        return ("cache" if cached else "backend"), size
+
+    async def _handed(self, kind: Kind, op: int, mount: Mount, key: str) -> tuple[bool, int] | None:
+        """A worker's answer; None when no worker could (the caller fills it here)."""
         if self.workers:
             worker = min(self.workers, key=lambda w: len(w.pending))
             self._ids = (self._ids + 1) & 0xFFFFFFFF
             try:  # cancelled, the answer still comes (the fill goes on): it is dropped then
-                size = await worker.send(self._ids, mount.name, key)
+                answer = await worker.send(self._ids, op, mount.name, key)
             except WorkerGone:
                 pass
             else:
-                self._by_workers.inc()
-                return size
-        size = await self._local(mount, key)
-        self._by_us.inc()
-        return size
+                metrics.JOB_FILLS.labels(kind, "worker").inc()
+                return answer
+        metrics.JOB_FILLS.labels(kind, "supervisor").inc()
+        return None
 
     async def close(self) -> None:
         if self._server is not None:
@@ -170,60 +212,83 @@ class WarmDispatch:
 
 
 class _Supervisor(asyncio.Protocol):
-    def __init__(self, warm: Warm, router: Router) -> None:
-        self._warm, self._router = warm, router
+    def __init__(self, warm: Warm, drain: Drain, router: Router) -> None:
+        self._warm, self._drain, self._router = warm, drain, router
         self._buf = bytearray()
         self._tasks: set[asyncio.Task[None]] = set()
         self.transport: asyncio.Transport | None = None
+        self.greeted = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self.greeted.done():
+            if data[:1] != _HELLO:
+                log.server.warning("warm feed: the supervisor did not greet; closing")
+                self.greeted.set_result(False)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.greeted.set_result(True)
+            data = data[1:]
         self._buf += data
-        for (rid, blen, _), body in _frames(self._buf, _REQUEST, lambda f: f[1] + f[2]):
+        for (rid, op, blen, _), body in _frames(self._buf, _REQUEST, lambda f: f[2] + f[3]):
             bucket = body[:blen].decode("utf-8", "surrogatepass")
             key = body[blen:].decode("utf-8", "surrogatepass")
-            task = asyncio.create_task(self._fill(rid, bucket, key))
+            task = asyncio.create_task(self._fill(rid, op, bucket, key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _fill(self, rid: int, bucket: str, key: str) -> None:
+    async def _fill(self, rid: int, op: int, bucket: str, key: str) -> None:
         outcome, size, code = _FILLED, 0, ""
         try:
-            filled = await self._warm(self._router.resolve(bucket), key)
+            mount = self._router.resolve(bucket)
+            if op == _DRAIN:
+                source, size = await self._drain(mount, key)
+                outcome = _CACHED if source == "cache" else _FILLED
+            else:
+                filled = await self._warm(mount, key)
+                outcome, size = (_CACHED, 0) if filled is None else (_FILLED, filled)
         except errors.S3Error as exc:
             outcome, code = _S3_ERROR, exc.code
         except Exception:
-            log.cache.exception("prefetch of a key failed in a worker")
+            log.cache.exception("a job's fill failed in a worker")
             outcome, code = _S3_ERROR, errors.InternalError.code
-        else:
-            if filled is None:
-                outcome = _CACHED
-            else:
-                size = filled
         if self.transport is not None and not self.transport.is_closing():
             raw = code.encode("ascii", "replace")
             self.transport.write(_ANSWER.pack(rid, outcome, size, len(raw)) + raw)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.greeted.done():
+            self.greeted.set_result(False)
         for task in self._tasks:
             task.cancel()
 
 
-async def serve(address: str, warm: Warm, router: Router) -> asyncio.Transport | None:
-    """Connect to the supervisor at ``address`` and fill what it hands over with ``warm``
-    until the returned transport is closed; None (logged) when it cannot connect."""
+async def serve(address: str, warm: Warm, drain: Drain, router: Router) -> asyncio.Transport | None:
+    """Connect to the supervisor at ``address`` and fill what it hands over (``warm``: a
+    prefetch job's key, ``drain``: a warm job's object) until the returned transport is
+    closed; None (logged) when it cannot connect."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
         await loop.sock_connect(sock, address)
-        transport, _ = await loop.create_unix_connection(
-            lambda: _Supervisor(warm, router), sock=sock
+        transport, supervisor = await loop.create_unix_connection(
+            lambda: _Supervisor(warm, drain, router), sock=sock
         )
     except OSError as exc:
         sock.close()
         log.server.warning("warm feed: cannot reach the supervisor (%s); it fills alone", exc)
+        return None
+    try:  # counted among its workers (so handed keys from now on), or refused
+        async with asyncio.timeout(GREETING_TIMEOUT):
+            greeted = await asyncio.shield(supervisor.greeted)
+    except TimeoutError:
+        greeted = False
+    if not greeted:
+        log.server.warning("warm feed: the supervisor did not take this worker; it fills alone")
+        transport.close()
         return None
     return transport

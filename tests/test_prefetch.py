@@ -150,7 +150,7 @@ def test_prefetch_stays_within_window_and_reads_hit(
     assert metrics.get("slipstream_prefetch_objects_total", result="used") == N
     assert metrics.get("slipstream_prefetch_objects_total", result="wasted") == 0
     by = {
-        p: metrics.get("slipstream_prefetch_fills_total", process=p)
+        p: metrics.get("slipstream_job_fills_total", kind="prefetch", process=p)
         for p in ("worker", "supervisor")
     }
     assert by == {"worker": N if workers > 1 else 0, "supervisor": 0}  # workers filled them

@@ -4,6 +4,7 @@ a bucket without the option fetches nothing."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,10 +94,16 @@ def test_a_listing_prefetches_the_listed_objects(
     assert gets(relay, "/listed/") == N  # the reads were hits
     assert gets(relay, "/plain/") == 0
 
-    def handed() -> float:  # with workers, they filled what was listed
-        return scrape(proxy.admin_url).get("slipstream_prefetch_fills_total", process="worker")
+    def fills(process: str) -> float:
+        m = scrape(proxy.admin_url)
+        return m.get("slipstream_job_fills_total", kind="prefetch", process=process)
 
-    assert wait_until(lambda: handed() == (N if workers > 1 else 0), timeout=10), handed()
+    if workers > 1:  # the workers filled what was listed; the supervisor none of it
+        assert wait_until(lambda: fills("worker") > 0, timeout=10)
+        with urllib.request.urlopen(f"{proxy.admin_url}/admin/v1/prefetch") as resp:
+            jobs = json.loads(resp.read())["jobs"]
+        assert fills("worker") >= sum(j["fetched"] for j in jobs) > 0, jobs
+    assert fills("supervisor") == 0
 
 
 def test_the_option_is_checked_at_start() -> None:

@@ -22,6 +22,8 @@ from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
 
+PROCESSES = ("worker", "supervisor")
+
 KIB = 1024
 N = 24
 SIZE = 150 * KIB
@@ -132,13 +134,23 @@ def test_prefix_job_caches_everything_once(
     assert m.get("slipstream_warm_bytes_total") == 2 * job["bytes_done"]
     assert m.get("slipstream_jobs", state="done") == 2
     assert m.get("slipstream_jobs", state="running") == 0
+    by = {p: m.get("slipstream_job_fills_total", kind="warm", process=p) for p in PROCESSES}
+    assert by == {"worker": 2 * N if workers > 1 else 0, "supervisor": 0}  # drained in workers
     listed = admin.jobs()
     assert [j["id"] for j in listed] == [job["id"], again["id"]]
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_keys_job_lists_a_missing_key_as_failed(
-    proxy: ProxyProcess, relay: CountingRelay, bucket: str, tmp_path: Path
+    workers: int,
+    seaweedfs: S3Endpoint,
+    proxy_factory: ProxyFactory,
+    relay: CountingRelay,
+    bucket: str,
+    tmp_path: Path,
 ) -> None:
+    """With 2 workers a worker drains each key: its error comes back as the same S3 error."""
+    proxy = _proxy(proxy_factory, relay, seaweedfs, bucket, tmp_path, workers)
     admin = AdminClient(proxy.admin_url)
     keys = ["ds/001", "ds/missing", "ds/002", "other/x"]
     relay.reset()

@@ -20,15 +20,17 @@ import uvloop
 from proxy import errors, warmfeed
 from proxy.config import MountConfig
 from proxy.core import prefetch
+from proxy.jobs.warm import drain
 from proxy.routing import Mount, Router
 from tests.test_core_units import BUCKET, Core, core  # noqa: F401 (the fixture)
 
 Warm = Callable[[Mount, str], Awaitable[int | None]]
+Drain = Callable[[Mount, str], Awaitable[tuple[str, int]]]
 
 
 # uvloop, as the server runs (its transports are not asyncio's classes). pytest-asyncio's new
 # way (the loop-factories hook) would apply to every test of the suite, not this module's.
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,14 @@ def counted(core: Core, calls: list[str]) -> Warm:  # noqa: F811
         return await prefetch.warm(core.reads, mount, key)
 
     return warm
+
+
+def drained(core: Core, calls: list[str]) -> Drain:  # noqa: F811
+    async def run(mount: Mount, key: str) -> tuple[str, int]:
+        calls.append(f"drain:{key}")
+        return await drain(core.reads, mount, key)
+
+    return run
 
 
 def router_of(core: Core) -> Router:  # noqa: F811
@@ -60,12 +70,24 @@ async def connected(core: Core) -> tuple[warmfeed.WarmDispatch, list[str], list[
     the worker's transport)."""
     local: list[str] = []
     worker: list[str] = []
-    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, local))
+    dispatch = supervisor(core, local)
     await dispatch.listen()
-    transport = await warmfeed.serve(dispatch.address, counted(core, worker), router_of(core))
-    assert transport is not None
+    transport = await a_worker(core, dispatch, worker)
     await until(lambda: len(dispatch.workers) == 1)
     return dispatch, local, worker, transport
+
+
+def supervisor(core: Core, calls: list[str]) -> warmfeed.WarmDispatch:  # noqa: F811
+    """Its own fills counted in ``calls`` (a warm as the key, a drain as "drain:" + the key)."""
+    return warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, calls), drained(core, calls))
+
+
+async def a_worker(core: Core, dispatch: warmfeed.WarmDispatch, calls: list[str]) -> Any:  # noqa: F811
+    transport = await warmfeed.serve(
+        dispatch.address, counted(core, calls), drained(core, calls), router_of(core)
+    )
+    assert transport is not None
+    return transport
 
 
 async def test_a_handed_fetch_fills_in_the_worker(core: Core) -> None:  # noqa: F811
@@ -84,11 +106,29 @@ async def test_a_handed_fetch_fills_in_the_worker(core: Core) -> None:  # noqa: 
     await dispatch.close()
 
 
+async def test_a_warm_jobs_object_drains_in_the_worker(core: Core) -> None:  # noqa: F811
+    """A warm job's object (several chunks here) is read through to its end in the worker;
+    the answer says whether it came from the store or was cached."""
+    data = bytes(range(256)) * 40  # 10,240 bytes: three chunks of 4 KiB
+    core.put_file("big", data)
+    dispatch, local, worker, transport = await connected(core)
+    assert await dispatch.drain(core.mount, "big") == ("backend", len(data))
+    await core.reads.fills.wait_idle()  # its chunks committed
+    assert await dispatch.drain(core.mount, "big") == ("cache", len(data))
+    assert worker == ["drain:big", "drain:big"] and local == []
+    rec = core.record("big")
+    assert rec is not None and all(rec.has_chunk(i) for i in range(3))
+    transport.close()
+    await dispatch.close()
+
+
 async def test_a_workers_error_comes_back_as_its_code(core: Core) -> None:  # noqa: F811
     dispatch, local, worker, transport = await connected(core)
     with pytest.raises(errors.S3Error) as missing:
         await dispatch.warm(core.mount, "never-written")
-    assert missing.value.code == "NoSuchKey"
+    assert isinstance(missing.value, errors.NoSuchKey)  # the same error as here
+    with pytest.raises(errors.NoSuchKey):
+        await dispatch.drain(core.mount, "never-written")
     other = Mount(name="elsewhere", backend=core.store, bucket=BUCKET, prefix="", metadata_ttl=None)
     with pytest.raises(errors.S3Error) as bucket:
         await dispatch.warm(other, "plain")
@@ -102,12 +142,11 @@ async def test_with_no_worker_or_a_worker_gone_the_supervisor_fills(core: Core) 
     core.put_file("a", b"a" * 500)
     core.put_file("b", b"b" * 600)
     local: list[str] = []
-    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, local))
+    dispatch = supervisor(core, local)
     await dispatch.listen()
     assert await dispatch.warm(core.mount, "a") == 500 and local == ["a"]  # none connected
     worker: list[str] = []
-    transport = await warmfeed.serve(dispatch.address, counted(core, worker), router_of(core))
-    assert transport is not None
+    transport = await a_worker(core, dispatch, worker)
     await until(lambda: len(dispatch.workers) == 1)
     core.store.gate.clear()  # the worker's fill waits on the store ...
     handed = asyncio.create_task(dispatch.warm(core.mount, "b"))
@@ -121,7 +160,8 @@ async def test_with_no_worker_or_a_worker_gone_the_supervisor_fills(core: Core) 
 
 
 async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # noqa: F811
-    """A stand-in supervisor writes one request a byte at a time, then two in one write."""
+    """A stand-in supervisor greets the worker, writes one request a byte at a time, then two
+    in one write."""
     for key in ("x", "y", "z"):
         core.put_file(key, key.encode() * 10)
     address = warmfeed.new_address()
@@ -131,12 +171,17 @@ async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # 
     server.setblocking(False)
     loop = asyncio.get_running_loop()
     worker: list[str] = []
-    transport = await warmfeed.serve(address, counted(core, worker), router_of(core))
-    assert transport is not None
+    serving = asyncio.create_task(
+        warmfeed.serve(address, counted(core, worker), drained(core, worker), router_of(core))
+    )
     conn, _ = await loop.sock_accept(server)
+    await loop.sock_sendall(conn, b"\x01")  # the greeting: the worker is counted
+    transport = await serving
+    assert transport is not None
 
     def request(rid: int, key: str) -> bytes:
-        return struct.pack("!IHH", rid, len(BUCKET), len(key)) + BUCKET.encode() + key.encode()
+        head = struct.pack("!IBHH", rid, 0, len(BUCKET), len(key))
+        return head + BUCKET.encode() + key.encode()
 
     for byte in request(7, "x"):
         await loop.sock_sendall(conn, bytes([byte]))
@@ -162,7 +207,7 @@ async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # 
 async def test_a_connection_from_another_user_is_refused(core: Core) -> None:  # noqa: F811
     if os.getuid() != 0:
         pytest.skip("needs root to run a process as another user")
-    dispatch = warmfeed.WarmDispatch(warmfeed.new_address(), counted(core, []))
+    dispatch = supervisor(core, [])
     await dispatch.listen()
     probe = (
         "import socket,sys\n"
@@ -188,3 +233,25 @@ async def test_a_connection_from_another_user_is_refused(core: Core) -> None:  #
     assert await asyncio.to_thread(run) == "b''"  # closed at once, never used
     assert dispatch.workers == []
     await dispatch.close()
+
+
+async def test_a_worker_the_supervisor_does_not_greet_fills_nothing(core: Core) -> None:  # noqa: F811
+    """The supervisor greets a worker it counts; anything else on the socket (here: a request
+    before any greeting) and the worker closes, logs, and serves S3 alone."""
+    address = warmfeed.new_address()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+    server.setblocking(False)
+    loop = asyncio.get_running_loop()
+    worker: list[str] = []
+    serving = asyncio.create_task(
+        warmfeed.serve(address, counted(core, worker), drained(core, worker), router_of(core))
+    )
+    conn, _ = await loop.sock_accept(server)
+    await loop.sock_sendall(conn, struct.pack("!IBHH", 1, 0, 1, 1) + b"bk")
+    assert await serving is None
+    assert await loop.sock_recv(conn, 100) == b""  # closed
+    assert worker == []
+    conn.close()
+    server.close()

@@ -59,6 +59,9 @@ class JobCore:
     reads: Reads
     gate: JobGate | None = None
     owners: Owners | None = None  # in a cluster: objects are filled on their owners
+    # a supervisor of workers: an object drained in a worker (proxy/warmfeed.py), its source
+    # and size; a job with a bandwidth cap drains here, where the cap paces each part
+    handoff: Callable[[Mount, str], Awaitable[tuple[str, int]]] | None = None
 
     def __post_init__(self) -> None:
         if self.gate is None:
@@ -420,6 +423,8 @@ class WarmJob:
             if source != "cache":
                 await self._throttle.take(size)
             return source, size
+        if self._core.handoff is not None and not self.spec.bandwidth:
+            return await self._core.handoff(self._mount, key)
         return await drain(self._core.reads, self._mount, key, self._throttle)
 
     def _failed(self, key: str, exc: BaseException) -> None:
