@@ -29,6 +29,20 @@ ProxyFactory = Callable[..., ProxyProcess]
 # Read once and taken out of the environment: the proxies the tests start would take any
 # SLIPSTREAM_ variable for a config field.
 NO_SKIP = os.environ.pop("SLIPSTREAM_NO_SKIP", "") == "1" or bool(os.environ.get("CI"))
+# pytest-xdist workers start from this (controller) process's environment, where the variable
+# is gone by then: the controller hands NO_SKIP to each worker in its ``workerinput``.
+WORKER_NO_SKIP = "slipstream_no_skip"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(pytest-xdist, controller side) Each worker fails skips as the controller would."""
+    node.workerinput[WORKER_NO_SKIP] = NO_SKIP
+
+
+def _no_skip(config: pytest.Config) -> bool:
+    workerinput = getattr(config, "workerinput", None)
+    return bool(workerinput[WORKER_NO_SKIP]) if workerinput is not None else NO_SKIP
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,7 +59,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if not (report.skipped and NO_SKIP) or hasattr(report, "wasxfail"):
+    if not (report.skipped and _no_skip(item.config)) or hasattr(report, "wasxfail"):
         return
     allowance = item.get_closest_marker("may_skip")
     if allowance is not None and allowance.args and str(allowance.args[0]).strip():

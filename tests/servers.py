@@ -54,15 +54,28 @@ class S3Endpoint:
 _HANDED_OUT: set[int] = set()
 
 
+def _port_share() -> tuple[int, int]:
+    """(index, count) of this pytest-xdist worker ("gw<index>" of PYTEST_XDIST_WORKER_COUNT),
+    or (0, 1) outside one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        return int(worker[2:]) % int(count), int(count)
+    return 0, 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (the OS picks it; racy by nature), and never one this
     process handed out before: the OS may offer a just-closed port again, and two listeners of
-    one proxy (S3 and admin) given the same port stop it at start."""
+    one proxy (S3 and admin) given the same port stop it at start. Under pytest-xdist each
+    worker takes only the ports equal to its index modulo the worker count, so that two
+    workers are never handed the same port before either binds it."""
+    index, count = _port_share()
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
+        if port % count == index and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
 

@@ -42,27 +42,40 @@ def test_passes():
 """
 
 
-def run_sample(tmp_path: Path, **env: str) -> dict[str, str]:
-    """Outcome by test name of the sample run under this conftest with ``env``."""
+def run_sample(tmp_path: Path, *args: str, **env: str) -> dict[str, str]:
+    """Outcome by test name of the sample run under this conftest with ``env`` (and pytest
+    ``args``)."""
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     base = {k: v for k, v in os.environ.items() if k not in ("CI", "SLIPSTREAM_NO_SKIP")}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-c", os.devnull, "-v"]
-        + ["-p", "no:cacheprovider", "test_sample.py"],
+        + ["-p", "no:cacheprovider", *args, "test_sample.py"],
         cwd=tmp_path,
         env={**base, "PYTHONPATH": str(REPO_ROOT), **env},
         capture_output=True,
         text=True,
         check=False,
     )
-    outcomes = dict(re.findall(r"::(\w+) (PASSED|FAILED|SKIPPED|XFAIL|ERROR)", done.stdout))
+    # "path::name OUTCOME", or under pytest-xdist "[gw0] [ 16%] OUTCOME path::name"
+    found = re.findall(r"::(\w+) (PASSED|FAILED|SKIPPED|XFAIL|ERROR)", done.stdout) + [
+        (name, outcome)
+        for outcome, name in re.findall(
+            r"\] (PASSED|FAILED|SKIPPED|XFAIL|ERROR) \S+::(\w+)", done.stdout
+        )
+    ]
+    outcomes = dict(found)
     assert outcomes, done.stdout + done.stderr
     return outcomes
 
 
 @pytest.mark.parametrize("env", [{"CI": "true"}, {"SLIPSTREAM_NO_SKIP": "1"}])
-def test_in_ci_a_skip_fails_unless_allowed(tmp_path: Path, env: dict[str, str]) -> None:
-    assert run_sample(tmp_path, **env) == {
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_in_ci_a_skip_fails_unless_allowed(
+    tmp_path: Path, env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    """Also in pytest-xdist workers (scripts/test runs the suite with -n), which do not see
+    SLIPSTREAM_NO_SKIP: tests/conftest.py takes it out of the environment."""
+    assert run_sample(tmp_path, *args, **env) == {
         "test_tool_missing": "FAILED",
         "test_fixture_skips": "ERROR",
         "test_allowed": "SKIPPED",
