@@ -159,22 +159,32 @@ async def test_with_no_worker_or_a_worker_gone_the_supervisor_fills(core: Core) 
     await dispatch.close()
 
 
-async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # noqa: F811
-    """A stand-in supervisor greets the worker, writes one request a byte at a time, then two
-    in one write."""
-    for key in ("x", "y", "z"):
-        core.put_file(key, key.encode() * 10)
+async def stand_in(
+    core: Core,  # noqa: F811
+    calls: list[str],
+) -> tuple[socket.socket, socket.socket, asyncio.Task[Any]]:
+    """A stand-in supervisor's socket, a worker connecting to it (``serve`` as a task, its
+    calls in ``calls``) and the connection accepted."""
     address = warmfeed.new_address()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(address)
     server.listen(1)
     server.setblocking(False)
+    serving = asyncio.create_task(
+        warmfeed.serve(address, counted(core, calls), drained(core, calls), router_of(core))
+    )
+    conn, _ = await asyncio.get_running_loop().sock_accept(server)
+    return server, conn, serving
+
+
+async def test_the_worker_reads_frames_split_and_joined(core: Core) -> None:  # noqa: F811
+    """A stand-in supervisor greets the worker, writes one request a byte at a time, then two
+    in one write."""
+    for key in ("x", "y", "z"):
+        core.put_file(key, key.encode() * 10)
     loop = asyncio.get_running_loop()
     worker: list[str] = []
-    serving = asyncio.create_task(
-        warmfeed.serve(address, counted(core, worker), drained(core, worker), router_of(core))
-    )
-    conn, _ = await loop.sock_accept(server)
+    server, conn, serving = await stand_in(core, worker)
     await loop.sock_sendall(conn, b"\x01")  # the greeting: the worker is counted
     transport = await serving
     assert transport is not None
@@ -238,17 +248,9 @@ async def test_a_connection_from_another_user_is_refused(core: Core) -> None:  #
 async def test_a_worker_the_supervisor_does_not_greet_fills_nothing(core: Core) -> None:  # noqa: F811
     """The supervisor greets a worker it counts; anything else on the socket (here: a request
     before any greeting) and the worker closes, logs, and serves S3 alone."""
-    address = warmfeed.new_address()
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(address)
-    server.listen(1)
-    server.setblocking(False)
     loop = asyncio.get_running_loop()
     worker: list[str] = []
-    serving = asyncio.create_task(
-        warmfeed.serve(address, counted(core, worker), drained(core, worker), router_of(core))
-    )
-    conn, _ = await loop.sock_accept(server)
+    server, conn, serving = await stand_in(core, worker)
     await loop.sock_sendall(conn, struct.pack("!IBHH", 1, 0, 1, 1) + b"bk")
     assert await serving is None
     assert await loop.sock_recv(conn, 100) == b""  # closed
