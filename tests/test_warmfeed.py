@@ -35,7 +35,8 @@ pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_polic
 
 @pytest.fixture(scope="module")
 def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return uvloop.EventLoopPolicy()
+    policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+    return policy
 
 
 def counted(core: Core, calls: list[str]) -> Warm:  # noqa: F811
