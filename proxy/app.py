@@ -48,7 +48,7 @@ from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
-from proxy.jobs.warm import JobCore, Owners, drain, drain_chunk
+from proxy.jobs.warm import JobCore, Owners, drain, drain_chunk, drain_committed
 from proxy.readfeed import ReadFeed
 from proxy.routing import Mount, Router
 from proxy.s3.auth import Authenticator
@@ -374,7 +374,7 @@ async def _worker(cfg: Config, feed: ReadFeed, warms: str, ready: MpEvent) -> No
         handed = await warmfeed.serve(
             warms,
             functools.partial(warm, app.reads),
-            functools.partial(drain, app.reads),
+            functools.partial(drain_committed, app.reads),
             app.router,
         )
         s3 = app.runner()

@@ -513,13 +513,18 @@ def _warm_until_ended(proxy: ProxyProcess, spec: dict[str, Any]) -> dict[str, An
     return job
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_warm_with_pin_pins_what_it_caches(
-    start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, buckets: tuple[str, str]
+    workers: int,
+    start_proxy: Callable[..., ProxyProcess],
+    relay: CountingRelay,
+    buckets: tuple[str, str],
 ) -> None:
     """A prefix job with pin adds a pin rule (what it caches is never evicted, even through
-    A's quota); a keys job with pin pins the objects it cached."""
+    A's quota); a keys job with pin pins the objects it cached (with 2 workers, read in a
+    worker: committed before the supervisor pins them)."""
     a, b = buckets
-    proxy = start_proxy()
+    proxy = start_proxy(workers)
     assert _post(proxy, "warm", {"bucket": a, "prefix": "keep/", "pin": "yes"})[0] == 400
     job = _warm_until_ended(proxy, {"bucket": a, "prefix": "keep/", "pin": True})
     assert (job["state"], job["fetched"], job["pin"]) == ("done", 4, True), job

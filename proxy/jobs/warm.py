@@ -136,6 +136,14 @@ async def drain(
     return read.source, size
 
 
+async def drain_committed(reads: Reads, mount: Mount, key: str) -> tuple[str, int]:
+    """``drain``, answered once the object's fills have committed (or given up): a worker's
+    read for the supervisor's job (proxy/warmfeed.py), which may pin the object next."""
+    got = await drain(reads, mount, key)
+    await reads.fills.settled([oid_of(mount, key)])
+    return got
+
+
 async def drain_chunk(reads: Reads, mount: Mount, key: str, index: int) -> tuple[str, int, int]:
     """Read chunk ``index`` of ``key`` through the core (chunk 0: all of an object of one
     chunk), the bytes dropped (the fills cache them): its source, the bytes read and the
