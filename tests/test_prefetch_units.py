@@ -38,6 +38,32 @@ async def test_listing_jobs_are_bounded(core: Core) -> None:  # noqa: F811
     await p.close()
 
 
+async def test_a_page_listed_again_while_its_keys_are_fetched_queues_none_twice(
+    core: Core,  # noqa: F811
+) -> None:
+    for i in range(5):
+        core.put_file(f"p{i}", b"p" * (100 + i))
+    core.store.gate.clear()  # the store holds every GET: the keys stay in flight
+    p = prefetcher_of(core)
+    page = [f"p{i}" for i in range(5)]
+    p.listed(BUCKET, "", page)
+    (job,) = p.jobs()
+    await asyncio.sleep(0.05)
+    assert job.next == 5  # all five in flight
+    p.listed(BUCKET, "", page)  # listed again before any landed
+    p.listed(BUCKET, "", page + ["p9"])  # and once more with one new key
+    assert len(job.keys) == 6
+    core.store.gate.set()
+    await asyncio.wait_for(_until_done(job), 10)
+    assert (job.progress.fetched, core.store.gets) == (5, 6)  # each once; p9: no such key
+    assert job.progress.failed == 1
+
+
+async def _until_done(job: prefetch.PrefetchJob) -> None:
+    while job.state == "running":  # noqa: ASYNC110 (the job has no event of its own to wait on)
+        await asyncio.sleep(0.01)
+
+
 async def test_listing_skips_cached_objects_and_other_buckets(core: Core) -> None:  # noqa: F811
     core.put_file("a", b"x" * 100)
     await _read(core, "a")

@@ -135,6 +135,11 @@ class PrefetchJob:
         if pos >= self._wake_at or self.window_bytes is not None:
             self._moved.set()  # room for a few keys (not one: a wake-up per read costs)
 
+    def holds(self, key: str) -> bool:
+        """``key`` (a remote key) is fetched and not read yet, being fetched, or next in line
+        (within a window of the fetching): a page listed again does not queue it twice."""
+        return key in self._ahead or key in self._upcoming
+
     def _drop(self, key: str) -> int | None:
         pos = self._ahead.pop(key, None)
         self._held -= self._sizes.pop(key, 0)
@@ -472,6 +477,9 @@ class Prefetcher:
             job = self._add(mount, LISTING_WINDOW, None)
             job.origin = "listing"
         self._listing[(bucket, prefix)] = job  # the most recently listed last
+        todo = [k for k in todo if not job.holds(mount.remote_key(k))]
+        if not todo:
+            return
         if len(job.keys) - job.next + len(todo) > LISTING_QUEUE:
             log.cache.info("listing prefetch: a page dropped, %d keys queued", LISTING_QUEUE)
             return
