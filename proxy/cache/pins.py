@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.cache.lmdb_queues import U64
 from proxy.cache.record import Record
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 
 SCAN_BATCH = 1000
 _RULE = b"pin\x00"
+# An evict's fence: (backend, bucket, prefix) -> the write mark it moved to. A fill that noted
+# an older mark commits nothing under it, a cold one too (it has no record to mark). The
+# newest fence's mark is b"fseq" (a commit checks it first); the oldest fences beyond
+# FENCE_LIMIT go, raising b"ffloor": a fill older than that floor commits nothing anywhere.
+_FENCE = b"fence\x00"
+FENCE_LIMIT = 256
 _KEY_FIELD = b'{"key":'
 
 
@@ -173,10 +180,11 @@ async def unpin(index: Index, target: Target) -> tuple[bool, Counts]:
 
 async def evict(index: Index, target: Target) -> Counts:
     """Drop every cached copy under the prefix, pinned ones too (their rule stays: a later
-    read caches them pinned again). Each drop moves the object's write mark, so a fill that
-    was in flight from before commits nothing; a read already streaming a chunk file keeps
-    its open file."""
+    read caches them pinned again). A fence goes up first (``fence``), so a fill in flight
+    from before commits nothing, of an object cached or not; a read already streaming a chunk
+    file keeps its open file."""
     counts = Counts()
+    await index.submit(lambda t: fence(t, target))
 
     def visit(t: Txn, oid: bytes, rec: Record) -> None:
         if target.holds(rec):
@@ -187,6 +195,41 @@ async def evict(index: Index, target: Target) -> Counts:
 
     await scan(index, target, visit)
     return counts
+
+
+def fence(t: Txn, target: Target) -> None:
+    """Fills in flight from before now of objects under ``target`` commit nothing."""
+    mark = U64.pack(t.counter(b"wseq") + 1)
+    t.txn.put(b"wseq", mark, db=t.index.meta)
+    t.txn.put(b"fseq", mark, db=t.index.meta)
+    t.txn.put(_FENCE + target.rule_key()[len(_RULE) :], mark, db=t.index.meta)
+    fences = _fences(t)
+    if len(fences) > FENCE_LIMIT:
+        key, oldest = min(fences, key=lambda f: f[1])
+        t.txn.delete(key, db=t.index.meta)
+        t.txn.put(b"ffloor", U64.pack(max(oldest, t.counter(b"ffloor"))), db=t.index.meta)
+
+
+def fenced(t: Txn, rec: Record, seen: int) -> bool:
+    """Whether an evict fenced ``rec``'s object off after the write mark ``seen`` was noted."""
+    if t.counter(b"fseq") <= seen:
+        return False  # the common case: no evict since
+    if t.counter(b"ffloor") > seen:
+        return True
+    name = _bucket_key(rec.backend, rec.bucket)[len(_RULE) :] + _enc(rec.key)
+    return any(mark > seen and name.startswith(key[len(_FENCE) :]) for key, mark in _fences(t))
+
+
+def _fences(t: Txn) -> list[tuple[bytes, int]]:
+    cur = t.txn.cursor(db=t.index.meta)
+    found: list[tuple[bytes, int]] = []
+    if cur.set_range(_FENCE):
+        for raw, value in cur:
+            key = bytes(raw)
+            if not key.startswith(_FENCE):
+                break
+            found.append((key, U64.unpack(value)[0]))
+    return found
 
 
 def rules(index: Index) -> list[Target]:
