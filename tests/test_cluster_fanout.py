@@ -48,8 +48,8 @@ def held(nodes: list[ProxyProcess]) -> dict[str, int]:
 def settled(nodes: list[ProxyProcess]) -> None:
     """Until the second owners have filled their replicas (in the background) and the
     non-owners their local copies: every replica there, no fill in flight on any node, and
-    the counts unchanged for a second. An evict only drops what is cached: a cold fill still
-    in flight commits after it (noted in the closing note of the stop that found it)."""
+    the counts unchanged for a second: then the evict's count is exact (a fill still in
+    flight would be fenced off by it, not counted)."""
     deadline = time.monotonic() + 30
     last: dict[str, int] = {}
     steady_since = time.monotonic()
