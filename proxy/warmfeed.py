@@ -159,6 +159,11 @@ class WarmDispatch:
         self.address = address
         self._local_warm, self._local_drain = local_warm, local_drain
         self.workers: list[_Worker] = []
+        self._counts = {
+            (kind, process): metrics.JOB_FILLS.labels(kind, process)
+            for kind in ("prefetch", "warm")
+            for process in ("worker", "supervisor")
+        }
         self._ids = 0
         self._server: asyncio.AbstractServer | None = None
 
@@ -195,9 +200,9 @@ class WarmDispatch:
             except WorkerGone:
                 pass
             else:
-                metrics.JOB_FILLS.labels(kind, "worker").inc()
+                self._counts[kind, "worker"].inc()
                 return answer
-        metrics.JOB_FILLS.labels(kind, "supervisor").inc()
+        self._counts[kind, "supervisor"].inc()
         return None
 
     async def close(self) -> None:

@@ -210,12 +210,16 @@ class Txn:
                 self.count_uses(oid, rec, hits)
 
     # -- write marks: a write wins over any read that started before it --------------------
+    def next_mark(self) -> bytes:
+        """Move the write mark on (Index.write_mark): its new value, packed."""
+        packed = U64.pack(self.counter(b"wseq") + 1)
+        self.txn.put(b"wseq", packed, db=self.index.meta)
+        return packed
+
     def mark_written(self, oid: bytes) -> None:
         """A write of ``oid`` (a PUT, a DELETE, a completed upload) commits in this txn: a read
         that noted an older write mark (Index.write_mark) no longer speaks for the object."""
-        seq = self.counter(b"wseq") + 1
-        packed = U64.pack(seq)
-        self.txn.put(b"wseq", packed, db=self.index.meta)
+        packed = self.next_mark()
         old = self.txn.get(oid, db=self.index.written)
         if old is not None:
             self.txn.delete(b"W" + old, db=self.index.queues)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.cache.lmdb_queues import U64
 from proxy.cache.record import Record
@@ -199,8 +199,7 @@ async def evict(index: Index, target: Target) -> Counts:
 
 def fence(t: Txn, target: Target) -> None:
     """Fills in flight from before now of objects under ``target`` commit nothing."""
-    mark = U64.pack(t.counter(b"wseq") + 1)
-    t.txn.put(b"wseq", mark, db=t.index.meta)
+    mark = t.next_mark()
     t.txn.put(b"fseq", mark, db=t.index.meta)
     t.txn.put(_FENCE + target.rule_key()[len(_RULE) :], mark, db=t.index.meta)
     fences = _fences(t)
@@ -222,26 +221,26 @@ def fenced(t: Txn, rec: Record, seen: int) -> bool:
 
 def _fences(t: Txn) -> list[tuple[bytes, int]]:
     cur = t.txn.cursor(db=t.index.meta)
-    found: list[tuple[bytes, int]] = []
-    if cur.set_range(_FENCE):
-        for raw, value in cur:
-            key = bytes(raw)
-            if not key.startswith(_FENCE):
-                break
-            found.append((key, U64.unpack(value)[0]))
-    return found
+    return [(key, U64.unpack(value)[0]) for key, value in _entries(cur, _FENCE)]
 
 
 def rules(index: Index) -> list[Target]:
     """Every pin rule (a short read transaction; blocking)."""
     found: list[Target] = []
     with index.env.begin(db=index.meta) as txn:
-        cur = txn.cursor()
-        if cur.set_range(_RULE):
-            for raw in cur.iternext(keys=True, values=False):
-                key = bytes(raw)
-                if not key.startswith(_RULE):
-                    break
-                backend, bucket, prefix = key[len(_RULE) :].split(b"\x00", 2)
-                found.append(Target(backend.decode(), bucket.decode(), prefix.decode()))
+        for key, _ in _entries(txn.cursor(), _RULE):
+            backend, bucket, prefix = key[len(_RULE) :].split(b"\x00", 2)
+            found.append(Target(backend.decode(), bucket.decode(), prefix.decode()))
+    return found
+
+
+def _entries(cur: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """The (key, value) pairs of ``cur``'s db whose keys start with ``prefix``."""
+    found: list[tuple[bytes, bytes]] = []
+    if cur.set_range(prefix):
+        for raw, value in cur:
+            key = bytes(raw)
+            if not key.startswith(prefix):
+                break
+            found.append((key, bytes(value)))
     return found

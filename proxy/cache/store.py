@@ -174,7 +174,7 @@ class CacheStore:
         when the index could not take it (full): the caller reads from the store."""
 
         def op(t: Txn) -> Record | None:
-            if t.written_since(oid, seen) or pins.fenced(t, new, seen):
+            if _stale(t, oid, new, seen):
                 return None
             cur = t.get(oid)
             if cur is not None and cur.etag == new.etag and cur.size == new.size:
@@ -233,8 +233,7 @@ class CacheStore:
 
         def op(t: Txn) -> bool:  # whether the index holds the chunk (its file is kept)
             cur = t.get(oid)
-            if t.written_since(oid, seen) or pins.fenced(t, new, seen):
-                # a write's record of the same version keeps it
+            if _stale(t, oid, new, seen):  # a write's record of the same version keeps it
                 return cur is not None and cur.gen == new.gen and cur.has_chunk(index)
             if cur is not None and not (cur.etag == new.etag and cur.size == new.size):
                 t.remove(oid, cur)
@@ -499,13 +498,19 @@ def _valueless(t: Txn, idx: Index) -> list[bytes]:
     return out
 
 
+def _stale(t: Txn, oid: bytes, new: Record, seen: int) -> bool:
+    """Whether what was learnt at write mark ``seen`` no longer speaks for the object: a write
+    of it committed since, or an evict fenced its prefix off (pins.fence)."""
+    return t.written_since(oid, seen) or pins.fenced(t, new, seen)
+
+
 def _write_wins(
     t: Txn, oid: bytes, cur: Record | None, new: Record, seen: int, write: bool
 ) -> bool:
     """Whether a commit of ``new`` noted at ``seen`` may replace ``cur``: no write committed
     and no evict fenced it off since. A write moves the object's mark; one that finds another
     write committed meanwhile drops ``cur`` too, as which of them the store kept is unknown."""
-    stale = t.written_since(oid, seen) or pins.fenced(t, new, seen)
+    stale = _stale(t, oid, new, seen)
     if write:
         t.mark_written(oid)
         if stale and cur is not None:

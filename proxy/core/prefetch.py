@@ -330,7 +330,12 @@ def cached(reads: Reads, mount: Mount, key: str) -> bool:
 
 def _whole(rec: Record, cs: int) -> bool:
     """Every byte of the object is cached: inline, or each of its chunks of ``cs`` bytes."""
-    return rec.inline or all(rec.has_chunk(i) for i in range((rec.size + cs - 1) // cs))
+    return rec.inline or all(rec.has_chunk(i) for i in _chunks(rec.size, cs))
+
+
+def _chunks(size: int, cs: int) -> range:
+    """The chunk numbers of an object of ``size`` bytes."""
+    return range((size + cs - 1) // cs)
 
 
 async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
@@ -344,12 +349,12 @@ async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
         if _whole(rec, reads.cs):
             return None
         meta = reads.metadata.meta_of(rec)
-        missing = [i for i in range((meta.size + reads.cs - 1) // reads.cs) if not rec.has_chunk(i)]
+        missing = [i for i in _chunks(meta.size, reads.cs) if not rec.has_chunk(i)]
         first: Fill = reads.fills.get(mount, key, oid, missing[0], meta)
     else:
         first = reads.fills.get(mount, key, oid, 0, None)
         meta = await first.wait_meta()
-        missing = list(range((meta.size + reads.cs - 1) // reads.cs))
+        missing = list(_chunks(meta.size, reads.cs))
     await _settle(first, reads.cs, meta.size)
     for i in missing[1:]:
         await _settle(reads.fills.get(mount, key, oid, i, meta), reads.cs, meta.size)
