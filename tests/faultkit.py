@@ -108,6 +108,17 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, interval: float
         time.sleep(interval)
 
 
+async def eventually(
+    check: Callable[[], bool], within: float = 10.0, interval: float = 0.01
+) -> None:
+    """Poll ``check`` on the event loop until it holds (for states with no event of their
+    own); AssertionError after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not true within {within}s"
+        await asyncio.sleep(interval)
+
+
 def http_status(url: str, timeout: float = 5.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -25,7 +25,16 @@ from proxy.cache.record import Record, object_id
 from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
 from tests.conftest import ProxyFactory, S3ClientFactory
-from tests.faultkit import KEY_ENV, SECRET_ENV, get_body, new_bucket, payload, scrape, store_env
+from tests.faultkit import (
+    KEY_ENV,
+    SECRET_ENV,
+    eventually,
+    get_body,
+    new_bucket,
+    payload,
+    scrape,
+    store_env,
+)
 from tests.proxyproc import REPO_ROOT, ProxyProcess
 from tests.relay import CountingRelay
 from tests.servers import S3Endpoint
@@ -561,9 +570,7 @@ async def test_an_evict_fences_off_the_fills_in_flight_under_its_prefix(
         core.put_file(key, bytes(range(256)) * (size // 256) + b"x" * (size % 256))
     core.store.gate.clear()  # both fills wait on the store
     reads = [asyncio.create_task(read_in_core(core, key)) for key in ("ev/a", "keep/a")]
-    async with asyncio.timeout(5):
-        while core.store.gets < 2:  # noqa: ASYNC110 (the store has no event to wait on)
-            await asyncio.sleep(0.01)
+    await eventually(lambda: core.store.gets >= 2, within=5)
     target = pins.Target(core.mount.backend.name, core.mount.bucket, "ev/")
     assert (await pins.evict(core.cache.index, target)).objects == 0  # nothing cached yet
     core.store.gate.set()

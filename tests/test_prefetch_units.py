@@ -10,6 +10,7 @@ from proxy.core import prefetch
 from proxy.core.prefetch import Prefetcher
 from proxy.core.prefetch_order import encode_lines
 from proxy.routing import Router
+from tests.faultkit import eventually
 from tests.test_core_units import BUCKET, Core, _read, core  # noqa: F401 (the fixture)
 
 
@@ -54,14 +55,9 @@ async def test_a_page_listed_again_while_its_keys_are_fetched_queues_none_twice(
     p.listed(BUCKET, "", page + ["p9"])  # and once more with one new key
     assert len(job.keys) == 6
     core.store.gate.set()
-    await asyncio.wait_for(_until_done(job), 10)
+    await eventually(lambda: job.state != "running")
     assert (job.progress.fetched, core.store.gets) == (5, 6)  # each once; p9: no such key
     assert job.progress.failed == 1
-
-
-async def _until_done(job: prefetch.PrefetchJob) -> None:
-    while job.state == "running":  # noqa: ASYNC110 (the job has no event of its own to wait on)
-        await asyncio.sleep(0.01)
 
 
 async def test_listing_skips_cached_objects_and_other_buckets(core: Core) -> None:  # noqa: F811

@@ -17,6 +17,7 @@ from proxy.jobs.throttle import TokenBucket
 from proxy.jobs.warm import JobCore, WarmJob
 from proxy.model import GetResult
 from proxy.routing import Router
+from tests.faultkit import eventually
 from tests.test_core_units import BUCKET, CHUNK, Core, _data, _read, core  # noqa: F401
 
 
@@ -77,13 +78,6 @@ async def _jobs(c: Core, gate: JobGate | None = None) -> Jobs:
     return jobs
 
 
-async def _until(cond: Any) -> None:
-    deadline = time.monotonic() + 10
-    while not cond():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
-
-
 async def _client_position(c: Core, top: str, gate: JobGate | None) -> int:
     """A job (concurrency 16) over 40 objects saturates the 8 fill slots while the store
     holds every GET; then a client misses: how many GETs began before the client's."""
@@ -94,7 +88,7 @@ async def _client_position(c: Core, top: str, gate: JobGate | None) -> int:
     jobs = await _jobs(c, gate)
     c.store.gate.clear()
     job = jobs.warm(WarmSpec(bucket=BUCKET, prefix=f"{top}-", concurrency=16))
-    await _until(lambda: len(order.keys) >= 6)
+    await eventually(lambda: len(order.keys) >= 6, interval=0.005)
     await asyncio.sleep(0.05)  # every job fetch that can start has started
     client = asyncio.create_task(_read(c, f"{top}-client"))
     await asyncio.sleep(0.05)
@@ -126,7 +120,7 @@ async def test_a_client_read_joins_the_jobs_fetch_in_flight(core: Core) -> None:
     jobs = await _jobs(core)
     core.store.gate.clear()
     job = jobs.warm(WarmSpec(bucket=BUCKET, keys=("joined",)))
-    await _until(lambda: len(order.keys) >= 1)
+    await eventually(lambda: len(order.keys) >= 1, interval=0.005)
     client = asyncio.create_task(_read(core, "joined"))
     await asyncio.sleep(0.05)
     core.store.gate.set()

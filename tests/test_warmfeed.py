@@ -22,6 +22,7 @@ from proxy.config import MountConfig
 from proxy.core import prefetch
 from proxy.jobs.warm import drain
 from proxy.routing import Mount, Router
+from tests.faultkit import eventually
 from tests.test_core_units import BUCKET, Core, core  # noqa: F401 (the fixture)
 
 Warm = Callable[[Mount, str], Awaitable[int | None]]
@@ -60,12 +61,6 @@ def router_of(core: Core) -> Router:  # noqa: F811
     return Router(mounts, {"fs": core.store}, core.cache.cfg)
 
 
-async def until(check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not check():  # noqa: ASYNC110 (the states polled have no event of their own)
-            await asyncio.sleep(0.01)
-
-
 async def connected(core: Core) -> tuple[warmfeed.WarmDispatch, list[str], list[str], Any]:  # noqa: F811
     """A dispatch with one worker connected: (dispatch, its local calls, the worker's calls,
     the worker's transport)."""
@@ -74,7 +69,7 @@ async def connected(core: Core) -> tuple[warmfeed.WarmDispatch, list[str], list[
     dispatch = supervisor(core, local)
     await dispatch.listen()
     transport = await a_worker(core, dispatch, worker)
-    await until(lambda: len(dispatch.workers) == 1)
+    await eventually(lambda: len(dispatch.workers) == 1, within=5)
     return dispatch, local, worker, transport
 
 
@@ -148,12 +143,12 @@ async def test_with_no_worker_or_a_worker_gone_the_supervisor_fills(core: Core) 
     assert await dispatch.warm(core.mount, "a") == 500 and local == ["a"]  # none connected
     worker: list[str] = []
     transport = await a_worker(core, dispatch, worker)
-    await until(lambda: len(dispatch.workers) == 1)
+    await eventually(lambda: len(dispatch.workers) == 1, within=5)
     core.store.gate.clear()  # the worker's fill waits on the store ...
     handed = asyncio.create_task(dispatch.warm(core.mount, "b"))
-    await until(lambda: worker == ["b"])
+    await eventually(lambda: worker == ["b"], within=5)
     transport.close()  # ... and the worker goes away
-    await until(lambda: not dispatch.workers)
+    await eventually(lambda: not dispatch.workers, within=5)
     core.store.gate.set()
     assert await handed == 600
     assert local == ["a", "b"]
