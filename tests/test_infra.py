@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -103,3 +104,27 @@ def test_relay_cli(moto_server: S3Endpoint) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_free_port_serves_every_xdist_share(count: int) -> None:
+    """Each pytest-xdist worker gets ports of its own share (port % count == index), though
+    Linux's bind() to port 0 hands out ports of one parity only: with 2 or 4 workers the other
+    parity's workers once waited for a port forever."""
+    probe = (
+        "import sys; from tests.servers import free_port; "
+        "ports = [free_port() for _ in range(50)]; print(*ports)"
+    )
+    for index in range(count):
+        env = {"PYTEST_XDIST_WORKER": f"gw{index}", "PYTEST_XDIST_WORKER_COUNT": str(count)}
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+        ports = [int(p) for p in out]
+        assert len(set(ports)) == 50 and all(p % count == index for p in ports), (index, ports)
