@@ -68,26 +68,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (the OS picks it; racy by nature), and never one this
     process handed out before: the OS may offer a just-closed port again, and two listeners of
     one proxy (S3 and admin) given the same port stop it at start. Under pytest-xdist each
-    worker takes only the ports equal to its index modulo the worker count, so that two
-    workers are never handed the same port before either binds it. Linux's bind() to port 0
-    picks ports of one parity only, so a port outside this worker's share is moved up to the
-    next one in it, which is then checked free by binding it."""
+    worker takes only its share of the ports, so that two workers are never handed the same
+    port before either binds it: port // 2 equal to its index modulo the worker count. Linux's
+    bind() to port 0 hands out ports of one parity only (connect() takes the other), so
+    ``port % count`` left some workers no port at all, and a port of the other parity may be
+    taken by an outgoing connection before it is bound."""
     index, count = _port_share()
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-        port += (index - port) % count
-        if port in _HANDED_OUT or port > 65535:
-            continue
-        if count > 1:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    continue
-        _HANDED_OUT.add(port)
-        return port
+        if (port // 2) % count == index and port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass(frozen=True)

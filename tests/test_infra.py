@@ -108,9 +108,9 @@ def test_relay_cli(moto_server: S3Endpoint) -> None:
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_free_port_serves_every_xdist_share(count: int) -> None:
-    """Each pytest-xdist worker gets ports of its own share (port % count == index), though
-    Linux's bind() to port 0 hands out ports of one parity only: with 2 or 4 workers the other
-    parity's workers once waited for a port forever."""
+    """Each pytest-xdist worker gets ports of its own share (port // 2 % count == index), and
+    promptly: Linux's bind() to port 0 hands out ports of one parity only, and with shares by
+    port % count the workers of the other parity at 2 or 4 workers waited forever."""
     probe = (
         "import sys; from tests.servers import free_port; "
         "ports = [free_port() for _ in range(50)]; print(*ports)"
@@ -127,4 +127,4 @@ def test_free_port_serves_every_xdist_share(count: int) -> None:
             check=True,
         ).stdout.split()
         ports = [int(p) for p in out]
-        assert len(set(ports)) == 50 and all(p % count == index for p in ports), (index, ports)
+        assert len(set(ports)) == 50 and all(p // 2 % count == index for p in ports), (index, ports)
