@@ -46,6 +46,7 @@ from proxy.core.listing import Listing
 from proxy.core.prefetch import Prefetcher, warm
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
+from proxy.jobs.gate import JobGate, gated, job_share
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore, Owners, drain, drain_chunk, drain_committed
@@ -316,9 +317,13 @@ async def serve_single(cfg: Config) -> None:
     try:
         await _start_admin(admin, cfg)
         await app.start()
-        await jobs.attach(app.job_core())
+        job_core = app.job_core()
+        await jobs.attach(job_core)
         assert app.reads is not None and app.router is not None and app.listing is not None
-        prefetcher.attach(app.reads, app.router)
+        assert job_core.gate is not None
+        prefetcher.attach(
+            app.reads, app.router, gated(job_core.gate, functools.partial(warm, app.reads))
+        )
         app.listing.on_list = prefetcher.listed
         s3 = app.runner()
         await s3.setup()
@@ -370,11 +375,12 @@ async def _worker(cfg: Config, feed: ReadFeed, warms: str, ready: MpEvent) -> No
         assert app.reads is not None and app.listing is not None and app.router is not None
         app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         app.listing.on_list = feed.list_sender()  # and prefetches what they list
-        # and hands its fetches to the workers
+        # and hands its jobs' fetches to the workers, which yield them to their client misses
+        gate = JobGate(app.reads.fills, job_share(cfg.cache.max_fills))
         handed = await warmfeed.serve(
             warms,
-            functools.partial(warm, app.reads),
-            functools.partial(drain_committed, app.reads),
+            gated(gate, functools.partial(warm, app.reads)),
+            gated(gate, functools.partial(drain_committed, app.reads)),
             app.router,
         )
         s3 = app.runner()

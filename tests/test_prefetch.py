@@ -67,10 +67,13 @@ def start_proxy(
     bucket: str,
     tmp_path: Path,
 ) -> Callable[..., ProxyProcess]:
-    """``start_proxy(workers=1, token=None)``: a proxy of ``bucket`` through the relay."""
+    """``start_proxy(workers=1, token=None, cache=None)``: a proxy of ``bucket`` through the
+    relay (``cache``: settings beside the cache's dir)."""
 
-    def start(workers: int = 1, token: str | None = None) -> ProxyProcess:
-        cfg = proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers)
+    def start(
+        workers: int = 1, token: str | None = None, cache: dict[str, Any] | None = None
+    ) -> ProxyProcess:
+        cfg = proxy_config(relay.url, bucket, tmp_path / "cache", workers=workers, cache=cache)
         env = store_env(store)
         if token is not None:
             cfg["admin"] = {"token_env": "PREFETCH_TEST_TOKEN"}
@@ -487,3 +490,27 @@ def test_a_cut_ndjson_body_cancels_its_job(proxy: ProxyProcess, bucket: str) -> 
     jobs = lambda: admin(proxy, "GET", "/admin/v1/prefetch")[1]["jobs"]  # noqa: E731
     assert wait_until(lambda: jobs()[0]["state"] == "cancelled"), jobs()
     assert get_body(f"{proxy.url}/{bucket}/epoch/002")[0] == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_a_job_leaves_fill_slots_to_client_misses(
+    start_proxy: Callable[..., ProxyProcess], relay: CountingRelay, bucket: str, workers: int
+) -> None:
+    """A job asking for more fetches at once than a process has fill slots holds at most three
+    quarters of them in each process (the jobs' gate, in the worker that fills its keys), so
+    a client miss finds one free."""
+    proxy = start_proxy(workers=workers, cache={"max_fills": 4})
+    relay.latency = 0.2  # the job's fetches overlap
+    relay.reset()
+    keys = [f"epoch/{i:03d}" for i in range(N)]
+    status, job = admin(
+        proxy,
+        "POST",
+        "/admin/v1/prefetch",
+        {"bucket": bucket, "keys": keys, "window": N, "concurrency": N},
+    )
+    assert status == 201, job
+    assert wait_until(fetched_at_least(proxy, job["id"], N), timeout=60), progress(proxy, job["id"])
+    # 3 of each process's 4 slots (ungated: all 4, and client misses queued behind the job)
+    assert 3 <= relay.most_in_flight <= 3 * workers, relay.most_in_flight
+    assert get_body(f"{proxy.url}/{bucket}/other/000")[0] == 200

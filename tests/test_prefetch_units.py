@@ -4,14 +4,17 @@ store): the bounds of listing-driven prefetch, and streamed parts joining a runn
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from proxy.config import MountConfig
 from proxy.core import prefetch
 from proxy.core.prefetch import Prefetcher
 from proxy.core.prefetch_order import encode_lines
+from proxy.jobs.gate import JobGate, gated, job_share
 from proxy.routing import Router
 from tests.faultkit import eventually
 from tests.test_core_units import BUCKET, Core, _read, core  # noqa: F401 (the fixture)
+from tests.test_warm_units import JOB_KEYS, Order
 
 
 def prefetcher_of(core: Core, mode: str = "listing") -> Prefetcher:  # noqa: F811
@@ -141,3 +144,39 @@ async def test_an_order_of_cached_keys_asks_the_store_nothing(core: Core) -> Non
     assert (job.progress.cached, job.progress.fetched) == (many, 2)
     assert core.store.gets - gets == 2
     await p.close()
+
+
+async def _client_position(c: Core, top: str, gate: JobGate | None) -> int:
+    """A prefetch job (concurrency 32) over 40 objects takes the fill slots while the store
+    holds every GET; then a client misses: how many GETs began before the client's."""
+    keys = [f"{top}-{i:02d}" for i in range(JOB_KEYS)]
+    for key in [*keys, f"{top}-client"]:
+        c.put_file(key, b"p" * 2000)
+    order = Order(c)
+    mounts = {BUCKET: MountConfig(name=BUCKET, backend="fs")}  # type: ignore[arg-type]
+    p = Prefetcher()
+    fetch = functools.partial(prefetch.warm, c.reads)
+    p.attach(
+        c.reads, Router(mounts, {"fs": c.store}, c.cache.cfg), gated(gate, fetch) if gate else fetch
+    )  # type: ignore[dict-item]
+    c.store.gate.clear()
+    job = await p.start(BUCKET, keys, prefetch.MAX_WINDOW, concurrency=32)
+    await eventually(lambda: len(order.keys) >= 6, interval=0.005)
+    await asyncio.sleep(0.05)  # every job fetch that can start has started
+    client = asyncio.create_task(_read(c, f"{top}-client"))
+    await asyncio.sleep(0.05)
+    c.store.gate.set()
+    assert (await client)[1] == b"p" * 2000
+    await eventually(lambda: job.state == "done")
+    assert job.progress.fetched == JOB_KEYS
+    await p.close()
+    return order.keys.index(f"{top}-client")
+
+
+async def test_client_misses_go_before_prefetch_fetches(core: Core) -> None:  # noqa: F811
+    max_fills = core.cache.cfg.max_fills  # 8
+    # ungated, the job takes every slot and queues more: the client waits behind them
+    assert await _client_position(core, "plain", None) >= max_fills + 4
+    # through the jobs' gate (as the server wires it) the job holds 6 of the 8 slots
+    gate = JobGate(core.reads.fills, job_share(max_fills))
+    assert await _client_position(core, "first", gate) <= max_fills
