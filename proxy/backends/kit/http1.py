@@ -35,6 +35,7 @@ import httptools
 from multidict import CIMultiDict
 
 from proxy.memo import remember
+from proxy.slots import Slots
 
 HIGH_WATER = 2 * 64 * 1024
 LOW_WATER = 64 * 1024
@@ -328,7 +329,7 @@ class Http1Pool:
         self._read_timeout = read_timeout
         self._ssl = ssl_context
         self._keepalive = keepalive
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = Slots(max_connections)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._live: set[_Connection] = set()
 
@@ -347,9 +348,7 @@ class Http1Pool:
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         host, port = address(scheme, netloc)
         key = (scheme, host, port)
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max)
-        await self._slots.acquire()
+        await self._slots.take(None)
         conn = self._idle_one(key)
         try:
             reused = conn is not None
@@ -406,7 +405,6 @@ class Http1Pool:
 
     def put_back(self, key: tuple[str, str, int], conn: _Connection, done: bool) -> None:
         """A response is finished with: keep its connection if it can serve another."""
-        assert self._slots is not None
         self._slots.release()
         idle = self._idle.setdefault(key, [])
         if done and conn.keep_alive and not conn.closed and len(idle) < self._max:
