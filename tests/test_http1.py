@@ -235,6 +235,44 @@ async def test_read_and_connect_timeouts(serve: Callable[..., Awaitable[Server]]
         await p.close()
 
 
+async def test_read_timeout_bounds_each_wait_not_the_answer(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    """read_timeout bounds each wait for bytes: an answer that trickles in for longer than it,
+    but faster between pieces, is read whole, on a connection whose timer an earlier answer's
+    wait armed (it goes off mid-trickle and must wait on); a stall after it still times out."""
+
+    async def trickles(line: str, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
+        await w.drain()
+        for piece in (b"ab", b"cd", b"ef", b"gh", b"ij"):
+            await asyncio.sleep(0.15)
+            w.write(piece)
+            await w.drain()
+        await asyncio.sleep(30)
+        return False
+
+    server = await serve({"/small": answer(b"s"), "/trickles": trickles})
+    p = pool(read=0.6, max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(10):
+            assert await get(p, server, "/small") == (200, b"s")
+            resp = await p.request("GET", "http", f"127.0.0.1:{server.port}", "/trickles", {})
+            got = b""
+            while len(got) < 10:
+                got += await resp.read(100)
+            assert got == b"abcdefghij"
+            waited = loop.time()
+            with pytest.raises(TimeoutError):
+                await resp.read(100)
+            assert loop.time() - waited >= 0.5  # from the last wait's start, not the first's
+            resp.release()
+        assert server.connections == 1  # the trickle came on the first answer's connection
+    finally:
+        await p.close()
+
+
 async def test_early_release_closes_the_connection(serve: Callable[..., Awaitable[Server]]) -> None:
     server = await serve({"/big": answer(b"z" * (8 << 20)), "/small": answer(b"s")})
     p = pool()

@@ -7,13 +7,18 @@ large fill is not starved by small ones. A read-ahead fill only starts when its 
 granted at once (``claim_now``), so a reader that waits holds no memory beyond its current
 chunk, and readers cannot hold memory while waiting on each other.
 
-``Slots``: the ceiling on store fetches at once (``cache.max_fills``), first come, first served.
+``Slots`` (proxy/slots.py): the ceiling on store fetches at once (``cache.max_fills``), first
+come, first served.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+
+from proxy.slots import Slots
+
+__all__ = ["Claim", "MemoryBudget", "Slots"]
 
 
 class Claim:
@@ -94,42 +99,3 @@ class MemoryBudget:
             queue.popleft()
             self.used += claim.n
             fut.set_result(None)
-
-
-class Slots:
-    """``n`` things at once (store fetches), first come, first served. A free slot is taken
-    without awaiting or a timer (asyncio.Semaphore asks locked(), a scan of its waiters, twice
-    per acquire); while any waits, a newcomer queues behind it."""
-
-    __slots__ = ("free", "_queue")
-
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self._queue: deque[asyncio.Future[None]] = deque()  # none waits while any is free
-
-    async def take(self, wait: float) -> bool:
-        """A slot, waiting up to ``wait`` seconds for one; False when none came in time."""
-        if self.free and not self._queue:
-            self.free -= 1
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._queue.append(waiter)
-        try:
-            async with asyncio.timeout(wait):
-                await waiter
-        except TimeoutError:
-            return waiter.done() and not waiter.cancelled()  # handed one as the timer fired
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed one as the reader went: pass it on
-            raise
-        return True
-
-    def release(self) -> None:
-        queue = self._queue
-        while queue:
-            waiter = queue.popleft()
-            if not waiter.done():  # a cancelled or timed-out waiter's is done
-                waiter.set_result(None)
-                return
-        self.free += 1

@@ -35,6 +35,7 @@ import httptools
 from multidict import CIMultiDict
 
 from proxy.memo import remember
+from proxy.slots import Slots
 
 HIGH_WATER = 2 * 64 * 1024
 LOW_WATER = 64 * 1024
@@ -136,6 +137,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # the loop time the wait under way times out at
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- transport
 
@@ -165,6 +168,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:  # a wait under way ends below
+            self._timer.cancel()
+            self._timer = None
         if self._parser is None or self.complete:
             return
         if self.headers is not None and self._until_close:
@@ -176,6 +182,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -225,23 +234,28 @@ class _Connection(asyncio.Protocol):
         if self._error is not None:
             raise self._error
         waiter = self._waiter = self._loop.create_future()
-        timer = (
-            self._loop.call_later(self._read_timeout, self._time_out, waiter)
-            if self._read_timeout
-            else None
-        )
+        if self._read_timeout:
+            # One timer per connection, not one per wait: each wait moves the deadline on;
+            # the timer, when it fires early (armed by an earlier wait), re-arms itself for it.
+            self._deadline = self._loop.time() + self._read_timeout
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._deadline, self._time_out)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
-    def _time_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self._error = TimeoutError("no answer from the store within read_timeout")
-            waiter.set_exception(self._error)
-            self.close()
+    def _time_out(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait under way: the next one arms it again
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._time_out)
+            return
+        self._error = TimeoutError("no answer from the store within read_timeout")
+        waiter.set_exception(self._error)
+        self.close()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -328,7 +342,7 @@ class Http1Pool:
         self._read_timeout = read_timeout
         self._ssl = ssl_context
         self._keepalive = keepalive
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = Slots(max_connections)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._live: set[_Connection] = set()
 
@@ -347,9 +361,7 @@ class Http1Pool:
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         host, port = address(scheme, netloc)
         key = (scheme, host, port)
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max)
-        await self._slots.acquire()
+        await self._slots.take(None)
         conn = self._idle_one(key)
         try:
             reused = conn is not None
@@ -406,7 +418,6 @@ class Http1Pool:
 
     def put_back(self, key: tuple[str, str, int], conn: _Connection, done: bool) -> None:
         """A response is finished with: keep its connection if it can serve another."""
-        assert self._slots is not None
         self._slots.release()
         idle = self._idle.setdefault(key, [])
         if done and conn.keep_alive and not conn.closed and len(idle) < self._max:
