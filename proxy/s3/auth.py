@@ -52,6 +52,9 @@ VERIFIED_URLS_MAX = 100_000  # (a few hundred bytes each; cleared when full)
 CLAIMS_MAX = 1024  # header claims kept per Authenticator (cleared when full)
 _CLAIM_CHARS = 1024  # the longest Authorization header part kept (botocore's are ~200)
 _NAME_SETS_MAX = 64  # header name lists known clean per claim (cleared when full)
+_NAMES_MAX = 32  # header names in a list kept clean for presigned URLs
+_NAME_CHARS = 1024  # their characters
+_HOST_ONLY = ("host",)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,11 @@ class Authenticator:
         self._keys: dict[tuple[str, str], bytes] = {}
         # presigned URLs (only Host signed) that verified, for a body-less read: a dataset's
         # URL list is read again each epoch
-        self._verified_urls: dict[tuple[str, str, str], Signed] = {}
+        # (the access key and the window of time _check_time accepts, open bounds)
+        self._verified_urls: dict[tuple[str, str, str], tuple[str, float, float]] = {}
+        # the lists of header names seen with a known presigned URL that carry no unsigned
+        # x-amz-* header (a function of the names alone: such a URL signs only Host)
+        self._clean_names: set[tuple[str, ...]] = set()
         # header claims that verified for a body-less read without a query (each request's
         # own signature, date and headers are still checked; only the claim's parse and the
         # checks of the claim alone are kept): see _header_read
@@ -212,7 +219,12 @@ class Authenticator:
                 return self._anonymous_read
         headers = request.headers
         authorization = headers.get("Authorization")
-        if authorization is not None and self._claims and "?" not in request.raw_path:
+        if authorization is None:
+            if self._verified_urls and "?" in request.raw_path:
+                read = self._known_url(request, headers)
+                if read is not None:
+                    return read
+        elif self._claims and "?" not in request.raw_path:
             read = self._header_read(request, headers, authorization)
             if read is not None:
                 return read
@@ -241,11 +253,6 @@ class Authenticator:
         else:
             if request.method in _READ_METHODS and not request.body_exists:
                 url = (request.method, headers.get("Host", ""), request.raw_path)
-                known = self._verified_urls.get(url)
-                if known is not None and request.content_length is None:
-                    self._check_time(known)  # (its scope and signature were checked)
-                    sigv4.require_signed_amz_headers(headers, known)
-                    return self._reads[known.access_key, True]
             signed = sigv4.parse_query(query)
         entry = self._users.get(signed.access_key)
         if entry is None:
@@ -259,17 +266,50 @@ class Authenticator:
         self._check_scope(signed)
         key = self._signing_key(signed.access_key, secret, signed.date)
         sigv4.verify(request, signed, key, self.region)
-        sigv4.require_signed_amz_headers(request.headers, signed)
+        if url is not None and signed.signed_headers == _HOST_ONLY:
+            self._require_signed_names(headers)
+        else:
+            sigv4.require_signed_amz_headers(headers, signed)
         spec = self._payload_spec(request, signed, key, signed.presigned)
         if spec is _NO_BODY:
-            if url is not None and signed.signed_headers == ("host",):
+            if url is not None and signed.signed_headers == _HOST_ONLY:
                 # the same URL verifies the same (the canonical request is made of the
-                # method, the Host and the raw path alone): later uses skip the HMACs
-                remember(self._verified_urls, url, signed, VERIFIED_URLS_MAX)
+                # method, the Host and the raw path alone): later uses skip the HMACs. Kept
+                # with the window _check_time accepts (open bounds: its edges go the full way)
+                when = sigv4.epoch(signed.timestamp)
+                window = (signed.access_key, when - MAX_SKEW, when + signed.expires)
+                remember(self._verified_urls, url, window, VERIFIED_URLS_MAX)
             elif authorization is not None and "?" not in request.raw_path:
                 self._remember_claim(authorization, signed, key)
             return self._reads[signed.access_key, signed.presigned]
         return AuthResult(principal, spec, signed.presigned)
+
+    def _known_url(
+        self, request: web.BaseRequest, headers: CIMultiDictProxy[str]
+    ) -> AuthResult | None:
+        """The answer to a presigned GET or HEAD without a body whose URL (method, Host, raw
+        path) verified before, inside its time window (the same URL verifies the same: its
+        signature covers nothing else); AccessDenied for an x-amz-* header nobody signed, as
+        the full way; None sends it the full way, which answers or refuses."""
+        known = self._verified_urls.get((request.method, headers.get("Host", ""), request.raw_path))
+        if known is None or request.body_exists or request.content_length is not None:
+            return None
+        access_key, start, end = known
+        if not start < self._now() < end:
+            return None  # not yet, or no longer: the full way says which
+        self._require_signed_names(headers)
+        return self._reads[access_key, True]
+
+    def _require_signed_names(self, headers: CIMultiDictProxy[str]) -> None:
+        """sigv4.require_signed_amz_headers for a presigned URL that signs only Host: a
+        function of the header names alone, so the lists found clean are kept."""
+        names = tuple(headers)
+        if names not in self._clean_names:
+            sigv4.refuse_unsigned(sigv4.unsigned_amz_headers(names, _HOST_ONLY, True))
+            if len(names) <= _NAMES_MAX and sum(map(len, names)) <= _NAME_CHARS:
+                if len(self._clean_names) >= _NAME_SETS_MAX:
+                    self._clean_names.clear()
+                self._clean_names.add(names)
 
     def _header_read(
         self, request: web.BaseRequest, headers: CIMultiDictProxy[str], authorization: str

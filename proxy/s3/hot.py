@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from proxy import errors, metrics
 from proxy.core.hot import HotObjects
+from proxy.memo import remember
 from proxy.model import ObjectMeta
 from proxy.routing import Router
 from proxy.s3 import parse, sigv2, whole
@@ -51,12 +53,39 @@ PLAIN_HEADERS = frozenset(
     )
 )
 _AUTH_PARAMS = PRESIGN_PARAMS | sigv2.QUERY_PARAMS
+_AUTH_HEADS: dict[str, bool] = {}  # _auth_only of a query's pairs before its last
+_AUTH_HEADS_MAX = 1024  # (cleared when full)
+_AUTH_HEAD_CHARS = 1024  # the longest kept (botocore's are ~200)
 _OPS = ("GetObject", "HeadObject")
 _ADMITTED = (200, 206)
+RANGES_MAX = 1024  # (Range header, object size) pairs resolved (cleared when full)
+
+
+class _Part(NamedTuple):
+    """A satisfiable range of an object: inclusive offsets and the Content-Range value."""
+
+    first: int
+    last: int
+    content_range: str
+
+
+_WHOLE = _Part(0, -1, "")  # no Range, or one S3 ignores: the whole object, 200
+_UNSATISFIABLE = _Part(-1, -1, "")  # the usual path answers (InvalidRange)
 
 
 def _auth_only(query: str) -> bool:
-    """The raw query names only a presigned URL's parameters."""
+    """The raw query names only a presigned URL's parameters. All but its last pair (a
+    signature, in botocore's order) repeat across a client's URLs: their answer is memoised."""
+    head, _, last = query.rpartition("&")
+    known = _AUTH_HEADS.get(head)
+    if known is None:
+        known = _names_auth_only(head)
+        if len(head) <= _AUTH_HEAD_CHARS:
+            remember(_AUTH_HEADS, head, known, _AUTH_HEADS_MAX)
+    return known and _names_auth_only(last)
+
+
+def _names_auth_only(query: str) -> bool:
     for part in query.split("&"):
         name = part.partition("=")[0]
         if "%" in name:
@@ -80,6 +109,7 @@ class HotPath:
         self.router = router
         self.domains = domains
         self.usual = usual
+        self._ranges: dict[tuple[str | None, int], _Part] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -113,28 +143,28 @@ class HotPath:
         if (query and not auth.presigned) or not auth.allows(entry.bucket, False):
             return await self.usual(request)  # refused (or odd): the usual answer
         size = entry.rec.size
-        rng = parse.parse_range(request.headers.get("Range")) if ranged else None
-        if rng is not None:
-            try:
-                first, last = rng.resolve(size)
-            except errors.S3Error:
+        part = _WHOLE
+        if ranged:
+            value = request.headers.get("Range")
+            part = self._ranges.get((value, size)) or self._part(value, size)
+            if part is _UNSATISFIABLE:
                 return await self.usual(request)  # InvalidRange, as the usual path says it
         rid = request["request_id"]
         fields = {**entry.fields, "x-amz-request-id": rid, "x-amz-id-2": rid}
         # as read_handlers._object_headers: checksums of a whole answer, when asked
         if (
             mode
-            and rng is None
+            and part is _WHOLE
             and request.headers.get("x-amz-checksum-mode", "").upper() == ("ENABLED")
         ):
             fields.update(entry.checksums)
         status = 200
-        if rng is not None:
+        if part is not _WHOLE:
             status = 206
-            fields["Content-Range"] = f"bytes {first}-{last}/{size}"
-            size = last - first + 1
+            fields["Content-Range"] = part.content_range
+            size = part.last - part.first + 1
             if size != len(body):
-                body = body[first : last + 1]
+                body = body[part.first : part.last + 1]
         metrics.HOT_HIT.inc()
         if head:
             request["op"] = "HeadObject"
@@ -143,6 +173,22 @@ class HotPath:
         request["source"] = "cache"
         self.table.count_get(entry, len(body), started)
         return whole.respond(request, status, fields, body, len(body))
+
+    def _part(self, value: str | None, size: int) -> _Part:
+        """What a Range header asks of an object of ``size`` bytes, as the usual path reads
+        it: the part, _WHOLE for one S3 ignores (malformed, several ranges), _UNSATISFIABLE
+        for one it refuses. Memoised by (value, size): clients ask the same few ranges."""
+        rng = parse.parse_range(value)
+        if rng is None:
+            part = _WHOLE
+        else:
+            try:
+                first, last = rng.resolve(size)
+            except errors.S3Error:
+                part = _UNSATISFIABLE
+            else:
+                part = _Part(first, last, f"bytes {first}-{last}/{size}")
+        return remember(self._ranges, (value, size), part, RANGES_MAX)
 
     def _admit(self, request: web.BaseRequest, key: Hashable) -> None:
         found = request.get("object")  # (mount, remote key), as dispatch resolved them
