@@ -202,6 +202,10 @@ class Authenticator:
         # URL list is read again each epoch
         # (the access key and the window of time _check_time accepts, open bounds)
         self._verified_urls: dict[tuple[str, str, str], tuple[str, float, float]] = {}
+        # SigV2 presigned URLs that verified, for a body-less read without the headers SigV2
+        # signs (Content-MD5, Content-Type, x-amz-*): their signature covers the method and
+        # the raw path and query alone. (The access key and the window of Expires, open bounds)
+        self._verified_v2: dict[tuple[str, str, str], tuple[str, float, float]] = {}
         # the lists of header names seen with a known presigned URL that carry no unsigned
         # x-amz-* header (a function of the names alone: such a URL signs only Host)
         self._clean_names: set[tuple[str, ...]] = set()
@@ -220,7 +224,7 @@ class Authenticator:
         headers = request.headers
         authorization = headers.get("Authorization")
         if authorization is None:
-            if self._verified_urls and "?" in request.raw_path:
+            if (self._verified_urls or self._verified_v2) and "?" in request.raw_path:
                 read = self._known_url(request, headers)
                 if read is not None:
                     return read
@@ -291,13 +295,20 @@ class Authenticator:
         path) verified before, inside its time window (the same URL verifies the same: its
         signature covers nothing else); AccessDenied for an x-amz-* header nobody signed, as
         the full way; None sends it the full way, which answers or refuses."""
-        known = self._verified_urls.get((request.method, headers.get("Host", ""), request.raw_path))
+        url = (request.method, headers.get("Host", ""), request.raw_path)
+        known = self._verified_urls.get(url)
+        v2 = known is None
+        if v2:
+            known = self._verified_v2.get(url)
         if known is None or request.body_exists or request.content_length is not None:
             return None
         access_key, start, end = known
         if not start < self._now() < end:
             return None  # not yet, or no longer: the full way says which
-        self._require_signed_names(headers)
+        if not v2:
+            self._require_signed_names(headers)
+        elif _signs_v2_headers(headers):
+            return None  # signed by SigV2 (or not, and refused): the full way checks them
         return self._reads[access_key, True]
 
     def _require_signed_names(self, headers: CIMultiDictProxy[str]) -> None:
@@ -392,7 +403,20 @@ class Authenticator:
                 ServerTime=sigv4.iso(now),
             )
         presigned = signed.expires is not None
-        return AuthResult(principal, self._payload_spec(request, None, None, True), presigned)
+        spec = self._payload_spec(request, None, None, True)
+        if (
+            signed.expires is not None
+            and spec is _NO_BODY
+            and request.method in _READ_METHODS
+            and not _signs_v2_headers(request.headers)
+        ):
+            # the same URL verifies the same while the checks above pass: in the window
+            # (Expires - a week, Expires), open bounds (its edges go the full way)
+            url = (request.method, request.headers.get("Host", ""), request.raw_path)
+            window = (signed.access_key, signed.expires - sigv4.MAX_EXPIRES, signed.expires)
+            remember(self._verified_v2, url, window, VERIFIED_URLS_MAX)
+            return self._reads[signed.access_key, True]
+        return AuthResult(principal, spec, presigned)
 
     # -- checks -----------------------------------------------------------------------------
     def _check_time(self, signed: Signed) -> None:
@@ -548,3 +572,12 @@ def _decoded_length(value: str | None) -> int | None:
             ArgumentValue=value[:64],
         )
     return int(value)
+
+
+def _signs_v2_headers(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether SigV2 signs any of these headers (Content-MD5, Content-Type, x-amz-*)."""
+    for name in headers:
+        lname = name.lower()
+        if lname.startswith("x-amz-") or lname in ("content-md5", "content-type"):
+            return True
+    return False
