@@ -68,7 +68,7 @@ class Progress:
     fetched: int = 0  # filled from the store by this job
     cached: int = 0  # already cached and fresh: nothing to fetch
     failed: int = 0
-    used: int = 0  # read by a client after this job fetched (or was fetching) it
+    used: int = 0  # read by a client after this job fetched it, was fetching it or found it cached
     wasted: int = 0  # passed over by the reads without being read
 
 
