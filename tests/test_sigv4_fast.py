@@ -266,3 +266,11 @@ def test_hot_range_parts_are_the_usual_reading(asks: list[tuple[str, int]]) -> N
                 assert part is hot._UNSATISFIABLE
                 continue
             assert part == (first, last, f"bytes {first}-{last}/{size}")
+
+
+def test_hot_range_memo_keeps_short_values_only() -> None:
+    path = hot.HotPath(*cast(Any, [None] * 5))
+    long = "bytes=" + "0" * 100 + "3-5"  # leading zeros: the same range, a long header
+    assert path._part(long, 10) == (3, 5, "bytes 3-5/10")
+    assert path._part("bytes=3-5", 10) == (3, 5, "bytes 3-5/10")
+    assert list(path._ranges) == [("bytes=3-5", 10)]

@@ -59,6 +59,7 @@ _AUTH_HEAD_CHARS = 1024  # the longest kept (botocore's are ~200)
 _OPS = ("GetObject", "HeadObject")
 _ADMITTED = (200, 206)
 RANGES_MAX = 1024  # (Range header, object size) pairs resolved (cleared when full)
+RANGE_CHARS = 64  # the longest Range value kept (a client's header may be kilobytes long)
 
 
 class _Part(NamedTuple):
@@ -188,6 +189,8 @@ class HotPath:
                 part = _UNSATISFIABLE
             else:
                 part = _Part(first, last, f"bytes {first}-{last}/{size}")
+        if value is not None and len(value) > RANGE_CHARS:
+            return part
         return remember(self._ranges, (value, size), part, RANGES_MAX)
 
     def _admit(self, request: web.BaseRequest, key: Hashable) -> None:
