@@ -307,7 +307,7 @@ class Authenticator:
             return None  # not yet, or no longer: the full way says which
         if not v2:
             self._require_signed_names(headers)
-        elif _signs_v2_headers(headers):
+        elif sigv2.signs_any(headers):
             return None  # signed by SigV2 (or not, and refused): the full way checks them
         return self._reads[access_key, True]
 
@@ -408,7 +408,7 @@ class Authenticator:
             signed.expires is not None
             and spec is _NO_BODY
             and request.method in _READ_METHODS
-            and not _signs_v2_headers(request.headers)
+            and not sigv2.signs_any(request.headers)
         ):
             # the same URL verifies the same while the checks above pass: in the window
             # (Expires - a week, Expires), open bounds (its edges go the full way)
@@ -572,12 +572,3 @@ def _decoded_length(value: str | None) -> int | None:
             ArgumentValue=value[:64],
         )
     return int(value)
-
-
-def _signs_v2_headers(headers: CIMultiDictProxy[str]) -> bool:
-    """Whether SigV2 signs any of these headers (Content-MD5, Content-Type, x-amz-*)."""
-    for name in headers:
-        lname = name.lower()
-        if lname.startswith("x-amz-") or lname in ("content-md5", "content-type"):
-            return True
-    return False

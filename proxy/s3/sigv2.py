@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -31,6 +32,16 @@ class SignedV2:
     access_key: str
     signature: str  # base64 of the HMAC-SHA1
     expires: int | None  # presigned: the epoch second it stops working; None: header auth
+
+
+def signs_header(lname: str) -> bool:
+    """SigV2 signs this header (a lower-case name): Content-MD5, Content-Type, x-amz-*."""
+    return lname.startswith("x-amz-") or lname in ("content-md5", "content-type")
+
+
+def signs_any(names: Iterable[str]) -> bool:
+    """Any of these header names is one SigV2 signs."""
+    return any(signs_header(name.lower()) for name in names)
 
 
 def is_presigned(query: str) -> bool:
@@ -67,7 +78,7 @@ def verify(request: web.BaseRequest, signed: SignedV2, secret: bytes) -> None:
     headers = HTTPHeaders()
     for name, value in request.headers.items():
         lname = name.lower()
-        if lname in ("content-md5", "content-type") or lname.startswith("x-amz-"):
+        if signs_header(lname):
             headers[lname] = value
     dates = [request.headers.get("Date", "")]
     if signed.expires is not None:
@@ -75,7 +86,7 @@ def verify(request: web.BaseRequest, signed: SignedV2, secret: bytes) -> None:
         for part in query.split("&"):  # botocore moves x-amz-* headers into a presigned query
             name, _, value = part.partition("=")
             lname = unquote(name).lower()
-            if lname.startswith("x-amz-") or lname in ("content-md5", "content-type"):
+            if signs_header(lname):
                 headers[lname] = unquote(value)
     elif "x-amz-date" in headers:
         dates.insert(0, "")  # x-amz-date is signed among the x-amz-* headers; Date stays empty
