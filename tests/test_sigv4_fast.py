@@ -28,7 +28,6 @@ from multidict import CIMultiDict
 
 from proxy import errors
 from proxy.config_access import AuthConfig
-from proxy.s3 import auth as auth_module
 from proxy.s3 import hot, parse, sigv4
 from proxy.s3.auth import Authenticator
 from tests.sigv4kit import Wire, mocked, sign_header
@@ -147,8 +146,8 @@ def test_botocore_signed_reads_answer_as_the_long_way(monkeypatch: pytest.Monkey
         _forget()
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(sigv4, "_attempt", _old_attempt)
-            mp.setattr(sigv4, "_HOST_ONLY", ("-",))  # never a claim's: the generic tail
-            mp.setattr(auth_module, "_HOST_ONLY", ("-",))  # and the generic header check
+            # never a claim's: the generic tail and the generic header check
+            mp.setattr(sigv4, "HOST_ONLY", ("-",))
             auth = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
             answer = outcome(lambda: auth.authenticate(mocked(wire)))
         _forget()
@@ -185,7 +184,7 @@ def test_the_presigned_tail_is_the_generic_one(hosts: list[str]) -> None:
     request = make_mocked_request("GET", "/b/k", CIMultiDict([("Host", h) for h in hosts]))
     fast = outcome_text(lambda: sigv4._canonical_tail(request, signed))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sigv4, "_HOST_ONLY", ("-",))
+        mp.setattr(sigv4, "HOST_ONLY", ("-",))
         assert outcome_text(lambda: sigv4._canonical_tail(request, signed)) == fast
 
 

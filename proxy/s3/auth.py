@@ -54,7 +54,6 @@ _CLAIM_CHARS = 1024  # the longest Authorization header part kept (botocore's ar
 _NAME_SETS_MAX = 64  # header name lists known clean per claim (cleared when full)
 _NAMES_MAX = 32  # header names in a list kept clean for presigned URLs
 _NAME_CHARS = 1024  # their characters
-_HOST_ONLY = ("host",)
 
 
 @dataclass(frozen=True)
@@ -270,13 +269,13 @@ class Authenticator:
         self._check_scope(signed)
         key = self._signing_key(signed.access_key, secret, signed.date)
         sigv4.verify(request, signed, key, self.region)
-        if url is not None and signed.signed_headers == _HOST_ONLY:
+        if url is not None and signed.signed_headers == sigv4.HOST_ONLY:
             self._require_signed_names(headers)
         else:
             sigv4.require_signed_amz_headers(headers, signed)
         spec = self._payload_spec(request, signed, key, signed.presigned)
         if spec is _NO_BODY:
-            if url is not None and signed.signed_headers == _HOST_ONLY:
+            if url is not None and signed.signed_headers == sigv4.HOST_ONLY:
                 # the same URL verifies the same (the canonical request is made of the
                 # method, the Host and the raw path alone): later uses skip the HMACs. Kept
                 # with the window _check_time accepts (open bounds: its edges go the full way)
@@ -316,7 +315,7 @@ class Authenticator:
         function of the header names alone, so the lists found clean are kept."""
         names = tuple(headers)
         if names not in self._clean_names:
-            sigv4.refuse_unsigned(sigv4.unsigned_amz_headers(names, _HOST_ONLY, True))
+            sigv4.refuse_unsigned(sigv4.unsigned_amz_headers(names, sigv4.HOST_ONLY, True))
             if len(names) <= _NAMES_MAX and sum(map(len, names)) <= _NAME_CHARS:
                 if len(self._clean_names) >= _NAME_SETS_MAX:
                     self._clean_names.clear()

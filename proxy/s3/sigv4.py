@@ -173,7 +173,7 @@ def verify_plain(
 def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
     """The canonical request after its query: the signed headers, their names, the payload
     hash (as botocore: a signed x-amz-content-sha256 wins)."""
-    if signed.presigned and signed.signed_headers == _HOST_ONLY:
+    if signed.presigned and signed.signed_headers == HOST_ONLY:
         # a presigned URL's usual claim: _tail's text for it, straight
         hosts = request.headers.getall("host", None)
         if hosts is not None and len(hosts) == 1:
@@ -189,7 +189,7 @@ def _canonical_tail(request: web.BaseRequest, signed: Signed) -> str:
     return tail
 
 
-_HOST_ONLY = ("host",)
+HOST_ONLY = ("host",)  # the signed headers of a presigned URL's usual claim
 
 
 def _tail(
