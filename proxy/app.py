@@ -46,7 +46,7 @@ from proxy.core.listing import Listing
 from proxy.core.prefetch import Prefetcher, warm
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
-from proxy.jobs.gate import JobGate, gated, job_share
+from proxy.jobs.gate import gated, jobs_gate
 from proxy.jobs.registry import Jobs
 from proxy.jobs.store import JobFiles, jobs_dir
 from proxy.jobs.warm import JobCore, Owners, drain, drain_chunk, drain_committed
@@ -382,7 +382,7 @@ async def _worker(cfg: Config, feed: ReadFeed, warms: str, ready: MpEvent) -> No
         app.reads.on_read = feed.sender()  # the supervisor's prefetcher follows the reads
         app.listing.on_list = feed.list_sender()  # and prefetches what they list
         # and hands its jobs' fetches to the workers, which yield them to their client misses
-        gate = JobGate(app.reads.fills, job_share(cfg.cache.max_fills))
+        gate = jobs_gate(app.reads.fills)
         handed = await warmfeed.serve(
             warms,
             gated(gate, functools.partial(warm, app.reads)),

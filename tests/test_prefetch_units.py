@@ -10,7 +10,7 @@ from proxy.config import MountConfig
 from proxy.core import prefetch
 from proxy.core.prefetch import Prefetcher
 from proxy.core.prefetch_order import encode_lines
-from proxy.jobs.gate import JobGate, gated, job_share
+from proxy.jobs.gate import JobGate, gated, jobs_gate
 from proxy.routing import Router
 from tests.faultkit import eventually
 from tests.test_core_units import BUCKET, Core, _read, core  # noqa: F401 (the fixture)
@@ -178,5 +178,5 @@ async def test_client_misses_go_before_prefetch_fetches(core: Core) -> None:  # 
     # ungated, the job takes every slot and queues more: the client waits behind them
     assert await _client_position(core, "plain", None) >= max_fills + 4
     # through the jobs' gate (as the server wires it) the job holds 6 of the 8 slots
-    gate = JobGate(core.reads.fills, job_share(max_fills))
+    gate = jobs_gate(core.reads.fills)
     assert await _client_position(core, "first", gate) <= max_fills

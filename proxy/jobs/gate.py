@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 def job_share(max_fills: int) -> int:
-    """The fill slots warm jobs may use together: three quarters, at least one."""
+    """The fill slots jobs may use together: three quarters, at least one."""
     return max(1, max_fills * 3 // 4)
 
 
@@ -48,3 +48,8 @@ def gated(
             return await fetch(mount, key)
 
     return run
+
+
+def jobs_gate(fills: Fills) -> JobGate:
+    """The gate of a process's jobs over its ``fills``: ``job_share`` of its fill slots."""
+    return JobGate(fills, job_share(fills.cfg.max_fills))

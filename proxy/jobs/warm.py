@@ -25,7 +25,7 @@ from proxy.cache import pins
 from proxy.core.body import FileSlice
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
-from proxy.jobs.gate import JobGate, job_share
+from proxy.jobs.gate import JobGate, jobs_gate
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
 from proxy.model import ByteRange, ListEntry, ObjectMeta
@@ -65,8 +65,7 @@ class JobCore:
 
     def __post_init__(self) -> None:
         if self.gate is None:
-            fills = self.reads.fills
-            object.__setattr__(self, "gate", JobGate(fills, job_share(fills.cfg.max_fills)))
+            object.__setattr__(self, "gate", jobs_gate(self.reads.fills))
 
 
 @dataclass
