@@ -16,13 +16,14 @@ from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core import fills as fills_module
 from proxy.core.body import FileSlice, ObjectRead, read_slice
-from proxy.core.budget import MemoryBudget, Slots
+from proxy.core.budget import MemoryBudget
 from proxy.core.fills import Fill, Fills
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
 from proxy.errors import ConfigError
 from proxy.model import ByteRange, ObjectMeta
 from proxy.routing import Mount
+from proxy.slots import Slots
 
 CHUNK = 64 * 1024
 CEILING = 4 * CHUNK

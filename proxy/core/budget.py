@@ -16,10 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from proxy.slots import Slots
-
-__all__ = ["Claim", "MemoryBudget", "Slots"]
-
 
 class Claim:
     """``n`` bytes of a budget, granted or queued; ``release`` gives back what is held."""

@@ -26,10 +26,11 @@ from proxy import errors, log, metrics
 from proxy.cache.locks import FillLocks
 from proxy.cache.store import CacheStore
 from proxy.config import CacheConfig
-from proxy.core.budget import Claim, MemoryBudget, Slots
+from proxy.core.budget import Claim, MemoryBudget
 from proxy.core.metadata import fresh, record_of
 from proxy.model import ObjectMeta
 from proxy.routing import Mount
+from proxy.slots import Slots
 
 LOCK_POLL_START = 0.001
 LOCK_POLL_MAX = 0.05
