@@ -1,28 +1,33 @@
-"""fastpath.py's two cold rows alone (issue 10: a cold small GET at concurrency 8 adds at most
-3 ms to the direct store's p50), round after round, with another checkout alternating.
+"""fastpath.py's cold GET figure alone (issue 10: a cold small GET at concurrency 8 adds at most
+3 ms to the direct store's p50), measured so that the other tenants' noise cancels out.
 
-    .venv/bin/python loadtest/cold.py [--rounds 5] [--cold 1000] [--against CHECKOUT]
+    .venv/bin/python loadtest/cold.py [--blocks 20] [--block 100] [--against CHECKOUT]
 
-SeaweedFS starts once and holds rounds x checkouts x ``--cold`` 16 KiB objects. Each round, for
-each checkout in turn (this one, then ``--against``'s; the order flips every round): the direct
-row over a block of keys nobody has read, then a new Slipstream of that checkout (an empty cache
-of its own) over the same keys, as fastpath.py's "cold GET c8: direct store" and "cold GET c8:
-slipstream" rows. A round's added p50 is the Slipstream row's p50 minus the direct row's just
-before it. One round is noisy on a shared machine (the other tenants' CPU moves both rows by
-milliseconds): the medians over the rounds are the figures. Beside each: Slipstream's CPU per
-request (all its processes), which the added p50 follows where the CPUs are all busy (every
-process of a cold row, client and store included, shares them).
+fastpath.py times the direct store and Slipstream in two rows one after the other: on a shared
+machine the other tenants' CPU moves each row's p50 by milliseconds, so one run's difference
+says little (rounds here gave -1.6 to +14 ms for the same checkout). This script interleaves:
+SeaweedFS holds ``blocks x block`` 16 KiB objects; Slipstream runs once (``--against``: a
+second Slipstream of that checkout beside it, its own empty cache); then block after block, in
+turn (the order rotates each block), ``--block`` requests at ``--cold-concurrency`` go to the
+store directly (presigned) and the same keys through each Slipstream (every request a miss:
+checked at the end from its /metrics). Each arm's p50 is over all its requests; the added p50
+is an arm's minus the direct one's. Also shown: the median over blocks of a block's added p50,
+and each Slipstream's CPU per request (all its processes): where every CPU is busy (client,
+store and proxy share them), the added p50 follows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -32,112 +37,196 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests`, `loadtest`, `proxy` importable
     sys.path.insert(0, str(REPO_ROOT))
 
+import aiohttp  # noqa: E402
+from yarl import URL  # noqa: E402
+
 from loadtest import fastpath  # noqa: E402
-from loadtest.bench import BUCKET, SMALL_SIZE, Req, Row, _raise_interrupt, say  # noqa: E402
+from loadtest.bench import (  # noqa: E402
+    BUCKET,
+    SMALL_SIZE,
+    Req,
+    _percentile,
+    _proc_stat,
+    _raise_interrupt,
+    metric_delta,
+    proxy_problems,
+    say,
+    scrape,
+    scrape_settled,
+)
 from tests import proxyproc  # noqa: E402
+from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import S3Endpoint, make_s3_client  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cold", type=int, default=1000, help="cold 16 KiB objects per row")
+    ap.add_argument("--blocks", type=int, default=20)
+    ap.add_argument("--block", type=int, default=100, help="requests per arm and block")
     ap.add_argument("--cold-concurrency", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="Slipstream processes")
     ap.add_argument("--against", type=Path, help="another checkout (e.g. a clone of main)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     mine = ap.parse_args(argv)
-    checkouts = 2 if mine.against else 1
     args = fastpath.parse_args(
         ["--workers", str(mine.workers), "--cold-concurrency", str(mine.cold_concurrency)]
-        + ["--cold", str(mine.cold * mine.rounds * checkouts)]
+        + ["--cold", str(mine.blocks * mine.block)]
     )
     args.objects = 0  # no warm objects: the cold keys only
-    for k in ("rounds", "against", "json"):
+    for k in ("blocks", "block", "against", "json"):
         setattr(args, k, getattr(mine, k))
-    args.per_row = mine.cold
     return args
 
 
-def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """Every round's rows; per checkout, one entry a round."""
+class Arm:
+    """One target of the interleaved load: its requests (one per key), latencies, session."""
+
+    def __init__(self, name: str, reqs: Sequence[Req], concurrency: int) -> None:
+        self.name = name
+        self.reqs = reqs
+        self.concurrency = concurrency
+        self.latencies: list[float] = []
+        self.block_p50: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.session: aiohttp.ClientSession | None = None
+
+    async def run_block(self, reqs: Sequence[Req]) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency),
+                timeout=aiohttp.ClientTimeout(total=300),
+                auto_decompress=False,
+            )
+        session = self.session
+        pending = iter(reqs)
+        got: list[float] = []
+
+        async def worker() -> None:
+            for req in pending:
+                started = time.perf_counter()
+                try:
+                    async with session.get(URL(req.url, encoded=True), headers=req.headers) as r:
+                        body = await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._error(f"client {type(exc).__name__}")
+                    continue
+                got.append(time.perf_counter() - started)
+                if status != req.status:
+                    self._error(f"HTTP {status}")
+                elif req.expected is not None and body != req.expected():
+                    self._error("body differs")
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        self.latencies += got
+        self.block_p50.append(1000 * statistics.median(got) if got else 0.0)
+
+    def _error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def p50_ms(self) -> float:
+        return 1000 * _percentile(sorted(self.latencies), 50)
+
+
+def _cpu_seconds(pgid: int) -> float:
+    """CPU seconds of every live process of the process group ``pgid``."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = _proc_stat(int(entry.name))
+            if st is not None and st[0] == pgid:
+                total += st[1]
+    return total
+
+
+async def interleave(arms: Sequence[Arm], blocks: int, size: int) -> None:
+    try:
+        for b in range(blocks):
+            order = list(arms[b % len(arms) :]) + list(arms[: b % len(arms)])
+            for arm in order:
+                await arm.run_block(arm.reqs[b * size : (b + 1) * size])
+    finally:
+        for arm in arms:
+            if arm.session is not None:
+                await arm.session.close()
+
+
+def start(bench: fastpath.FastBench, name: str, checkout: Path) -> ProxyProcess:
+    config, env = bench.proxy_config()
+    config["cache"]["dir"] = str(bench.tmp / f"cache-{name}")
+    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
+    try:
+        return bench.launch_proxy(config, env, name=f"start Slipstream ({name})", where=name)
+    finally:
+        proxyproc.REPO_ROOT = saved
+
+
+def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, Any]:
     checkouts = {"this": REPO_ROOT}
     if args.against:
         checkouts["against"] = args.against.resolve()
     presigner = make_s3_client(
         S3Endpoint(bench.store_url, bench.weed.access_key, bench.weed.secret_key)
     )
+    keys = list(enumerate(bench.cold_keys))
+    expect = [partial(bench.data.small, n) for n, _ in keys]
     cc = args.cold_concurrency
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
-    block = 0
-    for r in range(args.rounds):
-        order = list(checkouts.items())
-        for name, checkout in order if r % 2 == 0 else order[::-1]:
-            n0 = block * args.per_row
-            keys = list(enumerate(bench.cold_keys))[n0 : n0 + args.per_row]
-            block += 1
-            expect = [partial(bench.data.small, n) for n, _ in keys]
-            direct = [
-                Req(bench.store_url + fastpath.presign_path(presigner, BUCKET, k), {}, 200,
-                    SMALL_SIZE, e)
-                for (_, k), e in zip(keys, expect, strict=True)
-            ]  # fmt: skip
-            d = bench.py_cold_row(f"cold GET c{cc}: direct store [{r} {name}]", direct, None)
-            config, env = bench.proxy_config()
-            config["cache"]["dir"] = str(bench.tmp / f"cache-{r}-{name}")
-            saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
-            try:
-                proxy = bench.launch_proxy(
-                    config, env, name=f"start Slipstream ({name})", where=f"proxy-{r}-{name}"
-                )
-            finally:
-                proxyproc.REPO_ROOT = saved
-            through = [
-                Req(f"{proxy.url}/{BUCKET}/{k}", {}, 200, SMALL_SIZE, e)
-                for (_, k), e in zip(keys, expect, strict=True)
-            ]
-            s = bench.py_cold_row(
-                f"cold GET c{cc}: slipstream [{r} {name}]", through, proxy.admin_url
-            )
-            bench.stop_proxy(proxy)
-            entry = _entry(d, s)
-            out[name].append(entry)
-            say(
-                f"  round {r} {name}: direct p50 {d.p50_ms:.2f} ms, slipstream p50 "
-                f"{s.p50_ms:.2f} ms, added {entry['added_p50_ms']:+.2f} ms, Slipstream CPU "
-                f"{entry['slipstream_cpu_ms_per_request']} ms/request"
-            )
+    direct = [
+        Req(bench.store_url + fastpath.presign_path(presigner, BUCKET, k), {}, 200, SMALL_SIZE, e)
+        for (_, k), e in zip(keys, expect, strict=True)
+    ]
+    arms = [Arm("direct store", direct, cc)]
+    proxies = {name: start(bench, name, checkout) for name, checkout in checkouts.items()}
+    for name, proxy in proxies.items():
+        reqs = [
+            Req(f"{proxy.url}/{BUCKET}/{k}", {}, 200, SMALL_SIZE, e)
+            for (_, k), e in zip(keys, expect, strict=True)
+        ]
+        arms.append(Arm(name, reqs, cc))
+    before = {name: (scrape(p.admin_url), _cpu_seconds(p.pid)) for name, p in proxies.items()}
+    say(f"interleaving {args.blocks} blocks of {args.block} requests x {len(arms)} arms at c{cc}")
+    import uvloop
+
+    uvloop.run(interleave(arms, args.blocks, args.block))
+    out: dict[str, Any] = {"direct_p50_ms": round(arms[0].p50_ms(), 2), "arms": {}}
+    for arm in arms[1:]:
+        proxy = proxies[arm.name]
+        cpu = _cpu_seconds(proxy.pid) - before[arm.name][1]
+        delta = metric_delta(before[arm.name][0], scrape_settled(proxy.admin_url))
+        hits = sum(delta.get("cache_hits_total", {}).values())
+        misses = sum(delta.get("cache_misses_total", {}).values())
+        if hits or misses != len(arm.reqs):
+            arm.errors[f"{hits:g} hits, {misses:g} misses (want {len(arm.reqs)} misses)"] = 1
+        by_block = [s - d for s, d in zip(arm.block_p50, arms[0].block_p50, strict=True)]
+        out["arms"][arm.name] = {
+            "p50_ms": round(arm.p50_ms(), 2),
+            "added_p50_ms": round(arm.p50_ms() - arms[0].p50_ms(), 2),
+            "median_block_added_p50_ms": round(statistics.median(by_block), 2),
+            "cpu_ms_per_request": round(1000 * cpu / len(arm.reqs), 3),
+            "errors": arm.errors,
+        }
+        bench.proxy_log_problems += proxy_problems(proxy)
+        proxy.stop()
+    out["direct_errors"] = arms[0].errors
     return out
 
 
-def _entry(direct: Row, slip: Row) -> dict[str, Any]:
-    cpu = 1000 / slip.req_per_cpu_s if slip.req_per_cpu_s else None
-    return {
-        "direct_p50_ms": round(direct.p50_ms, 2),
-        "slipstream_p50_ms": round(slip.p50_ms, 2),
-        "added_p50_ms": round(slip.p50_ms - direct.p50_ms, 2),
-        "slipstream_cpu_ms_per_request": None if cpu is None else round(cpu, 3),
-        "errors": {**direct.errors, **slip.errors},
-    }
-
-
-def report(results: dict[str, list[dict[str, Any]]], cc: int) -> bool:
-    ok = True
+def report(result: dict[str, Any], cc: int) -> bool:
     print()
-    print(f"cold GET c{cc}: p50 added to the store's (target <= {fastpath.COLD_TARGET_MS} ms)")
-    for name, entries in results.items():
-        added = [e["added_p50_ms"] for e in entries]
-        cpu = [
-            e["slipstream_cpu_ms_per_request"]
-            for e in entries
-            if e["slipstream_cpu_ms_per_request"]
-        ]
-        bad = [e["errors"] for e in entries if e["errors"]]
-        ok = ok and not bad
+    print(
+        f"cold GET c{cc}: p50 added to the store's (target <= {fastpath.COLD_TARGET_MS} ms); "
+        f"direct store p50 {result['direct_p50_ms']} ms"
+    )
+    ok = not result["direct_errors"]
+    if not ok:
+        print(f"  direct store ERRORS {result['direct_errors']}")
+    for name, a in result["arms"].items():
+        ok = ok and not a["errors"]
         print(
-            f"  {name:<8} added p50 by round {added}: median {statistics.median(added):+.2f} ms; "
-            f"Slipstream CPU ms/request median {statistics.median(cpu) if cpu else '-'}"
-            + (f"  ERRORS {bad}" if bad else "")
+            f"  {name:<8} p50 {a['p50_ms']:.2f} ms, added {a['added_p50_ms']:+.2f} ms "
+            f"(median over blocks {a['median_block_added_p50_ms']:+.2f} ms); "
+            f"Slipstream CPU {a['cpu_ms_per_request']:.3f} ms/request"
+            + (f"  ERRORS {a['errors']}" if a["errors"] else "")
         )
     return ok
 
@@ -151,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = fastpath.FastBench(args, stack, tmp)
         bench.start_store()
         bench.seed_small()
-        results = run(bench, args)
-        ok = report(results, args.cold_concurrency) and not bench.proxy_log_problems
+        result = run(bench, args)
+        ok = report(result, args.cold_concurrency) and not bench.proxy_log_problems
         for problem in bench.proxy_log_problems:
             print(f"  proxy log: {problem}")
         if args.json:
-            args.json.write_text(json.dumps({"valid": ok, "rounds": results}, indent=2) + "\n")
+            args.json.write_text(json.dumps({"valid": ok, **result}, indent=2) + "\n")
     return 0 if ok else 1
 
 
