@@ -468,11 +468,6 @@ class Fills:
                 fill.finish(errors.BackendUnavailable("The store's bytes fail their MD5 check."))
                 return
         fill.finish()  # readers have every byte; persisting follows
-        # Their turn first: a reader woken by finish() (or begin()) answers its client before
-        # the commit is prepared (the record, a copy of the bytes, the writer's queue), which
-        # no answer waits for. Without this the fill ran on into _persist and every reader of
-        # it waited behind that work.
-        await asyncio.sleep(0)
         await self._persist(fill, mount, key, meta, length)
 
     async def _persist(
