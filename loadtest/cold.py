@@ -12,8 +12,14 @@ turn (the order rotates each block), ``--block`` requests at ``--cold-concurrenc
 store directly (presigned) and the same keys through each Slipstream (every request a miss:
 checked at the end from its /metrics). Each arm's p50 is over all its requests; the added p50
 is an arm's minus the direct one's. Also shown: the median over blocks of a block's added p50,
-and each Slipstream's CPU per request (all its processes): where every CPU is busy (client,
-store and proxy share them), the added p50 follows it.
+each Slipstream's CPU per request (all its processes; where every CPU is busy, as at c8 on two
+cores with client and store beside it, the added p50 follows it) and its workers' shares of
+that CPU (SO_REUSEPORT hashes an arm's few connections over the workers: an uneven split makes
+one worker the bottleneck for the whole run).
+
+Resolution: main against itself gave added p50s 0.0 to 2.8 ms apart in a run while the other
+tenants were busy (direct p50 8-11 ms), and CPU per request within ~5%: compare several runs,
+and the CPU figure first.
 """
 
 from __future__ import annotations
@@ -128,15 +134,15 @@ class Arm:
         return 1000 * _percentile(sorted(self.latencies), 50)
 
 
-def _cpu_seconds(pgid: int) -> float:
-    """CPU seconds of every live process of the process group ``pgid``."""
-    total = 0.0
+def _cpu_seconds(pgid: int) -> dict[int, float]:
+    """CPU seconds of each live process of the process group ``pgid``, by pid."""
+    out: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             st = _proc_stat(int(entry.name))
             if st is not None and st[0] == pgid:
-                total += st[1]
-    return total
+                out[int(entry.name)] = st[1]
+    return out
 
 
 async def interleave(arms: Sequence[Arm], blocks: int, size: int) -> None:
@@ -191,7 +197,14 @@ def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"direct_p50_ms": round(arms[0].p50_ms(), 2), "arms": {}}
     for arm in arms[1:]:
         proxy = proxies[arm.name]
-        cpu = _cpu_seconds(proxy.pid) - before[arm.name][1]
+        was = before[arm.name][1]
+        used = {pid: t - was.get(pid, 0.0) for pid, t in _cpu_seconds(proxy.pid).items()}
+        cpu = sum(used.values())
+        # SO_REUSEPORT hashes the arm's few connections over the workers: an uneven split
+        # makes one worker the bottleneck for the whole run (shares of the workers' CPU)
+        workers = sorted(
+            (t for pid, t in used.items() if pid != proxy.pid and t > 0.01), reverse=True
+        )
         delta = metric_delta(before[arm.name][0], scrape_settled(proxy.admin_url))
         hits = sum(delta.get("cache_hits_total", {}).values())
         misses = sum(delta.get("cache_misses_total", {}).values())
@@ -203,6 +216,7 @@ def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, Any]:
             "added_p50_ms": round(arm.p50_ms() - arms[0].p50_ms(), 2),
             "median_block_added_p50_ms": round(statistics.median(by_block), 2),
             "cpu_ms_per_request": round(1000 * cpu / len(arm.reqs), 3),
+            "worker_cpu_shares": [round(t / (sum(workers) or 1), 2) for t in workers],
             "errors": arm.errors,
         }
         bench.proxy_log_problems += proxy_problems(proxy)
@@ -225,7 +239,8 @@ def report(result: dict[str, Any], cc: int) -> bool:
         print(
             f"  {name:<8} p50 {a['p50_ms']:.2f} ms, added {a['added_p50_ms']:+.2f} ms "
             f"(median over blocks {a['median_block_added_p50_ms']:+.2f} ms); "
-            f"Slipstream CPU {a['cpu_ms_per_request']:.3f} ms/request"
+            f"Slipstream CPU {a['cpu_ms_per_request']:.3f} ms/request, "
+            f"workers' shares {a['worker_cpu_shares']}"
             + (f"  ERRORS {a['errors']}" if a["errors"] else "")
         )
     return ok
