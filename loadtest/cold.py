@@ -44,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests`, `loadtest`,
     sys.path.insert(0, str(REPO_ROOT))
 
 import aiohttp  # noqa: E402
+import uvloop  # noqa: E402
 from yarl import URL  # noqa: E402
 
 from loadtest import fastpath  # noqa: E402
@@ -191,8 +192,6 @@ def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, Any]:
         arms.append(Arm(name, reqs, cc))
     before = {name: (scrape(p.admin_url), _cpu_seconds(p.pid)) for name, p in proxies.items()}
     say(f"interleaving {args.blocks} blocks of {args.block} requests x {len(arms)} arms at c{cc}")
-    import uvloop
-
     uvloop.run(interleave(arms, args.blocks, args.block))
     out: dict[str, Any] = {"direct_p50_ms": round(arms[0].p50_ms(), 2), "arms": {}}
     for arm in arms[1:]:
