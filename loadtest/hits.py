@@ -13,8 +13,9 @@ with SigV4 headers and presigned GETs (signed). Only the proxy's CPU is counted 
 process group's utime + stime from /proc). Prints hits per proxy CPU-second per row, the
 median over rounds, and this/against.
 
-``--profile out.txt`` runs ``py-spy record --format raw`` on this checkout's anonymous
-proxy during the first round's GET row (collapsed stacks; ``--gil`` samples only).
+``--profile out.txt`` runs ``py-spy record --format raw`` on this checkout's proxy during the
+first round's GET and SigV4 rows (``--profile-rows``: others) into out-ROW.txt (collapsed
+stacks; ``--gil`` samples only).
 """
 
 from __future__ import annotations
@@ -117,9 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=3, help="seconds per row")
     ap.add_argument("--only", default="", help="comma-separated rows (GET,HEAD,range,SigV4,...)")
     ap.add_argument("--profile", help="py-spy collapsed stacks of the first GET row (.txt)")
+    ap.add_argument(
+        "--profile-rows", default="GET,SigV4", help="the rows --profile records (comma-separated)"
+    )
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     only = {s for s in args.only.split(",") if s}
+    profile_rows = {s for s in args.profile_rows.split(",") if s}
     checkouts = {"this": REPO_ROOT}
     if args.against:
         checkouts["against"] = args.against.resolve()
@@ -166,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for name, proxy in proxies.items():
                         f, method, size = files[name][row]
                         spy = None
-                        if args.profile and r == 0 and name == "this" and row in ("GET", "SigV4"):
+                        if args.profile and r == 0 and name == "this" and row in profile_rows:
                             out = args.profile.replace(".txt", f"-{row}.txt")
                             spy = profiler(proxy.pid, out)
                         (u0, s0) = group_cpu(proxy.pid)
