@@ -140,7 +140,9 @@ class HotPath:
                 self._admit(request, key)
             return resp
         entry, body = found
-        auth = request["auth"] = self.auth.authenticate(request)  # raises as the usual path
+        # raises as the usual path; not kept in request["auth"]: nothing after a hit reads it
+        # (aiohttp's __setitem__ costs a warning check), and the usual path authenticates anew
+        auth = self.auth.authenticate(request)
         if (query and not auth.presigned) or not auth.allows(entry.bucket, False):
             return await self.usual(request)  # refused (or odd): the usual answer
         size = entry.rec.size
