@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from proxy.contrib.torch_prefetch import PrefetchSampler
+from proxy.core.prefetch import DEFAULT_CONCURRENCY
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env, wait_until
 from tests.proxyproc import ProxyProcess
@@ -105,6 +106,7 @@ def test_each_epoch_is_posted_and_read_ahead(
         for n, i in enumerate(helper):
             job = helper.wait_posted(30)
             assert job is not None and job["keys"] == N // 2, job
+            assert job["concurrency"] == DEFAULT_CONCURRENCY  # not told: the server's default
             assert wait_until(ready(proxy, job["id"], min(N // 2, n + WINDOW)))
             status, body = get_body(f"{proxy.url}/{bucket}/img/{i:03d}")
             assert status == 200 and body == payload(2000 + i, seed=i)

@@ -42,7 +42,7 @@ class PrefetchSampler(Generic[T]):
         token: str | None = None,
         window: int = 256,
         window_bytes: int | None = None,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         timeout: float = 30.0,
     ) -> None:
         """``token``: the admin token (default: $SLIPSTREAM_ADMIN_TOKEN, if set)."""
@@ -91,8 +91,9 @@ class PrefetchSampler(Generic[T]):
             query = {
                 "bucket": self.bucket,
                 "window": str(self.window),
-                "concurrency": str(self.concurrency),
             }
+            if self.concurrency is not None:  # else the server's default
+                query["concurrency"] = str(self.concurrency)
             if self.window_bytes is not None:
                 query["window_bytes"] = str(self.window_bytes)
             path = "/admin/v1/prefetch?" + urllib.parse.urlencode(query)

@@ -42,9 +42,10 @@ DEFAULT_WINDOW = 256
 MAX_JOB_KEYS = 10_000_000  # in one order (each held as its UTF-8 and an 8-byte offset)
 MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
-# Keys fetched at once by one job (never more than its window): a job keeps up with readers
-# only if concurrency / store latency beats their rate (32 / 20 ms = 1,600 objects/s).
-DEFAULT_CONCURRENCY = 32
+# Keys fetched at once by one job (never more than its window). A job leads its readers only
+# with more keys in flight than they have reads: with as many, the two move in step and the
+# reads wait on the job's fetches (in another worker: on its cross-process lock and commit).
+DEFAULT_CONCURRENCY = 128
 # Keys of room the reads make before a job waiting on its window looks again (a wake-up per
 # read costs ~10% of a hit): a job runs up to window - 1 ahead, never less than 15/16 of it.
 WAKE_EVERY = 16
