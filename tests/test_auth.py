@@ -70,11 +70,16 @@ KEYS = [
 DIFF_KEYS = KEYS[:-1]  # SeaweedFS refuses to store keys with dot segments (InvalidRequest)
 
 
+def set_secrets(mp: pytest.MonkeyPatch) -> str:
+    """users()' secrets in the environment; the variable ACCESS_KEY's secret is read from."""
+    mp.setenv("TEST_AUTH_SECRET", SECRET)
+    mp.setenv("TEST_AUTH_OTHER", "other-secret")
+    return "TEST_AUTH_SECRET"
+
+
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TEST_AUTH_SECRET", SECRET)
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
-    return "TEST_AUTH_SECRET"
+    return set_secrets(monkeypatch)
 
 
 def users(secret_env: str) -> tuple[UserConfig, ...]:
@@ -86,6 +91,11 @@ def users(secret_env: str) -> tuple[UserConfig, ...]:
         ),
         UserConfig(access_key="admin", secret_key_env="TEST_AUTH_OTHER", allow={"*": "read-write"}),
     )
+
+
+def clocked_auth(clock: list[float]) -> Authenticator:
+    """An Authenticator of users() (their secrets set by set_secrets) whose time is clock[0]."""
+    return Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from tests.test_auth import (
     presigned,
     proxy_client,
     s3_code,
+    set_secrets,
     user,
     users,
     v2_presigned,
@@ -47,9 +48,7 @@ from tests.test_auth import (
 
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TEST_AUTH_SECRET", SECRET)
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
-    return "TEST_AUTH_SECRET"
+    return set_secrets(monkeypatch)
 
 
 @pytest.fixture

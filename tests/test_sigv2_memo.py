@@ -13,7 +13,7 @@ import pytest
 from proxy.config_access import AuthConfig
 from proxy.s3.auth import Authenticator
 from tests.sigv4kit import Wire, mocked
-from tests.test_auth import HOST, KEYS, SECRET, URL, client, users
+from tests.test_auth import HOST, KEYS, URL, client, clocked_auth, set_secrets, users
 from tests.test_sigv4_fast import _flip, outcome
 
 EXPIRES = 3600
@@ -50,13 +50,12 @@ def variants(wire: Wire) -> list[Wire]:
 
 
 def test_known_sigv2_urls_answer_as_the_full_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_AUTH_SECRET", SECRET)
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     clock = [time.time()]
-    memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+    memo = clocked_auth(clock)
 
     def full_way(wire: Wire) -> tuple[Any, ...]:
-        fresh = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+        fresh = clocked_auth(clock)
         return outcome(lambda: fresh.authenticate(mocked(wire)))
 
     wires = [presigned_v2(key) for key in KEYS]
@@ -78,8 +77,7 @@ def test_known_sigv2_urls_answer_as_the_full_way(monkeypatch: pytest.MonkeyPatch
 def test_a_memo_hit_costs_no_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     """The memo answers: with verification broken after the first use, the URL still reads,
     and a URL never verified is refused."""
-    monkeypatch.setenv("TEST_AUTH_SECRET", SECRET)
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")))
     wire = presigned_v2(KEYS[0])
     assert outcome(lambda: memo.authenticate(mocked(wire)))[0] == "ok"

@@ -27,11 +27,19 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy import errors
-from proxy.config_access import AuthConfig
 from proxy.s3 import hot, parse, sigv4
-from proxy.s3.auth import Authenticator
 from tests.sigv4kit import Wire, mocked, sign_header
-from tests.test_auth import ACCESS_KEY, HOST, KEYS, SECRET, URL, client, presigned, users
+from tests.test_auth import (
+    ACCESS_KEY,
+    HOST,
+    KEYS,
+    SECRET,
+    URL,
+    client,
+    clocked_auth,
+    presigned,
+    set_secrets,
+)
 
 _FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -137,10 +145,9 @@ def _variants(wire: Wire) -> list[Wire]:
 def test_botocore_signed_reads_answer_as_the_long_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every botocore-signed read verifies; every variant of it gets, from an Authenticator
     whose memos know the URL or claim, the answer of a fresh one on the long way."""
-    monkeypatch.setenv("TEST_AUTH_SECRET", SECRET)
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     clock = [time.time()]
-    memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+    memo = clocked_auth(clock)
 
     def long_way(wire: Wire) -> tuple[Any, ...]:
         _forget()
@@ -148,7 +155,7 @@ def test_botocore_signed_reads_answer_as_the_long_way(monkeypatch: pytest.Monkey
             mp.setattr(sigv4, "_attempt", _old_attempt)
             # never a claim's: the generic tail and the generic header check
             mp.setattr(sigv4, "HOST_ONLY", ("-",))
-            auth = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+            auth = clocked_auth(clock)
             answer = outcome(lambda: auth.authenticate(mocked(wire)))
         _forget()
         return answer

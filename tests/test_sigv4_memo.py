@@ -19,13 +19,12 @@ from proxy.config_access import AuthConfig
 from proxy.s3 import sigv4
 from proxy.s3.auth import Authenticator
 from tests.sigv4kit import Wire, capture, mocked
-from tests.test_auth import KEYS, client, presigned, users
+from tests.test_auth import KEYS, client, clocked_auth, presigned, set_secrets, users
 
 
 @pytest.fixture
 def auth(monkeypatch: pytest.MonkeyPatch) -> Authenticator:
-    monkeypatch.setenv("TEST_AUTH_SECRET", "tr41ner/s3cret+key==")
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     return Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")))
 
 
@@ -153,13 +152,12 @@ def test_a_verified_presigned_url_answers_as_a_fresh_check(monkeypatch: pytest.M
     """A presigned URL that verified once skips the HMACs when it is read again (a dataset's
     URL list, each epoch), but every answer stays what a fresh Authenticator gives: the time
     window, the method, the Host, unsigned x-amz-* headers and the signature still decide."""
-    monkeypatch.setenv("TEST_AUTH_SECRET", "tr41ner/s3cret+key==")
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     clock = [time.time()]
-    memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+    memo = clocked_auth(clock)
 
     def fresh(wire: Wire) -> tuple[Any, ...]:
-        auth = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+        auth = clocked_auth(clock)
         return outcome(lambda: auth.authenticate(mocked(wire)))
 
     wire = presigned(client(), "GET", "shard/0001.tar", expires=60)
@@ -223,14 +221,13 @@ def test_a_verified_header_claim_answers_as_a_fresh_check(monkeypatch: pytest.Mo
     signature, date, clock skew, headers, path and method still decide: each answer is the
     one a fresh Authenticator (and fresh sigv4 memos) gives, and a request signed anew for
     the same claim takes the short way."""
-    monkeypatch.setenv("TEST_AUTH_SECRET", "tr41ner/s3cret+key==")
-    monkeypatch.setenv("TEST_AUTH_OTHER", "other-secret")
+    set_secrets(monkeypatch)
     clock = [time.time()]
-    memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+    memo = clocked_auth(clock)
 
     def fresh(wire: Wire) -> tuple[Any, ...]:
         _forget()
-        auth = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")), now=lambda: clock[0])
+        auth = clocked_auth(clock)
         return outcome(lambda: auth.authenticate(mocked(wire)))
 
     c = client()
@@ -282,10 +279,8 @@ def test_header_claims_answer_as_fresh_under_changes(
 ) -> None:
     """Generated changes to a header-signed read whose claim is known: the same answers as a
     fresh Authenticator's."""
-    env = {"TEST_AUTH_SECRET": "tr41ner/s3cret+key==", "TEST_AUTH_OTHER": "other-secret"}
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+        set_secrets(mp)
         memo = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")))
         fresh = Authenticator(AuthConfig(users=users("TEST_AUTH_SECRET")))
     wire = _signed_get()
