@@ -104,13 +104,15 @@ class _Batcher:
             batches[-1] += b"\0"
         batches[-1] += raw
         self._pending += 1 + len(raw)  # the separator or READS, and the read
-        if self._timer is None:
-            self._timer = self._loop.call_later(FLUSH_S, self._flush)
+        self._arm()
 
     def datagram(self, data: bytearray) -> None:
         """Queue a whole datagram (a listing's page) behind the reads noted before it."""
         self._batches.append(data)
         self._pending += len(data)
+        self._arm()
+
+    def _arm(self) -> None:
         if self._timer is None:
             self._timer = self._loop.call_later(FLUSH_S, self._flush)
 
@@ -130,7 +132,7 @@ class _Batcher:
         while self._pending > MAX_PENDING:
             self._pending -= len(batches.pop(0))
         if batches:
-            self._timer = self._loop.call_later(FLUSH_S, self._flush)
+            self._arm()
 
 
 class _Receiver(asyncio.DatagramProtocol):

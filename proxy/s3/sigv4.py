@@ -146,7 +146,7 @@ def header_claim(signed: Signed, key: bytes, region: str) -> HeaderClaim:
     names, joined = _names(signed.signed_headers)
     scope = f"{signed.date}/{region}/s3/aws4_request"
     return HeaderClaim(
-        signed.access_key, signed.date, signed.signed_headers, names, joined, scope, hmac_pads(key)
+        signed.access_key, signed.date, signed.signed_headers, names, joined, scope, key_pads(key)
     )
 
 

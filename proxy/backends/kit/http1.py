@@ -168,9 +168,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:  # a wait under way ends below
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()  # a wait under way ends below
         if self._parser is None or self.complete:
             return
         if self.headers is not None and self._until_close:
@@ -182,11 +180,14 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is not None:
-            self.transport.close()
 
     # -- one exchange
 
