@@ -7,8 +7,9 @@ keys would wait on its fills across processes. So the supervisor hands each key 
 with the fewest in flight: ``WarmDispatch.warm`` (a prefetch job's key: ``prefetch.warm``) or
 ``WarmDispatch.drain`` (a warm job's object: ``jobs.warm.drain``) sends ``(id, op, bucket,
 key)`` on that worker's connection, and the worker answers with the object's size and whether
-it was cached already (or the S3 error code) once the fill is committed. A read of the key in
-that worker joins the fill in-process.
+it was cached already (or the S3 error code): a prefetch key once its bytes are in (its commit
+follows; proxy/core/prefetch.py, ``warm``), a warm job's object once its fills committed (the
+job may pin it next). A read of the key in that worker joins the fill in-process.
 
 Each worker connects once at start to the supervisor's unix socket (Linux abstract
 namespace, a random name) and serves on it until it stops; a connection from a process of

@@ -9,7 +9,10 @@ decides when the store answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,3 +419,34 @@ async def test_a_worker_serves_a_chunk_another_worker_filled_meanwhile(core: Cor
     assert await fill.whole(0, 499) == _data(500)
     assert fill.from_cache and core.store.gets == 1
     await other.close()
+
+
+@contextmanager
+def writer_held(core: Core) -> Iterator[None]:
+    """The index's writer thread kept in a transaction until the block ends: every commit
+    submitted meanwhile waits."""
+    release = threading.Event()
+    core.cache._idx.submit(lambda t: release.wait(30))
+    try:
+        yield
+    finally:
+        release.set()
+
+
+async def test_a_fill_waiting_for_its_commit_leaves_its_slot_to_the_next(core: Core) -> None:
+    """``max_fills`` bounds the store fetches in flight, not the commits that follow them: a
+    fill whose bytes are in gives its slot to the next fill while its commit waits."""
+    core.put_file("a", b"a" * 100)
+    core.put_file("b", b"b" * 100)
+    cfg = dataclasses.replace(core.reads.fills.cfg, max_fills=1)
+    fills = Fills(core.cache, cfg, sole=core.reads.fills.sole)
+    with writer_held(core):
+        a = fills.get(core.mount, "a", oid_of(core.mount, "a"), 0, None)
+        assert await asyncio.wait_for(a.whole(0, 99), 5) == b"a" * 100
+        b = fills.get(core.mount, "b", oid_of(core.mount, "b"), 0, None)
+        assert await asyncio.wait_for(b.whole(0, 99), 5) == b"b" * 100
+        assert core.record("a") is None and core.record("b") is None  # neither committed yet
+    await asyncio.wait_for(fills.wait_idle(), 10)
+    assert core.record("a") is not None and core.record("b") is not None
+    assert core.store.gets == 2
+    await fills.close()

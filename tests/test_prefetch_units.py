@@ -13,7 +13,7 @@ from proxy.core.prefetch_order import encode_lines
 from proxy.jobs.gate import JobGate, gated, jobs_gate
 from proxy.routing import Router
 from tests.faultkit import eventually
-from tests.test_core_units import BUCKET, Core, _read, core  # noqa: F401 (the fixture)
+from tests.test_core_units import BUCKET, Core, _read, core, writer_held  # noqa: F401 (the fixture)
 from tests.test_warm_units import JOB_KEYS, Order
 
 
@@ -180,3 +180,17 @@ async def test_client_misses_go_before_prefetch_fetches(core: Core) -> None:  # 
     # through the jobs' gate (as the server wires it) the job holds 6 of the 8 slots
     gate = jobs_gate(core.reads.fills)
     assert await _client_position(core, "first", gate) <= max_fills
+
+
+async def test_a_prefetch_fetch_is_over_once_its_bytes_are_in(core: Core) -> None:  # noqa: F811
+    """A job's key is done when its bytes are in, not when the index commits them, so a
+    job's concurrency counts store fetches, not commit latency; the commit still lands."""
+    core.put_file("w", b"w" * 300)
+    with writer_held(core):
+        size = await asyncio.wait_for(prefetch.warm(core.reads, core.mount, "w"), 5)
+        assert size == 300
+        assert core.record("w") is None  # the commit waits for the writer
+        _, body = await _read(core, "w")  # a read meanwhile joins the fill: no second GET
+        assert body == b"w" * 300 and core.store.gets == 1
+    await asyncio.wait_for(core.reads.fills.wait_idle(), 10)
+    assert core.record("w") is not None

@@ -96,7 +96,8 @@ async def test_a_handed_fetch_fills_in_the_worker(core: Core) -> None:  # noqa: 
     sizes = await asyncio.gather(*(dispatch.warm(core.mount, k) for k in keys))
     assert sizes == [100, 101, 102, 103]
     assert sorted(worker) == sorted(keys) and local == []
-    assert all(core.record(k) is not None for k in keys)  # committed before the answer
+    await core.reads.fills.wait_idle()  # answered once the bytes were in; the commits follow
+    assert all(core.record(k) is not None for k in keys)
     assert await dispatch.warm(core.mount, "plain") is None  # cached now: nothing filled
     transport.close()
     await dispatch.close()

@@ -94,6 +94,7 @@ class Fill:
         self._waiters: list[asyncio.Future[None]] = []  # readers waiting for news (_wake)
         self.task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+        self.in_slot = False  # holds one of Fills' slots (a store fetch under way)
 
     # -- the filler's side --------------------------------------------------------------------
     def begin(self, meta: ObjectMeta, start: int, length: int, verified: bool = False) -> None:
@@ -308,16 +309,24 @@ class Fills:
                 self.waiting -= 1
                 if not self.waiting:
                     self.unqueued.set()
+            fill.in_slot = True
             try:
                 await self._run_in_slot(fill, mount, key, expect)
             finally:
-                self._slots.release()
+                self._leave_slot(fill)
         except asyncio.CancelledError:
             fill.finish(errors.ServiceUnavailable("The proxy is shutting down."))
             raise
         finally:
             if fill.meta is None:  # no buffer was made: the claim goes back now
                 fill.claim.release()
+
+    def _leave_slot(self, fill: Fill) -> None:
+        """The fill's store fetch is over: its slot goes to the next (its commit, if any, is
+        bounded by fill memory, not by the slots that bound the store's load)."""
+        if fill.in_slot:
+            fill.in_slot = False
+            self._slots.release()
 
     async def _wait_turn(self, fill: Fill) -> bool:
         """Wait for the fill's memory, then a slot; False (the fill finished) on a timeout.
@@ -468,6 +477,7 @@ class Fills:
                 fill.finish(errors.BackendUnavailable("The store's bytes fail their MD5 check."))
                 return
         fill.finish()  # readers have every byte; persisting follows
+        self._leave_slot(fill)
         await self._persist(fill, mount, key, meta, length)
 
     async def _persist(
