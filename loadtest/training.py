@@ -62,10 +62,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `loadtest` importable
@@ -81,6 +81,7 @@ from loadtest.bench import (  # noqa: E402
     say,
     source_state,
 )
+from loadtest.leanget import LeanError, LeanSession  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import free_port, log_tail, wait_for_http  # noqa: E402
 
@@ -256,18 +257,32 @@ class Item:
     start: int | None = None  # a ranged GET of [start, start + size)
 
 
-async def fetch(
-    session: aiohttp.ClientSession, base: str, item: Item, errors: dict[str, int]
-) -> int:
+class Getter(Protocol):
+    """What the readers need of an HTTP client: a GET's status and body, or an exception."""
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]: ...
+
+
+class AiohttpGetter:
+    """aiohttp's client session (``--client aiohttp``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with self.session.get(f"{self.base}{path}", headers=headers) as r:
+            return r.status, await r.read()
+
+
+async def fetch(client: Getter, item: Item, errors: dict[str, int]) -> int:
     headers = {}
     if item.start is not None:
         headers["Range"] = f"bytes={item.start}-{item.start + item.size - 1}"
     want = 200 if item.start is None else 206
     try:
-        async with session.get(f"{base}/{BUCKET}/{item.key}", headers=headers) as r:
-            body = await r.read()
-            status = r.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        status, body = await client.get(f"/{BUCKET}/{item.key}", headers)
+    except (aiohttp.ClientError, LeanError, OSError, TimeoutError) as exc:
         errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
         return 0
     if status != want:
@@ -304,8 +319,7 @@ class Gpu:
 
 
 async def train_epoch(
-    session: aiohttp.ClientSession,
-    base: str,
+    client: Getter,
     order: Sequence[Item],
     *,
     readers: int,
@@ -334,7 +348,7 @@ async def train_epoch(
                 slots.release()
                 return
             next_pos += 1
-            size = await fetch(session, base, order[pos], errors)
+            size = await fetch(client, order[pos], errors)
             got += size
             b = pos // batch
             missing[b] -= 1
@@ -355,8 +369,7 @@ async def train_epoch(
 
 
 async def shard_epoch(
-    session: aiohttp.ClientSession,
-    base: str,
+    client: Getter,
     shards: Sequence[tuple[str, int]],
     *,
     readers: int,
@@ -378,7 +391,7 @@ async def shard_epoch(
             for start in range(0, size, RANGE_SIZE):
                 await slots.acquire()
                 item = Item(key, min(RANGE_SIZE, size - start), start)
-                got = await fetch(session, base, item, errors)
+                got = await fetch(client, item, errors)
                 await queue.put((got, time.perf_counter()))
 
     gpu = Gpu(step)
@@ -494,19 +507,28 @@ class Bench:
         a = self.cpu.snap()
 
         async def run() -> None:
-            connector = aiohttp.TCPConnector(limit=args.readers, ttl_dns_cache=None)
-            timeout = aiohttp.ClientTimeout(total=600)
-            async with aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=False
-            ) as session:
+            async with AsyncExitStack() as clients:
+                client: Getter
+                if args.client == "lean":
+                    client = LeanSession(base, args.readers)
+                    clients.push_async_callback(client.close)
+                else:
+                    connector = aiohttp.TCPConnector(limit=args.readers, ttl_dns_cache=None)
+                    session = await clients.enter_async_context(
+                        aiohttp.ClientSession(
+                            connector=connector,
+                            timeout=aiohttp.ClientTimeout(total=600),
+                            auto_decompress=False,
+                        )
+                    )
+                    client = AiohttpGetter(session, base)
                 for n in range(args.epochs):
                     self.store_log.take()
                     if workload == "shards":
                         if on_epoch is not None:
                             await on_epoch(n, [])
                         e = await shard_epoch(
-                            session,
-                            base,
+                            client,
                             self.shards,
                             readers=args.shard_readers,
                             ahead=args.ahead,
@@ -518,8 +540,7 @@ class Bench:
                         if on_epoch is not None:
                             await on_epoch(n, order)
                         e = await train_epoch(
-                            session,
-                            base,
+                            client,
                             order,
                             readers=args.readers,
                             batch=args.batch,
@@ -703,7 +724,7 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], checks: list[dict[str, A
         f"Training benchmark ({info['objects']:,} x 16 KiB, {info['readers']} readers, batch "
         f"{info['batch']}, {info['step_ms']:g} ms GPU step, store +{info['latency_ms']:g} ms per "
         f"request; {info['nproc']} cores, Slipstream {info['slipstream_source']}, "
-        f"{info['workers']} worker(s))"
+        f"{info['workers']} worker(s), {info['client']} client)"
     )
     p("")
     for workload, title in (
@@ -824,6 +845,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the relay that adds the latency: tcp (loadtest/netdelay.py, bytes delayed, ~0.1"
         " ms of CPU a request) or http (tests/relay.py, an aiohttp proxy, ~0.5 ms of CPU a request,"
         " which the benchmark's 2 cores then lack)",
+    )
+    ap.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="the readers' HTTP client: lean (loadtest/leanget.py, a keep-alive GET client at"
+        " a few tens of µs of CPU a request) or aiohttp's (~0.2 ms a request here, as until"
+        " 2026-11-30: CPU a data loader spends on its own cores, which this machine's 2 cores"
+        " then lack for the proxy)",
     )
     ap.add_argument("--workers", type=int, default=1, help="Slipstream worker processes (1)")
     ap.add_argument("--window", type=int, default=512, help="prefetch window in keys (512)")
