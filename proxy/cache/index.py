@@ -12,7 +12,8 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,8 @@ import lmdb
 
 from proxy import errors, log
 from proxy.cache import eviction, pins, quota
-from proxy.cache.lmdb_queues import U64, LmdbQueues
+from proxy.cache.counters import U64, Counters
+from proxy.cache.lmdb_queues import LmdbQueues
 from proxy.cache.record import Record
 from proxy.cache.space import Throttled, Volume, disk_full
 from proxy.memo import remember
@@ -64,12 +66,14 @@ Settled = tuple["asyncio.Future[Any]", Any, "BaseException | None"]  # an op's f
 
 
 class Txn:
-    """A write transaction with the index's helpers; ops run inside one."""
+    """A write transaction with the index's helpers; ops run inside one (Index.writing).
+    The ``meta`` counters go through counter/add/set_counter, never ``txn`` (counters.py)."""
 
     def __init__(self, index: Index, txn: lmdb.Transaction, batch: Batch) -> None:
         self.index = index
         self.txn = txn
         self.batch = batch
+        self.counters = Counters(txn, index.meta)
 
     # -- records -------------------------------------------------------------------------
     def get(self, oid: bytes) -> Record | None:
@@ -80,15 +84,17 @@ class Txn:
         self.txn.put(oid, rec.dumps(), db=self.index.objects)
 
     def counter(self, name: bytes) -> int:
-        raw = self.txn.get(name, db=self.index.meta)
-        return U64.unpack(raw)[0] if raw else 0
+        return self.counters.get(name)
+
+    def set_counter(self, name: bytes, value: int) -> None:
+        self.counters.set(name, value)
 
     def add(self, name: bytes, delta: int) -> None:
-        self.txn.put(name, U64.pack(max(0, self.counter(name) + delta)), db=self.index.meta)
+        self.counters.set(name, max(0, self.counters.get(name) + delta))
 
     def next_seq(self) -> int:
-        seq = self.counter(b"seq") + 1
-        self.txn.put(b"seq", U64.pack(seq), db=self.index.meta)
+        seq = self.counters.get(b"seq") + 1
+        self.counters.set(b"seq", seq)
         return seq
 
     def insert(self, oid: bytes, rec: Record) -> None:
@@ -173,8 +179,8 @@ class Txn:
         era, in_era = self.counter(b"era"), self.counter(b"in_era") + uses
         if in_era >= eviction.era_length(self.counter(b"objects")):
             era, in_era = era + 1, 0
-            self.txn.put(b"era", U64.pack(era), db=self.index.meta)
-        self.txn.put(b"in_era", U64.pack(in_era), db=self.index.meta)
+            self.set_counter(b"era", era)
+        self.set_counter(b"in_era", in_era)
         return era
 
     def uses_of(self, oid: bytes, rec: Record | None) -> tuple[int, int]:
@@ -212,9 +218,9 @@ class Txn:
     # -- write marks: a write wins over any read that started before it --------------------
     def next_mark(self) -> bytes:
         """Move the write mark on (Index.write_mark): its new value, packed."""
-        packed = U64.pack(self.counter(b"wseq") + 1)
-        self.txn.put(b"wseq", packed, db=self.index.meta)
-        return packed
+        mark = self.counter(b"wseq") + 1
+        self.set_counter(b"wseq", mark)
+        return U64.pack(mark)
 
     def mark_written(self, oid: bytes) -> None:
         """A write of ``oid`` (a PUT, a DELETE, a completed upload) commits in this txn: a read
@@ -231,7 +237,7 @@ class Txn:
                 floor, victim = bytes(cur.key()[1:]), bytes(cur.value())
                 cur.delete()
                 self.txn.delete(victim, db=self.index.written)
-                self.txn.put(b"wfloor", floor, db=self.index.meta)
+                self.set_counter(b"wfloor", U64.unpack(floor)[0])
 
     def written_since(self, oid: bytes, seen: int) -> bool:
         """Whether a write of ``oid`` committed after the write mark ``seen`` was read (for an
@@ -399,10 +405,19 @@ class Index:
     def run_sync(self, op: Op) -> Any:
         """Run one op in its own transaction on this thread (start-up and tools only)."""
         batch = Batch()
-        with self.env.begin(write=True) as txn:
-            result = op(Txn(self, txn, batch))
+        with self.writing(batch) as t:
+            result = op(t)
         self.on_commit(batch)
         return result
+
+    @contextmanager
+    def writing(self, batch: Batch) -> Iterator[Txn]:
+        """A write transaction that commits when the block ends (aborts if it raises), with
+        the counters its ops set put in it first (counters.py). Blocking."""
+        with self.env.begin(write=True) as txn:
+            t = Txn(self, txn, batch)
+            yield t
+            t.counters.flush()
 
     def identity(self) -> tuple[int, int]:
         """(the index file's inode, the last transaction id: an empty one commits nothing)."""
@@ -446,8 +461,7 @@ class Index:
         batch = Batch()
         results: list[Settled] = []
         try:
-            with self.env.begin(write=True) as txn:
-                t = Txn(self, txn, batch)
+            with self.writing(batch) as t:
                 for op, fut in items:
                     results.append((fut, op(t), None))
                 self._evict_if_needed(t)
@@ -545,9 +559,8 @@ class Index:
     def _evict_some(self) -> None:
         """Free index space after MapFull: evict a tenth of the bytes, in its own txn."""
         try:
-            with self.env.begin(write=True) as txn:
-                batch = Batch()
-                t = Txn(self, txn, batch)
+            batch = Batch()
+            with self.writing(batch) as t:
                 total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
                 eviction.evict_until(LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
             self.on_commit(batch)

@@ -4,16 +4,14 @@ the object id."""
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from proxy.cache import eviction
+from proxy.cache.counters import U64
 from proxy.cache.record import Record
 
 if TYPE_CHECKING:
     from proxy.cache.index import Txn
-
-U64 = struct.Struct(">Q")
 
 
 class LmdbQueues:

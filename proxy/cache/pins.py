@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from proxy.cache.lmdb_queues import U64
+from proxy.cache.counters import U64
 from proxy.cache.record import Record
 
 if TYPE_CHECKING:
@@ -200,13 +200,13 @@ async def evict(index: Index, target: Target) -> Counts:
 def fence(t: Txn, target: Target) -> None:
     """Fills in flight from before now of objects under ``target`` commit nothing."""
     mark = t.next_mark()
-    t.txn.put(b"fseq", mark, db=t.index.meta)
+    t.set_counter(b"fseq", U64.unpack(mark)[0])
     t.txn.put(_FENCE + target.rule_key()[len(_RULE) :], mark, db=t.index.meta)
     fences = _fences(t)
     if len(fences) > FENCE_LIMIT:
         key, oldest = min(fences, key=lambda f: f[1])
         t.txn.delete(key, db=t.index.meta)
-        t.txn.put(b"ffloor", U64.pack(max(oldest, t.counter(b"ffloor"))), db=t.index.meta)
+        t.set_counter(b"ffloor", max(oldest, t.counter(b"ffloor")))
 
 
 def fenced(t: Txn, rec: Record, seen: int) -> bool:
