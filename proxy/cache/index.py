@@ -74,6 +74,7 @@ class Txn:
         self.txn = txn
         self.batch = batch
         self.counters = Counters(txn, index.meta)
+        self.pin_rules: dict[bytes, list[bytes]] = {}  # pins.covered's, per bucket
 
     # -- records -------------------------------------------------------------------------
     def get(self, oid: bytes) -> Record | None:
@@ -242,6 +243,8 @@ class Txn:
     def written_since(self, oid: bytes, seen: int) -> bool:
         """Whether a write of ``oid`` committed after the write mark ``seen`` was read (for an
         object whose own mark was trimmed: whether any trimmed one may have)."""
+        if self.counter(b"wseq") <= seen:
+            return False  # no write anywhere since: no mark (nor the floor) is above wseq
         raw = self.txn.get(oid, db=self.index.written)
         mark = U64.unpack(raw)[0] if raw is not None else self.counter(b"wfloor")
         return mark > seen

@@ -73,19 +73,29 @@ def _bucket_key(backend: str, bucket: str) -> bytes:
 
 
 def covered(t: Txn, backend: str, bucket: str, key: str) -> bool:
-    """Whether a pin rule covers the object (a cursor over the rules of its bucket)."""
+    """Whether a pin rule covers the object. The prefixes of its bucket's rules are read once
+    per transaction (a cursor over them), kept in ``t.pin_rules`` for the fills after it;
+    add_rule and drop_rule forget them."""
     start = _bucket_key(backend, bucket)
-    cur = t.txn.cursor(db=t.index.meta)
-    if not cur.set_range(start):
+    prefixes = t.pin_rules.get(start)
+    if prefixes is None:
+        rules = _entries(t.txn.cursor(db=t.index.meta), start)
+        prefixes = t.pin_rules[start] = [rule[len(start) :] for rule, _ in rules]
+    if not prefixes:
         return False
     name = _enc(key)
-    for raw in cur.iternext(keys=True, values=False):
-        rule = bytes(raw)
-        if not rule.startswith(start):
-            return False
-        if name.startswith(rule[len(start) :]):
-            return True
-    return False
+    return any(name.startswith(prefix) for prefix in prefixes)
+
+
+def add_rule(t: Txn, target: Target) -> None:
+    t.pin_rules.clear()
+    t.txn.put(target.rule_key(), b"", db=t.index.meta)
+
+
+def drop_rule(t: Txn, target: Target) -> bool:
+    """Whether there was such a rule."""
+    t.pin_rules.clear()
+    return bool(t.txn.delete(target.rule_key(), db=t.index.meta))
 
 
 def set_pinned(t: Txn, oid: bytes, rec: Record, pinned: bool) -> None:
@@ -127,16 +137,13 @@ async def pin(index: Index, target: Target) -> Counts:
     """Add the rule, then pin what is cached under it. Counts: the objects now pinned there."""
     counts = Counts()
 
-    def add_rule(t: Txn) -> None:
-        t.txn.put(target.rule_key(), b"", db=t.index.meta)
-
     def visit(t: Txn, oid: bytes, rec: Record) -> None:
         if target.holds(rec):
             set_pinned(t, oid, rec, True)
             counts.objects += 1
             counts.bytes += rec.stored
 
-    await index.submit(add_rule)
+    await index.submit(lambda t: add_rule(t, target))
     await scan(index, target, visit)
     return counts
 
@@ -163,16 +170,13 @@ async def unpin(index: Index, target: Target) -> tuple[bool, Counts]:
     still covers. Counts: the objects unpinned."""
     counts = Counts()
 
-    def drop_rule(t: Txn) -> bool:
-        return bool(t.txn.delete(target.rule_key(), db=t.index.meta))
-
     def visit(t: Txn, oid: bytes, rec: Record) -> None:
         if rec.pinned and target.holds(rec) and not covered(t, rec.backend, rec.bucket, rec.key):
             set_pinned(t, oid, rec, False)
             counts.objects += 1
             counts.bytes += rec.stored
 
-    existed: bool = await index.submit(drop_rule)
+    existed: bool = await index.submit(lambda t: drop_rule(t, target))
     if existed:
         await scan(index, target, visit)
     return existed, counts

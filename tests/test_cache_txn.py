@@ -1,6 +1,7 @@
-"""The index's counters (proxy/cache/counters.py): read once per write transaction, kept in
-Python and put back when it commits. What an op sets is what the ops after it in the same
-transaction see, and what commits; an op that fails takes its counts with it."""
+"""What one write transaction of the index keeps in Python: its counters (cache/counters.py),
+read once and put back when it commits, and the pin rules of a bucket (pins.covered). What an
+op sets is what the ops after it in the same transaction see, and what commits; an op that
+fails takes its counts with it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from proxy.cache import index as index_module
 from proxy.cache import pins
 from proxy.cache.counters import U64
 from proxy.cache.index import Index, Txn
-from tests.test_cache_index import BIG_MAP, UNLIMITED, assert_totals_consistent, insert, oid
+from tests.test_cache_index import (
+    BIG_MAP,
+    UNLIMITED,
+    all_records,
+    assert_totals_consistent,
+    insert,
+    oid,
+)
 from tests.test_pin_quota import _rec
 
 
@@ -111,3 +119,25 @@ async def test_a_failed_op_s_counts_go_with_it(index: Index) -> None:
     assert isinstance(results[1], ValueError)
     assert index.totals() == (30, 2)
     assert_totals_consistent(index)
+
+
+def test_a_pin_rule_is_seen_by_the_fills_after_it_in_its_transaction(index: Index) -> None:
+    """Fills batched with a pin and an unpin: those between the two are pinned, the ones
+    before and after are not (the bucket's rules are read once, then forgotten at a change)."""
+    target = pins.Target("store", "b", "p/")
+
+    def op(t: Txn) -> None:
+        for name, stored, change in (("a", 1, True), ("b", 10, False), ("c", 100, None)):
+            rec = _rec("b", "p/" + name, stored)
+            rec.inline = False
+            t.insert(oid(name), rec)
+            if change is True:
+                pins.add_rule(t, target)
+            elif change is False:
+                assert pins.drop_rule(t, target)
+
+    index.run_sync(op)
+    held = all_records(index)
+    assert [held[oid(name)].pinned for name in "abc"] == [False, True, False]
+    assert index.counters(b"pinned") == [10]
+    assert pins.rules(index) == []
