@@ -294,6 +294,7 @@ class Index:
         trees = (self.objects, self.data, self.queues, self.ghost, self.meta, self.written)
         self._trees = (self.env.open_db(None), *trees, self.uses)
         self.map_size: int = self.env.info()["map_size"]
+        self.psize: int = self.env.stat()["psize"]
         self.max_bytes = max_bytes
         self.volume = volume
         self.quotas = tuple(quotas)
@@ -523,13 +524,14 @@ class Index:
         if self._held(t) > self.max_bytes:
             eviction.evict_until(LmdbQueues(t), self.max_bytes, low)
         map_limit = self.map_size
+        used, span = self._pages(t.txn, *self._trees)
         if self.volume is not None:
             spare = self.volume.spare()
             if spare < 0:
                 self._free_files(t, -spare + int(self._held(t) * (1 - LOW_WATER)))
+                used, span = self._pages(t.txn, *self._trees)
             # the file never shrinks: short of room, it stops growing
-            map_limit = min(map_limit, self._pages(t.txn)[1] + max(0, spare))
-        used = self._pages(t.txn, *self._trees)[0]
+            map_limit = min(map_limit, span + max(0, spare))
         if used > map_limit * MAP_HIGH_WATER:
             held = self._held(t)
             target = int(held * max(0, map_limit) * MAP_LOW_WATER / used)
@@ -556,8 +558,7 @@ class Index:
         for tree in trees:
             st = txn.stat(tree)
             pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-        psize = txn.stat(self.meta)["psize"]
-        return pages * psize, (self.env.info()["last_pgno"] + 1) * psize
+        return pages * self.psize, (self.env.info()["last_pgno"] + 1) * self.psize
 
     def _evict_some(self) -> None:
         """Free index space after MapFull: evict a tenth of the bytes, in its own txn."""
