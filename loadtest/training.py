@@ -627,7 +627,9 @@ class Bench:
                 )
                 jobs.append(f"/admin/v1/jobs/{job['id']}")
             elif mode == "prefetch":
-                body = {"bucket": BUCKET, "keys": [i.key for i in order], "window": args.window}
+                body: dict[str, Any] = {"bucket": BUCKET, "keys": [i.key for i in order]}
+                if args.window:
+                    body["window"] = args.window
                 if args.prefetch_concurrency:
                     body["concurrency"] = args.prefetch_concurrency
                 job = await admin_post(admin, "/admin/v1/prefetch", body)
@@ -856,7 +858,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " then lack for the proxy)",
     )
     ap.add_argument("--workers", type=int, default=1, help="Slipstream worker processes (1)")
-    ap.add_argument("--window", type=int, default=512, help="prefetch window in keys (512)")
+    ap.add_argument(
+        "--window", type=int, help="prefetch window in keys (the server's default when not given)"
+    )
     ap.add_argument(
         "--prefetch-concurrency",
         type=int,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 
+import pytest
+
 from proxy.config import MountConfig
 from proxy.core import prefetch
 from proxy.core.prefetch import Prefetcher
@@ -194,3 +196,27 @@ async def test_a_prefetch_fetch_is_over_once_its_bytes_are_in(core: Core) -> Non
         assert body == b"w" * 300 and core.store.gets == 1
     await asyncio.wait_for(core.reads.fills.wait_idle(), 10)
     assert core.record("w") is not None
+
+
+async def test_a_job_fetches_at_most_an_eighth_of_the_cache_ahead(
+    core: Core,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever its window (2048 keys by default), a job stops while what it fetched ahead and
+    not yet read passes cache.max_size / AHEAD_SHARE; a read makes room again."""
+    monkeypatch.setattr(prefetch, "AHEAD_SHARE", core.cache.cfg.max_size // 1000)  # ~1,000 B
+    keys = [f"s{i:02d}" for i in range(20)]
+    for key in keys:
+        core.put_file(key, b"s" * 400)
+    p = prefetcher_of(core, "off")
+    job = await p.start(BUCKET, keys, None, None, 1)  # one at a time: the count is exact
+    assert job.window == prefetch.DEFAULT_WINDOW == 2048
+    assert job.describe()["bytes_ahead_max"] == core.cache.cfg.max_size // prefetch.AHEAD_SHARE
+    await eventually(lambda: job.progress.fetched == 3)  # 1,200 bytes ahead: over the bound
+    await asyncio.sleep(0.1)
+    assert job.progress.fetched == 3 and core.store.gets == 3
+    await _read(core, "s00")  # read: 800 bytes ahead, room for one more
+    await eventually(lambda: job.progress.fetched == 4)
+    await asyncio.sleep(0.1)
+    assert job.progress.fetched == 4 and core.store.gets == 4
+    await p.close()

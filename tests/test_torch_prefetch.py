@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from proxy.contrib.torch_prefetch import PrefetchSampler
-from proxy.core.prefetch import DEFAULT_CONCURRENCY
+from proxy.core.prefetch import DEFAULT_CONCURRENCY, DEFAULT_WINDOW
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import get_body, new_bucket, payload, proxy_config, store_env, wait_until
 from tests.proxyproc import ProxyProcess
@@ -121,6 +121,15 @@ def test_each_epoch_is_posted_and_read_ahead(
     assert seen[0] != seen[1]  # reshuffled: the epoch was passed on
     # every read was a hit: each key fetched once from the store, ahead of its read
     assert store_gets(relay) == len(set(seen[0]) | set(seen[1]))
+
+
+def test_the_window_is_the_servers_unless_given(proxy: ProxyProcess, bucket: str) -> None:
+    helper = PrefetchSampler(
+        range(3), lambda i: f"img/{i:03d}", bucket=bucket, admin_url=proxy.admin_url
+    )
+    assert list(helper) == [0, 1, 2]
+    job = helper.wait_posted(30)
+    assert job is not None and job["window"] == DEFAULT_WINDOW and job["window_bytes"] is None
 
 
 def test_an_unreachable_proxy_does_not_break_iteration(caplog: pytest.LogCaptureFixture) -> None:

@@ -40,7 +40,7 @@ class PrefetchSampler(Generic[T]):
         bucket: str,
         admin_url: str = "http://127.0.0.1:9901",
         token: str | None = None,
-        window: int = 256,
+        window: int | None = None,
         window_bytes: int | None = None,
         concurrency: int | None = None,
         timeout: float = 30.0,
@@ -88,10 +88,9 @@ class PrefetchSampler(Generic[T]):
         try:
             if previous is not None and previous.get("state") != "done":
                 self._request("DELETE", f"/admin/v1/prefetch/{previous['id']}")
-            query = {
-                "bucket": self.bucket,
-                "window": str(self.window),
-            }
+            query = {"bucket": self.bucket}
+            if self.window is not None:  # else the server's default, as for the two below
+                query["window"] = str(self.window)
             if self.concurrency is not None:  # else the server's default
                 query["concurrency"] = str(self.concurrency)
             if self.window_bytes is not None:
