@@ -19,11 +19,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from aiohttp import web
 
 __all__ = [
     "MotoServer",
@@ -62,6 +65,19 @@ def _port_share() -> tuple[int, int]:
     if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
         return int(worker[2:]) % int(count), int(count)
     return 0, 1
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a loopback port the OS picks, while the block runs: its host:port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from loadtest.leanget import LeanError, LeanSession
+from tests.servers import serve_app
 
 BIG = os.urandom(5 * 1024 * 1024 + 3)
 
@@ -51,12 +52,8 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/missing", missing)
     app.router.add_get("/closing", closing)
     app.router.add_get("/chunked", chunked)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serve_app(app) as where:
+        yield f"http://{where}"
 
 
 async def test_bodies_come_whole_over_reused_connections(server: str) -> None:

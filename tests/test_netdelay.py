@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from loadtest.netdelay import DelayRelay
+from tests.servers import serve_app
 
 LATENCY = 0.03
 BIG = os.urandom(3 * 1024 * 1024 + 7)
@@ -37,12 +38,8 @@ async def origin() -> AsyncIterator[str]:
     app.router.add_get("/big", big)
     app.router.add_get("/huge", huge)
     app.router.add_post("/echo", echo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serve_app(app) as where:
+        yield where
 
 
 async def test_bytes_pass_intact_and_late(origin: str) -> None:
