@@ -24,9 +24,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = [
     "MotoServer",
@@ -70,6 +71,8 @@ def _port_share() -> tuple[int, int]:
 @asynccontextmanager
 async def serve_app(app: web.Application) -> AsyncIterator[str]:
     """``app`` served on a loopback port the OS picks, while the block runs: its host:port."""
+    from aiohttp import web  # here: scripts/setup imports this module before aiohttp exists
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
