@@ -380,8 +380,8 @@ class Index:
         return self.counters(b"era")[0]
 
     def map_usage(self) -> tuple[int, int]:
-        info, stat = self.env.info(), self.env.stat()
-        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self.psize, info["map_size"]
 
     # -- writes (the writer thread) ----------------------------------------------------------
     def start(self) -> None:
