@@ -98,7 +98,7 @@ class _Conn(asyncio.Protocol):
 class LeanSession:
     """GETs against one ``http://host:port`` base, at most ``limit`` connections open."""
 
-    def __init__(self, base: str, limit: int) -> None:
+    def __init__(self, base: str, limit: int, timeout: float = 600.0) -> None:
         parts = urlsplit(base)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"LeanSession: http://host:port only, not {base!r}")
@@ -107,19 +107,21 @@ class LeanSession:
         self.authority = parts.netloc.encode("ascii")
         self.idle: list[_Conn] = []
         self.slots = asyncio.Semaphore(limit)
+        self.timeout = timeout  # per GET, connecting included (aiohttp's total timeout)
 
     async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """The answer's status and body; raises LeanError (or OSError) when it fails."""
+        """The answer's status and body; raises LeanError (or OSError, or TimeoutError after
+        ``timeout`` seconds) when it fails."""
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         data = f"GET {path} HTTP/1.1\r\nHost: ".encode("ascii") + self.authority
         data += f"\r\n{extra}\r\n".encode("ascii")
-        async with self.slots:
+        async with self.slots, asyncio.timeout(self.timeout):
             while self.idle and self.idle[-1].lost:  # closed by the server while idle
                 self._drop(self.idle.pop())
             conn = self.idle.pop() if self.idle else await self._connect()
             try:
                 answer = await conn.request(data)
-            except BaseException:
+            except BaseException:  # a timeout included: the connection's state is unknown
                 self._drop(conn)
                 raise
             if conn.keep and not conn.lost:

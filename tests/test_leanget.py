@@ -46,7 +46,12 @@ async def server() -> AsyncIterator[str]:
         await resp.write_eof()
         return resp
 
+    async def silent(_: web.Request) -> web.Response:
+        await asyncio.sleep(2)  # past the client's 0.2 s
+        return web.Response(body=b"late")
+
     app = web.Application()
+    app.router.add_get("/silent", silent)
     app.router.add_get("/obj/{n}", obj)
     app.router.add_get("/big", big)
     app.router.add_get("/missing", missing)
@@ -91,3 +96,14 @@ async def test_a_closing_server_and_a_chunked_body(server: str) -> None:
 async def test_only_http_bases() -> None:
     with pytest.raises(ValueError):
         LeanSession("https://127.0.0.1:1", limit=1)
+
+
+async def test_a_silent_server_times_out(server: str) -> None:
+    session = LeanSession(server, limit=1, timeout=0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            await session.get("/silent")
+        assert not session.idle  # its connection is dropped, not reused
+        assert await session.get("/obj/3") == (200, bytes([3]) * 3)
+    finally:
+        await session.close()
