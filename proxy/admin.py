@@ -82,6 +82,8 @@ class Health:
     started: bool = False
     draining: bool = False
     workers_ready: Callable[[], bool] = lambda: True
+    # before a scrape: the workers write their tallies out (proxy/warmfeed.py, flush)
+    flush_workers: Callable[[], Awaitable[None]] | None = None
 
     @property
     def ready(self) -> bool:
@@ -194,6 +196,8 @@ def build_admin_app(
     jobs: Jobs | None = None,
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
+        if health.flush_workers is not None:
+            await health.flush_workers()
         body = generate_latest(registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -452,6 +452,11 @@ class SupervisorCore:
         self._idler = asyncio.create_task(self._idle_off())
         return JobCore(router, self._reads, owners=owners, handoff=self._dispatch.drain)
 
+    async def flush_workers(self) -> None:
+        """Each worker's tallies written out, before a scrape (proxy/warmfeed.py)."""
+        if self._dispatch is not None:
+            await self._dispatch.flush()
+
     async def close(self) -> None:
         if self._idler is not None:
             self._idler.cancel()
@@ -488,6 +493,7 @@ async def serve_workers(cfg: Config) -> None:
         raise
     assert cache.index is not None
     health.workers_ready = workers.ready
+    health.flush_workers = core.flush_workers
     try:
         if cluster is not None:
             # how large objects are cut: a warm job fills each chunk on that chunk's owners

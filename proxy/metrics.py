@@ -11,7 +11,6 @@ import asyncio
 import atexit
 import bisect
 import multiprocessing.util
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,9 +22,10 @@ from prometheus_client.registry import Collector
 # In multiprocess mode every Prometheus increment is a locked write to an mmap'd file; a warm
 # 16 KiB hit paid several of them. A Tally counts in a plain float and flush() writes what it
 # holds into its Prometheus child: FLUSH_EVERY seconds after the first count since the last
-# flush (a timer on the running event loop), at every scrape of this process's registry (one
-# process: the numbers a scrape shows are exact), and at exit. With several workers a scrape
-# of the supervisor may miss a worker's last FLUSH_EVERY seconds.
+# flush (a timer on the running event loop), at every scrape of this process's registry, and
+# at exit. With several workers the supervisor's scrape first asks each worker to flush
+# (proxy/warmfeed.py), so in either case the numbers a scrape shows are exact; a worker that
+# does not answer within warmfeed.FLUSH_WAIT shows its counts within FLUSH_EVERY.
 FLUSH_EVERY = 1.0
 _tallies: list[Tally | HistogramTally] = []
 _armed = False
@@ -69,18 +69,6 @@ class Tally:
         pending, self._pending = self._pending, 0.0
         if pending:
             self._child.inc(pending)
-
-
-# One process (no multiprocess files): a scrape flushes first, so even a count that a scrape must
-# show at once (a store request, the fills in flight) can be a tally. A worker of several writes
-# those through; the supervisor's own are not exported (see admin.py), so tallies do there.
-ONE_PROCESS = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-
-
-def exact(child: Any) -> Any:
-    """``child`` (a Counter or Gauge child: its inc() and, for a gauge, inc(-1)), as a tally
-    where a scrape sees it at once anyway (ONE_PROCESS), else itself, written through."""
-    return Tally(child) if ONE_PROCESS else child
 
 
 class HistogramTally:
@@ -258,7 +246,7 @@ BACKEND_BYTES = Counter(
 INFLIGHT_FILLS = Gauge(
     "slipstream_inflight_fills", "Store fetches filling the cache now", multiprocess_mode="livesum"
 )
-FILLS_IN_FLIGHT = exact(INFLIGHT_FILLS)  # inc(1) as one starts, inc(-1) as it ends
+FILLS_IN_FLIGHT = Tally(INFLIGHT_FILLS)  # inc(1) as one starts, inc(-1) as it ends
 FILLS = Counter("slipstream_fills_total", "Cache fills finished, by result", ["result"])
 EVICTIONS = Counter("slipstream_evictions_total", "Objects evicted from the cache")
 EVICTED_BYTES = Counter("slipstream_evicted_bytes_total", "Bytes evicted from the cache")
@@ -408,17 +396,17 @@ def bucket(name: str, wildcard: bool) -> BucketMetrics:
 # -- stores -------------------------------------------------------------------------------------
 # A cold read counts its store request, times it and counts its bytes, with the children of one
 # backend and operation resolved once (no labels() lookup per call). The latency and the bytes
-# are tallies; the request count is exact(): tests and operators read it as "did this reach the
-# store", which must hold at once in a scrape of several workers too.
+# are tallies, as the request count is: a scrape flushes first, so tests and operators can read
+# it as "did this reach the store" at once.
 
 
 class StoreCallMetrics:
-    """The request count (exact) and latency (a tally) of one (backend, operation)."""
+    """The request count and latency (tallies) of one (backend, operation)."""
 
     __slots__ = ("requests", "latency")
 
     def __init__(self, backend: str, operation: str) -> None:
-        self.requests = exact(BACKEND_REQUESTS.labels(backend, operation))
+        self.requests = Tally(BACKEND_REQUESTS.labels(backend, operation))
         self.latency = HistogramTally(BACKEND_LATENCY.labels(backend, operation))
 
 

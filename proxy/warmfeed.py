@@ -11,6 +11,11 @@ it was cached already (or the S3 error code): a prefetch key once its bytes are 
 follows; proxy/core/prefetch.py, ``warm``), a warm job's object once its fills committed (the
 job may pin it next). A read of the key in that worker joins the fill in-process.
 
+The same connection carries a scrape's flush: before the admin listener answers /metrics,
+``WarmDispatch.flush`` asks every worker to write its tallies out (``metrics.flush``; a
+worker counts in plain numbers, proxy/metrics.py) and waits for their answers, at most
+FLUSH_WAIT, so a scrape sees every count made before it.
+
 Each worker connects once at start to the supervisor's unix socket (Linux abstract
 namespace, a random name) and serves on it until it stops; a connection from a process of
 another user is refused; a worker is ready once the supervisor has greeted it (one byte), so
@@ -19,8 +24,8 @@ restarting), or when a worker dies with keys in flight, the supervisor fills tho
 itself.
 
 Frames, network byte order: a request is ``!IBHH`` (id, op, bucket length, key length) then
-the bucket and the key in UTF-8; an answer is ``!IBqH`` (id, outcome, size, code length) then
-the code in ASCII.
+the bucket and the key in UTF-8 (a flush's are empty); an answer is ``!IBqH`` (id, outcome,
+size, code length) then the code in ASCII.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ Kind = Literal["prefetch", "warm"]
 
 _REQUEST = struct.Struct("!IBHH")
 _ANSWER = struct.Struct("!IBqH")
-_WARM, _DRAIN = 0, 1  # ops
+_WARM, _DRAIN, _FLUSH = 0, 1, 2  # ops
 _FILLED, _CACHED, _S3_ERROR = 0, 1, 2  # outcomes
 _HELLO = b"\x01"  # the supervisor's first byte: this worker is one it hands keys to
 GREETING_TIMEOUT = 10.0
+FLUSH_WAIT = 0.5  # a scrape waits no longer than this for a busy worker's counts
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
@@ -206,6 +212,24 @@ class WarmDispatch:
         self._counts[kind, "supervisor"].inc()
         return None
 
+    async def flush(self) -> None:
+        """Every connected worker's tallies written out (those that answer within
+        FLUSH_WAIT: a scrape is not held up by a stuck worker; its counts follow within
+        metrics.FLUSH_EVERY)."""
+        asked = []
+        for worker in self.workers:
+            self._ids = (self._ids + 1) & 0xFFFFFFFF
+            asked.append((worker, self._ids, worker.send(self._ids, _FLUSH, "", "")))
+        if not asked:
+            return
+        await asyncio.wait([fut for _, _, fut in asked], timeout=FLUSH_WAIT)
+        for worker, rid, fut in asked:
+            if fut.done():
+                fut.exception()  # a worker gone meanwhile: retrieved, not logged
+            else:
+                fut.cancel()
+                worker.pending.pop(rid, None)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -240,6 +264,10 @@ class _Supervisor(asyncio.Protocol):
             data = data[1:]
         self._buf += data
         for (rid, op, blen, _), body in _frames(self._buf, _REQUEST, lambda f: f[2] + f[3]):
+            if op == _FLUSH:
+                metrics.flush()
+                self._answer(rid, _FILLED, 0, "")
+                continue
             bucket = body[:blen].decode("utf-8", "surrogatepass")
             key = body[blen:].decode("utf-8", "surrogatepass")
             task = asyncio.create_task(self._fill(rid, op, bucket, key))
@@ -261,6 +289,9 @@ class _Supervisor(asyncio.Protocol):
         except Exception:
             log.cache.exception("a job's fill failed in a worker")
             outcome, code = _S3_ERROR, errors.InternalError.code
+        self._answer(rid, outcome, size, code)
+
+    def _answer(self, rid: int, outcome: int, size: int, code: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
             raw = code.encode("ascii", "replace")
             self.transport.write(_ANSWER.pack(rid, outcome, size, len(raw)) + raw)

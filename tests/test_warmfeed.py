@@ -254,3 +254,36 @@ async def test_a_worker_the_supervisor_does_not_greet_fills_nothing(core: Core) 
     assert worker == []
     conn.close()
     server.close()
+
+
+async def test_a_flush_has_each_worker_write_its_tallies_out(
+    core: Core,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flushes: list[int] = []
+    monkeypatch.setattr(warmfeed.metrics, "flush", lambda: flushes.append(1))
+    dispatch, _, _, transport = await connected(core)
+    await dispatch.flush()  # returns once the worker has flushed, not after FLUSH_WAIT
+    assert flushes == [1]
+    assert not dispatch.workers[0].pending
+    transport.close()
+    await dispatch.close()
+
+
+async def test_a_flush_waits_no_longer_than_flush_wait_for_a_silent_worker(
+    core: Core,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(warmfeed, "FLUSH_WAIT", 0.2)
+    dispatch = supervisor(core, [])
+    await dispatch.listen()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # connects, never answers
+    silent.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(silent, dispatch.address)
+    await eventually(lambda: len(dispatch.workers) == 1, within=5)
+    began = asyncio.get_running_loop().time()
+    await dispatch.flush()
+    assert 0.15 < asyncio.get_running_loop().time() - began < 2
+    assert not dispatch.workers[0].pending  # the unanswered flush is not counted as in flight
+    silent.close()
+    await dispatch.close()

@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from proxy import errors, log, metrics
 from proxy.s3 import xml
@@ -42,7 +41,7 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
     in_flight = 0
     ids = itertools.count(1)
     prefix = f"{os.getpid():X}"
-    request_counters: dict[tuple[str, str], Counter] = {}
+    request_counters: dict[tuple[str, str], metrics.Tally] = {}
     durations: dict[str, metrics.HistogramTally] = {}
 
     async def s3_middleware(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
@@ -74,7 +73,9 @@ def make_middleware(max_concurrency: int, access: bool) -> Middleware:
         status = metrics.status_label(resp.status)
         counter = request_counters.get((op, status))
         if counter is None:
-            counter = request_counters[(op, status)] = metrics.REQUESTS.labels(op, status)
+            counter = request_counters[(op, status)] = metrics.Tally(
+                metrics.REQUESTS.labels(op, status)
+            )
         counter.inc()
         duration = durations.get(op)
         if duration is None:
