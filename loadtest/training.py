@@ -76,6 +76,7 @@ import aiohttp  # noqa: E402
 
 from loadtest.bench import (  # noqa: E402
     BenchError,
+    CpuSnap,
     CpuWatch,
     _machine_cpu,
     background,
@@ -93,6 +94,7 @@ MB = 1_000_000
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 TOKEN_ENV = "BENCH_ADMIN_TOKEN"  # not SLIPSTREAM_*: those override config fields
 STORE_KEY_ENV = ("BENCH_STORE_ACCESS_KEY", "BENCH_STORE_SECRET_KEY")
+SERVER_GROUPS = ("slipstream:", "nginx-cache:")  # CpuWatch labels of a row's caching server
 
 # -- the store and nginx -------------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class Epoch:
     store_requests: int = 0
     store_gets: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    server_cpu_ms: float | None = None  # the cache's processes (Slipstream, nginx) per sample
+    machine_busy: float = 0.0  # share of all the machine's cores busy through the epoch
 
     @property
     def samples_per_s(self) -> float:
@@ -525,6 +529,7 @@ class Bench:
                     client = AiohttpGetter(session, base)
                 for n in range(args.epochs):
                     self.store_log.take()
+                    before = self.cpu.snap()  # the hook's work (posting an order) counts too
                     if workload == "shards":
                         if on_epoch is not None:
                             await on_epoch(n, [])
@@ -548,6 +553,7 @@ class Bench:
                             ahead=args.ahead,
                             step=args.step_ms / 1000,
                         )
+                    e.server_cpu_ms, e.machine_busy = _epoch_cpu(before, self.cpu.snap(), e.samples)
                     counts = self.store_log.take()
                     e.store_requests = sum(counts.values())
                     e.store_gets = counts.get("GET", 0)
@@ -685,6 +691,19 @@ class Bench:
 # -- report --------------------------------------------------------------------------------------
 
 
+def _epoch_cpu(a: CpuSnap, b: CpuSnap, samples: int) -> tuple[float | None, float]:
+    """(CPU ms per sample of the caching server's processes, None where the row has none;
+    the share of the machine's cores busy) between two snapshots."""
+    server = [
+        cpu - a.procs.get(pid, (label, 0.0))[1]
+        for pid, (label, cpu) in b.procs.items()
+        if label.startswith(SERVER_GROUPS)
+    ]
+    wall = max(b.wall - a.wall, 1e-9)
+    busy = (b.machine[0] - a.machine[0]) / wall / (os.cpu_count() or 1)
+    return (1000 * sum(server) / max(samples, 1) if server else None), busy
+
+
 def _row(rows: Sequence[Row], workload: str, prefix: str) -> Row | None:
     return next((r for r in rows if r.workload == workload and r.path.startswith(prefix)), None)
 
@@ -751,6 +770,7 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], checks: list[dict[str, A
         p("")
         head = (
             f"| path | epoch 1 {unit}/s | epoch 1 MB/s | epoch 1 GPU stall | epoch 1 store requests"
+            f" | epoch 1 server CPU ms/{unit[:-1]} | epoch 1 machine busy"
             f" | epoch 2 {unit}/s | epoch 2 stall | epoch 2 store requests | others' CPU |"
         )
         if workload == "half-cache":
@@ -767,9 +787,11 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], checks: list[dict[str, A
                     f"{e1.mb_per_s:,.1f}",
                     f"{100 * e1.stall:.1f}%",
                     f"{e1.store_requests:,}",
+                    "-" if e1.server_cpu_ms is None else f"{e1.server_cpu_ms:.2f}",
+                    f"{100 * e1.machine_busy:.0f}%",
                 ]
             else:
-                cells += ["-"] * 4
+                cells += ["-"] * 6
             if e2:
                 cells += [
                     f"{e2.samples_per_s:,.0f}",
@@ -785,6 +807,9 @@ def markdown(rows: Sequence[Row], info: dict[str, Any], checks: list[dict[str, A
             p("| " + " | ".join(cells) + " |")
         p("")
     p(
+        f"Server CPU: the caching server's processes (all of Slipstream's, nginx's) per "
+        f"sample of the epoch; machine busy: the share of all cores busy (the client, "
+        f"relay and store included). "
         f"others' CPU: what processes outside this benchmark used meanwhile (% of one core, "
         f"short-lived ones included; "
         f"load average {info['loadavg']} at start). Half cache: nginx enforces max_size from "
