@@ -77,7 +77,7 @@ def state_changing(handler: Handler) -> Handler:
 
 @dataclass
 class Health:
-    """Readiness: false while starting and while draining."""
+    """Readiness (false while starting and while draining), and what a scrape runs first."""
 
     started: bool = False
     draining: bool = False

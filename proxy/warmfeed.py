@@ -201,9 +201,8 @@ class WarmDispatch:
         """A worker's answer; None when no worker could (the caller fills it here)."""
         if self.workers:
             worker = min(self.workers, key=lambda w: len(w.pending))
-            self._ids = (self._ids + 1) & 0xFFFFFFFF
             try:  # cancelled, the answer still comes (the fill goes on): it is dropped then
-                answer = await worker.send(self._ids, op, mount.name, key)
+                answer = await worker.send(self._next_id(), op, mount.name, key)
             except WorkerGone:
                 pass
             else:
@@ -212,14 +211,18 @@ class WarmDispatch:
         self._counts[kind, "supervisor"].inc()
         return None
 
+    def _next_id(self) -> int:
+        self._ids = (self._ids + 1) & 0xFFFFFFFF  # a frame's id is 32 bits (``!I``)
+        return self._ids
+
     async def flush(self) -> None:
         """Every connected worker's tallies written out (those that answer within
         FLUSH_WAIT: a scrape is not held up by a stuck worker; its counts follow within
         metrics.FLUSH_EVERY)."""
         asked = []
         for worker in self.workers:
-            self._ids = (self._ids + 1) & 0xFFFFFFFF
-            asked.append((worker, self._ids, worker.send(self._ids, _FLUSH, "", "")))
+            rid = self._next_id()
+            asked.append((worker, rid, worker.send(rid, _FLUSH, "", "")))
         if not asked:
             return
         await asyncio.wait([fut for _, _, fut in asked], timeout=FLUSH_WAIT)
