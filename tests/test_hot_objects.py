@@ -245,24 +245,53 @@ def test_hot_objects_config(proxy_factory: ProxyFactory, tmp_path: Path) -> None
     assert _hot_hits(proxy) == 0
 
 
-def test_a_name_is_admitted_on_its_second_usual_answer(
-    proxy_factory: ProxyFactory, tmp_path: Path
-) -> None:
-    """A key's first usual answer in a process only marks it seen (a one-pass scan over more
-    keys than the table holds costs a set insert per read, not a rendered head): its second
-    request is still answered the usual way; later ones come from the table."""
-    config = _config(tmp_path, 1)
-    paths = [f"/{BUCKET}/scan/{i:02d}.bin" for i in range(10)]
+def _scan_objects(tmp_path: Path, n: int) -> list[str]:
+    paths = [f"/{BUCKET}/scan/{i:02d}.bin" for i in range(n)]
     for path in paths:
         file = tmp_path / "store" / path.lstrip("/")
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(BODY)
-    proxy = proxy_factory(config)
+    return paths
+
+
+def _cached_then_restarted(proxy: ProxyProcess, paths: list[str]) -> None:
     for path in paths:
         assert raw_request(proxy.url, "GET", path).body == BODY  # filled
     time.sleep(1.5)  # the fills' commits and their first hit counts are written
     proxy.stop()
     proxy.start()  # a new process: nothing seen yet, an empty table; the objects cached
+
+
+def test_a_table_with_room_admits_a_name_on_its_first_cached_answer(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    """While the table has room, the first usual answer that finds the object cached admits
+    it: every later read comes from the table (a dataset smaller than the table is hot from
+    its second read in each worker, not its third)."""
+    config = _config(tmp_path, 1, buckets={BUCKET: {"backend": "local", "metadata_ttl": "1h"}})
+    paths = _scan_objects(tmp_path, 10)
+    proxy = proxy_factory(config)
+    _cached_then_restarted(proxy, paths)
+    time.sleep(1.2)  # a worker's tallies reach the scrape within a second
+    hits = _hot_hits(proxy)
+    for path in paths:
+        assert raw_request(proxy.url, "GET", path).body == BODY  # a usual hit: admitted
+        assert raw_request(proxy.url, "GET", path).body == BODY  # from the table
+    time.sleep(1.2)
+    assert _hot_hits(proxy) - hits == len(paths)
+
+
+def test_a_full_table_admits_a_name_on_its_second_usual_answer(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    """Once the table is full (here: room for one entry only), a key's first usual answer only
+    marks it seen (a one-pass scan over more keys than the table holds costs a set insert per
+    read, not a rendered head, and does not cycle the table): its second request is still
+    answered the usual way; later ones come from the table."""
+    config = _config(tmp_path, 1, server={"hot_objects": "2KiB"})
+    paths = _scan_objects(tmp_path, 10)
+    proxy = proxy_factory(config)
+    _cached_then_restarted(proxy, paths)
     hits = _hot_hits(proxy)
     for path in paths:
         assert raw_request(proxy.url, "GET", path).body == BODY  # a usual hit: seen

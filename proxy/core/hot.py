@@ -28,6 +28,7 @@ from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
 ENTRY_OVERHEAD = 800  # bytes an entry costs beyond its texts (objects, dict slots, names)
+ROOM = 4 * ENTRY_OVERHEAD  # free bytes under which the table counts as full (admits on 2nd)
 SEEN_MAX = 50_000  # hashes of names answered once (a few MB; cleared when full)
 
 
@@ -48,9 +49,11 @@ class HotEntry:
 
 class HotObjects:
     """At most ``max_bytes`` of entries (their heads and records, not bodies), the oldest
-    admitted dropped first. A name is admitted on its second usual answer (or the first after
-    its entry was dropped for a change): a one-pass scan (an epoch over more keys than a
-    table holds) pays a set insert per read, not an index read and a rendered head."""
+    admitted dropped first. While the table has room, a name is admitted on its first usual
+    answer that finds the object cached (a fill's, not yet committed, marks it seen). Once it
+    is full, on its second (or the first after its entry was dropped for a change): a one-pass
+    scan (an epoch over more keys than a table holds) then pays a set insert per read, not an
+    index read and a rendered head, and does not cycle the table."""
 
     def __init__(self, reads: Reads, max_bytes: int) -> None:
         self.reads = reads  # its on_read (the prefetcher's feed) is set after start
@@ -111,12 +114,13 @@ class HotObjects:
         inline and fresh now; its head and checksums are ``render`` of the record read here."""
         if not mount.cacheable or self.max_bytes <= 0:
             return False
-        if hash(name) not in self._seen:
+        if self._bytes + ROOM > self.max_bytes and hash(name) not in self._seen:
             self._remember(name)
             return False
         oid = oid_of(mount, key)
-        raw, body = self.cache.raw_lookup(oid)
-        if raw is None or body is None:
+        raw = self.cache.raw_lookup(oid, data=False)[0]  # (inline: its bytes are beside it)
+        if raw is None:
+            self._remember(name)  # a fill's answer: the commit comes later, the next answer
             return False
         rec = self.cache.parsed(raw)  # the usual answer just parsed it: shared, read-only
         if not rec.inline:
