@@ -24,6 +24,7 @@ from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
 from proxy.core.fills import Fills
+from proxy.core.hot import ROOM, HotObjects
 from proxy.core.metadata import oid_of
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
@@ -450,3 +451,46 @@ async def test_a_fill_waiting_for_its_commit_leaves_its_slot_to_the_next(core: C
     assert core.record("a") is not None and core.record("b") is not None
     assert core.store.gets == 2
     await fills.close()
+
+
+def _render(meta: Any) -> tuple[dict[str, str], dict[str, str]]:
+    return {"ETag": meta.etag}, {}
+
+
+async def test_hot_table_keeps_entries_while_it_has_room_then_names_asked_before(
+    core: Core,
+) -> None:
+    """HotObjects.enter answers every cached inline object (a miss or a large object: None).
+    It keeps each entry while the table has room; once full, only an entry whose name was
+    asked before (a one-pass scan does not cycle the table), the oldest dropped for it."""
+    keys = [f"hot-{i}" for i in range(6)]
+    for key in keys:
+        core.put_file(key, _data(INLINE_MAX // 2))
+    core.put_file("large", _data(INLINE_MAX * 2))
+    table = HotObjects(core.reads, 0)
+    assert table.enter("missed", core.mount, keys[0], _render) is None  # not cached yet
+    for key in [*keys, "large"]:
+        await _read(core, key)
+    await core.reads.fills.wait_idle()
+    assert table.enter("large", core.mount, "large", _render) is None  # not inline
+    entry = table.enter("probe", core.mount, keys[0], _render)
+    assert entry is not None and entry[1] == _data(INLINE_MAX // 2)
+    table = HotObjects(core.reads, entry[0].cost * 2 + ROOM)  # room for two before it is full
+    for key in keys[:3]:
+        found = table.enter(key, core.mount, key, _render)
+        assert found is not None and found[0].fields == {"ETag": found[0].rec.etag}
+    assert len(table) == 2  # the third answered, not kept: the table was full
+    assert table.find(keys[0]) is not None and table.find(keys[2]) is None
+    assert table.enter(keys[2], core.mount, keys[2], _render) is not None  # asked before: kept
+    assert table.find(keys[2]) is not None
+    for key in keys[3:]:  # each kept on its second answer, the oldest dropped for room
+        for _ in range(2):
+            assert table.enter(key, core.mount, key, _render) is not None
+    assert table.find(keys[0]) is None and table.find(keys[-1]) is not None
+    assert 2 <= len(table) < len(keys) and entry[0].cost * len(table) <= table.max_bytes
+    core.put_file("late", _data(INLINE_MAX // 2))
+    assert table.enter("late", core.mount, "late", _render) is None  # a miss: asked
+    await _read(core, "late")
+    await core.reads.fills.wait_idle()
+    assert table.enter("late", core.mount, "late", _render) is not None
+    assert table.find("late") is not None  # kept, the table full as it is

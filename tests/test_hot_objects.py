@@ -74,8 +74,8 @@ def _pid(raw: Raw) -> str:
 
 
 def _heat(proxy: ProxyProcess, workers: int, path: str = PATH) -> None:
-    """GET ``path`` until every worker answers it from its table (each admits it on its own
-    second usual answer), then check that the table answers."""
+    """GET ``path`` until every worker answers it from its table (each keeps an entry from
+    its first read of the cached object), then check that the table answers."""
     for _ in range(10):
         assert raw_request(proxy.url, "GET", path).status == 200
     time.sleep(1.5)
@@ -262,42 +262,26 @@ def _cached_then_restarted(proxy: ProxyProcess, paths: list[str]) -> None:
     proxy.start()  # a new process: nothing seen yet, an empty table; the objects cached
 
 
-def test_a_table_with_room_admits_a_name_on_its_first_cached_answer(
-    proxy_factory: ProxyFactory, tmp_path: Path
+@pytest.mark.parametrize("table", ["64MiB", "2KiB"])
+def test_every_read_of_a_cached_inline_object_takes_the_short_path(
+    proxy_factory: ProxyFactory, tmp_path: Path, table: str
 ) -> None:
-    """While the table has room, the first usual answer that finds the object cached admits
-    it: every later read comes from the table (a dataset smaller than the table is hot from
-    its second read in each worker, not its third)."""
-    config = _config(tmp_path, 1, buckets={BUCKET: {"backend": "local", "metadata_ttl": "1h"}})
+    """A new process, its table empty: the first read of each cached inline object is already
+    answered the short way, whether the table keeps the entry (room) or not (2 KiB: full after
+    one entry, so a scan's reads are answered without cycling it). A miss is not: it fills."""
+    config = _config(tmp_path, 1, server={"hot_objects": table})
+    config["buckets"][BUCKET]["metadata_ttl"] = "1h"
     paths = _scan_objects(tmp_path, 10)
     proxy = proxy_factory(config)
-    _cached_then_restarted(proxy, paths)
-    time.sleep(1.2)  # a worker's tallies reach the scrape within a second
     hits = _hot_hits(proxy)
-    for path in paths:
-        assert raw_request(proxy.url, "GET", path).body == BODY  # a usual hit: admitted
-        assert raw_request(proxy.url, "GET", path).body == BODY  # from the table
-    time.sleep(1.2)
-    assert _hot_hits(proxy) - hits == len(paths)
-
-
-def test_a_full_table_admits_a_name_on_its_second_usual_answer(
-    proxy_factory: ProxyFactory, tmp_path: Path
-) -> None:
-    """Once the table is full (here: room for one entry only), a key's first usual answer only
-    marks it seen (a one-pass scan over more keys than the table holds costs a set insert per
-    read, not a rendered head, and does not cycle the table): its second request is still
-    answered the usual way; later ones come from the table."""
-    config = _config(tmp_path, 1, server={"hot_objects": "2KiB"})
-    paths = _scan_objects(tmp_path, 10)
-    proxy = proxy_factory(config)
-    _cached_then_restarted(proxy, paths)
-    hits = _hot_hits(proxy)
-    for path in paths:
-        assert raw_request(proxy.url, "GET", path).body == BODY  # a usual hit: seen
-        assert raw_request(proxy.url, "GET", path).body == BODY  # usual again: admitted now
+    assert raw_request(proxy.url, "GET", paths[0]).body == BODY  # a miss: the usual path
     assert _hot_hits(proxy) == hits
-    _heat(proxy, 1, paths[0])  # then the table answers it
+    _cached_then_restarted(proxy, paths)
+    hits = _hot_hits(proxy)
+    for path in paths:
+        assert raw_request(proxy.url, "GET", path).body == BODY
+        assert raw_request(proxy.url, "GET", path).body == BODY
+    assert _hot_hits(proxy) - hits == 2 * len(paths)
 
 
 def test_a_hit_flush_keeps_the_entry(proxy_factory: ProxyFactory, tmp_path: Path) -> None:

@@ -340,13 +340,13 @@ class Index:
             rec = remember(self._decoded, raw, Record.loads(raw), DECODED_CACHE_MAX)
         return rec
 
-    def raw_with_data(self, oid: bytes, data: bool = True) -> tuple[bytes | None, bytes | None]:
-        """The record's raw bytes and (``data``) the object's inline bytes, None where absent,
-        read in one transaction and not parsed: the cheapest exact look at an entry."""
+    def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
+        """The record's raw bytes and the object's inline bytes (None where absent), read in
+        one transaction and not parsed: the cheapest exact look at an entry."""
         txn = self.env.begin()  # abort() ends a read txn for half what the `with` form costs
         try:
             raw = txn.get(oid, db=self.objects)
-            return raw, (txn.get(oid, db=self.data) if raw is not None and data else None)
+            return raw, (txn.get(oid, db=self.data) if raw is not None else None)
         finally:
             txn.abort()
 

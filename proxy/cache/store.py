@@ -115,9 +115,9 @@ class CacheStore:
     def lookup(self, oid: bytes) -> tuple[Record | None, bytes | None]:
         return self._idx.get_with_data(oid)
 
-    def raw_lookup(self, oid: bytes, data: bool = True) -> tuple[bytes | None, bytes | None]:
-        """The record's raw bytes and (``data``) its inline bytes, unparsed (raw_with_data)."""
-        return self._idx.raw_with_data(oid, data)
+    def raw_lookup(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
+        """The record's raw bytes and its inline bytes, unparsed (Index.raw_with_data)."""
+        return self._idx.raw_with_data(oid)
 
     def parsed(self, raw: bytes) -> Record:
         """A raw record (raw_lookup) parsed, shared with lookup's parsed records (read-only)."""

@@ -28,7 +28,7 @@ from proxy.model import ObjectMeta
 from proxy.routing import Mount
 
 ENTRY_OVERHEAD = 800  # bytes an entry costs beyond its texts (objects, dict slots, names)
-ROOM = 4 * ENTRY_OVERHEAD  # free bytes under which the table counts as full (admits on 2nd)
+ROOM = 4 * ENTRY_OVERHEAD  # free bytes under which the table counts as full
 SEEN_MAX = 50_000  # hashes of names answered once (a few MB; cleared when full)
 
 
@@ -49,11 +49,11 @@ class HotEntry:
 
 class HotObjects:
     """At most ``max_bytes`` of entries (their heads and records, not bodies), the oldest
-    admitted dropped first. While the table has room, a name is admitted on its first usual
-    answer that finds the object cached (a fill's, not yet committed, marks it seen). Once it
-    is full, on its second (or the first after its entry was dropped for a change): a one-pass
-    scan (an epoch over more keys than a table holds) then pays a set insert per read, not an
-    index read and a rendered head, and does not cycle the table."""
+    kept dropped first. An entry is made by the first request that finds its object cached
+    inline (``enter``) and answers it. While the table has room it is kept; once the table
+    is full, only for a name asked before (its entry was dropped for a change, or an earlier
+    request missed or found the table full): a one-pass scan over more keys than the table
+    holds does not cycle it, and each of its reads still takes the short path."""
 
     def __init__(self, reads: Reads, max_bytes: int) -> None:
         self.reads = reads  # its on_read (the prefetcher's feed) is set after start
@@ -103,47 +103,46 @@ class HotObjects:
         entry.stats.served("cache", size)
         metrics.FIRST_BYTE_HIT.observe(time.perf_counter() - started)
 
-    def admit(
+    def enter(
         self,
         name: Hashable,
         mount: Mount,
         key: str,
         render: Callable[[ObjectMeta], tuple[dict[str, str], dict[str, str]]],
-    ) -> bool:
-        """Enter ``key`` of ``mount`` (a remote key) under ``name`` if the index holds it
-        inline and fresh now; its head and checksums are ``render`` of the record read here."""
-        if not mount.cacheable or self.max_bytes <= 0:
-            return False
-        if self._bytes + ROOM > self.max_bytes and hash(name) not in self._seen:
-            self._remember(name)
-            return False
+    ) -> tuple[HotEntry, bytes] | None:
+        """The entry of ``key`` of ``mount`` (a remote key) and its bytes, if the index holds it
+        inline and fresh now (its head and checksums are ``render`` of the record read here);
+        else None. The entry is kept under ``name`` while the table has room, and once it is
+        full when the name was asked before: else it answers this request only."""
+        if not mount.cacheable:
+            return None
         oid = oid_of(mount, key)
-        raw = self.cache.raw_lookup(oid, data=False)[0]  # (inline: its bytes are beside it)
-        if raw is None:
-            self._remember(name)  # a fill's answer: the commit comes later, the next answer
-            return False
-        rec = self.cache.parsed(raw)  # the usual answer just parsed it: shared, read-only
-        if not rec.inline:
-            return False
+        raw, body = self.cache.raw_lookup(oid)
+        if raw is None or body is None:
+            self._remember(name)  # a miss (its fill commits later) or not inline
+            return None
+        rec = self.cache.parsed(raw)
         ttl = mount.metadata_ttl
         expires = float("inf") if ttl is None else rec.validated + ttl
         if time.time() >= expires:
-            return False
+            return None  # due for revalidation: the usual path asks the store
         fields, checksums = render(rec.to_meta())
         # the fields are rendered from the record: its bytes twice over bound their texts
         cost = ENTRY_OVERHEAD + 2 * len(raw) + 2 * len(key)
-        if cost > self.max_bytes:
-            return False
-        self._drop(name)
-        while self._entries and self._bytes + cost > self.max_bytes:
-            self._drop(next(iter(self._entries)))
         stats = metrics.bucket(mount.name, mount.wildcard)
-        self._entries[name] = HotEntry(
+        entry = HotEntry(
             oid, raw, rec, fields, checksums, expires, ttl, mount.name, key, stats, cost
         )
-        self._bytes += cost
-        self._seen.discard(hash(name))  # (until now a fill not yet committed stays seen)
-        return True
+        if self._bytes + cost + ROOM > self.max_bytes and hash(name) not in self._seen:
+            self._remember(name)  # full: kept on its next answer (a scan does not cycle it)
+        elif cost <= self.max_bytes:
+            self._drop(name)
+            while self._entries and self._bytes + cost > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+            self._entries[name] = entry
+            self._bytes += cost
+            self._seen.discard(hash(name))
+        return entry, body
 
     def _remember(self, name: Hashable) -> None:
         if len(self._seen) >= SEEN_MAX:

@@ -139,7 +139,6 @@ class S3Dispatcher:
         if unsupported and not (query.get("versionId") == "null" and len(unsupported) == 1):
             raise errors.NotImplementedS3(f"?{sorted(unsupported)[0]} is not supported.")
         remote_key = mount.remote_key(key)
-        request["object"] = (mount, remote_key)  # what the hot table admits (s3/hot.py)
         if method == "HEAD":
             return await self.reads.head_object(request, mount, remote_key, query)
         return await self.reads.get_object(request, mount, remote_key, query)

@@ -5,12 +5,14 @@ Only a request whose answer depends on nothing but the object qualifies: GET or 
 query but a presigned URL's own parameters, and only request headers from a short allow-list
 (none of the conditionals, a body's framing: a header not listed sends the request the usual
 way; Range and x-amz-checksum-mode are read as the usual path reads them). The table is keyed
-by (HEAD?, raw path, Host when virtual host style is configured); an entry is admitted after
-the usual path answered such a request 200 or 206. A hit still authenticates (the same
-Authenticator, its decision and the bucket permission); a refused or doubtful request goes
-the usual way and gets its usual answer. It runs inside the middleware: request ids, the
-concurrency bound, requests and durations by operation and status, and the access log are
-the middleware's, as for any request.
+by (HEAD?, raw path, Host when virtual host style is configured). A request the table does not
+hold resolves its bucket and key as the usual path does, and if the index holds that object
+inline and fresh, an entry rendered from its record answers it (kept as core/hot.py decides);
+anything else (a miss, a large object, an unknown bucket) goes the usual way. A hit still
+authenticates (the same Authenticator, its decision and the bucket permission); a refused or
+doubtful request goes the usual way and gets its usual answer. It runs inside the middleware:
+request ids, the concurrency bound, requests and durations by operation and status, and the
+access log are the middleware's, as for any request.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from proxy import errors, metrics
-from proxy.core.hot import HotObjects
+from proxy.core.hot import HotEntry, HotObjects
 from proxy.memo import remember
 from proxy.model import ObjectMeta
 from proxy.routing import Router
@@ -56,8 +58,6 @@ _AUTH_PARAMS = PRESIGN_PARAMS | sigv2.QUERY_PARAMS
 _AUTH_HEADS: dict[str, bool] = {}  # _auth_only of a query's pairs before its last
 _AUTH_HEADS_MAX = 1024  # (cleared when full)
 _AUTH_HEAD_CHARS = 1024  # the longest kept (botocore's are ~200)
-_OPS = ("GetObject", "HeadObject")
-_ADMITTED = (200, 206)
 RANGES_MAX = 1024  # (Range header, object size) pairs resolved (cleared when full)
 RANGE_CHARS = 64  # the longest Range value kept (a client's header may be kilobytes long)
 
@@ -135,10 +135,9 @@ class HotPath:
         key: Hashable = (head, path, request.host if self.domains else None)
         found = self.table.find(key) if len(self.table) else None
         if found is None:
-            resp = await self.usual(request)
-            if resp.status in _ADMITTED and request.get("op") == _OPS[head]:
-                self._admit(request, key)
-            return resp
+            found = self._enter(request, key, path)
+            if found is None:
+                return await self.usual(request)
         entry, body = found
         # raises as the usual path; not kept in request["auth"]: nothing after a hit reads it
         # (aiohttp's __setitem__ costs a warning check), and the usual path authenticates anew
@@ -195,10 +194,19 @@ class HotPath:
             return part
         return remember(self._ranges, (value, size), part, RANGES_MAX)
 
-    def _admit(self, request: web.BaseRequest, key: Hashable) -> None:
-        found = request.get("object")  # (mount, remote key), as dispatch resolved them
-        if found is not None:
-            self.table.admit(key, found[0], found[1], _render)
+    def _enter(
+        self, request: web.BaseRequest, key: Hashable, path: str
+    ) -> tuple[HotEntry, bytes] | None:
+        """The object the request names, if it is cached inline and fresh: resolved as the
+        usual path resolves it (a target or bucket it refuses: None, and it answers)."""
+        try:
+            target = parse.parse_target(path, request.host or "", self.domains)
+            if target.bucket is None or target.key is None:
+                return None
+            mount = self.router.resolve(target.bucket)
+        except errors.S3Error:
+            return None
+        return self.table.enter(key, mount, mount.remote_key(target.key), _render)
 
 
 def _render(meta: ObjectMeta) -> tuple[dict[str, str], dict[str, str]]:
