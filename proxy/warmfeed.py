@@ -79,6 +79,27 @@ def _frames(
     return out
 
 
+class _Coalesced:
+    """Frames written in one turn of the event loop go out in one write: a frame a write cost a
+    syscall and a wake-up of the peer each (~3% of a worker's CPU answering a prefetch job)."""
+
+    __slots__ = ("transport", "_out")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._out = bytearray()
+
+    def write(self, frame: bytes) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += frame
+
+    def _flush(self) -> None:
+        out, self._out = bytes(self._out), bytearray()
+        if not self.transport.is_closing():
+            self.transport.write(out)
+
+
 class WorkerGone(ConnectionError):
     """The worker filling a key went away before it answered."""
 
@@ -92,6 +113,7 @@ class _Worker(asyncio.Protocol):
         self._buf = bytearray()
         self.pending: dict[int, asyncio.Future[tuple[bool, int]]] = {}
         self.transport: asyncio.Transport | None = None
+        self._frames: _Coalesced | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -103,6 +125,7 @@ class _Worker(asyncio.Protocol):
             transport.close()
             return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._frames = _Coalesced(self.transport)
         self._dispatch.workers.append(self)
         self.transport.write(_HELLO)  # the worker is ready once it knows it is counted
 
@@ -127,9 +150,9 @@ class _Worker(asyncio.Protocol):
 
     def send(self, rid: int, op: int, bucket: str, key: str) -> asyncio.Future[tuple[bool, int]]:
         """The answer to come: (was cached, size)."""
-        assert self.transport is not None
+        assert self._frames is not None
         b, k = _encode(bucket), _encode(key)
-        self.transport.write(_REQUEST.pack(rid, op, len(b), len(k)) + b + k)
+        self._frames.write(_REQUEST.pack(rid, op, len(b), len(k)) + b + k)
         fut: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         return fut
@@ -250,10 +273,12 @@ class _Supervisor(asyncio.Protocol):
         self._buf = bytearray()
         self._tasks: set[asyncio.Task[None]] = set()
         self.transport: asyncio.Transport | None = None
+        self._frames: _Coalesced | None = None
         self.greeted = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._frames = _Coalesced(self.transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.greeted.done():
@@ -295,9 +320,9 @@ class _Supervisor(asyncio.Protocol):
         self._answer(rid, outcome, size, code)
 
     def _answer(self, rid: int, outcome: int, size: int, code: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._frames is not None and not self._frames.transport.is_closing():
             raw = code.encode("ascii", "replace")
-            self.transport.write(_ANSWER.pack(rid, outcome, size, len(raw)) + raw)
+            self._frames.write(_ANSWER.pack(rid, outcome, size, len(raw)) + raw)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.greeted.done():
