@@ -25,7 +25,8 @@ itself.
 
 Frames, network byte order: a request is ``!IBHH`` (id, op, bucket length, key length) then
 the bucket and the key in UTF-8 (a flush's are empty); an answer is ``!IBqH`` (id, outcome,
-size, code length) then the code in ASCII.
+size, code length) then the code in ASCII. The frames one side writes in a turn of its event
+loop go out in one write.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def _frames(
 
 
 class _Coalesced:
-    """Frames written in one turn of the event loop go out in one write: a frame a write cost a
-    syscall and a wake-up of the peer each (~3% of a worker's CPU answering a prefetch job)."""
+    """Frames written in one turn of the event loop go out in one write (a write per frame cost
+    a syscall and a wake-up of the peer each: ~3% of a worker's CPU under a prefetch job)."""
 
     __slots__ = ("transport", "_out")
 
