@@ -4,10 +4,11 @@ A warm job on any node fills each object on its owners (each chunk of a large ob
 chunk's owners: cluster/chunks.py), not on the node that runs it: a signed
 ``POST fill`` to each owner in the ring's order, which reads the object through its own cache
 (coalesced with its client reads; the first owner from the store, the others from the owners
-before them) and answers its source and size, never the body. An owner that does not answer
-is passed over for the next member in the ring's order (the one that owns the object once the
-dead one leaves), until ``replicas`` owners have it. The owner's answer is a line of JSON after
-a newline every KEEPALIVE seconds, so a large object's fill outlives the peer read timeout.
+before them) and answers its source and size once its copy is committed, never the body. An
+owner that does not answer is passed over for the next member in the ring's order (the one
+that owns the object once the dead one leaves), until ``replicas`` owners have it. The
+owner's answer is a line of JSON after a newline every KEEPALIVE seconds, so a large object's
+fill outlives the peer read timeout.
 
 Pin, unpin and evict through one node's admin API apply there and, by a signed ``POST
 cache/ACTION`` each, on every other live member; the answer counts the nodes that applied it.
@@ -240,6 +241,9 @@ class _Owner:
             path_qs = peers.object_path(mount.name, remote[len(mount.prefix) :])
             source = replica_mount(mount, c.call_peer, path_qs, others)
         got = await drain_chunk(self._reads, source, remote, index)
+        # answered once committed, as a worker's drain for a job: the asker's job may say done
+        # (or the next owner read this copy) at once, and a pin finds the object's record
+        await self._reads.fills.settled([oid])
         if pin:
             await self._cache.pin_objects([oid])
         return got
