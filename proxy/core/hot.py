@@ -122,6 +122,8 @@ class HotObjects:
             self._remember(name)  # a miss (its fill commits later) or not inline
             return None
         rec = self.cache.parsed(raw)
+        if not rec.inline:  # (its bytes are the data table's only when it is)
+            return None
         ttl = mount.metadata_ttl
         expires = float("inf") if ttl is None else rec.validated + ttl
         if time.time() >= expires:
