@@ -97,10 +97,10 @@ from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import S3Endpoint, free_port, make_s3_client, wait_for_http  # noqa: E402
 
 SCALE_BUCKET = "scale"
-PASS_READS = 8  # reads of each key in the untimed pass before warm rows (untimed_pass)
-PASS_RATE = 20_000  # requests a second assumed for its length
 SCALE_SIZE = 4096
 NEAR_KEYS = 5000
+PASS_READS = 8  # reads of each key in the untimed pass before warm rows (untimed_pass)
+PASS_RATE = 20_000  # requests a second assumed for its length
 RANGE = "bytes=0-4095"
 USER_KEY = "benchuser"
 USER_SECRET = "bench-user-secret-0123456789"

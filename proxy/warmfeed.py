@@ -321,7 +321,7 @@ class _Supervisor(asyncio.Protocol):
         self._answer(rid, outcome, size, code)
 
     def _answer(self, rid: int, outcome: int, size: int, code: str) -> None:
-        if self._frames is not None and not self._frames.transport.is_closing():
+        if self._frames is not None:  # (dropped at its flush if the connection is closing)
             raw = code.encode("ascii", "replace")
             self._frames.write(_ANSWER.pack(rid, outcome, size, len(raw)) + raw)
 
