@@ -268,6 +268,30 @@ class CpuWatch:
         return out
 
 
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of process ``pid`` and its children into ``out`` (a flame graph, or
+    collapsed stacks with sample counts when it ends in .txt); SIGINT it to write the file."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        say("  py-spy not found: no profile")
+        return None
+    fmt = ["--format", "raw"] if out.endswith(".txt") else []  # collapsed stacks
+    # --gil: only samples holding the GIL. py-spy's idle detection misses the pool and LMDB
+    # writer threads' blocking waits (they show up as a third of the "CPU" otherwise).
+    cmd = [py_spy, "record", "--gil", "--subprocesses", "-r", "200", *fmt, "-o", out]
+    cmd += ["--pid", str(pid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # py-spy attaches
+    return proc
+
+
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    """Stop a ``profiler`` and wait for it to write its file (once: later calls return)."""
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
 def stop_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM the process group of ``proc`` (its own session), then SIGKILL what is left."""
     if proc.poll() is None:

@@ -28,10 +28,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from loadtest.bench import profiler, stop_profiler  # noqa: E402
 from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import SeaweedFS, make_s3_client  # noqa: E402
@@ -131,21 +129,6 @@ def seed(weed: SeaweedFS, n: int) -> None:
             fut.result()
 
 
-def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        say("  py-spy not found: no profile")
-        return None
-    fmt = ["--format", "raw"] if out.endswith(".txt") else []  # collapsed stacks
-    # --gil: only samples holding the GIL. py-spy's idle detection misses the pool and LMDB
-    # writer threads' blocking waits (they show up as a third of the "CPU" otherwise).
-    cmd = [py_spy, "record", "--gil", "--subprocesses", "-r", "200", *fmt, "-o", out]
-    cmd += ["--pid", str(pid)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(1.5)  # py-spy attaches
-    return proc
-
-
 def start_proxy(
     stack: ExitStack,
     weed: SeaweedFS,
@@ -229,8 +212,7 @@ def main() -> int:
                 spy = profiler(proxy.pid, profile) if profile else None
                 cold = timed(proxy.pid, proxy.url, keys, args.concurrency)
                 if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    spy.wait(timeout=60)
+                    stop_profiler(spy)
                     say(f"  profile written to {profile}")
                 warm = timed(proxy.pid, proxy.url, keys, args.concurrency)
                 ratio = round(cold["per_cpu_s"] / max(warm["per_cpu_s"], 1), 3)

@@ -80,10 +80,13 @@ from loadtest.bench import (  # noqa: E402
     CpuWatch,
     _machine_cpu,
     background,
+    profiler,
     say,
     source_state,
+    stop_profiler,
 )
 from loadtest.leanget import LeanError, LeanSession  # noqa: E402
+from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import free_port, log_tail, wait_for_http  # noqa: E402
 
@@ -94,6 +97,7 @@ MB = 1_000_000
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 TOKEN_ENV = "BENCH_ADMIN_TOKEN"  # not SLIPSTREAM_*: those override config fields
 STORE_KEY_ENV = ("BENCH_STORE_ACCESS_KEY", "BENCH_STORE_SECRET_KEY")
+ROWS = ("direct", "nginx", "plain", "warm", "prefetch")  # --rows
 SERVER_GROUPS = ("slipstream:", "nginx-cache:")  # CpuWatch labels of a row's caching server
 
 # -- the store and nginx -------------------------------------------------------------------------
@@ -590,7 +594,20 @@ class Bench:
         self.cpu.groups.pop("nginx-cache", None)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def slipstream(self, workload: str, path: str, max_size: int, mode: str = "") -> Row:
+    def slipstream(self, workload: str, path: str, max_size: int, mode: str = "") -> None:
+        """The row from this checkout; with --against, alternately from both, --pairs times."""
+        against = self.args.against
+        for _ in range(self.args.pairs):
+            self.slipstream_row(workload, path, max_size, mode)
+            if against is not None:
+                saved = proxyproc.REPO_ROOT
+                proxyproc.REPO_ROOT = against  # ProxyProcess imports the proxy from there
+                try:
+                    self.slipstream_row(workload, f"{path} [against]", max_size, mode)
+                finally:
+                    proxyproc.REPO_ROOT = saved
+
+    def slipstream_row(self, workload: str, path: str, max_size: int, mode: str = "") -> Row:
         args = self.args
         tmp = Path(tempfile.mkdtemp(prefix="slipstream-", dir=self.tmp))
         cache_dir = Path(tempfile.mkdtemp(prefix="slipstream-cache-", dir=args.cache_root or tmp))
@@ -617,9 +634,15 @@ class Bench:
         proxy = ProxyProcess(config, tmp)
         proxy.start()
         self.cpu.groups["slipstream"] = proxy.pid
+        spy = None
+        if args.profile:
+            side = "-against" if path.endswith("[against]") else ""
+            spy = profiler(proxy.pid, f"{args.profile}-{mode or 'plain'}{side}.txt")
         jobs: list[str] = []
 
         async def on_epoch(n: int, order: list[Item]) -> None:
+            if n == 1 and spy is not None:  # the profile is of epoch 1 (and the start)
+                stop_profiler(spy)
             admin = proxy.admin_url
             if mode == "warm" and n == 0:
                 keys = (
@@ -644,7 +667,7 @@ class Bench:
 
         try:
             self.store_log.take()
-            row = self.run_row(workload, path, proxy.url, on_epoch if mode else None)
+            row = self.run_row(workload, path, proxy.url, on_epoch if mode or spy else None)
 
             async def states() -> list[dict[str, Any]]:
                 return [await admin_get(proxy.admin_url, j) for j in jobs]
@@ -660,6 +683,8 @@ class Bench:
                     f"proxy log: {len(problems)} ERROR/Traceback lines: {problems[:3]}"
                 )
         finally:
+            if spy is not None:
+                stop_profiler(spy)
             proxy.stop()
             self.cpu.groups.pop("slipstream", None)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -670,22 +695,34 @@ class Bench:
         args = self.args
         full = 4 * (args.objects * SMALL_SIZE + args.shards * args.shard_mib * 1024**2)
         half = args.objects * SMALL_SIZE // 2
+        rows = args.rows
+
         if "small" in args.workloads:
             say("workload small")
-            self.direct("small")
-            self.nginx_cache("small", full)
-            self.slipstream("small", "Slipstream, no prefetch", full)
-            self.slipstream("small", "Slipstream + warm job at t=0", full, "warm")
-            self.slipstream("small", "Slipstream + training-aware prefetch", full, "prefetch")
+            if "direct" in rows:
+                self.direct("small")
+            if "nginx" in rows:
+                self.nginx_cache("small", full)
+            if "plain" in rows:
+                self.slipstream("small", "Slipstream, no prefetch", full)
+            if "warm" in rows:
+                self.slipstream("small", "Slipstream + warm job at t=0", full, "warm")
+            if "prefetch" in rows:
+                self.slipstream("small", "Slipstream + training-aware prefetch", full, "prefetch")
         if "half" in args.workloads:
             say(f"workload half-cache (cache {half / MB:.1f} MB, half the dataset)")
-            self.nginx_cache("half-cache", half)
-            self.slipstream("half-cache", "Slipstream, no prefetch", half)
+            if "nginx" in rows:
+                self.nginx_cache("half-cache", half)
+            if "plain" in rows:
+                self.slipstream("half-cache", "Slipstream, no prefetch", half)
         if "shards" in args.workloads:
             say("workload shards")
-            self.direct("shards")
-            self.nginx_cache("shards", full)
-            self.slipstream("shards", "Slipstream (read-ahead)", full)
+            if "direct" in rows:
+                self.direct("shards")
+            if "nginx" in rows:
+                self.nginx_cache("shards", full)
+            if "plain" in rows:
+                self.slipstream("shards", "Slipstream (read-ahead)", full)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -907,9 +944,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where Slipstream's and nginx's caches go (default: the run's temp dir under\n"
         "$TMPDIR; /dev/shm takes the disk's fsync latency out of the figures)",
     )
+    ap.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help="comma-separated subset of " + ",".join(ROWS) + " (all; a target whose rows"
+        " did not run is not judged)",
+    )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout (e.g. a clone of main): each Slipstream row also runs from it,"
+        " right after this checkout's, marked [against]",
+    )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="run each Slipstream row this many times (with --against: pairs) (1)",
+    )
+    ap.add_argument(
+        "--profile",
+        help="py-spy each Slipstream row's epoch 1 (all its processes, --gil) into"
+        " PROFILE-<plain|warm|prefetch>[-against].txt: collapsed stacks with sample counts",
+    )
     ap.add_argument("--seed", type=int, default=9, help="shuffle seed")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
+    args.rows = {r.strip() for r in args.rows.split(",") if r.strip()}
+    if args.against is not None:
+        args.against = args.against.resolve()
+        if not (args.against / "proxy" / "__main__.py").is_file():
+            ap.error(f"--against: {args.against} is not a Slipstream checkout")
+    if args.rows - set(ROWS):
+        ap.error(f"--rows: unknown {sorted(args.rows - set(ROWS))}; known: {', '.join(ROWS)}")
     args.objects = args.objects or (2500 if args.quick else 10_000)
     args.shards = args.shards or (4 if args.quick else 8)
     args.shard_mib = args.shard_mib or (32 if args.quick else 64)
