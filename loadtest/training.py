@@ -618,6 +618,7 @@ class Bench:
                 "dir": str(cache_dir),
                 "max_size": max_size,
                 "metadata_ttl": "10m",
+                **({"max_fills": args.max_fills} if args.max_fills else {}),
             },
             "backends": {
                 "store": {
@@ -928,6 +929,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--prefetch-concurrency",
         type=int,
         help="keys a prefetch job fetches at once (the server's default when not given)",
+    )
+    ap.add_argument(
+        "--max-fills",
+        type=int,
+        help="Slipstream's cache.max_fills (store fetches per worker; the server's default when"
+        " not given)",
     )
     ap.add_argument("--warm-concurrency", type=int, default=16, help="warm job concurrency (16)")
     ap.add_argument("--shards", type=int, help="large objects (8; quick 4)")
