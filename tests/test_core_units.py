@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from proxy import backends, errors
+from proxy import backends, errors, metrics
 from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
@@ -148,6 +149,65 @@ async def test_concurrent_cold_reads_make_one_store_get(core: Core, size: int) -
     await core.reads.fills.wait_idle()
     rec = core.record("obj")
     assert rec is not None and (rec.inline or rec.has_chunk(0))
+
+
+def _requests(result: str) -> float:
+    """The bucket's GETs counted as ``result`` ("hit" or "miss"), its tallies flushed."""
+    metrics.flush()
+    value = REGISTRY.get_sample_value(
+        "slipstream_bucket_requests_total", {"bucket": BUCKET, "result": result}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    "size, rng",
+    [(100, None), (CHUNK * 3 // 2, ByteRange(0, 99)), (0, None)],
+    ids=["inline", "chunk-range", "empty"],
+)
+async def test_a_read_of_a_fill_whose_bytes_are_in_is_a_hit_before_its_commit(
+    core: Core, size: int, rng: ByteRange | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefetched object read while its commit is still on its way: answered from the
+    fill's verified bytes as a hit, at once, with no second store GET."""
+    data = _data(size)
+    core.put_file("obj", data)
+    held, committing = asyncio.Event(), asyncio.Event()
+    for name in ("commit_inline", "commit_chunk"):
+        real = getattr(core.cache, name)
+
+        async def wait_then(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            committing.set()
+            await held.wait()
+            return await _real(*args, **kwargs)
+
+        monkeypatch.setattr(core.cache, name, wait_then)
+    want = data if rng is None else data[rng.first : rng.last + 1]
+    hits, misses = _requests("hit"), _requests("miss")
+    first, body = await _read(core, "obj", rng)
+    assert (first.source, body) == ("backend", want)
+    await asyncio.wait_for(committing.wait(), 5)  # every byte is in; the commit waits
+    assert core.record("obj") is None
+    second, body = await _read(core, "obj", rng)
+    assert (second.source, second.body, body) == ("cache", want, want)
+    assert core.store.gets == 1
+    assert (_requests("hit") - hits, _requests("miss") - misses) == (1, 1)
+    held.set()
+    await core.reads.fills.wait_idle()
+    third, body = await _read(core, "obj", rng)
+    assert (third.source, body, core.store.gets) == ("cache", want, 1)
+
+
+async def test_a_read_past_the_chunk_a_landed_fill_holds_reads_on(core: Core) -> None:
+    """A whole read of a chunked object joining its first chunk's landed fill is no hit: its
+    later chunks still come from the store."""
+    data = _data(CHUNK * 3 // 2)
+    core.put_file("obj", data)
+    first, body = await _read(core, "obj", ByteRange(0, 99))  # fills chunk 0 only
+    assert body == data[:100]
+    second, body = await _read(core, "obj")
+    assert (second.source, body) == ("backend", data)
+    await core.reads.fills.wait_idle()
 
 
 async def test_a_reader_that_cancels_does_not_cancel_the_fill(core: Core) -> None:

@@ -72,10 +72,13 @@ class Reads:
         if rec is not None and not fresh(rec, mount, time.time()):
             rec, inline = await self.metadata.current(mount, key, oid)
         first_fill: Fill | None = None
+        landed = False  # the read joined a fill whose bytes are all in: its commit is to come
         if rec is None:
-            stats.miss()
             start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
             first_fill = self.fills.get(mount, key, oid, start_chunk, None)
+            landed = first_fill.verified
+            if not landed:
+                stats.miss()
             try:
                 meta = await first_fill.wait_meta()
             except NoFillMemory:
@@ -107,6 +110,14 @@ class Reads:
             else:
                 stats.miss()
                 source = "backend"
+        elif landed:
+            assert first_fill is not None
+            body = None if clipped else first_fill.held(first, last)
+            if body is not None:  # as a hit: no wait for the store (the fill counts the use)
+                stats.hit()
+                return ObjectRead(meta, first, last, rng is not None, "cache", NO_PARTS, body)
+            stats.miss()  # the answer goes past the chunk this fill holds
+            source = "backend"
         else:
             source = "backend"
         parts = self._parts(mount, key, oid, rec, meta, first, last, first_fill)
