@@ -26,7 +26,7 @@ from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
 from proxy.core.fills import Fills
 from proxy.core.hot import ROOM, HotObjects
-from proxy.core.metadata import oid_of
+from proxy.core.metadata import oid_of, record_of
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.model import ByteRange, GetResult
@@ -196,6 +196,34 @@ async def test_a_read_of_a_fill_whose_bytes_are_in_is_a_hit_before_its_commit(
     await core.reads.fills.wait_idle()
     third, body = await _read(core, "obj", rng)
     assert (third.source, body, core.store.gets) == ("cache", want, 1)
+
+
+@pytest.mark.parametrize("core", [False], ids=["workers"], indirect=True)
+async def test_a_read_that_waited_for_another_workers_fill_is_a_hit(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold read whose chunk lock another worker holds waits, then serves the copy that
+    worker committed: no store GET of its own, a hit. (Locks are per process, so here the
+    other worker's hold is the lock refusing until its commit is in.)"""
+    data = _data(300)
+    core.put_file("obj", data)
+    locks = core.cache.locks
+    assert locks is not None
+    elsewhere = True
+    acquire = locks.try_acquire
+    monkeypatch.setattr(locks, "try_acquire", lambda *a: not elsewhere and acquire(*a))
+    hits, misses = _requests("hit"), _requests("miss")
+    waiting = asyncio.create_task(_read(core, "obj"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and core.store.gets == 0
+    meta = await core.store.head(BUCKET, "obj")  # the other worker's fill, committed
+    oid = oid_of(core.mount, "obj")
+    record = record_of(core.mount, "obj", meta)
+    assert await core.cache.commit_inline(oid, record, data, seen=core.cache.write_mark())
+    elsewhere = False
+    read, body = await asyncio.wait_for(waiting, 10)
+    assert (read.source, body, core.store.gets) == ("cache", data, 0)
+    assert (_requests("hit") - hits, _requests("miss") - misses) == (1, 0)
 
 
 async def test_a_read_past_the_chunk_a_landed_fill_holds_reads_on(core: Core) -> None:

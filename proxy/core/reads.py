@@ -72,17 +72,24 @@ class Reads:
         if rec is not None and not fresh(rec, mount, time.time()):
             rec, inline = await self.metadata.current(mount, key, oid)
         first_fill: Fill | None = None
-        landed = False  # the read joined a fill whose bytes are all in: its commit is to come
+        # the fill it joined had every byte in (its commit to come), or it found the object
+        # committed by another process once that one's fill was done: no wait for the store
+        landed = False
         if rec is None:
             start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
             first_fill = self.fills.get(mount, key, oid, start_chunk, None)
             landed = first_fill.verified
-            if not landed:
-                stats.miss()
             try:
                 meta = await first_fill.wait_meta()
             except NoFillMemory:
+                stats.miss()
                 return await self._pass_through(mount, key, rng, headers)
+            except BaseException:
+                stats.miss()
+                raise
+            landed = landed or first_fill.from_cache
+            if not landed:
+                stats.miss()
         else:
             meta = self.metadata.meta_of(rec)
         check_conditions(headers, meta.etag, meta.last_modified)
