@@ -271,8 +271,11 @@ class GpuUse:
             import pynvml
 
             pynvml.nvmlInit()
-            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+            if first.startswith(("GPU-", "MIG-")):
+                self._handle = pynvml.nvmlDeviceGetHandleByUUID(first)
+            else:
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(int(first or 0))
             self._nvml = pynvml
         except Exception:  # no pynvml, no driver: no reading
             self._handle = None
@@ -347,6 +350,7 @@ def train_row(
         num_workers=args.loader_workers,
         pin_memory=cuda,
         prefetch_factor=args.prefetch_factor,
+        persistent_workers=True,  # epoch 2 does not pay the workers' start again
         drop_last=False,
     )
     row = Row(path, notes=[model_name])
