@@ -65,6 +65,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,6 +99,7 @@ NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 TOKEN_ENV = "BENCH_ADMIN_TOKEN"  # not SLIPSTREAM_*: those override config fields
 STORE_KEY_ENV = ("BENCH_STORE_ACCESS_KEY", "BENCH_STORE_SECRET_KEY")
 ROWS = ("direct", "nginx", "plain", "warm", "prefetch")  # --rows
+PREFETCH_ROW = "Slipstream + training-aware prefetch"
 SERVER_GROUPS = ("slipstream:", "nginx-cache:")  # CpuWatch labels of a row's caching server
 
 # -- the store and nginx -------------------------------------------------------------------------
@@ -696,34 +698,40 @@ class Bench:
         args = self.args
         full = 4 * (args.objects * SMALL_SIZE + args.shards * args.shard_mib * 1024**2)
         half = args.objects * SMALL_SIZE // 2
-        rows = args.rows
-
-        if "small" in args.workloads:
-            say("workload small")
-            if "direct" in rows:
-                self.direct("small")
-            if "nginx" in rows:
-                self.nginx_cache("small", full)
-            if "plain" in rows:
-                self.slipstream("small", "Slipstream, no prefetch", full)
-            if "warm" in rows:
-                self.slipstream("small", "Slipstream + warm job at t=0", full, "warm")
-            if "prefetch" in rows:
-                self.slipstream("small", "Slipstream + training-aware prefetch", full, "prefetch")
-        if "half" in args.workloads:
-            say(f"workload half-cache (cache {half / MB:.1f} MB, half the dataset)")
-            if "nginx" in rows:
-                self.nginx_cache("half-cache", half)
-            if "plain" in rows:
-                self.slipstream("half-cache", "Slipstream, no prefetch", half)
-        if "shards" in args.workloads:
-            say("workload shards")
-            if "direct" in rows:
-                self.direct("shards")
-            if "nginx" in rows:
-                self.nginx_cache("shards", full)
-            if "plain" in rows:
-                self.slipstream("shards", "Slipstream (read-ahead)", full)
+        slip = self.slipstream
+        plan: dict[str, tuple[str, list[tuple[str, Callable[[], object]]]]] = {
+            "small": (
+                "workload small",
+                [
+                    ("direct", partial(self.direct, "small")),
+                    ("nginx", partial(self.nginx_cache, "small", full)),
+                    ("plain", partial(slip, "small", "Slipstream, no prefetch", full)),
+                    ("warm", partial(slip, "small", "Slipstream + warm job at t=0", full, "warm")),
+                    ("prefetch", partial(slip, "small", PREFETCH_ROW, full, "prefetch")),
+                ],
+            ),
+            "half": (
+                f"workload half-cache (cache {half / MB:.1f} MB, half the dataset)",
+                [
+                    ("nginx", partial(self.nginx_cache, "half-cache", half)),
+                    ("plain", partial(slip, "half-cache", "Slipstream, no prefetch", half)),
+                ],
+            ),
+            "shards": (
+                "workload shards",
+                [
+                    ("direct", partial(self.direct, "shards")),
+                    ("nginx", partial(self.nginx_cache, "shards", full)),
+                    ("plain", partial(slip, "shards", "Slipstream (read-ahead)", full)),
+                ],
+            ),
+        }
+        for workload, (title, rows) in plan.items():
+            if workload in args.workloads:
+                say(title)
+                for name, run in rows:
+                    if name in args.rows:
+                        run()
 
 
 # -- report --------------------------------------------------------------------------------------
