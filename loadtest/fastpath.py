@@ -769,7 +769,9 @@ def verdicts(rows: Sequence[Row], checks: Mapping[str, Any]) -> list[dict[str, A
     warm = _find(rows, "warm GET anonymous")
     if warm is not None:
         p99 = warm.p99_ms
-        add("warm GET anonymous p99", p99, f"< {P99_TARGET_MS} ms", p99 < P99_TARGET_MS, "ms")
+        bare = _find(rows, "ceiling GET 16 KiB")  # this machine's p99 for the least server
+        target = f"< {P99_TARGET_MS} ms" + (f" (ceiling {bare.p99_ms:.2f} ms)" if bare else "")
+        add("warm GET anonymous p99", p99, target, p99 < P99_TARGET_MS, "ms")
     cold, direct = _find(rows, "cold GET c8: slipstream"), _find(rows, "cold GET c8: direct store")
     if cold and direct:
         d = cold.p50_ms - direct.p50_ms
