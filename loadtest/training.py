@@ -83,6 +83,7 @@ from loadtest.bench import (  # noqa: E402
     background,
     profiler,
     say,
+    scrape,
     source_state,
     stop_profiler,
 )
@@ -218,6 +219,8 @@ class Epoch:
     errors: dict[str, int] = field(default_factory=dict)
     server_cpu_ms: float | None = None  # the cache's processes (Slipstream, nginx) per sample
     machine_busy: float = 0.0  # share of all the machine's cores busy through the epoch
+    # Slipstream's own count of the epoch's GETs that waited for store bytes (its misses)
+    proxy_misses: int | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -432,6 +435,12 @@ async def admin_post(admin: str, path: str, body: dict[str, Any]) -> dict[str, A
             return result
 
 
+def proxy_misses(admin: str) -> float:
+    """Slipstream's count of GETs of the bucket that waited for store bytes, so far."""
+    series = scrape(admin).get("slipstream_bucket_requests_total", {})
+    return sum(v for labels, v in series.items() if ("result", "miss") in labels)
+
+
 async def admin_get(admin: str, path: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as s, s.get(f"{admin}{path}") as r:
         result: dict[str, Any] = await r.json()
@@ -512,6 +521,7 @@ class Bench:
         path: str,
         base: str,
         on_epoch: EpochHook | None = None,
+        after_epoch: Callable[[Epoch], Awaitable[None]] | None = None,
     ) -> Row:
         args = self.args
         epochs: list[Epoch] = []
@@ -563,12 +573,15 @@ class Bench:
                     counts = self.store_log.take()
                     e.store_requests = sum(counts.values())
                     e.store_gets = counts.get("GET", 0)
+                    if after_epoch is not None:
+                        await after_epoch(e)
                     epochs.append(e)
                     say(
                         f"  {workload:10} {path:36} epoch {n + 1}: "
                         f"{e.samples_per_s:7.0f}/s "
                         f"{e.mb_per_s:7.1f} MB/s stall {100 * e.stall:5.1f}% "
                         f"store requests {e.store_requests}"
+                        + (f" misses {e.proxy_misses}" if e.proxy_misses is not None else "")
                         + (f" ERRORS {e.errors}" if e.errors else "")
                     )
 
@@ -670,7 +683,15 @@ class Bench:
 
         try:
             self.store_log.take()
-            row = self.run_row(workload, path, proxy.url, on_epoch if mode or spy else None)
+            misses = [proxy_misses(proxy.admin_url)]
+
+            async def after_epoch(e: Epoch) -> None:
+                misses.append(await asyncio.to_thread(proxy_misses, proxy.admin_url))
+                e.proxy_misses = int(misses[-1] - misses[-2])
+
+            row = self.run_row(
+                workload, path, proxy.url, on_epoch if mode or spy else None, after_epoch
+            )
 
             async def states() -> list[dict[str, Any]]:
                 return [await admin_get(proxy.admin_url, j) for j in jobs]
