@@ -154,18 +154,18 @@ class Fill:
             await self._changed()
         if self.error is not None:
             return None
-        buf = self.buf
-        pos, end = first - self.start, last - self.start + 1
-        if pos < 0 or end > len(buf):
+        body = self.held(first, last)
+        if body is None:
             raise ValueError("range outside this chunk")
-        return bytes(buf) if pos == 0 and end == len(buf) else bytes(memoryview(buf)[pos:end])
+        return body
 
     def held(self, first: int, last: int) -> bytes | None:
         """Object bytes first..last now, if the fill is verified and holds them all; else None."""
+        buf = self.buf
         pos, end = first - self.start, last - self.start + 1
-        if not self.verified or pos < 0 or end > len(self.buf) or end < pos:
+        if not self.verified or pos < 0 or end > len(buf) or end < pos:
             return None
-        return bytes(self.buf) if pos == 0 and end == len(self.buf) else bytes(self.buf[pos:end])
+        return bytes(buf) if pos == 0 and end == len(buf) else bytes(memoryview(buf)[pos:end])
 
     async def read(self, first: int, last: int) -> AsyncIterator[memoryview]:
         """Object bytes first..last (inclusive) as they arrive."""
