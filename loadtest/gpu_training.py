@@ -40,14 +40,12 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
 from multiprocessing import Pool
@@ -58,13 +56,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from loadtest.bench import background, say  # noqa: E402
+from tests.servers import free_port, wait_for_http  # noqa: E402
+
 BUCKET = "images"
 CLASSES = 10
 TOKEN_ENV = "GPU_TRAINING_ADMIN_TOKEN"
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # -- the data set --------------------------------------------------------------------------------
@@ -156,40 +153,6 @@ def serve_store(root: Path, port: int) -> None:
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def background(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        yield
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                resp.read()
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer in {timeout:.0f} s") from None
-            time.sleep(0.2)
 
 
 def store_gets(store: str) -> int:
@@ -426,7 +389,6 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Row], dict[str, Any]]
 
     from proxy.contrib.torch_prefetch import PrefetchSampler
     from tests.proxyproc import ProxyProcess
-    from tests.servers import free_port
 
     data = tmp / "data"
     say(f"writing {args.images} JPEGs of {args.size} px ...")
@@ -452,10 +414,10 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Row], dict[str, Any]]
     }
     rows: list[Row] = []
     gpu = GpuUse()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    # the store and relay (this checkout's scripts) import from it, as ProxyProcess does
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+    )
     with ExitStack() as stack:
         store_port, relay_port = free_port(), free_port()
         store = f"http://127.0.0.1:{store_port}"
@@ -463,10 +425,10 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Row], dict[str, Any]]
         me = [sys.executable, str(Path(__file__).resolve())]
         stack.enter_context(
             background(
-                [*me, "--serve-store", str(data), "--port", str(store_port)], tmp / "store.log", env
+                [*me, "--serve-store", str(data), "--port", str(store_port)], tmp / "store.log"
             )
         )
-        wait_http(f"{store}/_stats")
+        wait_for_http(f"{store}/_stats", 60, status=200)
         stack.enter_context(
             background(
                 [
@@ -480,10 +442,9 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Row], dict[str, Any]]
                     str(args.latency_ms),
                 ],
                 tmp / "relay.log",
-                env,
             )
         )
-        wait_http(f"{relay}/{BUCKET}/{keys[0]}")
+        wait_for_http(f"{relay}/{BUCKET}/{keys[0]}", 60, status=200)
         say(f"store {store}, relay {relay} (+{args.latency_ms:g} ms a request)")
 
         def plain(sampler: Any) -> Any:
