@@ -42,7 +42,7 @@ class CacheConfig:
     inline_max: int = 256 * 1024
     metadata_ttl: float | None = 60.0  # None: never revalidate (immutable data)
     stale_if_error: float = 300.0  # serve a stale entry this long past its TTL if the store fails
-    max_fills: int = 64  # concurrent store fetches per worker; beyond this: 503 SlowDown
+    max_fills: int = 128  # concurrent store fetches per worker; beyond this: 503 SlowDown
     fill_memory: int = 512 * 1024**2  # chunk buffers of fills per worker; beyond it fills wait
     index_map_size: int = 2 * 1024**3
     # multipart staging (parts of stores without native multipart, parts copied for the

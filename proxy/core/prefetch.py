@@ -50,8 +50,9 @@ MAX_JOB_BYTES = 1024**3  # of the keys' UTF-8 in one order
 MAX_JOBS = 64  # jobs kept (running or finished); the oldest finished one goes first
 # Keys fetched at once by one job (never more than its window). A job leads its readers only
 # with more keys in flight than they have reads: with as many, the two move in step and the
-# reads wait on the job's fetches (in another worker: on its cross-process lock and commit).
-DEFAULT_CONCURRENCY = 128
+# reads wait on the job's fetches (in another worker: on its cross-process lock and commit):
+# about the reads' rate times the store's latency (3,200/s x 25 ms = 80; x 55 ms = 176).
+DEFAULT_CONCURRENCY = 256
 # Keys of room the reads make before a job waiting on its window looks again (a wake-up per
 # read costs ~10% of a hit): a job runs up to window - 1 ahead, never less than 15/16 of it.
 WAKE_EVERY = 16
