@@ -915,8 +915,17 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "loadavg": Path("/proc/loadavg").read_text().split()[0],
         "slipstream_source": source_state(),
-        **{k: v for k, v in vars(args).items() if k != "json"},
+        **{k: _plain(v) for k, v in vars(args).items() if k != "json"},
     }
+
+
+def _plain(value: Any) -> Any:
+    """An option's value as JSON holds it (a set of rows as a sorted list, a path as text)."""
+    if isinstance(value, set):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
