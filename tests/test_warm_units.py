@@ -14,11 +14,19 @@ from proxy.jobs.gate import JobGate
 from proxy.jobs.registry import Jobs
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
-from proxy.jobs.warm import JobCore, WarmJob
+from proxy.jobs.warm import JobCore, WarmJob, drain
 from proxy.model import GetResult
 from proxy.routing import Router
 from tests.faultkit import eventually
-from tests.test_core_units import BUCKET, CHUNK, Core, _data, _read, core  # noqa: F401
+from tests.test_core_units import (  # noqa: F401
+    BUCKET,
+    CHUNK,
+    Core,
+    _data,
+    _read,
+    _requests,
+    core,
+)
 
 
 async def test_the_first_fetch_starts_before_the_listing_ends(core: Core) -> None:  # noqa: F811
@@ -162,3 +170,22 @@ async def test_a_large_object_is_warmed_several_chunks_at_once(core: Core) -> No
     assert read.source == "cache" and body == big
     assert core.store.gets == 9
     await jobs.close()
+
+
+async def test_a_jobs_reads_are_not_the_buckets_hits_or_misses(core: Core) -> None:  # noqa: F811
+    """A warm-up job drains objects through the core, but it is no client: its reads neither
+    count as the bucket's misses (nor hits, the second time) nor move a prefetch job's read
+    position. The client's read after it is a hit."""
+    noted: list[tuple[str, str]] = []
+    core.reads.on_read = lambda bucket, key: noted.append((bucket, key))
+    data = _data(CHUNK + 100)
+    core.put_file("obj", data)
+    hits, misses = _requests("hit"), _requests("miss")
+    assert await drain(core.reads, core.mount, "obj") == ("backend", len(data))
+    await core.reads.fills.wait_idle()
+    assert await drain(core.reads, core.mount, "obj") == ("cache", len(data))
+    assert (_requests("hit") - hits, _requests("miss") - misses, noted) == (0, 0, [])
+    read, body = await _read(core, "obj")
+    assert (read.source, body) == ("cache", data)
+    assert (_requests("hit") - hits, _requests("miss") - misses) == (1, 0)
+    assert noted == [(BUCKET, "obj")]

@@ -28,6 +28,20 @@ from proxy.routing import Mount
 READ_AHEAD = 2
 
 
+class _Uncounted:
+    """The counts of a job's read (a warm-up job draining an object): not a client's GET, so
+    neither a hit nor a miss of its bucket."""
+
+    def hit(self) -> None:
+        pass
+
+    def miss(self) -> None:
+        pass
+
+
+_UNCOUNTED = _Uncounted()
+
+
 class Reads:
     def __init__(self, cache: CacheStore, cfg: CacheConfig, fills: Fills) -> None:
         self.cache = cache
@@ -57,17 +71,19 @@ class Reads:
         rng: ByteRange | None,
         headers: Mapping[str, str],
         clip: bool = False,
+        client: bool = True,
     ) -> ObjectRead:
         """Resolve metadata, conditionals and range; the body streams from ``parts``. With
         ``clip``, a read of an object larger than one chunk stops at the end of the chunk the
         range starts in (``clipped``): a cluster node reads here only a chunk it owns, and
-        starts no read-ahead of the chunks after it."""
+        starts no read-ahead of the chunks after it. ``client``: False for a job's read, which
+        neither counts as the bucket's hit or miss nor moves a prefetch job's read position."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
-        if self.on_read is not None:
+        if client and self.on_read is not None:
             self.on_read(mount.name, key)
         oid = oid_of(mount, key)
-        stats = metrics.bucket(mount.name, mount.wildcard)
+        stats = metrics.bucket(mount.name, mount.wildcard) if client else _UNCOUNTED
         rec, inline = self.cache.lookup(oid)
         if rec is not None and not fresh(rec, mount, time.time()):
             rec, inline = await self.metadata.current(mount, key, oid)
