@@ -14,7 +14,7 @@ from proxy.jobs.gate import JobGate
 from proxy.jobs.registry import Jobs
 from proxy.jobs.spec import WarmSpec
 from proxy.jobs.throttle import TokenBucket
-from proxy.jobs.warm import JobCore, WarmJob, drain
+from proxy.jobs.warm import JobCore, WarmJob, drain, drain_chunk
 from proxy.model import GetResult
 from proxy.routing import Router
 from tests.faultkit import eventually
@@ -184,6 +184,8 @@ async def test_a_jobs_reads_are_not_the_buckets_hits_or_misses(core: Core) -> No
     assert await drain(core.reads, core.mount, "obj") == ("backend", len(data))
     await core.reads.fills.wait_idle()
     assert await drain(core.reads, core.mount, "obj") == ("cache", len(data))
+    # a cluster owner's fill of a chunk (a warm job's, or a replica's) is no client's either
+    assert await drain_chunk(core.reads, core.mount, "obj", 1) == ("cache", 100, len(data))
     assert (_requests("hit") - hits, _requests("miss") - misses, noted) == (0, 0, [])
     read, body = await _read(core, "obj")
     assert (read.source, body) == ("cache", data)

@@ -29,8 +29,8 @@ READ_AHEAD = 2
 
 
 class _Uncounted:
-    """The counts of a job's read (a warm-up job draining an object): not a client's GET, so
-    neither a hit nor a miss of its bucket."""
+    """The counts of the proxy's own read (a warm-up job draining an object, a cluster owner
+    filling its chunk): not a client's GET, so neither a hit nor a miss of its bucket."""
 
     def hit(self) -> None:
         pass
@@ -76,8 +76,9 @@ class Reads:
         """Resolve metadata, conditionals and range; the body streams from ``parts``. With
         ``clip``, a read of an object larger than one chunk stops at the end of the chunk the
         range starts in (``clipped``): a cluster node reads here only a chunk it owns, and
-        starts no read-ahead of the chunks after it. ``client``: False for a job's read, which
-        neither counts as the bucket's hit or miss nor moves a prefetch job's read position."""
+        starts no read-ahead of the chunks after it. ``client``: False for the proxy's own read (a
+        job's, a cluster owner's fill), which neither counts as the bucket's hit or miss nor
+        moves a prefetch job's read position."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
         if client and self.on_read is not None:

@@ -149,7 +149,7 @@ async def drain_chunk(reads: Reads, mount: Mount, key: str, index: int) -> tuple
     object's size. A cluster node's fill of a chunk it owns (cluster/chunks.py)."""
     cs = reads.cs
     rng = ByteRange(index * cs, (index + 1) * cs - 1) if index else None
-    read = await reads.read(mount, key, rng, {}, clip=True)
+    read = await reads.read(mount, key, rng, {}, clip=True, client=False)
     if read.body is not None:
         return read.source, len(read.body), read.meta.size
     got = 0
