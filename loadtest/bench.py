@@ -944,10 +944,12 @@ class Bench:
         env: Mapping[str, str],
         name: str = "start Slipstream",
         where: str = "proxy",
+        source: Path | None = None,
     ) -> ProxyProcess:
-        """Start Slipstream (in ``tmp/where``), wait until every worker listens."""
+        """Start Slipstream (in ``tmp/where``; from the checkout ``source``, this one by
+        default), wait until every worker listens."""
         with self.phase(name):
-            proxy = ProxyProcess(config, self.tmp / where, env, ready_timeout=60)
+            proxy = ProxyProcess(config, self.tmp / where, env, ready_timeout=60, source=source)
             self.stack.callback(proxy.stop)
             proxy.start()
             wait_listeners(int(proxy.config["listen"].rsplit(":", 1)[1]), self.args.workers)

@@ -61,7 +61,6 @@ from loadtest.bench import (  # noqa: E402
     scrape,
     scrape_settled,
 )
-from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import S3Endpoint, make_s3_client  # noqa: E402
 
@@ -161,11 +160,9 @@ async def interleave(arms: Sequence[Arm], blocks: int, size: int) -> None:
 def start(bench: fastpath.FastBench, name: str, checkout: Path) -> ProxyProcess:
     config, env = bench.proxy_config()
     config["cache"]["dir"] = str(bench.tmp / f"cache-{name}")
-    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
-    try:
-        return bench.launch_proxy(config, env, name=f"start Slipstream ({name})", where=name)
-    finally:
-        proxyproc.REPO_ROOT = saved
+    return bench.launch_proxy(
+        config, env, name=f"start Slipstream ({name})", where=name, source=checkout
+    )
 
 
 def run(bench: fastpath.FastBench, args: argparse.Namespace) -> dict[str, Any]:

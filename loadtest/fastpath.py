@@ -92,7 +92,6 @@ from loadtest.bench import (  # noqa: E402
     verify,
     wait_listeners,
 )
-from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import S3Endpoint, free_port, make_s3_client, wait_for_http  # noqa: E402
 
@@ -708,17 +707,15 @@ class FastBench(Bench):
             order = list(checkouts.items())
             for name, checkout in order if r % 2 == 0 else order[::-1]:
                 for how in ("clean", "kill -9"):
-                    proxy = ProxyProcess(config, self.tmp / "scale", {}, ready_timeout=120)
+                    proxy = ProxyProcess(
+                        config, self.tmp / "scale", {}, ready_timeout=120, source=checkout
+                    )
                     self.stack.callback(proxy.stop)
-                    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout
-                    try:
-                        t0 = time.monotonic()
-                        proxy.start()
-                        port = int(proxy.config["listen"].rsplit(":", 1)[1])
-                        wait_listeners(port, self.args.workers, timeout=120)
-                        took = time.monotonic() - t0
-                    finally:
-                        proxyproc.REPO_ROOT = saved
+                    t0 = time.monotonic()
+                    proxy.start()
+                    port = int(proxy.config["listen"].rsplit(":", 1)[1])
+                    wait_listeners(port, self.args.workers, timeout=120)
+                    took = time.monotonic() - t0
                     check = _check_seconds(proxy)
                     times[name][how].append((round(took, 2), check))
                     say(f"  restart ({name}, after {how} stop): {took:.2f} s, check {check} s")

@@ -44,7 +44,6 @@ if str(REPO_ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from loadtest.bench import profiler, stop_profiler  # noqa: E402
-from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import SeaweedFS, make_s3_client  # noqa: E402
 
@@ -157,13 +156,9 @@ def start_proxy(
     }
     config.update(more)
     env = {ACCESS_ENV: weed.access_key, SECRET_ENV: weed.secret_key, **(env_more or {})}
-    proxy = ProxyProcess(config, root, env, ready_timeout=60)
+    proxy = ProxyProcess(config, root, env, ready_timeout=60, source=checkout)
     stack.callback(proxy.stop)
-    saved, proxyproc.REPO_ROOT = proxyproc.REPO_ROOT, checkout  # imported from there
-    try:
-        proxy.start()
-    finally:
-        proxyproc.REPO_ROOT = saved
+    proxy.start()
     return proxy
 
 

@@ -88,7 +88,6 @@ from loadtest.bench import (  # noqa: E402
     stop_profiler,
 )
 from loadtest.leanget import LeanError, LeanSession  # noqa: E402
-from tests import proxyproc  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 from tests.servers import free_port, log_tail, wait_for_http  # noqa: E402
 
@@ -615,14 +614,11 @@ class Bench:
         for _ in range(self.args.pairs):
             self.slipstream_row(workload, path, max_size, mode)
             if against is not None:
-                saved = proxyproc.REPO_ROOT
-                proxyproc.REPO_ROOT = against  # ProxyProcess imports the proxy from there
-                try:
-                    self.slipstream_row(workload, f"{path} [against]", max_size, mode)
-                finally:
-                    proxyproc.REPO_ROOT = saved
+                self.slipstream_row(workload, f"{path} [against]", max_size, mode, against)
 
-    def slipstream_row(self, workload: str, path: str, max_size: int, mode: str = "") -> Row:
+    def slipstream_row(
+        self, workload: str, path: str, max_size: int, mode: str = "", source: Path | None = None
+    ) -> Row:
         args = self.args
         tmp = Path(tempfile.mkdtemp(prefix="slipstream-", dir=self.tmp))
         cache_dir = Path(tempfile.mkdtemp(prefix="slipstream-cache-", dir=args.cache_root or tmp))
@@ -647,7 +643,7 @@ class Bench:
             "buckets": {BUCKET: {"backend": "store"}},
             "log": {"level": "warning", "access_log": False},
         }
-        proxy = ProxyProcess(config, tmp)
+        proxy = ProxyProcess(config, tmp, source=source)
         proxy.start()
         self.cpu.groups["slipstream"] = proxy.pid
         spy = None

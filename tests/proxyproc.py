@@ -28,8 +28,9 @@ class ProxyProcess:
     ``listen``/``admin_listen`` get free loopback ports when missing. The config is written
     to ``tmpdir/slipstream.yaml``; the process runs with ``cwd=tmpdir`` and its stdout and
     stderr go to ``tmpdir/proxy.log``. ``env`` is added to (and overrides) this process's
-    environment. The process gets its own process group, which :meth:`stop` and
-    :meth:`kill9` take down entirely (worker processes included).
+    environment; ``source`` is the checkout whose proxy runs (this one by default; a
+    benchmark's other arm names another). The process gets its own process group, which
+    :meth:`stop` and :meth:`kill9` take down entirely (worker processes included).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class ProxyProcess:
         env: Mapping[str, str] | None = None,
         *,
         ready_timeout: float = 30.0,
+        source: Path | None = None,
     ) -> None:
         self.config: dict[str, Any] = copy.deepcopy(dict(config))
         self.config.setdefault("listen", f"127.0.0.1:{free_port()}")
@@ -48,6 +50,7 @@ class ProxyProcess:
         self.log_path = self.tmpdir / "proxy.log"
         self.env = dict(env or {})
         self.ready_timeout = ready_timeout
+        self.source = source or REPO_ROOT
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,8 +91,8 @@ class ProxyProcess:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         env = {**os.environ, **self.env}
-        # Import the proxy from this checkout even if it is not installed.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        # Import the proxy from its checkout even if it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
