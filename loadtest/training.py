@@ -648,7 +648,7 @@ class Bench:
         self.cpu.groups["slipstream"] = proxy.pid
         spy = None
         if args.profile:
-            side = "-against" if path.endswith("[against]") else ""
+            side = "-against" if source is not None else ""
             spy = profiler(proxy.pid, f"{args.profile}-{mode or 'plain'}{side}.txt")
         jobs: list[str] = []
 
@@ -777,7 +777,7 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
     def check(name: str, value: float | None, ok: bool | None, want: str) -> None:
         out.append({"target": name, "value": value, "want": want, "pass": ok})
 
-    pre = _row(rows, "small", "Slipstream + training-aware")
+    pre = _row(rows, "small", PREFETCH_ROW)
     direct = _row(rows, "small", "direct")
     ngx = _row(rows, "small", "nginx")
     if pre and pre.epochs:
