@@ -347,8 +347,14 @@ def jobs(
         click.echo(json.dumps(listed))
         return
     for job in listed:
-        where = f"s3://{job['bucket']}/" + (job["prefix"] or f"({job['keys']} keys)")
-        click.echo(f"{job['id']}  {where}  {progress_line(job)}")
+        click.echo(f"{job['id']}  {_selection(job)}  {progress_line(job)}")
+
+
+def _selection(job: dict[str, Any]) -> str:
+    """What a job reads: ``s3://BUCKET/PREFIX``, and how many keys a list of keys names."""
+    where = f"s3://{job['bucket']}/{job.get('prefix') or ''}"
+    keys = job.get("keys")
+    return where if keys is None else f"{where} ({keys} keys)"
 
 
 @main.group()

@@ -252,9 +252,17 @@ def test_cli_warm_wait_json_and_jobs(
     assert "'ds/nope': NoSuchKey" in failed.stdout
     assert "[failed] 2/3 objects" in failed.stderr  # the last progress line (not a TTY)
 
+    whole = _cli("warm", f"s3://{bucket}/", "--wait", "--json", "--admin", proxy.admin_url)
+    assert whole.returncode == 0, whole.stderr
+    whole_id = json.loads(whole.stdout)["id"]
+
     listed = _cli("jobs", "--admin", proxy.admin_url)
     assert listed.returncode == 0, listed.stderr
-    assert job["id"] in listed.stdout and f"s3://{bucket}/ds/" in listed.stdout
+    assert "None" not in listed.stdout
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert f"s3://{bucket}/ds/  [done]" in lines[job["id"]]  # a prefix job: its prefix
+    assert f"s3://{bucket}/ (3 keys)  [failed]" in listed.stdout  # a manifest's: its keys' count
+    assert f"s3://{bucket}/  [done]" in lines[whole_id]  # the whole bucket
 
     unreachable = _cli("warm", f"s3://{bucket}/", "--admin", "http://127.0.0.1:9")
     assert unreachable.returncode == 2
