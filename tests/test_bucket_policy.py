@@ -27,15 +27,17 @@ def test_pass_through_bucket_reads_the_store_every_time(
     (root / "shared").mkdir(parents=True)
     obj = root / "shared" / "file.bin"
     obj.write_bytes(b"version one" * 1000)
-    proxy = proxy_factory({
-        "workers": 1,
-        "cache": {"dir": str(tmp_path / "cache"), "metadata_ttl": "never"},
-        "backends": {"local": {"type": "fs", "root": str(root)}},
-        "buckets": {
-            "cached": {"backend": "local", "bucket": "shared"},
-            "direct": {"backend": "local", "bucket": "shared", "cache": False},
-        },
-    })
+    proxy = proxy_factory(
+        {
+            "workers": 1,
+            "cache": {"dir": str(tmp_path / "cache"), "metadata_ttl": "never"},
+            "backends": {"local": {"type": "fs", "root": str(root)}},
+            "buckets": {
+                "cached": {"backend": "local", "bucket": "shared"},
+                "direct": {"backend": "local", "bucket": "shared", "cache": False},
+            },
+        }
+    )
 
     def store_gets() -> float:
         return metric(proxy.admin_url, "slipstream_backend_requests_total", operation="GetObject")

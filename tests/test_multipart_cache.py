@@ -29,8 +29,12 @@ def test_multipart_upload_is_read_hot(
     proxy = ProxyProcess(
         {
             "workers": 2,
-            "cache": {"dir": str(tmp_path / "cache"), "chunk_size": "1MiB",
-                      "max_size": "256MiB", "metadata_ttl": "1h"},
+            "cache": {
+                "dir": str(tmp_path / "cache"),
+                "chunk_size": "1MiB",
+                "max_size": "256MiB",
+                "metadata_ttl": "1h",
+            },
             "backends": {"store": side.backend},
             "buckets": {"*": {"backend": "store"}},
             "log": {"access_log": False},
@@ -48,8 +52,9 @@ def test_multipart_upload_is_read_hot(
         client.upload_fileobj(io.BytesIO(data), bucket, "big.bin", Config=config)
 
         def store_gets() -> float:
-            return metric(proxy.admin_url, "slipstream_backend_requests_total",
-                          operation="GetObject")
+            return metric(
+                proxy.admin_url, "slipstream_backend_requests_total", operation="GetObject"
+            )
 
         before = store_gets()
         got = client.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
@@ -59,8 +64,9 @@ def test_multipart_upload_is_read_hot(
         assert store_gets() == before, "a completed multipart object is read from the cache"
 
         upload = client.create_multipart_upload(Bucket=bucket, Key="gone.bin")["UploadId"]
-        client.upload_part(Bucket=bucket, Key="gone.bin", UploadId=upload, PartNumber=1,
-                           Body=b"x" * MiB)
+        client.upload_part(
+            Bucket=bucket, Key="gone.bin", UploadId=upload, PartNumber=1, Body=b"x" * MiB
+        )
         client.abort_multipart_upload(Bucket=bucket, Key="gone.bin", UploadId=upload)
         staging = tmp_path / "cache" / "uploads"
         assert not staging.exists() or not any(staging.iterdir()), "aborted staging remains"
