@@ -2,6 +2,11 @@
 
 ``--mode mem``: every GET answers the same ``--size`` bytes from memory (200, no Range).
 ``--mode file``: every GET answers ``web.FileResponse(--file)`` (Range, sendfile, 206).
+``--mode store``: every GET ``/BUCKET/KEY`` is one GET of that object from the S3 store at
+``--endpoint`` through Slipstream's own store client (proxy/backends/s3/http.py: SigV4 with
+the cached signing key, the keep-alive HTTP/1.1 pool), answered whole: the floor of a cache
+miss (fills.py ``--floor``), with nothing of the cache, routing or S3 dispatch. The store's
+keys come from the variables ``--access-key-env`` and ``--secret-key-env`` name.
 
 ``--workers N`` processes share the port with SO_REUSEPORT, like Slipstream's workers. The
 parent only supervises; SIGTERM/SIGINT stop every worker::
@@ -22,12 +27,20 @@ from typing import Any
 
 from aiohttp import web
 
+if __package__ in (None, ""):  # run as a script: make `proxy` importable (--mode store)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 __all__ = ["build_app", "main"]
 
 
-def build_app(mode: str, size: int, file: Path | None) -> web.Application:
+def build_app(
+    mode: str, size: int, file: Path | None, store: argparse.Namespace | None = None
+) -> web.Application:
     app = web.Application()
-    if mode == "mem":
+    if mode == "store":
+        assert store is not None
+        _through_store(app, store)
+    elif mode == "mem":
         payload = bytes(os.urandom(1024)) * (size // 1024) + os.urandom(size % 1024)
 
         async def mem(request: web.Request) -> web.Response:
@@ -45,12 +58,43 @@ def build_app(mode: str, size: int, file: Path | None) -> web.Application:
     return app
 
 
+def _through_store(app: web.Application, args: argparse.Namespace) -> None:
+    from botocore.credentials import Credentials
+
+    from proxy.backends.s3.http import S3HttpReader
+    from proxy.config import from_mapping
+
+    backend = {"type": "s3", "endpoint": args.endpoint}
+    for field in ("access_key_env", "secret_key_env"):
+        if getattr(args, field):
+            backend[field] = getattr(args, field)
+    cfg = from_mapping(
+        {"backends": {"store": backend}, "buckets": {"*": {"backend": "store"}}}, "--endpoint"
+    ).backends["store"]
+    reader = S3HttpReader(cfg)
+
+    async def client(app: web.Application) -> Any:
+        keys = cfg.credentials()
+        await reader.start(Credentials(*keys) if keys else None)
+        yield
+        await reader.close()
+
+    async def through(request: web.Request) -> web.Response:
+        bucket, _, key = request.path[1:].partition("/")
+        got = await reader.get(bucket, key, None, None, None)
+        body = b"".join([piece async for piece in got.body])
+        return web.Response(body=body, headers={"ETag": got.meta.etag})
+
+    app.cleanup_ctx.append(client)
+    app.router.add_get("/{tail:.*}", through)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(build_app(args.mode, args.size, args.file), access_log=None)
+    runner = web.AppRunner(build_app(args.mode, args.size, args.file, args), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=True, backlog=1024)
     await site.start()
@@ -66,15 +110,20 @@ def _worker(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Minimal aiohttp+uvloop ceiling server.")
-    parser.add_argument("--mode", choices=("mem", "file"), default="mem")
+    parser.add_argument("--mode", choices=("mem", "file", "store"), default="mem")
     parser.add_argument("--size", type=int, default=16 * 1024, help="body size (mem mode)")
     parser.add_argument("--file", type=Path, help="file to serve (file mode)")
+    parser.add_argument("--endpoint", help="the S3 store's URL (store mode)")
+    parser.add_argument("--access-key-env", help="variable holding the store's access key")
+    parser.add_argument("--secret-key-env", help="variable holding the store's secret key")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.mode == "file" and (args.file is None or not args.file.is_file()):
         parser.error("--mode file needs --file pointing at an existing file")
+    if args.mode == "store" and not args.endpoint:
+        parser.error("--mode store needs --endpoint")
     if args.workers <= 1:
         _worker(args)
         return
