@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
+from proxy.cache import index as index_module
 from proxy.cache.index import Batch, Index, Txn
 from proxy.cache.record import Record
 
@@ -184,6 +185,33 @@ async def test_queued_writes_commit_in_one_transaction(index: Index) -> None:
     assert await asyncio.gather(*futures) == list(range(100))
     assert len({id(t.txn) for t in txns}) == 1, "queued writes were not batched together"
     assert index.totals() == (100, 100)
+
+
+async def test_lazy_writes_linger_for_company_until_a_batch_is_full_or_hurried(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's fill commits lazily: the writer waits up to LINGER for more, but a full batch
+    (BATCH_FULL queued) or a waiter's hurry() ends the wait at once."""
+    monkeypatch.setattr(index_module, "LINGER", 60.0)  # a wait that outlasts the test
+    monkeypatch.setattr(index_module, "BATCH_FULL", 4)
+    index.start()
+    ops = [index.submit(insert(oid(0), 1), lazy=True)]
+    await asyncio.sleep(0.2)  # the writer took it and lingers
+    ops += [index.submit(insert(oid(n), 1), lazy=True) for n in range(1, 4)]
+    await asyncio.sleep(0.2)
+    assert not any(op.done() for op in ops), "a batch with 3 queued behind it did not linger"
+    ops.append(index.submit(insert(oid(4), 1), lazy=True))  # 4 queued: the batch is full
+    async with asyncio.timeout(10):
+        await asyncio.gather(*ops)
+    assert index.totals() == (5, 5)
+
+    lone = index.submit(insert(oid(5), 1), lazy=True)
+    await asyncio.sleep(0.2)
+    assert not lone.done()
+    index.hurry()
+    async with asyncio.timeout(10):
+        await lone
+    assert index.totals() == (6, 6)
 
 
 async def test_a_failing_write_does_not_sink_its_batch(index: Index) -> None:

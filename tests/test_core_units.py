@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy import backends, errors, metrics
+from proxy.cache import index as index_module
 from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
@@ -308,6 +309,38 @@ async def test_an_inline_record_without_its_value_is_a_miss(core: Core) -> None:
     await core.reads.fills.wait_idle()
     read = await core.reads.read(core.mount, "gone", None, {})
     assert (read.source, read.body, core.store.gets) == ("cache", data, 2)
+
+
+@pytest.mark.parametrize("size", [200, CHUNK * 3 // 2], ids=["inline", "chunked"])
+async def test_waiting_on_a_fills_commit_ends_its_linger(
+    core: Core, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's fill commits lazily (index.LINGER), but a job that waits on the commit (a warm
+    job's drain, a pin: Fills.settled) or a caller of wait_idle gets it at once, before or
+    after the fill queued its commit."""
+    monkeypatch.setattr(index_module, "LINGER", 60.0)  # a wait that outlasts the test
+    for n, early in enumerate((False, True)):
+        key = f"k{n}"
+        core.put_file(key, _data(size))
+        oid = oid_of(core.mount, key)
+        if early:  # asked before the fill's bytes are in: its commit is queued eager
+            read = await core.reads.read(core.mount, key, None, {})
+            settling = asyncio.create_task(core.reads.fills.settled([oid]))
+            body, _ = await _collect(read)
+        else:  # asked after: the commit already lingers in the writer's queue
+            _, body = await _read(core, key)
+            await asyncio.sleep(0.1)
+            assert core.record(key) is None, "the commit did not linger"
+            settling = asyncio.create_task(core.reads.fills.settled([oid]))
+        assert body == _data(size)
+        async with asyncio.timeout(10):
+            await settling
+        assert core.record(key) is not None
+    core.put_file("idle", _data(size))
+    await _read(core, "idle")
+    async with asyncio.timeout(10):
+        await core.reads.fills.wait_idle()
+    assert core.record("idle") is not None
 
 
 async def test_a_read_before_the_fills_commit_counts_as_a_use(core: Core) -> None:

@@ -109,6 +109,9 @@ def test_disk_full_reads_still_correct(
 
         assert wait_until(evicted_for_room, 5), proxy.log()
         assert "Traceback" not in proxy.log(), proxy.log()
+        # a read's chunk file is published before its index commit, which may wait a moment for
+        # company (index.LINGER): once the last commits land, every file is referenced
+        assert wait_until(lambda: audit_cache(small_disk).unreferenced() == [], 5)
         audit = audit_cache(small_disk)
         assert audit.missing_or_wrong_size(256 * KIB) == []
         assert audit.unreferenced() == []

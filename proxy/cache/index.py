@@ -37,7 +37,7 @@ _GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the co
 _USES = struct.Struct(">II")
 GHOST_LIMIT = 200_000
 # A read's fill commits its bytes after its readers have them: the writer waits this long for
-# other fills to join its transaction, or until BATCH_FULL of them are queued. A transaction
+# other fills to join its transaction, or until BATCH_FULL more are queued. A transaction
 # costs the writer ~0.4 ms of CPU besides its fills' ~45 us each (its fsync, the counters and
 # pin rules it reads, the eviction check, waking the loop): at ~1,500 fills a second a 5 ms
 # wait gave ~8 fills a commit and ~50 us of that a fill, 20 ms gives ~30 and ~13 us. A write's
@@ -400,6 +400,11 @@ class Index:
         if not lazy or self._ops.qsize() >= BATCH_FULL:
             self._eager.set()  # ends a lingering batch's wait
         return fut
+
+    def hurry(self) -> None:
+        """Somebody waits on a lazy op already queued: its batch commits without lingering.
+        (One queued after this lingers anyway: see Fills.settled, which marks its fills.)"""
+        self._eager.set()
 
     def make_room(self, nbytes: int) -> asyncio.Future[Any]:
         """Evict chunk files until the volume has room for ``nbytes`` beyond its reserve."""

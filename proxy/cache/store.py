@@ -24,6 +24,7 @@ from proxy.memo import remember
 from proxy.model import ObjectMeta
 
 T = TypeVar("T")
+Urgent = Callable[[], bool] | None  # asked as a read's commit is queued: does somebody wait?
 
 HIT_FLUSH_INTERVAL = 1.0
 ATIME_REFRESH = 600.0
@@ -129,6 +130,10 @@ class CacheStore:
     def chunk_path(self, oid: bytes, rec: Record, index: int) -> Path:
         return self.blobs.path(oid, rec.gen, index)
 
+    def hurry(self) -> None:
+        """Somebody waits on fills' commits already queued (Index.hurry)."""
+        self._idx.hurry()
+
     def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
         # S3-FIFO only asks whether an object was read again, so the record is written when
         # the answer changes (freq 0 -> n) and for access times at most every ten minutes; the
@@ -189,10 +194,18 @@ class CacheStore:
         return await self._try_submit(op)
 
     async def commit_inline(
-        self, oid: bytes, new: Record, data: bytes, *, seen: int, write: bool = False
+        self,
+        oid: bytes,
+        new: Record,
+        data: bytes,
+        *,
+        seen: int,
+        write: bool = False,
+        urgent: Urgent = None,
     ) -> bool:
         """Keep a small object inside the index. ``write``: the store just confirmed a write of
-        exactly ``new`` (its metadata too, whatever the old record held); else a read's fill.
+        exactly ``new`` (its metadata too, whatever the old record held); else a read's fill,
+        whose commit may linger for company unless ``urgent()`` says somebody waits on it.
         False if not cached (see write_mark for ``seen``)."""
 
         def op(t: Txn) -> bool:
@@ -212,13 +225,21 @@ class CacheStore:
             t.insert(oid, new)
             return True
 
-        return bool(await self._try_submit(op, lazy=not write))
+        return bool(await self._try_submit(op, lazy=not (write or (urgent and urgent()))))
 
     async def commit_chunk(
-        self, oid: bytes, new: Record, index: int, data: memoryview, *, seen: int
+        self,
+        oid: bytes,
+        new: Record,
+        index: int,
+        data: memoryview,
+        *,
+        seen: int,
+        urgent: Urgent = None,
     ) -> bool:
-        """Publish one chunk file a fill read, then mark it present. False if it could not be
-        cached (see write_mark for ``seen``)."""
+        """Publish one chunk file a fill read, then mark it present (lingering for company
+        unless ``urgent()``, asked once the file is written, as in commit_inline). False if it
+        could not be cached (see write_mark for ``seen``)."""
         try:
             await self._write_chunk(oid, new.gen, index, data)
         except OSError as exc:
@@ -251,7 +272,7 @@ class CacheStore:
                 t.grow(oid, cur, size)
             return True
 
-        ok = bool(await self._try_submit(op, lazy=True))
+        ok = bool(await self._try_submit(op, lazy=not (urgent and urgent())))
         if not ok:
             await asyncio.to_thread(self.blobs.unlink, [self.blobs.path(oid, new.gen, index)])
         return ok

@@ -95,6 +95,7 @@ class Fill:
         self.task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self.in_slot = False  # holds one of Fills' slots (a store fetch under way)
+        self.urgent = False  # somebody waits on its commit (Fills.settled): it does not linger
 
     # -- the filler's side --------------------------------------------------------------------
     def begin(self, meta: ObjectMeta, start: int, length: int, verified: bool = False) -> None:
@@ -118,6 +119,9 @@ class Fill:
             return
         self.done, self.error = True, error
         self._wake()
+
+    def is_urgent(self) -> bool:
+        return self.urgent
 
     @property
     def verified(self) -> bool:
@@ -283,16 +287,24 @@ class Fills:
     async def wait_idle(self) -> None:
         """Wait until no fill is under way: each has committed its bytes or given up."""
         while self._fills:
-            tasks = [f.task for f in list(self._fills.values()) if f.task is not None]
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._hurried(list(self._fills.values()))
 
     async def settled(self, oids: list[bytes]) -> None:
         """Wait until the fills under way of these objects committed their bytes or gave up (a
         reader may finish reading a fill before its commit lands)."""
         wanted = set(oids)
-        tasks = [f.task for (o, _), f in self._fills.items() if o in wanted and f.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._hurried([f for (o, _), f in self._fills.items() if o in wanted])
+
+    async def _hurried(self, fills: list[Fill]) -> None:
+        """Wait for these fills' tasks; their commits do not linger for company (index.LINGER):
+        one queued already ends its batch's wait, one to come is queued eager."""
+        tasks = [f.task for f in fills if f.task is not None]
+        if not tasks:
+            return
+        for fill in fills:
+            fill.urgent = True
+        self.cache.hurry()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         # A fill whose bytes are all in has only its commit left: let it finish (briefly), or its
@@ -496,10 +508,12 @@ class Fills:
         rec = record_of(mount, key, meta)
         view = memoryview(fill.buf)
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
-            ok = await self.cache.commit_inline(fill.oid, rec, bytes(view[:length]), seen=fill.seen)
+            ok = await self.cache.commit_inline(
+                fill.oid, rec, bytes(view[:length]), seen=fill.seen, urgent=fill.is_urgent
+            )
         else:
             ok = await self.cache.commit_chunk(
-                fill.oid, rec, fill.index, view[:length], seen=fill.seen
+                fill.oid, rec, fill.index, view[:length], seen=fill.seen, urgent=fill.is_urgent
             )
         (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
         if ok and fill.rereads:  # each a use, as a hit of the committed copy would count
