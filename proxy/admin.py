@@ -173,6 +173,7 @@ class _WorkersCollector(Collector):
 
 class _JobsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
+        metrics.flush()  # this process's own tallies (the jobs' per-key counts) first
         for m in metrics.JOB_METRICS:
             yield from m.collect()
 

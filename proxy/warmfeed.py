@@ -191,7 +191,7 @@ class WarmDispatch:
         self._local_warm, self._local_drain = local_warm, local_drain
         self.workers: list[_Worker] = []
         self._counts = {
-            (kind, process): metrics.JOB_FILLS.labels(kind, process)
+            (kind, process): metrics.Tally(metrics.JOB_FILLS.labels(kind, process))
             for kind in ("prefetch", "warm")
             for process in ("worker", "supervisor")
         }

@@ -80,9 +80,10 @@ class Progress:
     wasted: int = 0  # passed over by the reads without being read
 
 
-_USED = metrics.PREFETCH_OBJECTS.labels("used")
-_WASTED = metrics.PREFETCH_OBJECTS.labels("wasted")
-_FETCHED = metrics.PREFETCH_OBJECTS.labels("fetched")
+# per key: plain numbers until a scrape (metrics.Tally), not a locked counter each
+_USED = metrics.Tally(metrics.PREFETCH_OBJECTS.labels("used"))
+_WASTED = metrics.Tally(metrics.PREFETCH_OBJECTS.labels("wasted"))
+_FETCHED = metrics.Tally(metrics.PREFETCH_OBJECTS.labels("fetched"))
 
 
 class PrefetchJob:
