@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cache import index as index_module
 from proxy.cache.locks import FillLocks
 from proxy.core import fills
 from proxy.core.metadata import oid_of
@@ -95,3 +96,88 @@ async def test_a_fill_stopped_while_it_looks_in_the_cache_lets_go_of_its_lock(
     slow.set()
     lock_file = core.cache.root / "locks"
     assert await asyncio.to_thread(other_process_gets, lock_file, 0, oid)
+
+
+WAIT = """
+import sys
+from pathlib import Path
+from proxy.cache.locks import FillLocks
+locks = FillLocks(Path(sys.argv[1]))
+oid, chunk = bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+while not locks.wait_begin(oid, chunk):
+    pass
+print("waiting", flush=True)
+sys.stdin.readline()
+locks.wait_end(oid, chunk)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+class _Waiter:
+    """Another process that says it waits for this one's fill of ``chunk`` of ``oid``."""
+
+    def __init__(self, path: Path, oid: bytes, chunk: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        cmd = [sys.executable, "-c", WAIT, str(path), oid.hex(), str(chunk)]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "waiting\n"
+
+    def step(self, expect: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == expect
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_a_filler_sees_another_process_wait_for_its_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "locks"
+    locks = FillLocks(path)
+    waiter = None
+    try:
+        assert locks.try_acquire(OID, 0)
+        assert not locks.waited_on(OID, 0)
+        waiter = _Waiter(path, OID, 0)
+        assert locks.waited_on(OID, 0)
+        assert locks.waited_on(OID, 0), "asking took the waiter's mark away"
+        assert not locks.waited_on(OID, 1), "another chunk of the object was waited on too"
+        waiter.step("done\n")  # it stopped waiting, still alive
+        assert not locks.waited_on(OID, 0)
+    finally:
+        if waiter is not None:
+            waiter.close()
+        locks.close()
+
+
+async def test_a_fill_another_worker_waits_for_commits_without_lingering(
+    core: Core,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read's fill commits lazily (index.LINGER, for company in its transaction), but while
+    it holds the chunk's lock another worker's read of that chunk waits behind it: then it
+    commits at once. The only process that fills the cache (``workers: 1``) takes no locks and
+    has nobody to ask."""
+    monkeypatch.setattr(index_module, "LINGER", 60.0)  # a wait that outlasts the test
+    sole = core.reads.fills.sole
+    data = bytes(range(200))
+    for key, waited in (("alone", False), ("waited", True)):
+        core.put_file(key, data)
+        oid = oid_of(core.mount, key)
+        waiter = _Waiter(core.cache.root / "locks", oid, 0) if waited else None
+        try:
+            _, body = await _read(core, key)
+            assert body == data
+            await asyncio.sleep(0.3)
+            committed = core.record(key) is not None
+        finally:
+            if waiter is not None:
+                waiter.close()
+        assert committed == (waited and not sole), (key, sole)
+    async with asyncio.timeout(10):
+        await core.reads.fills.wait_idle()

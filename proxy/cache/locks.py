@@ -3,6 +3,11 @@
 POSIX record locks are per process and vanish when the process dies, so a crashed filler never
 leaves a chunk locked. Within one process the service's in-flight table already ensures one
 filler per chunk; these locks stop the other worker processes from fetching it too.
+
+A process that waits for another's fill of a chunk says so with a shared lock on the chunk's
+waiter byte (``_WAITERS`` past its lock byte), held while it waits: the filler asks
+(``waited_on``) before it queues its commit, and commits without lingering for company
+(index.LINGER) when somebody waits behind the lock.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from pathlib import Path
 
 _SPACE = 1 << 40
+_WAITERS = _SPACE  # a chunk's waiter byte: its lock byte's offset plus this
 _SPREAD = 0x9E3779B97F4A7C15  # odd: distinct chunks, distinct bytes (mod 2**40)
 
 
@@ -37,6 +43,30 @@ class FillLocks:
 
     def release(self, oid: bytes, chunk: int) -> None:
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._offset(oid, chunk))
+
+    def wait_begin(self, oid: bytes, chunk: int) -> bool:
+        """Say that this process waits for another's fill of the chunk; False if that could not
+        be said now (the filler was asking that moment): try again at the next look."""
+        try:
+            fcntl.lockf(
+                self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WAITERS + self._offset(oid, chunk)
+            )
+        except OSError:
+            return False
+        return True
+
+    def wait_end(self, oid: bytes, chunk: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _WAITERS + self._offset(oid, chunk))
+
+    def waited_on(self, oid: bytes, chunk: int) -> bool:
+        """Whether another process waits for this process's fill of the chunk (wait_begin)."""
+        at = _WAITERS + self._offset(oid, chunk)
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, at)
+        except OSError:
+            return True
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, at)
+        return False
 
     def close(self) -> None:
         os.close(self._fd)

@@ -95,7 +95,7 @@ class Fill:
         self.task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self.in_slot = False  # holds one of Fills' slots (a store fetch under way)
-        self.urgent = False  # somebody waits on its commit (Fills.settled): it does not linger
+        self.urgent = False  # somebody here waits on its commit (Fills.settled): no lingering
 
     # -- the filler's side --------------------------------------------------------------------
     def begin(self, meta: ObjectMeta, start: int, length: int, verified: bool = False) -> None:
@@ -119,9 +119,6 @@ class Fill:
             return
         self.done, self.error = True, error
         self._wake()
-
-    def is_urgent(self) -> bool:
-        return self.urgent
 
     @property
     def verified(self) -> bool:
@@ -401,21 +398,28 @@ class Fills:
             return expect is None or not await self._load_cached(fill, mount, expect)
         locks = self._locks
         began = time.monotonic()
-        while True:
-            if locks.try_acquire(fill.oid, fill.index):
-                try:
-                    cached = await self._load_cached(fill, mount, expect)
-                except BaseException:  # failed or cancelled: the fill does not hold it
-                    locks.release(fill.oid, fill.index)
-                    raise
-                if cached:
-                    locks.release(fill.oid, fill.index)
-                    return False
-                return True
-            # Another process fills it: look again after a quarter of the time waited so far,
-            # so a read waits at most ~25% past that fill's end (a 20 ms fill: ~12 looks).
-            waited = time.monotonic() - began
-            await asyncio.sleep(min(LOCK_POLL_MAX, max(LOCK_POLL_START, waited / 4)))
+        said = False  # that this process waits (the filler then commits without lingering)
+        try:
+            while True:
+                if locks.try_acquire(fill.oid, fill.index):
+                    try:
+                        cached = await self._load_cached(fill, mount, expect)
+                    except BaseException:  # failed or cancelled: the fill does not hold it
+                        locks.release(fill.oid, fill.index)
+                        raise
+                    if cached:
+                        locks.release(fill.oid, fill.index)
+                        return False
+                    return True
+                said = said or locks.wait_begin(fill.oid, fill.index)
+                # Another process fills it: look again after a quarter of the time waited so
+                # far, so a read waits at most ~25% past that fill's end (a 20 ms fill: ~12
+                # looks).
+                waited = time.monotonic() - began
+                await asyncio.sleep(min(LOCK_POLL_MAX, max(LOCK_POLL_START, waited / 4)))
+        finally:
+            if said:
+                locks.wait_end(fill.oid, fill.index)
 
     async def _load_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
         rec, inline = self.cache.lookup(fill.oid)
@@ -507,13 +511,17 @@ class Fills:
             return
         rec = record_of(mount, key, meta)
         view = memoryview(fill.buf)
+
+        def urgent() -> bool:  # asked as the commit is queued: does anybody wait on it?
+            return fill.urgent or (not self.sole and self._locks.waited_on(fill.oid, fill.index))
+
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
             ok = await self.cache.commit_inline(
-                fill.oid, rec, bytes(view[:length]), seen=fill.seen, urgent=fill.is_urgent
+                fill.oid, rec, bytes(view[:length]), seen=fill.seen, urgent=urgent
             )
         else:
             ok = await self.cache.commit_chunk(
-                fill.oid, rec, fill.index, view[:length], seen=fill.seen, urgent=fill.is_urgent
+                fill.oid, rec, fill.index, view[:length], seen=fill.seen, urgent=urgent
             )
         (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
         if ok and fill.rereads:  # each a use, as a hit of the committed copy would count
