@@ -36,12 +36,10 @@ _GHOST = struct.Struct(">QII")  # a ghost's value: its seq, use count and the co
 # stays valid and no JSON is encoded. Records written before that carry them as fields.
 _USES = struct.Struct(">II")
 GHOST_LIMIT = 200_000
-# A read's fill commits its bytes after its readers have them: the writer waits this long for
-# other fills to join its transaction, or until BATCH_FULL more are queued. A transaction
-# costs the writer ~0.4 ms of CPU besides its fills' ~45 us each (its fsync, the counters and
-# pin rules it reads, the eviction check, waking the loop): at ~1,500 fills a second a 5 ms
-# wait gave ~8 fills a commit and ~50 us of that a fill, 20 ms gives ~30 and ~13 us. A write's
-# op never waits and ends the wait of those before it.
+# A read's fill commits after its readers have its bytes: the writer waits this long for more
+# to join the transaction, or until BATCH_FULL more are queued. A transaction costs ~0.4 ms of
+# CPU besides its fills' ~45 us each: at ~1,500 fills a second, 5 ms made ~8 fills a commit,
+# 20 ms ~30. A write's op never waits, and ends the wait of those before it (as hurry does).
 LINGER = 0.02
 BATCH_FULL = 64
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
