@@ -400,8 +400,7 @@ class Index:
         return fut
 
     def hurry(self) -> None:
-        """Somebody waits on a lazy op already queued: its batch commits without lingering.
-        (One queued after this lingers anyway: see Fills.settled, which marks its fills.)"""
+        """Somebody waits on a lazy op already queued: its batch commits without lingering."""
         self._eager.set()
 
     def make_room(self, nbytes: int) -> asyncio.Future[Any]:
