@@ -343,6 +343,32 @@ async def test_waiting_on_a_fills_commit_ends_its_linger(
     assert core.record("idle") is not None
 
 
+@pytest.mark.parametrize("size", [200, CHUNK * 3 // 2], ids=["inline", "chunked"])
+async def test_a_head_while_a_fills_commit_lingers_asks_the_store_nothing(
+    core: Core, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HEAD right after a GET's fill, while its commit still waits for company, answers from
+    that fill's metadata: no store HEAD, no metadata-only record racing the commit."""
+    monkeypatch.setattr(index_module, "LINGER", 60.0)
+    heads = 0
+    head = core.store.inner.head
+
+    async def counted(bucket: str, key: str) -> Any:
+        nonlocal heads
+        heads += 1
+        return await head(bucket, key)
+
+    monkeypatch.setattr(core.store.inner, "head", counted)
+    core.put_file("k", _data(size))
+    read, _ = await _read(core, "k")
+    assert core.record("k") is None  # the commit lingers
+    meta = await core.reads.head(core.mount, "k")
+    assert (meta.size, meta.etag, heads) == (size, read.meta.etag, 0)
+    await core.reads.fills.wait_idle()
+    assert (await core.reads.head(core.mount, "k")).etag == read.meta.etag  # now the index's
+    assert heads == 0 and core.store.gets == (1 if size < CHUNK else 2)
+
+
 async def test_a_read_before_the_fills_commit_counts_as_a_use(core: Core) -> None:
     """A fill's commit may wait a moment for company (index.LINGER): a read of the object in
     that moment joins the finished fill and is counted as a use once the commit lands, so an

@@ -224,6 +224,12 @@ class Fills:
         assert fill is not None
         return fill
 
+    def landed(self, oid: bytes) -> ObjectMeta | None:
+        """The metadata of ``oid`` as its fill of chunk 0 under way got it, once that fill is
+        verified (every byte in and checked; only its commit to come), else None."""
+        fill = self._fills.get((oid, 0))
+        return fill.meta if fill is not None and fill.verified else None
+
     def get_ahead(
         self, mount: Mount, key: str, oid: bytes, index: int, expect: ObjectMeta
     ) -> Fill | None:

@@ -56,6 +56,12 @@ class Reads:
         await self.metadata.close()
 
     async def head(self, mount: Mount, key: str) -> ObjectMeta:
+        """The object's metadata: from a fill of its first chunk whose bytes are all in (its
+        commit may still wait for company: index.LINGER), else from the index or the store."""
+        if mount.cacheable:
+            landed = self.fills.landed(oid_of(mount, key))
+            if landed is not None:
+                return landed
         return await self.metadata.head(mount, key)
 
     def invalidate(self, oid: bytes) -> None:
