@@ -227,6 +227,26 @@ async def test_a_read_that_waited_for_another_workers_fill_is_a_hit(
     assert (_requests("hit") - hits, _requests("miss") - misses) == (1, 0)
 
 
+async def test_the_first_read_after_a_fill_finds_its_record_parsed(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill's committed record is what its raw form parses to, and the first read of it (a
+    prefetched object's reader) finds it parsed: no Record.loads on the way."""
+    data = _data(300)
+    core.put_file("obj", data)
+    await _read(core, "obj")
+    await core.reads.fills.wait_idle()
+    raw, inline = core.cache.raw_lookup(oid_of(core.mount, "obj"))
+    assert raw is not None and inline == data
+    parses: list[bytes] = []
+    loads = index_module.Record.loads
+    monkeypatch.setattr(index_module.Record, "loads", lambda r: parses.append(r) or loads(r))
+    rec = core.cache.parsed(raw)
+    assert parses == [] and rec == loads(raw) and rec.inline and rec.etag
+    read, body = await _read(core, "obj")
+    assert (read.source, body, parses) == ("cache", data, [])
+
+
 async def test_a_read_past_the_chunk_a_landed_fill_holds_reads_on(core: Core) -> None:
     """A whole read of a chunked object joining its first chunk's landed fill is no hit: its
     later chunks still come from the store."""

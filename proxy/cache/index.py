@@ -85,8 +85,11 @@ class Txn:
         raw = self.txn.get(oid, db=self.index.objects)
         return Record.loads(raw) if raw is not None else None
 
-    def put(self, oid: bytes, rec: Record) -> None:
-        self.txn.put(oid, rec.dumps(), db=self.index.objects)
+    def put(self, oid: bytes, rec: Record) -> bytes:
+        """Write ``rec``; returns its raw form as written."""
+        raw = rec.dumps()
+        self.txn.put(oid, raw, db=self.index.objects)
+        return raw
 
     def counter(self, name: bytes) -> int:
         return self.counters.get(name)
@@ -102,10 +105,11 @@ class Txn:
         self.counters.set(b"seq", seq)
         return seq
 
-    def insert(self, oid: bytes, rec: Record) -> None:
+    def insert(self, oid: bytes, rec: Record) -> bytes:
         """Add a new record to its queue and the totals (eviction.place: where, if at all, it
         may displace what the cache holds); pinned if a pin rule covers it (a pinned record is
-        always admitted), and in its bucket's quota FIFO if that bucket has a quota."""
+        always admitted), and in its bucket's quota FIFO if that bucket has a quota. Returns
+        the record's raw form as written."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
         quota.join(self, oid, rec)
         self.account(rec, rec.stored)
@@ -135,7 +139,7 @@ class Txn:
         self.txn.put(rec.queue.encode() + U64.pack(rec.qseq), oid, db=self.index.queues)
         self.add(b"bytes:" + rec.queue.encode(), rec.stored)
         self.add(b"objects", 1)
-        self.put(oid, rec)
+        return self.put(oid, rec)
 
     def grow(self, oid: bytes, rec: Record, delta: int) -> None:
         rec.stored += delta
@@ -343,6 +347,12 @@ class Index:
         if rec is None:
             rec = remember(self._decoded, raw, Record.loads(raw), DECODED_CACHE_MAX)
         return rec
+
+    def seed_parsed(self, raw: bytes, rec: Record) -> None:
+        """``rec`` is what ``raw`` parses to and nothing changes it any more: the first read
+        of a record just written (a fill that a prefetch made ahead of its reader) finds it
+        parsed. Any thread (a dict's item set is atomic)."""
+        remember(self._decoded, raw, rec, DECODED_CACHE_MAX)
 
     def raw_with_data(self, oid: bytes) -> tuple[bytes | None, bytes | None]:
         """The record's raw bytes and the object's inline bytes (None where absent), read in

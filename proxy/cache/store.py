@@ -222,7 +222,8 @@ class CacheStore:
                 return False
             new.inline, new.stored, new.chunks = True, len(data), 0
             t.txn.put(oid, data, db=t.index.data)
-            t.insert(oid, new)
+            # (its readers hold ``new`` only to read it, and no later op here has it)
+            t.index.seed_parsed(t.insert(oid, new), new)
             return True
 
         return bool(await self._try_submit(op, lazy=not (write or (urgent and urgent()))))
