@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from proxy import errors
 from proxy.cache import index as index_module
-from proxy.cache.index import Batch, Index, Txn
+from proxy.cache.batch import Batch
+from proxy.cache.index import Index, Txn
 from proxy.cache.record import Record
 
 MIB = 1024 * 1024
@@ -212,6 +213,24 @@ async def test_lazy_writes_linger_for_company_until_a_batch_is_full_or_hurried(
     async with asyncio.timeout(10):
         await lone
     assert index.totals() == (6, 6)
+
+
+async def test_a_lingering_batch_commits_once_another_process_begins_to_wait(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``stirred`` (FillLocks.stamp: other processes fill the cache too), a lingering
+    batch looks at it every STIR_POLL and commits as soon as it moves; unmoved, it lingers."""
+    monkeypatch.setattr(index_module, "LINGER", 60.0)
+    stamp = [b"0"]
+    index.stirred = lambda: stamp[0]
+    index.start()
+    lone = index.submit(insert(oid(0), 1), lazy=True)
+    await asyncio.sleep(0.3)
+    assert not lone.done(), "a batch whose stamp stood still did not linger"
+    stamp[0] = b"1"  # another process began to wait for a fill
+    async with asyncio.timeout(10):
+        await lone
+    assert index.totals() == (1, 1)
 
 
 async def test_a_failing_write_does_not_sink_its_batch(index: Index) -> None:

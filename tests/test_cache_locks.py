@@ -155,6 +155,24 @@ def test_a_filler_sees_another_process_wait_for_its_chunk(tmp_path: Path) -> Non
         locks.close()
 
 
+def test_a_wait_moves_the_stamp_every_process_sees(tmp_path: Path) -> None:
+    """A process that begins to wait for another's fill moves the shared stamp (what a
+    lingering writer looks at); asking whether a chunk is waited on moves nothing."""
+    path = tmp_path / "locks"
+    locks = FillLocks(path)
+    waiter = None
+    try:
+        before = locks.stamp()
+        assert locks.try_acquire(OID, 0) and not locks.waited_on(OID, 0)
+        assert locks.stamp() == before
+        waiter = _Waiter(path, OID, 0)
+        assert locks.stamp() != before
+    finally:
+        if waiter is not None:
+            waiter.close()
+        locks.close()
+
+
 async def test_a_fill_another_worker_waits_for_commits_without_lingering(
     core: Core,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -166,18 +184,23 @@ async def test_a_fill_another_worker_waits_for_commits_without_lingering(
     monkeypatch.setattr(index_module, "LINGER", 60.0)  # a wait that outlasts the test
     sole = core.reads.fills.sole
     data = bytes(range(200))
-    for key, waited in (("alone", False), ("waited", True)):
+    # "later": the other worker begins to wait once the commit is queued, lingering
+    for key, waited in (("alone", ""), ("waited", "before"), ("waited later", "later")):
         core.put_file(key, data)
         oid = oid_of(core.mount, key)
-        waiter = _Waiter(core.cache.root / "locks", oid, 0) if waited else None
+        waiter = _Waiter(core.cache.root / "locks", oid, 0) if waited == "before" else None
         try:
             _, body = await _read(core, key)
             assert body == data
+            if waited == "later":
+                await asyncio.sleep(0.1)
+                assert core.record(key) is None
+                waiter = _Waiter(core.cache.root / "locks", oid, 0)
             await asyncio.sleep(0.3)
             committed = core.record(key) is not None
         finally:
             if waiter is not None:
                 waiter.close()
-        assert committed == (waited and not sole), (key, sole)
+        assert committed == (bool(waited) and not sole), (key, sole)
     async with asyncio.timeout(10):
         await core.reads.fills.wait_idle()

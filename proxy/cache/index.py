@@ -12,9 +12,9 @@ import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ import lmdb
 
 from proxy import errors, log
 from proxy.cache import eviction, pins, quota
+from proxy.cache.batch import Batch, Settled, hand_back
 from proxy.cache.counters import U64, Counters
 from proxy.cache.lmdb_queues import LmdbQueues
 from proxy.cache.record import Record
@@ -44,6 +45,7 @@ GHOST_LIMIT = 200_000
 # 20 ms ~30. A write's op never waits, and ends the wait of those before it (as hurry does).
 LINGER = 0.02
 BATCH_FULL = 64
+STIR_POLL = 0.002  # how often a lingering batch looks whether another process began to wait
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
 LOW_WATER = 0.95  # over budget, evict down to this share of it
@@ -54,19 +56,7 @@ MAP_LOW_WATER = 0.70
 _index_full = Throttled(log.cache)
 
 
-@dataclass(slots=True)
-class Batch:
-    """What one write transaction leaves to do after it commits."""
-
-    unlink: list[tuple[bytes, str, int]] = field(default_factory=list)
-    evicted_objects: int = 0
-    evicted_bytes: int = 0
-    file_bytes: int = 0  # the bytes of the chunk files in ``unlink``
-    refused: list[bytes] = field(default_factory=list)  # not admitted (eviction.place)
-
-
 Op = Callable[["Txn"], Any]
-Settled = tuple["asyncio.Future[Any]", Any, "BaseException | None"]  # an op's future, result, error
 
 
 class Txn:
@@ -312,6 +302,9 @@ class Index:
         self._eager = threading.Event()  # an op that must not wait was queued (or a close)
         self._thread: threading.Thread | None = None
         self.on_commit: Callable[[Batch], None] = lambda batch: None
+        # what moves when another process begins to wait for a fill (FillLocks.stamp): a
+        # lingering batch commits then (None: no other process fills this cache)
+        self.stirred: Callable[[], bytes] | None = None
         self._decoded: dict[bytes, Record] = {}  # raw value -> parsed; hits skip json parsing
 
     # -- reads (any thread) ----------------------------------------------------------------
@@ -463,10 +456,7 @@ class Index:
                 return
             items = [(first[0], first[1])]
             if first[2]:
-                # only lazy ops so far (a read's fill): wait a moment for more to share the
-                # commit (its fsync and the pages it rewrites); an eager one ends the wait. The
-                # wait is one sleep, not a wake-up (and a turn at the GIL) per op queued.
-                self._eager.wait(LINGER)
+                self._linger()
             self._eager.clear()  # what set it is queued already: taken below or next round
             while len(items) < 256:
                 try:
@@ -478,6 +468,21 @@ class Index:
                     break
                 items.append((nxt[0], nxt[1]))
             self._commit(items)
+
+    def _linger(self) -> None:
+        """Only lazy ops so far (a read's fill): wait up to LINGER for more to share the commit
+        (its fsync and the pages it rewrites). An eager op ends the wait (one sleep, not a
+        wake-up and a turn at the GIL per op queued), and so does another process that begins
+        to wait for a fill (``stirred``, looked at every STIR_POLL): it may be one of these."""
+        stirred = self.stirred
+        if stirred is None:
+            self._eager.wait(LINGER)
+            return
+        seen = stirred()
+        end = time.monotonic() + LINGER
+        while (left := end - time.monotonic()) > 0:
+            if self._eager.wait(min(left, STIR_POLL)) or stirred() != seen:
+                return
 
     def _commit(self, items: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         batch = Batch()
@@ -508,11 +513,7 @@ class Index:
             self.on_commit(batch)
         except Exception:
             log.cache.exception("post-commit work failed")
-        by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
-        for settled in results:
-            by_loop.setdefault(settled[0].get_loop(), []).append(settled)
-        for loop, settling in by_loop.items():  # one wake-up of each loop per commit
-            loop.call_soon_threadsafe(_settle_all, settling)
+        hand_back(results)
 
     def _each_alone(self, items: list[tuple[Op, asyncio.Future[Any]]], evict: bool) -> bool:
         """After a batch failed: free room first where ``evict`` (index full, or the disk
@@ -595,17 +596,3 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, lmdb.DiskError) or (
         isinstance(exc, lmdb.Error) and "Input/output error" in str(exc)
     )
-
-
-def _settle_all(settling: list[Settled]) -> None:
-    for fut, value, exc in settling:
-        _settle(fut, value, exc)
-
-
-def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)

@@ -12,8 +12,9 @@ from typing import TypeVar, cast
 
 from proxy import errors, log, metrics
 from proxy.cache import cleanstop, pins, quota
+from proxy.cache.batch import Batch
 from proxy.cache.blobs import BlobStore
-from proxy.cache.index import Batch, Index, Txn
+from proxy.cache.index import Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
@@ -129,6 +130,12 @@ class CacheStore:
 
     def chunk_path(self, oid: bytes, rec: Record, index: int) -> Path:
         return self.blobs.path(oid, rec.gen, index)
+
+    def watch_waiters(self) -> None:
+        """Other processes fill this cache too: a read's commit lingering for company ends
+        when one of them begins to wait for a fill (FillLocks.stamp)."""
+        assert self.index is not None and self.locks is not None, "cache not open"
+        self.index.stirred = self.locks.stamp
 
     def hurry(self) -> None:
         """Somebody waits on fills' commits already queued (Index.hurry)."""

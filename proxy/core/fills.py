@@ -204,6 +204,8 @@ class Fills:
         self.unqueued = asyncio.Event()  # set while no fill waits
         self.unqueued.set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one fills run on
+        if not sole:
+            cache.watch_waiters()
 
     @property
     def _locks(self) -> FillLocks:
