@@ -10,6 +10,7 @@ no token configured, state-changing routes are open to local processes.
 from __future__ import annotations
 
 import functools
+import glob
 import hmac
 import json
 import os
@@ -162,13 +163,24 @@ class _WorkersCollector(Collector):
     this process (see SupervisorCore in app.py), whose own values ``_JobsCollector`` exports."""
 
     def __init__(self) -> None:
-        self._inner = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        self._path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
         self._skip = {m._name for m in metrics.JOB_METRICS}
 
     def collect(self) -> Iterator[Metric]:
-        for family in self._inner.collect():  # type: ignore[no-untyped-call]
+        # A file a starting worker has just created is empty until it sizes it: its values
+        # count from the next scrape (prometheus_client would fail the whole scrape on it).
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _sized(f)]
+        merge = multiprocess.MultiProcessCollector.merge
+        for family in merge(files, accumulate=True):  # type: ignore[no-untyped-call]
             if family.name not in self._skip:
                 yield family
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= 8  # its header: the bytes in use
+    except OSError:  # gone meanwhile (a dead worker's live gauges)
+        return False
 
 
 class _JobsCollector(Collector):
