@@ -17,7 +17,7 @@ from proxy.cache import eviction
 from proxy.cache.eviction import Entry, Queue
 
 Policy = Literal["s3fifo", "admission"]
-LOW_WATER = 0.95  # as proxy/cache/index.py
+LOW_WATER = 0.95  # as proxy/cache/budget.py
 GHOST_LIMIT = 200_000
 
 

@@ -8,14 +8,19 @@ caching once the disk was full, and warns about it at most once a minute.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from asyncio import gather
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from proxy.cache.index import Index
+from proxy.cache.space import Volume
+from proxy.config_values import SizeOrShare
 from tests.conftest import ProxyFactory, S3ClientFactory
 from tests.faultkit import (
     audit_cache,
@@ -28,6 +33,7 @@ from tests.faultkit import (
     wait_until,
 )
 from tests.servers import S3Endpoint
+from tests.test_cache_index import all_records, insert, oid
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -165,3 +171,43 @@ def test_disk_full_keeps_caching(
     audit = audit_cache(disk_16m)
     assert audit.missing_or_wrong_size(8 * MIB) == []
     assert audit.unreferenced() == []
+
+
+async def test_the_index_evicts_and_keeps_caching_after_its_disk_filled_up(
+    small_disk: Path,
+) -> None:
+    """Another writer takes the last free block of the volume (the reserve included) while the
+    index's values fill most of it. The next batch of values cannot commit: the index evicts,
+    and that eviction has to commit on the blocks the index file keeps past its end
+    (IndexTail), since LMDB reuses the pages a transaction frees only two commits later. Then
+    values are cached again. Without the tail the eviction itself failed for room, and so did
+    every write after it, for good."""
+    volume = Volume(small_disk, SizeOrShare(percent=5.0))
+    index = Index(small_disk / "index", 64 * MIB, 64 * MIB, volume)
+    evicted: list[int] = []
+    index.on_commit = lambda batch: evicted.append(batch.evicted_objects)
+    index.start()
+    value = 200 * KIB
+
+    async def add(first: int, count: int) -> list[bool]:
+        futs = [
+            index.submit(insert(oid(n), value, data=os.urandom(value)), lazy=True)
+            for n in range(first, first + count)
+        ]
+        done = await gather(*futs, return_exceptions=True)
+        return [not isinstance(r, BaseException) for r in done]
+
+    try:
+        assert all(await add(0, 6))  # 1.2 MiB of the 2 MiB volume
+        fd = os.open(small_disk / "neighbour", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # the rest, to the last block
+            while os.write(fd, b"\0" * 4096):
+                pass
+        os.close(fd)
+        assert os.statvfs(small_disk).f_bavail == 0
+        cached = [await add(100 + 10 * n, 2) for n in range(6)]
+        assert sum(evicted) > 0, cached
+        assert any(cached[-1]) or any(cached[-2]), cached  # caching again
+        assert len(all_records(index)) >= 3
+    finally:
+        index.close()

@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 import lmdb
 
 from proxy import errors, log
-from proxy.cache import eviction, pins, quota
+from proxy.cache import budget, eviction, pins, quota
 from proxy.cache.batch import Batch, Settled, hand_back
+from proxy.cache.budget import LOW_WATER
 from proxy.cache.counters import U64, Counters
 from proxy.cache.lmdb_queues import LmdbQueues
 from proxy.cache.record import Record
-from proxy.cache.space import Throttled, Volume, disk_full
+from proxy.cache.space import IndexTail, Throttled, Volume, disk_full
 from proxy.memo import remember
 
 T = TypeVar("T")
@@ -48,11 +49,7 @@ BATCH_FULL = 64
 STIR_POLL = 0.002  # how often a lingering batch looks whether another process began to wait
 WRITTEN_LIMIT = 200_000  # objects whose last write's mark is kept; older ones share a floor
 DECODED_CACHE_MAX = 50_000
-LOW_WATER = 0.95  # over budget, evict down to this share of it
-# LMDB needs free pages even to delete (copy-on-write), so a full map could never be emptied:
-# past the high-water mark of pages in use a commit evicts ahead, down to about the low one.
-MAP_HIGH_WATER = 0.80
-MAP_LOW_WATER = 0.70
+EVICT_STEP, EVICT_STEPS = 64, 32  # what _evict_some does in one transaction at most, and in all
 _index_full = Throttled(log.cache)
 
 
@@ -113,7 +110,7 @@ class Txn:
             remembered = 0  # a ghost written before use counts
         queues = LmdbQueues(self)
         full = not rec.pinned and (
-            self.index._held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
+            budget.held(self) + rec.stored > int(self.index.max_bytes * LOW_WATER)
         )
         # A use is counted with the bytes of chunk 0 (or inline): a later chunk's fill continues
         # a read already counted (or is a range read), and a metadata-only record (a HEAD) is
@@ -290,13 +287,17 @@ class Index:
         self.written = self.env.open_db(b"written")  # oid -> the write mark of its last write
         self.uses = self.env.open_db(b"uses")  # oid -> its use count and era (_USES)
         trees = (self.objects, self.data, self.queues, self.ghost, self.meta, self.written)
-        self._trees = (self.env.open_db(None), *trees, self.uses)
+        self.trees = (self.env.open_db(None), *trees, self.uses)  # every tree (budget.pages)
         self.map_size: int = self.env.info()["map_size"]
         self.psize: int = self.env.stat()["psize"]
         self.max_bytes = max_bytes
         self.volume = volume
         self.quotas = tuple(quotas)
         self.env.reader_check()
+        self.tail: IndexTail | None = None
+        if volume is not None and volume.reserve > 0:
+            self.tail = IndexTail(path / "data.mdb", volume, self.psize)
+            self.tail.top_up(self.map_usage()[0])
         self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any], bool] | None]
         self._ops = queue.SimpleQueue()
         self._eager = threading.Event()  # an op that must not wait was queued (or a close)
@@ -413,7 +414,7 @@ class Index:
 
         def op(t: Txn) -> None:
             if self.volume is not None:
-                self._free_files(t, nbytes - self.volume.spare())
+                budget.free_files(t, nbytes - self.volume.spare())
 
         return self.submit(op)
 
@@ -447,6 +448,8 @@ class Index:
             thread.join(timeout=30)
         closed = self.identity() if thread is None or not thread.is_alive() else None
         self.env.close()
+        if self.tail is not None:
+            self.tail.close()
         return closed
 
     def _run(self) -> None:
@@ -491,7 +494,7 @@ class Index:
             with self.writing(batch) as t:
                 for op, fut in items:
                     results.append((fut, op(t), None))
-                self._evict_if_needed(t)
+                budget.keep(t)
         except lmdb.MapFullError:
             if self._each_alone(items, evict=True):
                 return
@@ -509,11 +512,17 @@ class Index:
             failure = errors.IndexFull("disk_full") if full else exc
             results = [(items[0][1], None, failure)]
             batch = Batch()
+        self._after(batch)
+        hand_back(results)
+
+    def _after(self, batch: Batch) -> None:
+        """What a commit leaves to do: the batch's (on_commit), and the index file's tail."""
         try:
             self.on_commit(batch)
+            if self.tail is not None:
+                self.tail.top_up(self.map_usage()[0])
         except Exception:
             log.cache.exception("post-commit work failed")
-        hand_back(results)
 
     def _each_alone(self, items: list[tuple[Op, asyncio.Future[Any]]], evict: bool) -> bool:
         """After a batch failed: free room first where ``evict`` (index full, or the disk
@@ -528,67 +537,24 @@ class Index:
             self._commit([item])
         return True
 
-    def _evict_if_needed(self, t: Txn) -> None:
-        """Keep the budget: max_size; the reserve on the volume (evicting chunk files, which
-        give their room back at once); and the map's high-water mark, where the map is what
-        the index file may span: map_size, or less where the volume ends first. Blocking
-        (statvfs)."""
-        low = int(self.max_bytes * LOW_WATER)
-        for oid in t.batch.refused:  # first in line: they go before anything admitted
-            rec = t.get(oid)
-            if rec is not None and not rec.pinned and self._held(t) > low:
-                t.remove(oid, rec, to_ghost=True)
-                t.batch.evicted_objects += 1
-                t.batch.evicted_bytes += rec.stored
-        if self._held(t) > self.max_bytes:
-            eviction.evict_until(LmdbQueues(t), self.max_bytes, low)
-        map_limit = self.map_size
-        used, span = self._pages(t.txn, *self._trees)
-        if self.volume is not None:
-            spare = self.volume.spare()
-            if spare < 0:
-                self._free_files(t, -spare + int(self._held(t) * (1 - LOW_WATER)))
-                used, span = self._pages(t.txn, *self._trees)
-            # the file never shrinks: short of room, it stops growing
-            map_limit = min(map_limit, span + max(0, spare))
-        if used > map_limit * MAP_HIGH_WATER:
-            held = self._held(t)
-            target = int(held * max(0, map_limit) * MAP_LOW_WATER / used)
-            eviction.evict_until(LmdbQueues(t), held, target)
-
-    def _free_files(self, t: Txn, nbytes: int) -> None:
-        """Evict in S3-FIFO order until chunk files of ``nbytes`` go with this transaction
-        (values held inside LMDB give no room back to the volume), or none are left."""
-        queues = LmdbQueues(t)
-        while t.batch.file_bytes < nbytes:
-            held = self._held(t)
-            if held <= self._pages(t.txn, self.data)[0]:
-                return  # what is left is (about) all inline values
-            if not eviction.evict_until(queues, held, held - (nbytes - t.batch.file_bytes)):
-                return  # all pinned
-
-    @staticmethod
-    def _held(t: Txn) -> int:
-        return t.counter(b"bytes:S") + t.counter(b"bytes:M")
-
-    def _pages(self, txn: lmdb.Transaction, *trees: Any) -> tuple[int, int]:
-        """(bytes of the pages ``trees`` use, bytes the index file spans) as ``txn`` sees."""
-        pages = 0
-        for tree in trees:
-            st = txn.stat(tree)
-            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-        return pages * self.psize, (self.env.info()["last_pgno"] + 1) * self.psize
-
     def _evict_some(self) -> None:
-        """Free index space after MapFull: evict a tenth of the bytes, in its own txn."""
-        try:
+        """Free index space after MapFull or a full disk: evict a tenth of the bytes, in small
+        transactions (each has to commit on the pages past the file's end: IndexTail)."""
+        goal = -1
+        for _ in range(EVICT_STEPS):
             batch = Batch()
-            with self.writing(batch) as t:
-                total = t.counter(b"bytes:S") + t.counter(b"bytes:M")
-                eviction.evict_until(LmdbQueues(t), self.max_bytes, int(total * 0.9), 10_000)
-            self.on_commit(batch)
-        except lmdb.Error as exc:
-            _index_full.warning("could not free index space: %s", exc)
+            try:
+                with self.writing(batch) as t:
+                    held = budget.held(t)
+                    goal = int(held * 0.9) if goal < 0 else goal
+                    if held > goal:
+                        eviction.evict_until(LmdbQueues(t), self.max_bytes, goal, EVICT_STEP)
+            except lmdb.Error as exc:
+                _index_full.warning("could not free index space: %s", exc)
+                return
+            self._after(batch)
+            if held <= goal:
+                return
 
 
 def _disk_full(exc: BaseException) -> bool:
