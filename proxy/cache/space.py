@@ -4,6 +4,8 @@ disk, at most one a minute per process."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import threading
@@ -82,9 +84,9 @@ class IndexTail:
         if end <= self._end:
             return
         try:
-            os.posix_fallocate(self._fd, self._end, end - self._end)
+            _fallocate(self._fd, self._end, end - self._end)
             self._end = end
-        except OSError as exc:  # no room for the holes, or a race for it with another writer
+        except OSError as exc:  # no room for the holes, a race for it, or no fallocate here
             tail_short.warning("could not back the cache index's file with blocks: %s", exc)
 
     def close(self) -> None:
@@ -114,6 +116,22 @@ class Throttled:
             msg += " (%d similar warnings held back)"
             args = (*args, held_back)
         self.logger.warning(msg, *args)
+
+
+_libc_fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)  # Linux only
+if _libc_fallocate is not None:
+    _libc_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def _fallocate(fd: int, offset: int, length: int) -> None:
+    """Linux fallocate(2), mode 0: blocks for the range, no byte written. Not
+    os.posix_fallocate: where the file system lacks fallocate, glibc writes a zero into each
+    block it reads as zero, which could race a page that LMDB writes there meanwhile."""
+    if _libc_fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    if _libc_fallocate(fd, 0, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 # "No space left on device" and its kin, wherever the cache meets it (chunk files, the index)
