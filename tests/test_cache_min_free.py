@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cache import space
 from proxy.cache.index import Index, Txn
-from proxy.cache.space import Throttled, Volume
+from proxy.cache.space import IndexTail, Throttled, Volume
 from proxy.config import from_mapping
 from proxy.config_values import SizeOrShare
 from proxy.errors import ConfigError
@@ -156,3 +157,44 @@ def test_throttled_warns_once_a_minute(caplog: pytest.LogCaptureFixture) -> None
         "disk full: No space left on device",
         "disk full: No space left on device (499 similar warnings held back)",
     ]
+
+
+def test_the_index_file_keeps_its_pages_and_a_tail_past_them_backed(tmp_path: Path) -> None:
+    """IndexTail: a hole among the file's pages (LMDB leaves one where a new page was freed
+    before it was written) gets blocks, and so does ``keep`` past the last page, again after
+    the file grew into it."""
+    path = tmp_path / "data.mdb"
+    path.write_bytes(b"")
+    os.truncate(path, 16 * 4096)  # 16 pages, all a hole
+    tail = IndexTail(path, Volume(tmp_path, SizeOrShare(size=8 * 4096 + 100)), 4096)
+    assert tail.keep == 8 * 4096
+    span = 16 * 4096
+    assert tail.beyond(span) == 0 and tail.short(span) == 8 * 4096
+    tail.top_up(span)
+    assert os.stat(path).st_blocks * 512 >= 24 * 4096
+    assert tail.beyond(span) == 8 * 4096 and tail.short(span) == 0
+    assert tail.room(span, 0) == 0  # the tail is not room to grow into
+    span += 3 * 4096  # a commit grew the file into its tail
+    assert tail.short(span) == 3 * 4096
+    tail.top_up(span)
+    assert tail.short(span) == 0 and os.stat(path).st_blocks * 512 >= 27 * 4096
+    tail.close()
+
+
+def test_without_fallocate_the_tail_is_off_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(space, "_libc_fallocate", None)
+    path = tmp_path / "data.mdb"
+    path.write_bytes(b"\0" * 4096)
+    tail = IndexTail(path, Volume(tmp_path, SizeOrShare(size=8 * 4096)), 4096)
+    with caplog.at_level(logging.WARNING, logger="proxy.cache"):
+        for span in (4096, 8192, 4096):
+            tail.top_up(span)
+    assert [r.getMessage() for r in caplog.records if "fallocate" in r.getMessage()] == [
+        "no fallocate under the cache index: it keeps no room past its end, and a full disk "
+        "may stop its evictions"
+    ]
+    assert tail.off and tail.keep == 0
+    assert tail.short(4096) == 0 and tail.room(4096, 5) == 5  # the volume's room alone
+    tail.close()

@@ -55,12 +55,14 @@ class IndexTail:
         self.keep = min(volume.reserve, TAIL_MAX) // page * page
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self._end = 0  # up to here the file is backed (new pages are all past the end)
+        self.off = False  # no fallocate on this file system
 
     def beyond(self, span: int) -> int:
         """The bytes backed past ``span`` (the file's pages up to the last one): the tail, and
         whatever a commit that failed for room wrote there."""
         st = os.fstat(self._fd)
-        return max(0, self._end - span, min(st.st_size, st.st_blocks * 512) - span)
+        backed = 0 if self.off else self._end
+        return max(0, backed - span, min(st.st_size, st.st_blocks * 512) - span)
 
     def room(self, span: int, spare: int) -> int:
         """What the file may grow by past ``span`` without eating into the reserve or the tail
@@ -74,6 +76,8 @@ class IndexTail:
     def top_up(self, span: int) -> None:
         """Back the pages new since the last call (up to ``span``), then the tail past them as
         far as the volume has room beyond its reserve."""
+        if self.off:
+            return
         if span > self._end:
             self._back(span)
         short = span + self.keep - self._end
@@ -86,8 +90,15 @@ class IndexTail:
         try:
             _fallocate(self._fd, self._end, end - self._end)
             self._end = end
-        except OSError as exc:  # no room for the holes, a race for it, or no fallocate here
-            tail_short.warning("could not back the cache index's file with blocks: %s", exc)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                log.cache.warning(
+                    "no fallocate under the cache index: it keeps no room past "
+                    "its end, and a full disk may stop its evictions"
+                )
+                self.keep, self.off = 0, True
+            else:  # no room for the holes, or a race for it
+                tail_short.warning("could not back the cache index's file with blocks: %s", exc)
 
     def close(self) -> None:
         os.close(self._fd)
