@@ -3,6 +3,7 @@ the once-a-minute warning about a full disk."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -198,3 +199,27 @@ def test_without_fallocate_the_tail_is_off_and_says_so_once(
     assert tail.off and tail.keep == 0
     assert tail.short(4096) == 0 and tail.room(4096, 5) == 5  # the volume's room alone
     tail.close()
+
+
+async def test_a_transaction_adds_values_of_at_most_half_the_tail(tmp_path: Path) -> None:
+    """Eight 60 KiB values queued at once commit two by two at most (the cap: half of a
+    256 KiB tail), where they would share one transaction: a batch that has to grow the index
+    file then leaves room for the eviction a full disk asks for."""
+    volume = Volume(tmp_path, SizeOrShare(size=64 * 4096))
+    index = Index(tmp_path / "index", 64 * MIB, UNLIMITED, volume)
+    assert index.tail is not None and index.tail.keep == 256 * 1024
+    commits: list[int] = []
+    index.on_commit = lambda batch: commits.append(1)
+    index.start()
+    try:
+        value = 60 * 1024
+        futs = [
+            index.submit(insert(oid(n), value, data=b"v" * value), lazy=True, nbytes=value)
+            for n in range(8)
+        ]
+        futs.append(index.submit(insert(oid(99), 10), lazy=True))  # no value: no bytes
+        await asyncio.gather(*futs)
+        assert len(all_records(index)) == 9
+        assert 4 <= len(commits) <= 5, commits
+    finally:
+        index.close()

@@ -54,6 +54,7 @@ _index_full = Throttled(log.cache)
 
 
 Op = Callable[["Txn"], Any]
+Queued = tuple[Op, "asyncio.Future[Any]", bool, int]  # an op, its future, lazy, value bytes
 
 
 class Txn:
@@ -298,7 +299,7 @@ class Index:
         if volume is not None and volume.reserve > 0:
             self.tail = IndexTail(path / "data.mdb", volume, self.psize)
             self.tail.top_up(self.map_usage()[0])
-        self._ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any], bool] | None]
+        self._ops: queue.SimpleQueue[Queued | None]
         self._ops = queue.SimpleQueue()
         self._eager = threading.Event()  # an op that must not wait was queued (or a close)
         self._thread: threading.Thread | None = None
@@ -396,11 +397,12 @@ class Index:
         self._thread = threading.Thread(target=self._run, name="lmdb-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: Op, lazy: bool = False) -> asyncio.Future[Any]:
+    def submit(self, op: Op, lazy: bool = False, nbytes: int = 0) -> asyncio.Future[Any]:
         """Run ``op`` in the writer's next transaction. ``lazy``: nobody waits on it but the
-        fill that keeps its bytes: its commit may wait up to LINGER for company."""
+        fill that keeps its bytes: its commit may wait up to LINGER for company. ``nbytes``:
+        the bytes of the value it puts in the index (see _batch_cap)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._ops.put((op, fut, lazy))
+        self._ops.put((op, fut, lazy, nbytes))
         if not lazy or self._ops.qsize() >= BATCH_FULL:
             self._eager.set()  # ends a lingering batch's wait
         return fut
@@ -453,14 +455,17 @@ class Index:
         return closed
 
     def _run(self) -> None:
+        carried: Queued | None = None  # the op that would have taken its batch past the cap
         while True:
-            first = self._ops.get()
+            first = carried if carried is not None else self._ops.get()
             if first is None:
                 return
             items = [(first[0], first[1])]
-            if first[2]:
+            if first[2] and carried is None:  # (a carried op's batch is waiting already)
                 self._linger()
+            carried = None
             self._eager.clear()  # what set it is queued already: taken below or next round
+            size, cap = first[3], self._batch_cap()
             while len(items) < 256:
                 try:
                     nxt = self._ops.get_nowait()
@@ -469,8 +474,18 @@ class Index:
                 if nxt is None:
                     self._ops.put(None)
                     break
+                if cap and size + nxt[3] > cap:
+                    carried = nxt
+                    break
                 items.append((nxt[0], nxt[1]))
+                size += nxt[3]
             self._commit(items)
+
+    def _batch_cap(self) -> int:
+        """The bytes of values one transaction may add (0: no cap): half the room the index
+        file keeps past its end, so that a batch that has to grow the file (no run of free
+        pages in it fits) leaves room for the eviction a full disk asks for (IndexTail)."""
+        return self.tail.keep // 2 if self.tail is not None else 0
 
     def _linger(self) -> None:
         """Only lazy ops so far (a read's fill): wait up to LINGER for more to share the commit

@@ -233,7 +233,8 @@ class CacheStore:
             t.index.seed_parsed(t.insert(oid, new), new)
             return True
 
-        return bool(await self._try_submit(op, lazy=not (write or (urgent and urgent()))))
+        lazy = not (write or (urgent and urgent()))
+        return bool(await self._try_submit(op, lazy, len(data)))
 
     async def commit_chunk(
         self,
@@ -390,11 +391,13 @@ class CacheStore:
 
         await self._try_submit(op)  # (if the index is full, the next read finds it gone too)
 
-    async def _try_submit(self, op: Callable[[Txn], T], lazy: bool = False) -> T | None:
+    async def _try_submit(
+        self, op: Callable[[Txn], T], lazy: bool = False, nbytes: int = 0
+    ) -> T | None:
         """What ``op`` answered, or None (counted) where the index could not take it (full).
-        ``lazy``: a read's fill, see Index.submit."""
+        ``lazy``, ``nbytes``: see Index.submit."""
         try:
-            result: T = await self._idx.submit(op, lazy)
+            result: T = await self._idx.submit(op, lazy, nbytes)
         except errors.IndexFull as exc:
             metrics.CACHE_WRITE_ERRORS.labels(exc.reason).inc()
             return None
