@@ -227,6 +227,45 @@ async def test_a_read_that_waited_for_another_workers_fill_is_a_hit(
     assert (_requests("hit") - hits, _requests("miss") - misses) == (1, 0)
 
 
+@pytest.mark.parametrize("core", [False], ids=["workers"], indirect=True)
+async def test_a_failed_end_of_a_wait_neither_fails_the_fill_nor_keeps_its_lock(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read waits behind another worker's lock, takes it when that one lets go, and the
+    end of its wait (unlocking its waiter byte) fails: the fill goes on, and its lock goes
+    with it. (An error there once left the lock held, and the other workers waited on it.)"""
+    data = _data(300)
+    core.put_file("obj", data)
+    locks = core.cache.locks
+    assert locks is not None
+    held: list[int] = []
+    elsewhere = True
+    acquire, release = locks.try_acquire, locks.release
+
+    def try_acquire(oid: bytes, chunk: int) -> bool:
+        if elsewhere or not acquire(oid, chunk):
+            return False
+        held.append(chunk)
+        return True
+
+    def wait_end(oid: bytes, chunk: int) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(locks, "try_acquire", try_acquire)
+    monkeypatch.setattr(
+        locks, "release", lambda oid, chunk: held.remove(chunk) or release(oid, chunk)
+    )
+    monkeypatch.setattr(locks, "wait_end", wait_end)
+    waiting = asyncio.create_task(_read(core, "obj"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and core.store.gets == 0
+    elsewhere = False  # the other worker gave up its fill: nothing committed
+    read, body = await asyncio.wait_for(waiting, 10)
+    assert (read.source, body, core.store.gets) == ("backend", data, 1)
+    await core.reads.fills.wait_idle()
+    assert held == []
+
+
 async def test_the_first_read_after_a_fill_finds_its_record_parsed(
     core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
