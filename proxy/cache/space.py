@@ -32,12 +32,8 @@ class Volume:
     def spare(self) -> int:
         """Blocking (statvfs, microseconds on a local disk): the bytes free beyond the reserve;
         negative when the reserve is eaten into."""
-        return self.free() - self.reserve
-
-    def free(self) -> int:
-        """Blocking (statvfs): the bytes free on the volume."""
         st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize - self.reserve
 
 
 class IndexTail:
