@@ -45,6 +45,10 @@ GETs (Slipstream on loopback serves anonymous reads), on uvloop: loadtest/leange
 (~0.05 ms of CPU a request), aiohttp's client with ``--client aiohttp`` (~0.25 ms; the client
 until 2026-11-30). It shares the machine's cores with the store, the relay and the proxy: the
 CPU each used per row is in the JSON (``cpu``).
+
+Each Slipstream epoch's line (and its JSON) also gives Slipstream's own misses and, from its
+metrics, the reads that waited on another worker's fill of the same chunk (count, mean wait)
+and its index write transactions (count, mean hold of LMDB's write lock, mean wait for it).
 """
 
 from __future__ import annotations
@@ -220,6 +224,13 @@ class Epoch:
     machine_busy: float = 0.0  # share of all the machine's cores busy through the epoch
     # Slipstream's own count of the epoch's GETs that waited for store bytes (its misses)
     proxy_misses: int | None = None
+    # Slipstream's waits (proxy_waits): reads that waited on another worker's fill, their mean
+    # wait, and its index write transactions' mean hold of LMDB's write lock and mean wait for it
+    fill_waits: int | None = None
+    fill_wait_ms: float | None = None
+    index_transactions: int | None = None
+    index_hold_ms: float | None = None
+    index_lock_wait_ms: float | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -440,6 +451,59 @@ def proxy_misses(admin: str) -> float:
     return sum(v for labels, v in series.items() if ("result", "miss") in labels)
 
 
+WAITS = (
+    "slipstream_fill_wait_seconds",
+    "slipstream_index_transaction_seconds",
+    "slipstream_index_lock_wait_seconds",
+)
+
+
+def proxy_waits(admin: str) -> dict[str, tuple[float, float]]:
+    """(count, sum) of each histogram in WAITS, so far (see Epoch.fill_waits)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    got = {name: [0.0, 0.0] for name in WAITS}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            name, _, part = sample.name.rpartition("_")
+            if name in got and part in ("count", "sum"):
+                got[name][part == "sum"] += sample.value
+    return {name: (count, total) for name, (count, total) in got.items()}
+
+
+def note_waits(
+    e: Epoch, a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]
+) -> None:
+    """The epoch's part of proxy_waits: ``b`` at its end less ``a`` at its start."""
+
+    def delta(name: str) -> tuple[int, float | None]:
+        count, total = b[name][0] - a[name][0], b[name][1] - a[name][1]
+        return int(count), (round(1000 * total / count, 2) if count else None)
+
+    e.fill_waits, e.fill_wait_ms = delta(WAITS[0])
+    e.index_transactions, e.index_hold_ms = delta(WAITS[1])
+    _, e.index_lock_wait_ms = delta(WAITS[2])
+
+
+def _waits_said(e: Epoch) -> str:
+    if e.index_transactions is None:
+        return ""
+    return (
+        f" waits on other workers' fills {e.fill_waits}"
+        + (f" (mean {e.fill_wait_ms} ms)" if e.fill_waits else "")
+        + f"; index transactions {e.index_transactions}"
+        + (
+            f" (mean hold {e.index_hold_ms} ms, lock wait {e.index_lock_wait_ms} ms)"
+            if e.index_transactions
+            else ""
+        )
+    )
+
+
 async def admin_get(admin: str, path: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as s, s.get(f"{admin}{path}") as r:
         result: dict[str, Any] = await r.json()
@@ -581,6 +645,7 @@ class Bench:
                         f"{e.mb_per_s:7.1f} MB/s stall {100 * e.stall:5.1f}% "
                         f"store requests {e.store_requests}"
                         + (f" misses {e.proxy_misses}" if e.proxy_misses is not None else "")
+                        + _waits_said(e)
                         + (f" ERRORS {e.errors}" if e.errors else "")
                     )
 
@@ -680,10 +745,13 @@ class Bench:
         try:
             self.store_log.take()
             misses = [proxy_misses(proxy.admin_url)]
+            waits = [proxy_waits(proxy.admin_url)]
 
             async def after_epoch(e: Epoch) -> None:
                 misses.append(await asyncio.to_thread(proxy_misses, proxy.admin_url))
                 e.proxy_misses = int(misses[-1] - misses[-2])
+                waits.append(await asyncio.to_thread(proxy_waits, proxy.admin_url))
+                note_waits(e, waits[-2], waits[-1])
 
             row = self.run_row(
                 workload, path, proxy.url, on_epoch if mode or spy else None, after_epoch

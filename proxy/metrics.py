@@ -340,6 +340,27 @@ FIRST_BYTE = Histogram(
     ["result"],
     buckets=_LATENCY_BUCKETS,
 )
+# The index's writers (one thread per process; LMDB lets one write transaction run at a time
+# across all of them) and the reads that wait on another worker's fill: where a read's wait
+# goes when the workers' commits queue behind each other. Observed from any thread (a
+# Prometheus child takes its own lock), once per transaction or per wait, not per read.
+INDEX_LOCK_WAIT = Histogram(
+    "slipstream_index_lock_wait_seconds",
+    "Time a write transaction of the cache index waited for LMDB's write lock (held by "
+    "another process's transaction)",
+    buckets=_LATENCY_BUCKETS,
+)
+INDEX_TRANSACTION = Histogram(
+    "slipstream_index_transaction_seconds",
+    "Time a write transaction of the cache index held LMDB's write lock: its writes and its commit",
+    buckets=_LATENCY_BUCKETS,
+)
+FILL_WAIT = Histogram(
+    "slipstream_fill_wait_seconds",
+    "Time a read waited for another worker's fill of the same chunk (its fetch and its "
+    "commit) before it could take the fill's lock or read the cached copy",
+    buckets=_LATENCY_BUCKETS,
+)
 HOT_HIT = Tally(HOT_HITS)
 FIRST_BYTE_HIT = HistogramTally(FIRST_BYTE.labels("hit"))
 FIRST_BYTE_MISS = HistogramTally(FIRST_BYTE.labels("miss"))

@@ -4,7 +4,10 @@ thread's batches, a full map, and S3-FIFO eviction over the real queues."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -13,12 +16,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from proxy import errors
 from proxy.cache import index as index_module
 from proxy.cache.batch import Batch
 from proxy.cache.index import Index, Txn
 from proxy.cache.record import Record
+from tests.proxyproc import REPO_ROOT
 
 MIB = 1024 * 1024
 BIG_MAP = 64 * MIB
@@ -439,3 +444,51 @@ async def _run_ops(tmp: Path, ops: list[tuple[str, int, bool]], max_bytes: int) 
             assert used <= max_bytes or all(r.pinned for r in recs.values()), used
     finally:
         index.close()
+
+
+WRITE_LOCK = """
+import sys
+import lmdb
+env = lmdb.open(sys.argv[1], max_dbs=8, subdir=True)
+txn = env.begin(write=True)
+print("holding", flush=True)
+sys.stdin.readline()
+txn.abort()
+"""
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_a_transaction_times_its_wait_for_the_write_lock_and_its_hold(index: Index) -> None:
+    """slipstream_index_lock_wait_seconds / _transaction_seconds: a write transaction that
+    finds another process holding LMDB's write lock waits for it, and says how long; then
+    how long it held the lock itself."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", WRITE_LOCK, str(index.path)],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    waits = _sample("slipstream_index_lock_wait_seconds_count")
+    waited = _sample("slipstream_index_lock_wait_seconds_sum")
+    held = _sample("slipstream_index_transaction_seconds_count")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        writer = threading.Thread(target=index.run_sync, args=(insert(oid(1), 10),))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive(), "the write did not wait for the other process's lock"
+        assert _sample("slipstream_index_transaction_seconds_count") == held
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+    writer.join(10)
+    assert index.get(oid(1)) is not None
+    assert _sample("slipstream_index_lock_wait_seconds_count") == waits + 1
+    assert _sample("slipstream_index_lock_wait_seconds_sum") - waited >= 0.3
+    assert _sample("slipstream_index_transaction_seconds_count") == held + 1

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from proxy.cache import index as index_module
 from proxy.cache.locks import FillLocks
@@ -117,13 +118,15 @@ sys.stdin.readline()
 class _Waiter:
     """Another process that says it waits for this one's fill of ``chunk`` of ``oid``."""
 
-    def __init__(self, path: Path, oid: bytes, chunk: int) -> None:
+    def __init__(
+        self, path: Path, oid: bytes, chunk: int, script: str = WAIT, says: str = "waiting\n"
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        cmd = [sys.executable, "-c", WAIT, str(path), oid.hex(), str(chunk)]
+        cmd = [sys.executable, "-c", script, str(path), oid.hex(), str(chunk)]
         self.proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        assert self.proc.stdout is not None and self.proc.stdout.readline() == "waiting\n"
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == says
 
     def step(self, expect: str) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -204,3 +207,60 @@ async def test_a_fill_another_worker_waits_for_commits_without_lingering(
         assert committed == (bool(waited) and not sole), (key, sole)
     async with asyncio.timeout(10):
         await core.reads.fills.wait_idle()
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from proxy.cache.locks import FillLocks
+locks = FillLocks(Path(sys.argv[1]))
+assert locks.try_acquire(bytes.fromhex(sys.argv[2]), int(sys.argv[3]))
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+class _Holder(_Waiter):
+    """Another process that holds the fill lock of ``chunk`` of ``oid`` until closed."""
+
+    def __init__(self, path: Path, oid: bytes, chunk: int) -> None:
+        super().__init__(path, oid, chunk, script=HOLD, says="holding\n")
+
+
+def _fill_waits() -> tuple[float, float]:
+    """(count, sum) of slipstream_fill_wait_seconds so far."""
+    get = REGISTRY.get_sample_value
+    return (
+        get("slipstream_fill_wait_seconds_count") or 0.0,
+        get("slipstream_fill_wait_seconds_sum") or 0.0,
+    )
+
+
+async def test_a_read_that_waits_for_another_workers_fill_is_timed(
+    core: Core,  # noqa: F811
+) -> None:
+    """slipstream_fill_wait_seconds: a read whose chunk another process holds the fill lock
+    of waits until that lock goes, and the wait is observed once, whole. The only process
+    that fills the cache takes no lock: it neither waits nor counts a wait."""
+    data = bytes(range(200))
+    core.put_file("held", data)
+    holder = _Holder(core.cache.root / "locks", oid_of(core.mount, "held"), 0)
+    try:
+        before = _fill_waits()
+        read = asyncio.create_task(_read(core, "held"))
+        await asyncio.sleep(0.3)
+        sole = core.reads.fills.sole
+        assert read.done() == sole
+        if not sole:
+            assert _fill_waits() == before  # observed when the wait ends, not before
+    finally:
+        holder.close()  # its lock goes with it
+    async with asyncio.timeout(10):
+        _, body = await read
+    assert body == data
+    count, total = _fill_waits()
+    if core.reads.fills.sole:
+        assert (count, total) == before
+    else:
+        assert count == before[0] + 1
+        assert total - before[1] >= 0.3

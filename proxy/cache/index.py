@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from proxy import errors, log
+from proxy import errors, log, metrics
 from proxy.cache import budget, eviction, pins, quota
 from proxy.cache.batch import Batch, Settled, hand_back
 from proxy.cache.budget import LOW_WATER
@@ -431,11 +431,16 @@ class Index:
     @contextmanager
     def writing(self, batch: Batch) -> Iterator[Txn]:
         """A write transaction that commits when the block ends (aborts if it raises), with
-        the counters its ops set put in it first (counters.py). Blocking."""
+        the counters its ops set put in it first (counters.py). Blocking. Its wait for LMDB's
+        write lock and the time it held it (when it commits) are observed."""
+        asked = time.monotonic()
         with self.env.begin(write=True) as txn:
+            locked = time.monotonic()
+            metrics.INDEX_LOCK_WAIT.observe(locked - asked)
             t = Txn(self, txn, batch)
             yield t
             t.counters.flush()
+        metrics.INDEX_TRANSACTION.observe(time.monotonic() - locked)
 
     def identity(self) -> tuple[int, int]:
         """(the index file's inode, the last transaction id: an empty one commits nothing)."""

@@ -408,6 +408,7 @@ class Fills:
         locks = self._locks
         began = time.monotonic()
         said = False  # that this process waits (the filler then commits without lingering)
+        waited = False
         try:
             while True:
                 if locks.try_acquire(fill.oid, fill.index):
@@ -421,16 +422,19 @@ class Fills:
                         return False
                     return True
                 said = said or locks.wait_begin(fill.oid, fill.index)
+                waited = True
                 # Another process fills it: look again after a quarter of the time waited so
                 # far, so a read waits at most ~25% past that fill's end (a 20 ms fill: ~12
                 # looks).
-                waited = time.monotonic() - began
-                await asyncio.sleep(min(LOCK_POLL_MAX, max(LOCK_POLL_START, waited / 4)))
+                so_far = time.monotonic() - began
+                await asyncio.sleep(min(LOCK_POLL_MAX, max(LOCK_POLL_START, so_far / 4)))
         finally:
             # never raises past a lock just taken (its caller would not know to release it):
             # a waiter's byte left locked only makes the filler commit without lingering
-            if said:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if waited:
+                    metrics.FILL_WAIT.observe(time.monotonic() - began)
+                if said:
                     locks.wait_end(fill.oid, fill.index)
 
     async def _load_cached(self, fill: Fill, mount: Mount, expect: ObjectMeta | None) -> bool:
