@@ -47,8 +47,9 @@ until 2026-11-30). It shares the machine's cores with the store, the relay and t
 CPU each used per row is in the JSON (``cpu``).
 
 Each Slipstream epoch's line (and its JSON) also gives Slipstream's own misses and, from its
-metrics, the reads that waited on another worker's fill of the same chunk (count, mean wait)
-and its index write transactions (count, mean hold of LMDB's write lock, mean wait for it).
+metrics, the reads that waited on another worker's fill of the same chunk (count, mean wait, how
+many waited over 100 ms) and its index write transactions (count, mean hold of LMDB's write
+lock, how many held it over 100 ms, mean wait for it).
 """
 
 from __future__ import annotations
@@ -228,8 +229,10 @@ class Epoch:
     # wait, and its index write transactions' mean hold of LMDB's write lock and mean wait for it
     fill_waits: int | None = None
     fill_wait_ms: float | None = None
+    fill_waits_long: int | None = None  # over LONG_WAIT
     index_transactions: int | None = None
     index_hold_ms: float | None = None
+    index_holds_long: int | None = None
     index_lock_wait_ms: float | None = None
 
     @property
@@ -451,6 +454,7 @@ def proxy_misses(admin: str) -> float:
     return sum(v for labels, v in series.items() if ("result", "miss") in labels)
 
 
+LONG_WAIT = 0.1  # a bucket bound of proxy.metrics._LATENCY_BUCKETS
 WAITS = (
     "slipstream_fill_wait_seconds",
     "slipstream_index_transaction_seconds",
@@ -458,46 +462,56 @@ WAITS = (
 )
 
 
-def proxy_waits(admin: str) -> dict[str, tuple[float, float]]:
-    """(count, sum) of each histogram in WAITS, so far (see Epoch.fill_waits)."""
+def proxy_waits(admin: str) -> dict[str, tuple[float, float, float]]:
+    """(count, sum, count over LONG_WAIT) of each histogram in WAITS, so far (see
+    Epoch.fill_waits)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as r:
         text = r.read().decode()
-    got = {name: [0.0, 0.0] for name in WAITS}
+    got = {name: [0.0, 0.0, 0.0] for name in WAITS}
     for fam in text_string_to_metric_families(text):
         for sample in fam.samples:
             name, _, part = sample.name.rpartition("_")
-            if name in got and part in ("count", "sum"):
-                got[name][part == "sum"] += sample.value
-    return {name: (count, total) for name, (count, total) in got.items()}
+            if name not in got:
+                continue
+            if part == "count":
+                got[name][0] += sample.value
+                got[name][2] += sample.value
+            elif part == "sum":
+                got[name][1] += sample.value
+            elif part == "bucket" and float(sample.labels["le"]) == LONG_WAIT:
+                got[name][2] -= sample.value
+    return {name: (count, total, over) for name, (count, total, over) in got.items()}
 
 
 def note_waits(
-    e: Epoch, a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]
+    e: Epoch, a: dict[str, tuple[float, float, float]], b: dict[str, tuple[float, float, float]]
 ) -> None:
     """The epoch's part of proxy_waits: ``b`` at its end less ``a`` at its start."""
 
-    def delta(name: str) -> tuple[int, float | None]:
-        count, total = b[name][0] - a[name][0], b[name][1] - a[name][1]
-        return int(count), (round(1000 * total / count, 2) if count else None)
+    def delta(name: str) -> tuple[int, float | None, int]:
+        count, total, over = (b[name][i] - a[name][i] for i in range(3))
+        return int(count), (round(1000 * total / count, 2) if count else None), int(over)
 
-    e.fill_waits, e.fill_wait_ms = delta(WAITS[0])
-    e.index_transactions, e.index_hold_ms = delta(WAITS[1])
-    _, e.index_lock_wait_ms = delta(WAITS[2])
+    e.fill_waits, e.fill_wait_ms, e.fill_waits_long = delta(WAITS[0])
+    e.index_transactions, e.index_hold_ms, e.index_holds_long = delta(WAITS[1])
+    _, e.index_lock_wait_ms, _ = delta(WAITS[2])
 
 
 def _waits_said(e: Epoch) -> str:
     if e.index_transactions is None:
         return ""
+    long = f"{1000 * LONG_WAIT:.0f} ms"
     return (
         f" waits on other workers' fills {e.fill_waits}"
-        + (f" (mean {e.fill_wait_ms} ms)" if e.fill_waits else "")
+        + (f" (mean {e.fill_wait_ms} ms, {e.fill_waits_long} over {long})" if e.fill_waits else "")
         + f"; index transactions {e.index_transactions}"
         + (
-            f" (mean hold {e.index_hold_ms} ms, lock wait {e.index_lock_wait_ms} ms)"
+            f" (mean hold {e.index_hold_ms} ms, {e.index_holds_long} over {long};"
+            f" lock wait {e.index_lock_wait_ms} ms)"
             if e.index_transactions
             else ""
         )
