@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from proxy import backends, errors, metrics
 from proxy.cache import index as index_module
+from proxy.cache import store as store_module
 from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
@@ -592,6 +593,30 @@ async def test_hits_raise_a_use_count_once_an_era(core: Core) -> None:
     for _ in range(2):
         await _read(core, "hot")
     assert cache._reads == {oid: 2}, "a hit in a new era did not raise the use count"
+
+
+async def test_a_flush_of_many_hits_commits_a_slice_at_a_time(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush commits at most HIT_FLUSH_SLICE hits per transaction, one transaction after the
+    other: the first reads of a training epoch (a record rewritten each) never hold LMDB's write
+    lock, which every worker's fills wait for, in one long transaction. Every hit lands."""
+    monkeypatch.setattr(store_module, "HIT_FLUSH_SLICE", 4)
+    cache = core.cache
+    assert cache._flusher is not None
+    cache._flusher.cancel()  # this test flushes by hand
+    keys = [f"obj{i}" for i in range(10)]
+    for key in keys:
+        core.put_file(key, _data(100))
+        await _read(core, key)
+    await core.reads.fills.wait_idle()
+    for key in keys:
+        await _read(core, key)  # each record's first hit: its freq is written at the flush
+    assert len(cache._hits) == len(keys)
+    before = cache._idx.identity()[1]
+    await cache._flush_hits()
+    assert cache._idx.identity()[1] - before == 3  # 4 + 4 + 2
+    assert all(core.record(key).freq > 0 for key in keys)
 
 
 # -- a fill whose chunk got cached after its reader looked ------------------------------------
