@@ -29,6 +29,7 @@ from proxy.core.body import FileSlice, ObjectRead, read_slice
 from proxy.core.fills import Fills
 from proxy.core.hot import ROOM, HotObjects
 from proxy.core.metadata import oid_of, record_of
+from proxy.core.prefetch import warm
 from proxy.core.reads import Reads
 from proxy.core.writes import Writes
 from proxy.model import ByteRange, GetResult
@@ -565,6 +566,55 @@ async def test_overwrite_replaces_the_cached_copy(core: Core) -> None:
     await core.writes.put(core.mount, "obj", _body(new), len(new), "text/plain", {}, {})
     read, body = await _read(core, "obj")
     assert (read.source, body) == ("cache", new)
+    assert core.store.gets == 1
+
+
+async def test_what_a_job_fetched_ahead_is_first_used_by_its_first_read(core: Core) -> None:
+    """A job's fill ahead of the reads (a prefetch's, a warm-up's) counts no use: the first
+    read of what it fetched is that object's first use (its use count, the record left as it
+    is), and only a read after that is a read again (S3-FIFO's freq). Else one prefetched pass
+    over a dataset would look read twice and move all of it to the main queue. A read-through
+    miss is its object's first use, as before: its next read is a read again."""
+    cache = core.cache
+    for key in ("ahead", "read"):
+        core.put_file(key, _data(300))
+    assert await warm(core.reads, core.mount, "ahead") == 300
+    await _read(core, "read")
+    await core.reads.fills.wait_idle()
+    ahead, read = oid_of(core.mount, "ahead"), oid_of(core.mount, "read")
+    assert (core.record("ahead").uses, core.record("read").uses) == (0, 1)
+
+    await _read(core, "ahead")
+    await _read(core, "read")
+    assert (cache._reads, cache._hits) == ({ahead: 1}, {read: 1})
+    await cache._flush_hits()
+    assert (core.record("ahead").freq, core.record("read").freq) == (0, 1)
+    assert cache._idx.has_uses(ahead), "the first read's use was not counted"
+
+    await _read(core, "ahead")  # now a read again
+    await cache._flush_hits()
+    assert core.record("ahead").freq == 1
+    assert core.store.gets == 2
+
+
+async def test_a_read_that_joins_a_jobs_fill_makes_it_used(core: Core) -> None:
+    """A read that joins a job's fill in flight is the object's first use, counted when the
+    fill commits: the next read is a read again."""
+    core.put_file("joined", _data(300))
+    core.store.gate.clear()  # the job's fetch waits until the read has joined it
+    job = asyncio.create_task(warm(core.reads, core.mount, "joined"))
+    await asyncio.sleep(0.05)
+    reader = asyncio.create_task(_read(core, "joined"))
+    await asyncio.sleep(0.05)
+    core.store.gate.set()
+    assert await job == 300
+    _, body = await reader
+    assert body == _data(300)
+    await core.reads.fills.wait_idle()
+    assert core.record("joined").uses == 1
+    await _read(core, "joined")
+    await core.cache._flush_hits()
+    assert core.record("joined").freq == 1
     assert core.store.gets == 1
 
 

@@ -93,11 +93,12 @@ class Txn:
         self.counters.set(b"seq", seq)
         return seq
 
-    def insert(self, oid: bytes, rec: Record) -> bytes:
+    def insert(self, oid: bytes, rec: Record, used: bool = True) -> bytes:
         """Add a new record to its queue and the totals (eviction.place: where, if at all, it
         may displace what the cache holds); pinned if a pin rule covers it (a pinned record is
         always admitted), and in its bucket's quota FIFO if that bucket has a quota. Returns
-        the record's raw form as written."""
+        the record's raw form as written. ``used``: a read wanted these bytes (not only a job
+        fetching ahead of its reads): its use is counted."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
         quota.join(self, oid, rec)
         self.account(rec, rec.stored)
@@ -115,8 +116,9 @@ class Txn:
         )
         # A use is counted with the bytes of chunk 0 (or inline): a later chunk's fill continues
         # a read already counted (or is a range read), and a metadata-only record (a HEAD) is
-        # followed by the GET it precedes.
-        uses = 1 if rec.inline or rec.chunks & 1 else 0
+        # followed by the GET it precedes. A job's fill ahead of the reads counts none: the
+        # first read of what it fetched is that object's first use (CacheStore.note_hit).
+        uses = 1 if used and (rec.inline or rec.chunks & 1) else 0
         where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
         rec.queue = where.queue
         rec.uses, rec.uses_era = where.count, era  # (no ``uses`` entry: see _USES)
@@ -356,6 +358,14 @@ class Index:
         try:
             raw = txn.get(oid, db=self.objects)
             return raw, (txn.get(oid, db=self.data) if raw is not None else None)
+        finally:
+            txn.abort()
+
+    def has_uses(self, oid: bytes) -> bool:
+        """Whether ``oid`` has a use count of its own (see _USES): a hit was counted."""
+        txn = self.env.begin(db=self.uses)
+        try:
+            return txn.get(oid) is not None
         finally:
             txn.abort()
 

@@ -363,14 +363,14 @@ async def warm(reads: Reads, mount: Mount, key: str) -> int | None:
             return None
         meta = reads.metadata.meta_of(rec)
         missing = [i for i in _chunks(meta.size, reads.cs) if not rec.has_chunk(i)]
-        first: Fill = reads.fills.get(mount, key, oid, missing[0], meta)
+        first: Fill = reads.fills.get(mount, key, oid, missing[0], meta, ahead=True)
     else:
-        first = reads.fills.get(mount, key, oid, 0, None)
+        first = reads.fills.get(mount, key, oid, 0, None, ahead=True)
         meta = await first.wait_meta()
         missing = list(_chunks(meta.size, reads.cs))
     await _settle(first, reads.cs, meta.size)
     for i in missing[1:]:
-        await _settle(reads.fills.get(mount, key, oid, i, meta), reads.cs, meta.size)
+        await _settle(reads.fills.get(mount, key, oid, i, meta, ahead=True), reads.cs, meta.size)
     return meta.size
 
 

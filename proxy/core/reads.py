@@ -78,13 +78,15 @@ class Reads:
         headers: Mapping[str, str],
         clip: bool = False,
         client: bool = True,
+        ahead: bool = False,
     ) -> ObjectRead:
         """Resolve metadata, conditionals and range; the body streams from ``parts``. With
         ``clip``, a read of an object larger than one chunk stops at the end of the chunk the
         range starts in (``clipped``): a cluster node reads here only a chunk it owns, and
         starts no read-ahead of the chunks after it. ``client``: False for the proxy's own read (a
         job's, a cluster owner's fill), which neither counts as the bucket's hit or miss nor
-        moves a prefetch job's read position."""
+        moves a prefetch job's read position. ``ahead``: a warm-up job's, ahead of any read
+        (its fills count no use of the object: Fills.get)."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
         if client and self.on_read is not None:
@@ -100,7 +102,7 @@ class Reads:
         landed = False
         if rec is None:
             start_chunk = rng.first // self.cs if rng and rng.first is not None else 0
-            first_fill = self.fills.get(mount, key, oid, start_chunk, None)
+            first_fill = self.fills.get(mount, key, oid, start_chunk, None, ahead=ahead)
             landed = first_fill.verified
             try:
                 meta = await first_fill.wait_meta()

@@ -115,7 +115,7 @@ async def drain(
 ) -> tuple[str, int]:
     """Read ``key`` through the core to the end, the bytes dropped (the fills cache them), the
     chunks after the one being read fetched ahead: its source ("cache" or "backend") and size."""
-    read = await reads.read(mount, key, None, {}, client=False)
+    read = await reads.read(mount, key, None, {}, client=False, ahead=True)
     if read.body is not None:
         return read.source, len(read.body)
     size, ahead = 0, _Ahead(reads, mount, key, read.meta)
