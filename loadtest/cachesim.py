@@ -5,7 +5,10 @@ earlier era, as proxy/cache/store.py's note_hit does) and a commit over budget (
 low-water mark; a refused object first).
 
 ``policy="s3fifo"`` is the policy before admission: a ghost hit always enters main, and only
-objects evicted from the small queue are remembered. Used by loadtest/epochs.py and the tests.
+objects evicted from the small queue are remembered. ``prefetch`` is a job's fill ahead of the
+reads: it counts the use its first read will be, is never refused (its read would fetch it
+again), and that first read is no read again (``ahead_is_use=True``: a fill like a read's, as
+until 2026-12-01). Used by loadtest/epochs.py and the tests.
 """
 
 from __future__ import annotations
@@ -22,18 +25,22 @@ GHOST_LIMIT = 200_000
 
 
 class _Rec:
-    __slots__ = ("count", "era", "freq", "pinned", "queue", "seq", "size")
+    __slots__ = ("count", "era", "freq", "pinned", "queue", "seq", "size", "unread")
 
     def __init__(self, queue: Queue, seq: int, size: int, count: int, era: int) -> None:
         self.queue, self.seq, self.size = queue, seq, size
         self.count, self.era, self.freq, self.pinned = count, era, 0, False
+        self.unread = False  # a job fetched it ahead and no read came yet
 
 
 class SimCache:
     """eviction.Queues in memory, with the index's bookkeeping around the policy."""
 
-    def __init__(self, capacity: int, policy: Policy = "admission") -> None:
+    def __init__(
+        self, capacity: int, policy: Policy = "admission", ahead_is_use: bool = False
+    ) -> None:
         self.capacity = capacity
+        self.ahead_is_use = ahead_is_use
         self.low = int(capacity * LOW_WATER)
         self.policy = policy
         self.queues: dict[Queue, deque[tuple[bytes, int]]] = {"S": deque(), "M": deque()}
@@ -90,6 +97,9 @@ class SimCache:
     def read(self, oid: bytes, size: int, *, pinned: bool = False) -> bool:
         """One GET: True on a hit; a miss fills the object."""
         rec = self.recs.get(oid)
+        if rec is not None and rec.unread:  # its first use, counted at its fill: no read again
+            rec.unread = False
+            return True
         if rec is not None:
             # note_hit writes only then (and, with admission, once an era to refresh the count)
             if rec.freq == 0 or (self.policy == "admission" and rec.era != self.era):
@@ -101,7 +111,15 @@ class SimCache:
         self.fill(oid, size, pinned=pinned)
         return False
 
-    def fill(self, oid: bytes, size: int, *, pinned: bool = False) -> Queue:
+    def prefetch(self, oid: bytes, size: int) -> bool:
+        """A job's fetch ahead of the reads: True when it had to fill the object (a cached
+        one costs nothing and is not touched). With ``ahead_is_use``, a fill like a read's."""
+        if oid in self.recs:
+            return False
+        self.fill(oid, size, ahead=not self.ahead_is_use)
+        return True
+
+    def fill(self, oid: bytes, size: int, *, pinned: bool = False, ahead: bool = False) -> Queue:
         self._tick(1)
         ghost = self.ghost.pop(oid, None)
         remembered = eviction.aged(*ghost, self.era) if ghost is not None else None
@@ -110,8 +128,10 @@ class SimCache:
         else:
             full = self.held() + size > self.low
             where = eviction.place(self, self.capacity, remembered, full=full)
+            if ahead and where.at_head:  # a job's fill ahead of its read is never refused
+                where = eviction.Placement("S", False, where.count)
         rec = _Rec(where.queue, 0, size, where.count, self.era)
-        rec.pinned = pinned
+        rec.pinned, rec.unread = pinned, ahead
         q = self.queues[where.queue]
         self.head(where.queue)  # drop stale entries before the head
         if where.at_head and q:

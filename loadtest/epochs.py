@@ -6,7 +6,11 @@ The pure policy (proxy/cache/eviction.py) in the in-memory model of the index
 (loadtest/cachesim.py), no proxy: objects of 16 KiB, a cache of a fraction of the dataset.
 Workloads: shuffled epochs over the whole dataset; Zipf-skewed reads (s=1) over twice as
 many objects; a working set of 80% of the cache read in shuffled passes that changes to a new
-set of the same size half way.
+set of the same size half way. Then the shuffled epochs again with a training-aware prefetch
+job fetching each epoch's order ahead of the reads (as far ahead as the job's byte bound lets
+it: an eighth of the cache, proxy/core/prefetch.py): the share of each epoch's reads whose
+object needed no store fetch, with the job's fills counting no use until the first read (now)
+and counting one, the first read a read again (until 2026-12-01).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Iterator
 from loadtest.cachesim import Policy, SimCache
 
 SIZE = 16 * 1024
+AHEAD_SHARE = 8  # as proxy/core/prefetch.py: a job runs this share of the cache ahead at most
 Workload = Callable[[random.Random], Iterator[list[int]]]
 
 
@@ -61,6 +66,29 @@ def ratios(policy: Policy, capacity: int, workload: Workload, seed: int) -> list
     return out
 
 
+def prefetched(
+    capacity: int, objects: int, passes: int, seed: int, ahead_is_use: bool = False
+) -> list[float]:
+    """Shuffled epochs, each read in order behind a prefetch job that runs up to an
+    AHEAD_SHARE of the cache ahead: per epoch, the share of reads whose object no fetch (the
+    job's or the read's own) had to bring."""
+    rng = random.Random(seed)
+    cache = SimCache(capacity, "admission", ahead_is_use=ahead_is_use)
+    lead = max(1, capacity // SIZE // AHEAD_SHARE)
+    ids = [n.to_bytes(8, "big") for n in range(objects)]
+    out = []
+    for _ in range(passes):
+        rng.shuffle(ids)
+        fetched, ahead = 0, 0
+        for i, oid in enumerate(ids):
+            while ahead < min(objects, i + lead):
+                fetched += cache.prefetch(ids[ahead], SIZE)
+                ahead += 1
+            fetched += not cache.read(oid, SIZE)
+        out.append(1 - fetched / objects)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objects", type=int, default=10_000)
@@ -80,6 +108,10 @@ def main() -> None:
         for policy in ("s3fifo", "admission"):
             row = " ".join(f"{r:5.0%}" for r in ratios(policy, capacity, workload, args.seed))
             print(f"{name:44} {policy:10} {row}")
+    name = f"prefetched epochs: {n} objects, cache {args.cache_fraction:.0%}"
+    for label, before in (("now", False), ("until 12-01", True)):
+        got = prefetched(capacity, n, 5, args.seed, ahead_is_use=before)
+        print(f"{name:44} {label:10} " + " ".join(f"{r:5.0%}" for r in got))
 
 
 if __name__ == "__main__":

@@ -52,16 +52,17 @@ def record(stored: int = 0, *, pinned: bool = False) -> Record:
 
 
 def insert(
-    key: bytes, stored: int, *, data: bytes | None = None, pinned: bool = False
+    key: bytes, stored: int, *, data: bytes | None = None, pinned: bool = False, ahead: bool = False
 ) -> Callable[[Txn], Record]:
-    """An op that adds a record holding ``stored`` bytes (inline ``data`` when given)."""
+    """An op that adds a record holding ``stored`` bytes (inline ``data`` when given; a job's
+    fill ahead of its read with ``ahead``)."""
 
     def op(t: Txn) -> Record:
         rec = record(stored, pinned=pinned)
         if data is not None:
             rec.inline = True
             t.txn.put(key, data, db=t.index.data)
-        t.insert(key, rec)
+        t.insert(key, rec, ahead)
         return rec
 
     return op
@@ -314,6 +315,16 @@ async def test_writes_keep_succeeding_after_the_map_fills(tmp_path: Path) -> Non
 # -- eviction over the LMDB queues ----------------------------------------------------------
 
 
+async def _fill_until_evicted(index: Index, key: bytes) -> None:
+    """Add ``key``, then objects of 1000 bytes until the index (full) evicted it."""
+    await index.submit(insert(key, 1000))
+    n = 0
+    while index.get(key) is not None:
+        await index.submit(insert(oid(n), 1000))
+        n += 1
+        assert index.totals()[0] <= index.max_bytes
+
+
 async def test_an_evicted_object_back_displaces_nothing_it_does_not_outcount(
     tmp_path: Path,
 ) -> None:
@@ -323,12 +334,7 @@ async def test_an_evicted_object_back_displaces_nothing_it_does_not_outcount(
     index = Index(tmp_path / "index", BIG_MAP, 10_000)
     index.start()
     try:
-        await index.submit(insert(oid("once"), 1000))
-        n = 0
-        while index.get(oid("once")) is not None:
-            await index.submit(insert(oid(n), 1000))
-            n += 1
-            assert index.totals()[0] <= 10_000
+        await _fill_until_evicted(index, oid("once"))
         held = set(all_records(index))
         again = await index.submit(insert(oid("once"), 1000))
         assert again.queue == "S"
@@ -339,6 +345,24 @@ async def test_an_evicted_object_back_displaces_nothing_it_does_not_outcount(
             await index.submit(remove(key))
         back = await index.submit(insert(oid("once"), 1000))
         assert back.queue == "M", "a ghost hit with room did not enter the main queue"
+        assert_totals_consistent(index)
+    finally:
+        index.close()
+
+
+async def test_an_object_a_job_fetched_ahead_is_never_refused(tmp_path: Path) -> None:
+    """A job's fill ahead of its read (a prefetch's) of an object back after its eviction is
+    never refused, as a read's fill of it would be: refused, it would be gone before the read
+    it was fetched for, which would fetch it again. It waits for that read in the small
+    queue, within the cache's bounds."""
+    index = Index(tmp_path / "index", BIG_MAP, 10_000)
+    index.start()
+    try:
+        await _fill_until_evicted(index, oid("once"))
+        back = await index.submit(insert(oid("once"), 1000, ahead=True))
+        assert back.queue == "S"
+        assert index.get(oid("once")) is not None, "refused: its read would fetch it again"
+        assert index.totals()[0] <= 10_000
         assert_totals_consistent(index)
     finally:
         index.close()

@@ -93,12 +93,13 @@ class Txn:
         self.counters.set(b"seq", seq)
         return seq
 
-    def insert(self, oid: bytes, rec: Record, used: bool = True) -> bytes:
+    def insert(self, oid: bytes, rec: Record, ahead: bool = False) -> bytes:
         """Add a new record to its queue and the totals (eviction.place: where, if at all, it
         may displace what the cache holds); pinned if a pin rule covers it (a pinned record is
         always admitted), and in its bucket's quota FIFO if that bucket has a quota. Returns
-        the record's raw form as written. ``used``: a read wanted these bytes (not only a job
-        fetching ahead of its reads): its use is counted."""
+        the record's raw form as written. ``ahead``: a job fetched it for a read to come
+        (store.unread): never refused, as that read would only fetch it again; it waits for
+        its read in the small queue."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
         quota.join(self, oid, rec)
         self.account(rec, rec.stored)
@@ -116,10 +117,11 @@ class Txn:
         )
         # A use is counted with the bytes of chunk 0 (or inline): a later chunk's fill continues
         # a read already counted (or is a range read), and a metadata-only record (a HEAD) is
-        # followed by the GET it precedes. A job's fill ahead of the reads counts none: the
-        # first read of what it fetched is that object's first use (CacheStore.note_hit).
-        uses = 1 if used and (rec.inline or rec.chunks & 1) else 0
+        # followed by the GET it precedes.
+        uses = 1 if rec.inline or rec.chunks & 1 else 0
         where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
+        if ahead and where.at_head:
+            where = eviction.Placement("S", False, where.count)
         rec.queue = where.queue
         rec.uses, rec.uses_era = where.count, era  # (no ``uses`` entry: see _USES)
         head = queues._head(where.queue) if where.at_head else None
@@ -358,14 +360,6 @@ class Index:
         try:
             raw = txn.get(oid, db=self.objects)
             return raw, (txn.get(oid, db=self.data) if raw is not None else None)
-        finally:
-            txn.abort()
-
-    def has_uses(self, oid: bytes) -> bool:
-        """Whether ``oid`` has a use count of its own (see _USES): a hit was counted."""
-        txn = self.env.begin(db=self.uses)
-        try:
-            return txn.get(oid) is not None
         finally:
             txn.abort()
 

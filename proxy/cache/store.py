@@ -147,13 +147,6 @@ class CacheStore:
         # S3-FIFO only asks whether an object was read again, so the record is written when
         # the answer changes (freq 0 -> n) and for access times at most every ten minutes; the
         # use count admission compares (eviction.place) is raised once an era, beside it.
-        # What a job fetched ahead of its reads was not read yet: its first read is its first
-        # use (a use count, the record left as it is), not a read again, or a prefetched
-        # epoch's one pass would move all of it to the main queue.
-        if rec.freq == 0 and rec.uses == 0 and oid not in self._reads:
-            if not self._idx.has_uses(oid):
-                self._reads[oid] = 1
-                return
         if rec.freq == 0 or now - rec.atime > ATIME_REFRESH:
             self._hits[oid] = self._hits.get(oid, 0) + 1
             return
@@ -218,12 +211,13 @@ class CacheStore:
         seen: int,
         write: bool = False,
         urgent: Urgent = None,
-        used: bool = True,
+        ahead: bool = False,
     ) -> bool:
         """Keep a small object inside the index. ``write``: the store just confirmed a write of
         exactly ``new`` (its metadata too, whatever the old record held); else a read's fill,
         whose commit may linger for company unless ``urgent()`` says somebody waits on it.
-        ``used``: see Txn.insert. False if not cached (see write_mark for ``seen``)."""
+        ``ahead``: a job's fill before any read (see unread). False if not cached (see
+        write_mark for ``seen``)."""
 
         def op(t: Txn) -> bool:
             cur = t.get(oid)
@@ -238,9 +232,11 @@ class CacheStore:
             if not t.fits(oid, new, len(data)):
                 return False
             new.inline, new.stored, new.chunks = True, len(data), 0
+            if ahead:
+                unread(new)
             t.txn.put(oid, data, db=t.index.data)
             # (its readers hold ``new`` only to read it, and no later op here has it)
-            t.index.seed_parsed(t.insert(oid, new, used), new)
+            t.index.seed_parsed(t.insert(oid, new, ahead), new)
             return True
 
         lazy = not (write or (urgent and urgent()))
@@ -255,11 +251,11 @@ class CacheStore:
         *,
         seen: int,
         urgent: Urgent = None,
-        used: bool = True,
+        ahead: bool = False,
     ) -> bool:
         """Publish one chunk file a fill read, then mark it present (lingering for company
-        unless ``urgent()``, asked once the file is written, as in commit_inline; ``used``: see
-        Txn.insert). False if it could not be cached (see write_mark for ``seen``)."""
+        unless ``urgent()``, asked once the file is written, as in commit_inline; ``ahead``:
+        see unread). False if it could not be cached (see write_mark for ``seen``)."""
         try:
             await self._write_chunk(oid, new.gen, index, data)
         except OSError as exc:
@@ -284,14 +280,14 @@ class CacheStore:
                 return False
             if cur is None:
                 new.chunks, new.stored = 1 << index, 0
-                t.insert(oid, new, used)
+                if ahead:
+                    unread(new)
+                t.insert(oid, new, ahead)
                 t.grow(oid, new, size)
             elif not cur.has_chunk(index):
                 cur.chunks |= 1 << index
                 cur.validated = max(cur.validated, new.validated)
                 t.grow(oid, cur, size)
-                if index == 0 and used:  # (a HEAD's record: the read of its bytes is a use)
-                    t.count_uses(oid, cur, 1)
             return True
 
         ok = bool(await self._try_submit(op, lazy=not (urgent and urgent())))
@@ -436,7 +432,10 @@ class CacheStore:
             for oid, n in hits:
                 rec = t.get(oid)
                 if rec is not None:
-                    t.count_hits(oid, rec, n)
+                    if rec.atime == UNREAD:
+                        n -= 1  # its first read: the use its fill counted, not a read again
+                    if n:
+                        t.count_hits(oid, rec, n)
                     rec.atime = now
                     t.put(oid, rec)
             for oid, n in reads:
@@ -573,6 +572,18 @@ def _publish(tmp: Path, final: Path) -> None:
     """Blocking."""
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
+
+
+UNREAD = -1.0  # the access time of a record no read has wanted yet (unread); never a time
+
+
+def unread(rec: Record) -> None:
+    """Mark what a job fetched ahead of its reads (a prefetch's, a warm-up's) as read by
+    nobody yet: its fill counted the use its first read will be (and is never refused:
+    Txn.insert), and that read is not a read again (S3-FIFO's freq, note_hit and the hit
+    flush), or one prefetched pass over a dataset would look read twice and fill the main
+    queue."""
+    rec.atime = UNREAD
 
 
 def record_for(

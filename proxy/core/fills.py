@@ -97,7 +97,7 @@ class Fill:
         self.started = time.monotonic()
         self.in_slot = False  # holds one of Fills' slots (a store fetch under way)
         self.urgent = False  # somebody here waits on its commit (Fills.settled): no lingering
-        self.ahead = False  # only jobs want it so far (prefetch, warm-up): no use to count
+        self.ahead = False  # only jobs want it so far (prefetch, warm-up): store.unread
 
     # -- the filler's side --------------------------------------------------------------------
     def begin(self, meta: ObjectMeta, start: int, length: int, verified: bool = False) -> None:
@@ -227,14 +227,14 @@ class Fills:
         """The fill of chunk ``index`` under way (joined), or a new one, which waits its turn
         for fill memory. ``expect``: the version the reader already knows; None for a cold
         read, which learns it from the fill. ``ahead``: a job's, fetching before any read
-        (its bytes are no use of the object: see Txn.insert)."""
+        (its record is committed unread: store.unread)."""
         fill = self._joined(oid, index, expect)
         if fill is None:
             fill = self._start(mount, key, oid, index, expect, self.memory.claim)
             assert fill is not None
             fill.ahead = ahead
         elif not ahead and fill.ahead:
-            fill.ahead = False  # a job's fill a read joined: its commit counts that first use
+            fill.ahead = False  # a job's fill a read joined: that read is its first use
         elif not ahead and fill.verified:
             fill.rereads += 1  # read again after it was whole, before its commit landed
         return fill
@@ -543,14 +543,14 @@ class Fills:
         def urgent() -> bool:  # asked as the commit is queued: does anybody wait on it?
             return fill.urgent or (not self.sole and self._locks.waited_on(fill.oid, fill.index))
 
-        used = not fill.ahead
+        ahead = fill.ahead
         if fill.index == 0 and meta.size <= self.cfg.inline_max:
             ok = await self.cache.commit_inline(
-                fill.oid, rec, bytes(view[:length]), seen=fill.seen, urgent=urgent, used=used
+                fill.oid, rec, bytes(view[:length]), seen=fill.seen, urgent=urgent, ahead=ahead
             )
         else:
             ok = await self.cache.commit_chunk(
-                fill.oid, rec, fill.index, view[:length], seen=fill.seen, urgent=urgent, used=used
+                fill.oid, rec, fill.index, view[:length], seen=fill.seen, urgent=urgent, ahead=ahead
             )
         (metrics.FILLS_CACHED if ok else metrics.FILLS_NOT_CACHED).inc()
         if ok and fill.rereads:  # each a use, as a hit of the committed copy would count

@@ -86,7 +86,7 @@ class Reads:
         starts no read-ahead of the chunks after it. ``client``: False for the proxy's own read (a
         job's, a cluster owner's fill), which neither counts as the bucket's hit or miss nor
         moves a prefetch job's read position. ``ahead``: a warm-up job's, ahead of any read
-        (its fills count no use of the object: Fills.get)."""
+        (what it fills is committed unread: Fills.get)."""
         if not mount.cacheable:
             return await self._pass_through(mount, key, rng, headers)
         if client and self.on_read is not None:
