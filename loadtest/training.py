@@ -34,7 +34,8 @@ at the end (exit status 1 when any read failed or returned the wrong size):
   its start to the end of the last GPU step).
 - workload "half-cache": the same, with cache.max_size (Slipstream) and proxy_cache max_size
   (nginx) at half the dataset's bytes; it reports the hit ratio per epoch, counted as
-  1 - store GETs / reads (no prefetch in these rows, so every store GET is a miss).
+  1 - store GETs / reads (without prefetch every store GET is a miss; with training-aware
+  prefetch, the last row, it is the share of reads whose object no fetch had to bring).
 - workload "shards": ``--shards`` objects (8 x 64 MiB; quick 4 x 32 MiB) read by
   ``--shard-readers`` readers (4), each shard in order in 8 MiB ranged GETs; the GPU spends
   ``--step-ms`` on each range as it arrives (at most ``--ahead`` ranges per reader waiting).
@@ -814,6 +815,7 @@ class Bench:
                 [
                     ("nginx", partial(self.nginx_cache, "half-cache", half)),
                     ("plain", partial(slip, "half-cache", "Slipstream, no prefetch", half)),
+                    ("prefetch", partial(slip, "half-cache", PREFETCH_ROW, half, "prefetch")),
                 ],
             ),
             "shards": (
@@ -877,7 +879,7 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 ok,
                 f"<= nginx {100 * b:.1f}%",
             )
-    half = _row(rows, "half-cache", "Slipstream")
+    half = _row(rows, "half-cache", "Slipstream, no prefetch")
     if half and len(half.epochs) > 1:
         h = half.epochs[1].hit_ratio
         check("half cache: epoch 2 hit ratio", round(100 * h, 1), h >= 0.40, "near 50% (>= 40%)")
