@@ -6,9 +6,10 @@ low-water mark; a refused object first).
 
 ``policy="s3fifo"`` is the policy before admission: a ghost hit always enters main, and only
 objects evicted from the small queue are remembered. ``prefetch`` is a job's fill ahead of the
-reads: it counts the use its first read will be, is never refused (its read would fetch it
-again), and that first read is no read again (``ahead_is_use=True``: a fill like a read's, as
-until 2026-12-01). Used by loadtest/epochs.py and the tests.
+reads: it counts the use its first read will be, and that read is no read again; one that
+admission refuses is kept until that read (its read would only fetch it again), then goes
+first (``ahead_is_use=True``: a fill like a read's, as until 2026-12-01). Used by
+loadtest/epochs.py and the tests.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ GHOST_LIMIT = 200_000
 
 
 class _Rec:
-    __slots__ = ("count", "era", "freq", "pinned", "queue", "seq", "size", "unread")
+    __slots__ = ("count", "era", "freq", "pinned", "queue", "refused", "seq", "size", "unread")
 
     def __init__(self, queue: Queue, seq: int, size: int, count: int, era: int) -> None:
         self.queue, self.seq, self.size = queue, seq, size
         self.count, self.era, self.freq, self.pinned = count, era, 0, False
         self.unread = False  # a job fetched it ahead and no read came yet
+        self.refused = False  # admission refused it: its read sends it first in line to go
 
 
 class SimCache:
@@ -99,6 +101,11 @@ class SimCache:
         rec = self.recs.get(oid)
         if rec is not None and rec.unread:  # its first use, counted at its fill: no read again
             rec.unread = False
+            if rec.refused and rec.queue == "S":  # kept only for this read: next to go
+                q = self.queues["S"]
+                self.head("S")
+                rec.seq = (q[0][1] if q else self.seq) - 1
+                q.appendleft((oid, rec.seq))
             return True
         if rec is not None:
             # note_hit writes only then (and, with admission, once an era to refresh the count)
@@ -123,14 +130,17 @@ class SimCache:
         self._tick(1)
         ghost = self.ghost.pop(oid, None)
         remembered = eviction.aged(*ghost, self.era) if ghost is not None else None
+        refused = False
         if self.policy == "s3fifo":
             where = eviction.Placement("M" if ghost is not None else "S", False, 0)
         else:
             full = self.held() + size > self.low
             where = eviction.place(self, self.capacity, remembered, full=full)
-            if ahead and where.at_head:  # a job's fill ahead of its read is never refused
+            refused = ahead and where.at_head
+            if refused:  # a job's fill ahead of its read is kept until that read
                 where = eviction.Placement("S", False, where.count)
         rec = _Rec(where.queue, 0, size, where.count, self.era)
+        rec.refused = refused
         rec.pinned, rec.unread = pinned, ahead
         q = self.queues[where.queue]
         self.head(where.queue)  # drop stale entries before the head

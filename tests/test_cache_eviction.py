@@ -240,15 +240,16 @@ def test_shuffled_epochs_over_twice_the_cache() -> None:
 
 
 def test_prefetched_epochs_over_twice_the_cache_fetch_nothing_twice() -> None:
-    """The simulation of loadtest/epochs.py's prefetched epochs, small: a prefetch job's fills
-    are never refused and their first read is no read again, so each epoch fetches each
-    object at most once and some stay from epoch to epoch. As a read's fills (until
-    2026-12-01), an object back after its eviction was refused, gone before its read, and
-    fetched again by it: more fetches per epoch than objects."""
+    """The simulation of loadtest/epochs.py's prefetched epochs, small: a prefetch job's fill
+    that admission refuses is kept until its read and goes first after it, and that first
+    read is no read again, so each epoch fetches each object at most once and nearly what fits
+    beside the job's lead (7/8 of the cache: ~44% of the reads) stays from epoch to epoch. As
+    a read's fills (until 2026-12-01), an object back after its eviction was refused, gone
+    before its read, and fetched again by it: more fetches per epoch than objects."""
     objects = 2000
     now = prefetched(objects * SIZE // 2, objects, 4, seed=3)
     before = prefetched(objects * SIZE // 2, objects, 4, seed=3, ahead_is_use=True)
-    assert min(now) >= 0 and now[-1] > 0.15, now
+    assert min(now) >= 0 and min(now[1:]) > 0.4, now
     assert max(before) < 0, before  # what the change is for
 
 

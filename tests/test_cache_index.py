@@ -22,7 +22,7 @@ from proxy import errors
 from proxy.cache import index as index_module
 from proxy.cache.batch import Batch
 from proxy.cache.index import Index, Txn
-from proxy.cache.record import Record
+from proxy.cache.record import UNREAD_REFUSED, Record
 from tests.proxyproc import REPO_ROOT
 
 MIB = 1024 * 1024
@@ -350,19 +350,35 @@ async def test_an_evicted_object_back_displaces_nothing_it_does_not_outcount(
         index.close()
 
 
-async def test_an_object_a_job_fetched_ahead_is_never_refused(tmp_path: Path) -> None:
-    """A job's fill ahead of its read (a prefetch's) of an object back after its eviction is
-    never refused, as a read's fill of it would be: refused, it would be gone before the read
-    it was fetched for, which would fetch it again. It waits for that read in the small
-    queue, within the cache's bounds."""
+async def test_an_object_a_job_fetched_ahead_is_kept_until_its_read_then_goes_first(
+    tmp_path: Path,
+) -> None:
+    """A job's fill ahead of its read (a prefetch's) of an object admission refuses (back after
+    its eviction, used no more than the next victim) is kept, at the small queue's tail:
+    refused, it would be gone before the read it was fetched for, which would fetch it again.
+    Once read (Txn.first_in_line, from the hit flush) it is the next to go, not a resident."""
     index = Index(tmp_path / "index", BIG_MAP, 10_000)
     index.start()
     try:
         await _fill_until_evicted(index, oid("once"))
+        held = set(all_records(index))
         back = await index.submit(insert(oid("once"), 1000, ahead=True))
-        assert back.queue == "S"
+        assert back.queue == "S" and back.atime == UNREAD_REFUSED
         assert index.get(oid("once")) is not None, "refused: its read would fetch it again"
         assert index.totals()[0] <= 10_000
+        kept = set(all_records(index))
+
+        def read(t: Txn) -> None:
+            rec = t.get(oid("once"))
+            assert rec is not None
+            t.first_in_line(oid("once"), rec)
+            t.put(oid("once"), rec)
+
+        await index.submit(read)
+        await index.submit(insert(oid("next"), 1000))
+        assert index.get(oid("once")) is None, "read, it did not go first"
+        assert index.get(oid("next")) is not None
+        assert len(held - kept) <= 1  # room for it while it waited for its read
         assert_totals_consistent(index)
     finally:
         index.close()

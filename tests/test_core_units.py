@@ -23,7 +23,8 @@ from prometheus_client import REGISTRY
 from proxy import backends, errors, metrics
 from proxy.cache import index as index_module
 from proxy.cache import store as store_module
-from proxy.cache.store import UNREAD, CacheStore
+from proxy.cache.record import UNREAD
+from proxy.cache.store import CacheStore
 from proxy.config import BackendConfig, CacheConfig
 from proxy.core.body import FileSlice, ObjectRead, read_slice
 from proxy.core.fills import Fills

@@ -26,7 +26,7 @@ from proxy.cache.batch import Batch, Settled, hand_back
 from proxy.cache.budget import LOW_WATER
 from proxy.cache.counters import U64, Counters
 from proxy.cache.lmdb_queues import LmdbQueues
-from proxy.cache.record import Record
+from proxy.cache.record import UNREAD_REFUSED, Record
 from proxy.cache.space import IndexTail, Throttled, Volume, disk_full
 from proxy.memo import remember
 
@@ -98,8 +98,9 @@ class Txn:
         may displace what the cache holds); pinned if a pin rule covers it (a pinned record is
         always admitted), and in its bucket's quota FIFO if that bucket has a quota. Returns
         the record's raw form as written. ``ahead``: a job fetched it for a read to come
-        (store.unread): never refused, as that read would only fetch it again; it waits for
-        its read in the small queue."""
+        (store.unread): one that admission refuses is kept until that read, which would only
+        fetch it again, in the small queue (marked UNREAD_REFUSED: its read sends it first in
+        line to go, Txn.first_in_line)."""
         rec.pinned = rec.pinned or pins.covered(self, rec.backend, rec.bucket, rec.key)
         quota.join(self, oid, rec)
         self.account(rec, rec.stored)
@@ -122,6 +123,7 @@ class Txn:
         where = eviction.place(queues, self.index.max_bytes, remembered, full=full, uses=uses)
         if ahead and where.at_head:
             where = eviction.Placement("S", False, where.count)
+            rec.atime = UNREAD_REFUSED
         rec.queue = where.queue
         rec.uses, rec.uses_era = where.count, era  # (no ``uses`` entry: see _USES)
         head = queues._head(where.queue) if where.at_head else None
@@ -132,6 +134,16 @@ class Txn:
         self.add(b"bytes:" + rec.queue.encode(), rec.stored)
         self.add(b"objects", 1)
         return self.put(oid, rec)
+
+    def first_in_line(self, oid: bytes, rec: Record) -> None:
+        """Move ``rec``, in the small queue, to its head: the next to be evicted (the caller
+        puts the record)."""
+        head = LmdbQueues(self)._head("S")
+        if rec.queue != "S" or head is None or head[1] == oid or head[2].qseq <= 1:
+            return
+        self.txn.delete(b"S" + U64.pack(rec.qseq), db=self.index.queues)
+        rec.qseq = head[2].qseq - 1
+        self.txn.put(b"S" + U64.pack(rec.qseq), oid, db=self.index.queues)
 
     def grow(self, oid: bytes, rec: Record, delta: int) -> None:
         rec.stored += delta

@@ -6,20 +6,25 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar
 
 from proxy import errors, log, metrics
-from proxy.cache import cleanstop, pins, quota
+from proxy.cache import cleanstop, fsck, pins, quota
 from proxy.cache.batch import Batch
 from proxy.cache.blobs import BlobStore
 from proxy.cache.index import Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
-from proxy.cache.record import FORMAT2, Record, chunk_indices, glance, plain_inline
+from proxy.cache.record import (
+    FORMAT2,
+    UNREAD,
+    UNREAD_REFUSED,
+    Record,
+)
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.memo import remember
@@ -46,6 +51,7 @@ class CacheStore:
         self.uploads = PartStaging(self.root / "uploads", cfg.chunk_size)
         self._hits: dict[bytes, int] = {}
         self._reads: dict[bytes, int] = {}  # hits that only raise use counts (note_hit)
+        self._leaving: set[bytes] = set()  # first reads of UNREAD_REFUSED records, committing
         self._era = 0  # the index's era of use counts, as of the last flush
         # oid -> the record whose use count was seen raised in era _counted_era: a hit of the
         # same record (the index's shared parsed record: a changed entry is another object)
@@ -144,6 +150,9 @@ class CacheStore:
         self._idx.hurry()
 
     def note_hit(self, oid: bytes, rec: Record, now: float) -> None:
+        if rec.atime == UNREAD_REFUSED and oid not in self._leaving:
+            self._first_read_of_refused(oid, now)
+            return
         # S3-FIFO only asks whether an object was read again, so the record is written when
         # the answer changes (freq 0 -> n) and for access times at most every ten minutes; the
         # use count admission compares (eviction.place) is raised once an era, beside it.
@@ -159,6 +168,31 @@ class CacheStore:
             self._reads[oid] = self._reads.get(oid, 0) + 1
         else:
             remember(self._counted, oid, rec, COUNTED_MAX)
+
+    def _first_read_of_refused(self, oid: bytes, now: float) -> None:
+        """The read a refused job's fill was kept for (Txn.insert): it goes first in line now,
+        not at the next hit flush, as a second of an epoch's reads of such objects would keep
+        their room from the residents meanwhile. The read is the use its fill counted; a read
+        of it after this one is a read again."""
+
+        def op(t: Txn) -> None:
+            rec = t.get(oid)
+            if rec is None:
+                return
+            if rec.atime == UNREAD_REFUSED:
+                t.first_in_line(oid, rec)
+            else:  # (a reader's older copy of the record): a read again
+                t.count_hits(oid, rec, 1)
+            rec.atime = now
+            t.put(oid, rec)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._leaving.discard(oid)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.cache.warning("a first read's commit failed: %r", fut.exception())
+
+        self._leaving.add(oid)
+        self._idx.submit(op, lazy=True).add_done_callback(done)
 
     def totals(self) -> tuple[int, int]:
         return self._idx.totals()
@@ -451,101 +485,10 @@ class CacheStore:
 
     # -- repair -----------------------------------------------------------------------------
     def fsck(self) -> dict[str, int]:
-        """Blocking; run before serving. Drops temp files of dead processes, chunk files the
-        index does not reference (a crash between rename and commit), and index bits whose file
-        is gone. Nothing unverified is ever referenced, so what remains is whole. Each record
-        kept goes to the quota cache.quotas gives it now (quota.regroup).
-
-        Restart to ready waits for this, so the walk reads each record in place (glance: no
-        Record built; a plain inline record's first bytes only) and counts the inline ones: the
-        data tree is walked beside the records (_valueless) only when it holds another number
-        of values; only the few records it changes are parsed, after the walk. After a clean
-        stop with the same cache.quotas grouping and nothing committed since (cleanstop),
-        there is nothing to walk for ("walked": 0)."""
-        stats = {
-            "tmp_dirs": self.blobs.sweep_tmp(),
-            "stale_uploads": self.uploads.sweep(),
-            "orphans": 0,
-            "missing": 0,
-            "walked": 0,
-        }
-        idx = self._idx
+        """Blocking; run before serving: fsck.check (what it drops and repairs, and why a
+        clean stop leaves nothing to walk)."""
         self._checked = True
-        if cleanstop.take(idx.path, *idx.identity(), idx.quotas):
-            return stats
-        stats["walked"] = 1
-        on_disk = self._chunk_files(stats)
-
-        def repair(t: Txn) -> None:
-            rules = idx.quotas
-            gone: list[bytes] = []  # its inline value or a chunk file is missing
-            moved: list[bytes] = []  # cache.quotas gives it another quota now
-            inline = 0
-            records = cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext())
-            for key, raw in records:
-                g = None if not rules and plain_inline(raw) else glance(raw)
-                if g is None or g.inline:
-                    inline += 1
-                elif any((key, g.gen, i) not in on_disk for i in chunk_indices(g.chunks)):
-                    gone.append(key)
-                    continue
-                if g is not None and (rules or g.quota):
-                    g = glance(raw, names=True)
-                    rule = quota.group_of(rules, g.backend, g.bucket, g.key)
-                    if g.quota != (rule.name if rule is not None else ""):
-                        moved.append(key)
-            if inline != t.txn.stat(idx.data)["entries"]:
-                gone += _valueless(t, idx)  # (never after a crash: a value and its record
-                # commit together; a read of a record without its value is a miss anyway)
-            for oid in gone:  # its other chunk files go too; refetched on demand
-                rec = t.get(oid)
-                assert rec is not None
-                t.remove(oid, rec)
-            dropped = set(gone)
-            for oid in moved:
-                if oid in dropped:
-                    continue
-                rec = t.get(oid)
-                assert rec is not None
-                quota.regroup(t, oid, rec)
-            stats["missing"] = len(gone)
-
-        idx.run_sync(repair)
-        return stats
-
-    def _chunk_files(self, stats: dict[str, int]) -> set[tuple[bytes, str, int]]:
-        """Blocking: every chunk file the index references; the others are unlinked."""
-        on_disk: set[tuple[bytes, str, int]] = set()
-        idx = self._idx
-        txn = idx.env.begin(db=idx.objects)
-        try:
-            for oid, gen, i, path in self.blobs.scan():
-                raw = txn.get(oid) if oid else None
-                g = glance(raw) if raw is not None else None
-                if g is None or g.gen != gen or g.inline or not g.chunks >> i & 1:
-                    os.unlink(path)
-                    stats["orphans"] += 1
-                else:
-                    on_disk.add((oid, gen, i))
-        finally:
-            txn.abort()
-        return on_disk
-
-
-def _valueless(t: Txn, idx: Index) -> list[bytes]:
-    """Inline records whose value is missing: both trees walked side by side in key order,
-    the values never copied."""
-    # (bytes, not buffers: the transaction is not opened with buffers=True)
-    values = cast("Iterator[bytes]", t.txn.cursor(db=idx.data).iternext(values=False))
-    value_key = next(values, None)
-    out = []
-    for key, raw in cast("Iterator[tuple[bytes, bytes]]", t.txn.cursor(db=idx.objects).iternext()):
-        if plain_inline(raw) or glance(raw).inline:
-            while value_key is not None and value_key < key:
-                value_key = next(values, None)
-            if value_key != key:
-                out.append(key)
-    return out
+        return fsck.check(self._idx, self.blobs, self.uploads)
 
 
 def _stale(t: Txn, oid: bytes, new: Record, seen: int) -> bool:
@@ -572,9 +515,6 @@ def _publish(tmp: Path, final: Path) -> None:
     """Blocking."""
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
-
-
-UNREAD = -1.0  # the access time of a record no read has wanted yet (unread); never a time
 
 
 def unread(rec: Record) -> None:
