@@ -354,12 +354,13 @@ class Record:
         return cls(**doc)
 
 
-# The first binary form (FORMAT, still read): _FIXED, then a u16 length per text, the chunk
-# bitmap, the texts (UTF-8): key, backend, bucket, etag, content type, gen, quota, then meta
-# and headers, each as its pair count followed by name, value, name, value...
 # The access time of a record no read has wanted yet: a job fetched it ahead of its read
 # (store.unread), admitted (UNREAD) or kept only for that read (UNREAD_REFUSED). Never a time.
 UNREAD, UNREAD_REFUSED = -1.0, -2.0
+
+# The first binary form (FORMAT, still read): _FIXED, then a u16 length per text, the chunk
+# bitmap, the texts (UTF-8): key, backend, bucket, etag, content type, gen, quota, then meta
+# and headers, each as its pair count followed by name, value, name, value...
 FORMAT = 1  # the first byte; a JSON record (the form before) starts with "{"
 _FIXED = struct.Struct("<BBqqdddQQQIIIIH")
 _MD5, _INLINE, _PINNED, _MAIN = 1, 2, 4, 8

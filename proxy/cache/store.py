@@ -19,12 +19,7 @@ from proxy.cache.index import Index, Txn
 from proxy.cache.locks import FillLocks
 from proxy.cache.parts import PartStaging
 from proxy.cache.quota import QuotaRule
-from proxy.cache.record import (
-    FORMAT2,
-    UNREAD,
-    UNREAD_REFUSED,
-    Record,
-)
+from proxy.cache.record import FORMAT2, UNREAD, UNREAD_REFUSED, Record
 from proxy.cache.space import Volume, disk_full
 from proxy.config import CacheConfig
 from proxy.memo import remember
