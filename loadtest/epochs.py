@@ -9,8 +9,9 @@ many objects; a working set of 80% of the cache read in shuffled passes that cha
 set of the same size half way. Then the shuffled epochs again with a training-aware prefetch
 job fetching each epoch's order ahead of the reads (as far ahead as the job's byte bound lets
 it: an eighth of the cache, proxy/core/prefetch.py): the share of each epoch's reads whose
-object needed no store fetch, with the job's fills counting no use until the first read (now)
-and counting one, the first read a read again (until 2026-12-01).
+object needed no store fetch, with the job's fills committed unread (now: the first read is
+the use the fill counted, and a refused fill is kept until that read, then goes first) and
+as a read's fills (until 2026-12-01: refused, then fetched again by the read).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import random
 from collections.abc import Callable, Iterator
 
 from loadtest.cachesim import Policy, SimCache
+from proxy.core.prefetch import AHEAD_SHARE  # a job runs this share of the cache ahead at most
 
 SIZE = 16 * 1024
-AHEAD_SHARE = 8  # as proxy/core/prefetch.py: a job runs this share of the cache ahead at most
 Workload = Callable[[random.Random], Iterator[list[int]]]
 
 

@@ -514,10 +514,10 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def unread(rec: Record) -> None:
     """Mark what a job fetched ahead of its reads (a prefetch's, a warm-up's) as read by
-    nobody yet: its fill counted the use its first read will be (and is never refused:
-    Txn.insert), and that read is not a read again (S3-FIFO's freq, note_hit and the hit
-    flush), or one prefetched pass over a dataset would look read twice and fill the main
-    queue."""
+    nobody yet: its fill counted the use its first read will be (one that admission refuses
+    is kept until that read, then goes first: Txn.insert, _first_read_of_refused), and that
+    read is not a read again (S3-FIFO's freq, note_hit and the hit flush), or one prefetched
+    pass over a dataset would look read twice and fill the main queue."""
     rec.atime = UNREAD
 
 
